@@ -1,0 +1,605 @@
+//! The backend model: ids, weights, per-backend live state and immutable snapshots.
+//!
+//! A [`Snapshot`] is an immutable view of the backend set: every member with its id,
+//! address and weight, and which of them are eligible for traffic. Snapshots are
+//! published whole (see [`Pool`](crate::Pool)), so a picker never sees a half-applied
+//! change. What changes on every request — in-flight count, totals, the latency
+//! estimate — lives in [`BackendState`], a block of atomics shared by every snapshot
+//! the backend appears in, so a backend that survives a membership change keeps it.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::error::{MembershipError, WeightError};
+
+/// A backend's identity within one [`Pool`](crate::Pool): assigned on insertion, never
+/// reused by that pool, stable for the backend's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendId(u64);
+
+impl BackendId {
+    /// The id as a number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) const fn new(raw: u64) -> Self {
+        BackendId(raw)
+    }
+}
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backend#{}", self.0)
+    }
+}
+
+/// A backend's share of traffic relative to the others: an integer in `1..=Weight::MAX`.
+///
+/// # Examples
+///
+/// ```
+/// use tower_lb::Weight;
+///
+/// assert_eq!(Weight::new(5).unwrap().get(), 5);
+/// assert!(Weight::new(0).is_err());
+/// assert!(Weight::new(u64::from(u32::MAX) + 1).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Weight(NonZeroU32);
+
+impl Weight {
+    /// The largest weight: `u32::MAX`, so the sum over any set fits in a `u64`.
+    pub const MAX: u32 = u32::MAX;
+    /// Weight 1, the default.
+    pub const ONE: Weight = Weight(NonZeroU32::MIN);
+
+    /// A weight, or an error naming the value when it is zero or above [`Weight::MAX`].
+    pub fn new(value: u64) -> Result<Weight, WeightError> {
+        u32::try_from(value)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .map(Weight)
+            .ok_or(WeightError { value })
+    }
+
+    /// The weight as a number.
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight::ONE
+    }
+}
+
+impl From<NonZeroU32> for Weight {
+    fn from(value: NonZeroU32) -> Self {
+        Weight(value)
+    }
+}
+
+impl TryFrom<u32> for Weight {
+    type Error = WeightError;
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Weight::new(u64::from(value))
+    }
+}
+
+impl TryFrom<u64> for Weight {
+    type Error = WeightError;
+    fn try_from(value: u64) -> Result<Self, Self::Error> {
+        Weight::new(value)
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The process-wide origin of the nanosecond timestamps kept in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        // Start the epoch in the past so that instants taken a little before the first
+        // call (tests build their own) still land after it.
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600))
+            .or_else(|| now.checked_sub(Duration::from_secs(1)))
+            .unwrap_or(now)
+    })
+}
+
+/// Nanoseconds from the crate's epoch to `at`, saturating at both ends.
+pub(crate) fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Marks "no latency sample yet" in [`BackendState::rtt_bits`]; a NaN, never a real estimate.
+const NO_SAMPLE: u64 = u64::MAX;
+
+/// The default decay window of the latency estimate (as Finagle, Linkerd and tower's examples).
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// Live, per-backend state shared by every snapshot the backend is part of.
+///
+/// All fields are atomics updated with `Relaxed` ordering: each is an independent
+/// statistic, no other memory is published through them, and readers tolerate a value
+/// that is a moment old. The struct is aligned to 128 bytes so that two backends' counters
+/// never share a cache line (adjacent-line prefetch pairs 64-byte lines on x86).
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct BackendState {
+    in_flight: AtomicUsize,
+    picks: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    /// The peak-EWMA latency estimate in nanoseconds, as `f64` bits; `NO_SAMPLE` before
+    /// the first sample.
+    rtt_bits: AtomicU64,
+    /// When `rtt_bits` was last updated, in nanoseconds since the epoch.
+    rtt_stamp: AtomicU64,
+    /// The decay window τ in nanoseconds.
+    decay_ns: f64,
+}
+
+impl BackendState {
+    /// Fresh state: nothing in flight, no sample, latency decaying over `decay`.
+    pub fn new(decay: Duration) -> Self {
+        BackendState {
+            in_flight: AtomicUsize::new(0),
+            picks: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rtt_bits: AtomicU64::new(NO_SAMPLE),
+            rtt_stamp: AtomicU64::new(0),
+            decay_ns: (decay.as_nanos() as f64).max(1.0),
+        }
+    }
+
+    /// Requests currently in flight on this backend.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How many times this backend was picked through a [`Pool`](crate::Pool).
+    pub fn picks(&self) -> u64 {
+        self.picks.load(Ordering::Relaxed)
+    }
+
+    /// Requests that finished successfully.
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    /// Requests that finished with a failure.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_pick(&self) {
+        self.picks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts tracking one request: in flight + 1 until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            state: Arc::clone(self),
+            started: Instant::now(),
+        }
+    }
+
+    /// The peak-EWMA latency estimate at `at`, decayed for the time since the last
+    /// sample; `None` before the first sample.
+    pub fn rtt_estimate(&self, at: Instant) -> Option<Duration> {
+        self.rtt_nanos_at(nanos_since_epoch(at))
+            .map(|ns| Duration::from_nanos(ns as u64))
+    }
+
+    /// The decayed estimate in nanoseconds at `now_ns`: the pick-path form of
+    /// [`rtt_estimate`](Self::rtt_estimate).
+    #[inline]
+    pub(crate) fn rtt_nanos_at(&self, now_ns: u64) -> Option<f64> {
+        let bits = self.rtt_bits.load(Ordering::Relaxed);
+        if bits == NO_SAMPLE {
+            return None;
+        }
+        let estimate = f64::from_bits(bits);
+        let stamp = self.rtt_stamp.load(Ordering::Relaxed);
+        let elapsed = now_ns.saturating_sub(stamp);
+        if elapsed == 0 {
+            return Some(estimate);
+        }
+        Some(estimate * (-(elapsed as f64) / self.decay_ns).exp())
+    }
+
+    /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
+    ///
+    /// A sample above the current (decayed) estimate replaces it at once — the "peak"
+    /// that makes the estimate react to a slowing backend immediately; a sample below it
+    /// is blended in with weight `1 − e^(−Δt/τ)`, so the estimate falls back gradually.
+    /// This is the estimator of Finagle's `PeakEwma` and tower's `load::PeakEwma`.
+    pub fn record_rtt(&self, sample: Duration, at: Instant) {
+        let now = nanos_since_epoch(at);
+        let sample = sample.as_nanos() as f64;
+        let mut current = self.rtt_bits.load(Ordering::Relaxed);
+        loop {
+            let next = if current == NO_SAMPLE {
+                sample
+            } else {
+                let estimate = f64::from_bits(current);
+                let stamp = self.rtt_stamp.load(Ordering::Relaxed);
+                peak_ewma_step(estimate, sample, now.saturating_sub(stamp), self.decay_ns)
+            };
+            // A CAS loop so concurrent samples are never lost; the stamp is a separate
+            // atomic and may briefly lag, which only shortens one decay step.
+            match self.rtt_bits.compare_exchange_weak(
+                current,
+                next.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        self.rtt_stamp.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// One peak-EWMA step: the new estimate after `sample`, `elapsed_ns` after the last one.
+pub(crate) fn peak_ewma_step(estimate: f64, sample: f64, elapsed_ns: u64, decay_ns: f64) -> f64 {
+    if sample > estimate {
+        sample
+    } else {
+        let w = (-(elapsed_ns as f64) / decay_ns).exp();
+        estimate * w + sample * (1.0 - w)
+    }
+}
+
+/// An RAII guard for one request on one backend: in flight until dropped.
+///
+/// Dropping the guard without [`success`](Self::success) or [`failure`](Self::failure)
+/// (a cancelled request) releases the in-flight count and records nothing else.
+#[derive(Debug)]
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct InFlight {
+    state: Arc<BackendState>,
+    started: Instant,
+}
+
+impl InFlight {
+    /// When tracking started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The request succeeded: counts it and feeds its latency to the estimate.
+    pub fn success(self) {
+        self.finish(true, Instant::now());
+    }
+
+    /// The request failed: counts it and feeds its latency to the estimate.
+    pub fn failure(self) {
+        self.finish(false, Instant::now());
+    }
+
+    /// Ends the request with the given outcome at `at` (a clock of the caller's).
+    pub fn finish(self, success: bool, at: Instant) {
+        let counter = if success {
+            &self.state.successes
+        } else {
+            &self.state.failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .record_rtt(at.saturating_duration_since(self.started), at);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One member of a backend set.
+#[derive(Debug, Clone)]
+pub struct Backend<A> {
+    id: BackendId,
+    addr: A,
+    weight: Weight,
+    state: Arc<BackendState>,
+}
+
+impl<A> Backend<A> {
+    pub(crate) fn new(id: BackendId, addr: A, weight: Weight, state: Arc<BackendState>) -> Self {
+        Backend {
+            id,
+            addr,
+            weight,
+            state,
+        }
+    }
+
+    /// The backend's id.
+    pub fn id(&self) -> BackendId {
+        self.id
+    }
+
+    /// The backend's address (whatever the user keyed it by).
+    pub fn addr(&self) -> &A {
+        &self.addr
+    }
+
+    /// The configured weight.
+    pub fn weight(&self) -> Weight {
+        self.weight
+    }
+
+    /// The live state shared across snapshots.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+
+    pub(crate) fn with_weight(&self, weight: Weight) -> Self
+    where
+        A: Clone,
+    {
+        Backend {
+            weight,
+            ..self.clone()
+        }
+    }
+}
+
+/// An immutable view of a backend set: its members, their weights, and which are eligible.
+///
+/// Indices into [`backends`](Self::backends) are what pickers return. A snapshot never
+/// changes; a change to the set publishes a new one.
+///
+/// # Examples
+///
+/// ```
+/// use tower_lb::{Snapshot, Weight};
+///
+/// let snapshot = Snapshot::build([("a", Weight::ONE), ("b", Weight::new(3).unwrap())]).unwrap();
+/// assert_eq!(snapshot.len(), 2);
+/// assert_eq!(snapshot.total_weight(), 4);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Snapshot<A> {
+    backends: Box<[Backend<A>]>,
+    eligible: Box<[u32]>,
+    eligible_mask: Box<[bool]>,
+    total_weight: u64,
+    uniform_weights: bool,
+    version: u64,
+}
+
+impl<A> Snapshot<A> {
+    /// A snapshot of the given members, all eligible.
+    pub(crate) fn from_members(backends: Vec<Backend<A>>, version: u64) -> Self {
+        let eligible: Box<[u32]> = (0..backends.len())
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        let eligible_mask = vec![true; backends.len()].into_boxed_slice();
+        let total_weight = backends.iter().map(|b| u64::from(b.weight.get())).sum();
+        let uniform_weights = backends.windows(2).all(|w| w[0].weight == w[1].weight);
+        Snapshot {
+            backends: backends.into_boxed_slice(),
+            eligible,
+            eligible_mask,
+            total_weight,
+            uniform_weights,
+            version,
+        }
+    }
+
+    /// A standalone snapshot, for calling pickers directly without a [`Pool`](crate::Pool).
+    ///
+    /// Ids are assigned in order from 0. Fails on a duplicate address.
+    pub fn build<I>(members: I) -> Result<Self, MembershipError>
+    where
+        I: IntoIterator<Item = (A, Weight)>,
+        A: PartialEq,
+    {
+        Self::build_with_decay(members, DEFAULT_EWMA_DECAY)
+    }
+
+    pub(crate) fn build_with_decay<I>(members: I, decay: Duration) -> Result<Self, MembershipError>
+    where
+        I: IntoIterator<Item = (A, Weight)>,
+        A: PartialEq,
+    {
+        let mut backends: Vec<Backend<A>> = Vec::new();
+        for (addr, weight) in members {
+            if let Some(existing) = backends.iter().find(|b| b.addr == addr) {
+                return Err(MembershipError::Duplicate {
+                    existing: existing.id,
+                });
+            }
+            let id = BackendId::new(backends.len() as u64);
+            backends.push(Backend::new(
+                id,
+                addr,
+                weight,
+                Arc::new(BackendState::new(decay)),
+            ));
+        }
+        Ok(Self::from_members(backends, 0))
+    }
+
+    /// Every member, eligible or not, in insertion order.
+    pub fn backends(&self) -> &[Backend<A>] {
+        &self.backends
+    }
+
+    /// The member at `index`, if any.
+    pub fn get(&self, index: usize) -> Option<&Backend<A>> {
+        self.backends.get(index)
+    }
+
+    /// The index of the member with this id.
+    pub fn index_of(&self, id: BackendId) -> Option<usize> {
+        self.backends.iter().position(|b| b.id == id)
+    }
+
+    /// How many members the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Whether the snapshot has no members.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// Indices of the members that may receive traffic, ascending.
+    pub fn eligible(&self) -> &[u32] {
+        &self.eligible
+    }
+
+    /// Whether the member at `index` may receive traffic.
+    #[inline]
+    pub fn is_eligible(&self, index: usize) -> bool {
+        self.eligible_mask.get(index).copied().unwrap_or(false)
+    }
+
+    /// The weight a picker should use for the member at `index` (0 for no such member).
+    #[inline]
+    pub fn effective_weight(&self, index: usize) -> u32 {
+        self.backends.get(index).map_or(0, |b| b.weight.get())
+    }
+
+    /// The sum of the eligible members' effective weights.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// Whether every member has the same effective weight (pickers take a faster path).
+    pub fn uniform_weights(&self) -> bool {
+        self.uniform_weights
+    }
+
+    /// A number that grows with every published change of the set.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The reason no backend can be picked, for a picker that found none.
+    pub fn empty_error(&self) -> crate::PickError {
+        if self.backends.is_empty() {
+            crate::PickError::NoBackends
+        } else {
+            crate::PickError::NoEligible {
+                total: self.backends.len(),
+            }
+        }
+    }
+}
+
+/// A point-in-time reading of one backend, from [`Pool::stats`](crate::Pool::stats).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BackendStats<A> {
+    /// The backend's id.
+    pub id: BackendId,
+    /// Its address.
+    pub addr: A,
+    /// Its configured weight.
+    pub weight: Weight,
+    /// Whether it may currently receive traffic.
+    pub eligible: bool,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Times picked.
+    pub picks: u64,
+    /// Requests finished successfully.
+    pub successes: u64,
+    /// Requests finished with a failure.
+    pub failures: u64,
+    /// The peak-EWMA latency estimate now, if any sample was taken.
+    pub ewma: Option<Duration>,
+}
+
+impl<A: Clone> BackendStats<A> {
+    pub(crate) fn read(snapshot: &Snapshot<A>, index: usize, now: Instant) -> Option<Self> {
+        let b = snapshot.get(index)?;
+        let s = &b.state;
+        Some(BackendStats {
+            id: b.id,
+            addr: b.addr.clone(),
+            weight: b.weight,
+            eligible: snapshot.is_eligible(index),
+            in_flight: s.in_flight(),
+            picks: s.picks(),
+            successes: s.successes(),
+            failures: s.failures(),
+            ewma: s.rtt_estimate(now),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_bounds() {
+        assert_eq!(Weight::new(0), Err(WeightError { value: 0 }));
+        assert_eq!(Weight::new(1).map(Weight::get), Ok(1));
+        assert_eq!(Weight::new(u64::from(u32::MAX)).map(Weight::get), Ok(u32::MAX));
+        let over = u64::from(u32::MAX) + 1;
+        let err = Weight::new(over).unwrap_err();
+        assert_eq!(err.value, over);
+        assert!(err.to_string().contains(&over.to_string()));
+    }
+
+    #[test]
+    fn in_flight_guard_releases_on_drop_and_finish() {
+        let state = Arc::new(BackendState::new(DEFAULT_EWMA_DECAY));
+        let a = state.start();
+        let b = state.start();
+        assert_eq!(state.in_flight(), 2);
+        drop(a);
+        assert_eq!(state.in_flight(), 1);
+        b.failure();
+        assert_eq!(state.in_flight(), 0);
+        assert_eq!(state.failures(), 1);
+        assert_eq!(state.successes(), 0);
+        assert!(state.rtt_estimate(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn ewma_decays_towards_zero_when_idle() {
+        let state = BackendState::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        state.record_rtt(Duration::from_millis(100), t0);
+        let at0 = state.rtt_estimate(t0).unwrap();
+        let later = state.rtt_estimate(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(at0, Duration::from_millis(100));
+        // e^-1 of the estimate after one decay window, within rounding.
+        let expected = 100e6 * (-1.0f64).exp();
+        assert!((later.as_nanos() as f64 - expected).abs() < 1e3, "{later:?}");
+    }
+
+    #[test]
+    fn duplicate_address_is_refused() {
+        let err = Snapshot::build([("a", Weight::ONE), ("a", Weight::ONE)]).unwrap_err();
+        assert_eq!(
+            err,
+            MembershipError::Duplicate {
+                existing: BackendId::new(0)
+            }
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! The crate's error types.
+//!
+//! Each error is small, names the component in its message and carries the data a caller
+//! can act on (the bad value, the backend, how many backends were considered).
+
+use crate::backend::{BackendId, Weight};
+
+/// A weight outside `1..=Weight::MAX` was refused.
+///
+/// Zero is refused because a backend that should get no traffic is a *health* state
+/// (draining or down), not a weight; values past `u32::MAX` are refused so that the sum
+/// of any set's weights fits in a `u64` without overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("weight: {value} is out of range, a weight must be between 1 and {max}", max = Weight::MAX)]
+pub struct WeightError {
+    /// The refused value.
+    pub value: u64,
+}
+
+/// A change to the backend set was refused; the set is left exactly as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// A backend with an equal address is already in the set.
+    #[error("backend set: a backend with this address is already present as {existing}")]
+    Duplicate {
+        /// The backend already holding the address.
+        existing: BackendId,
+    },
+    /// No backend with this id is in the set (it was never added or was removed).
+    #[error("backend set: there is no backend {0}")]
+    Unknown(BackendId),
+    /// The weight was out of range.
+    #[error("backend set: {0}")]
+    Weight(#[from] WeightError),
+}
+
+/// No backend could be picked for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PickError {
+    /// The backend set is empty.
+    #[error("picker: the backend set is empty")]
+    NoBackends,
+    /// The set has backends but none of them may receive traffic.
+    #[error("picker: none of the {total} backends is eligible")]
+    NoEligible {
+        /// How many backends the set holds.
+        total: usize,
+    },
+}

@@ -1,0 +1,64 @@
+//! An embeddable, client-side load balancer.
+//!
+//! `tower-lb` chooses a backend for each request inside your process: there is no
+//! balancer to run, to scale, or to lose. Pickers are lock-free and allocate nothing on
+//! the hot path; membership changes are published as immutable snapshots; per-backend
+//! live state (in flight, totals, a peak-EWMA latency estimate) survives them.
+//!
+//! The pieces:
+//!
+//! - [`Pool`] — a shared backend set with its [`Picker`]; `insert`, `remove`,
+//!   `set_weight` from any thread while others `pick`;
+//! - [`Picker`] — the strategy: [`RoundRobin`], [`WeightedRoundRobin`] (NGINX's smooth
+//!   interleaving), [`Random`], [`WeightedRandom`] (alias method), [`LeastLoaded`],
+//!   [`PowerOfTwoChoices`] and [`PeakEwma`]; each documents its guarantee and cost;
+//! - [`Snapshot`] — an immutable view of the set, for calling pickers directly.
+//!
+//! # Quick start
+//!
+//! ```
+//! use tower_lb::{PickContext, Pool, PowerOfTwoChoices, Weight};
+//!
+//! let pool = Pool::new(PowerOfTwoChoices::new());
+//! pool.insert("10.0.0.1:8080", Weight::ONE)?;
+//! pool.insert("10.0.0.2:8080", Weight::new(2)?)?;
+//!
+//! let picked = pool.pick(&PickContext::new())?;
+//! let request = picked.start(); // in flight until finished or dropped
+//! println!("sending to {}", picked.addr());
+//! request.success();
+//!
+//! for s in pool.stats() {
+//!     println!("{} {} in flight {} picks {}", s.id, s.addr, s.in_flight, s.picks);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Features
+//!
+//! - `tower` (default): the tower integration. Pickers and the backend model need no
+//!   async runtime and no tower.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod backend;
+mod error;
+pub mod pick;
+mod pool;
+mod rng;
+
+pub use backend::{
+    Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
+};
+pub use error::{MembershipError, PickError, WeightError};
+pub use pick::{
+    LeastLoaded, PeakEwma, PickContext, Picker, PowerOfTwoChoices, Random, RoundRobin,
+    WeightedRandom, WeightedRoundRobin,
+};
+pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};

@@ -1,0 +1,192 @@
+//! The [`Picker`] trait and the strategies that implement it.
+//!
+//! A picker chooses one backend of a [`Snapshot`] for one request. Picking is split in
+//! two, after the two speeds of a load balancer:
+//!
+//! - [`Picker::prepare`] runs on the *change path*, once per published snapshot: it
+//!   builds whatever the strategy needs (a weighted schedule, an alias table, a hash
+//!   table) so that picking is cheap;
+//! - [`Picker::pick`] runs on the *hot path*, once per request, from many threads: it
+//!   takes `&self`, touches only atomics, allocates nothing, takes no lock, and returns
+//!   `None` rather than panicking when no backend can be chosen.
+//!
+//! [`Pool`](crate::Pool) calls both for you; custom code can call them directly:
+//!
+//! ```
+//! use tower_lb::{PickContext, Picker, RoundRobin, Snapshot, Weight};
+//!
+//! let snapshot = Snapshot::build([("10.0.0.1:80", Weight::ONE), ("10.0.0.2:80", Weight::ONE)])?;
+//! let picker = RoundRobin::new();
+//! let table = picker.prepare(&snapshot, None);
+//! let first = picker.pick(&table, &snapshot, &PickContext::new()).unwrap();
+//! let second = picker.pick(&table, &snapshot, &PickContext::new()).unwrap();
+//! assert_ne!(snapshot.backends()[first].addr(), snapshot.backends()[second].addr());
+//! # Ok::<(), tower_lb::MembershipError>(())
+//! ```
+//!
+//! | strategy | guarantee | pick cost |
+//! | --- | --- | --- |
+//! | [`RoundRobin`] | any k·N consecutive picks hit each backend k times | O(1), one shared atomic |
+//! | [`WeightedRoundRobin`] | NGINX smooth interleaving; every window of Σw picks holds wᵢ of backend i | O(1), one shared atomic |
+//! | [`Random`] | uniform | O(1), no shared write |
+//! | [`WeightedRandom`] | shares ∝ weights (alias method) | O(1), no shared write |
+//! | [`LeastLoaded`] | a backend with the least in-flight ÷ weight | O(n) reads |
+//! | [`PowerOfTwoChoices`] | max load ≤ ln ln n / ln 2 + O(1) (two distinct candidates) | O(1), no shared write |
+//! | [`PeakEwma`] | P2C over latency × load, reacts to a slowing backend at once | O(1), no shared write |
+
+use std::time::Instant;
+
+use crate::backend::Snapshot;
+
+mod least_loaded;
+mod p2c;
+mod peak_ewma;
+mod random;
+mod round_robin;
+mod weighted_random;
+mod weighted_round_robin;
+
+pub use least_loaded::LeastLoaded;
+pub use p2c::PowerOfTwoChoices;
+pub use peak_ewma::PeakEwma;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+pub use weighted_random::WeightedRandom;
+pub use weighted_round_robin::WeightedRoundRobin;
+
+pub use weighted_random::AliasTable;
+pub use weighted_round_robin::{MAX_SCHEDULE, Schedule};
+
+/// What a picker may know about the request being placed.
+///
+/// Cheap to build and `Copy`: an optional affinity hash (for the hashing strategies) and
+/// an optional "now" (strategies that read time use it instead of reading the clock).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickContext {
+    hash: Option<u64>,
+    now: Option<Instant>,
+}
+
+impl PickContext {
+    /// A context that carries nothing: no affinity key, the picker reads the clock itself.
+    pub const fn new() -> Self {
+        PickContext {
+            hash: None,
+            now: None,
+        }
+    }
+
+    /// The request's affinity key, already hashed to 64 bits.
+    pub const fn with_hash(mut self, hash: u64) -> Self {
+        self.hash = Some(hash);
+        self
+    }
+
+    /// The current time, when the caller has already read the clock.
+    pub const fn with_now(mut self, now: Instant) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// The affinity hash, if any.
+    pub const fn hash(&self) -> Option<u64> {
+        self.hash
+    }
+
+    /// The caller's "now", if given.
+    pub const fn now(&self) -> Option<Instant> {
+        self.now
+    }
+}
+
+/// A load-balancing strategy: chooses one backend of a snapshot for one request.
+///
+/// Implementations must not panic in `pick`, whatever the snapshot holds (0, 1 or many
+/// members, any eligibility), and must return only indices of eligible members.
+pub trait Picker<A>: Send + Sync {
+    /// What the picker precomputes for one snapshot.
+    type Table: Send + Sync;
+
+    /// Builds the table for `snapshot` (the change path). `previous` is the table of the
+    /// snapshot this one replaces, for pickers that can reuse part of it.
+    fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table;
+
+    /// Picks one eligible member, by its index in [`Snapshot::backends`]; `None` when
+    /// there is none. `table` must come from [`prepare`](Self::prepare) on this snapshot.
+    fn pick(&self, table: &Self::Table, snapshot: &Snapshot<A>, ctx: &PickContext)
+    -> Option<usize>;
+}
+
+/// The eligible member at position `slot` of the eligible list, as a backend index.
+#[inline]
+pub(crate) fn eligible_at<A>(snapshot: &Snapshot<A>, slot: usize) -> Option<usize> {
+    snapshot.eligible().get(slot).map(|&i| i as usize)
+}
+
+/// The table of the two-choice pickers: how two distinct candidates are drawn among the
+/// eligible members (sampling without replacement, so a backend is never compared with
+/// itself).
+#[derive(Debug)]
+pub enum Candidates {
+    /// Every eligible member equally likely (all weights equal).
+    Uniform,
+    /// Members drawn in proportion to their weights.
+    Weighted(AliasTable),
+}
+
+impl Candidates {
+    pub(crate) fn prepare<A>(snapshot: &Snapshot<A>) -> Self {
+        if snapshot.uniform_weights() {
+            Candidates::Uniform
+        } else {
+            Candidates::Weighted(AliasTable::over_eligible(snapshot))
+        }
+    }
+
+    /// Two distinct eligible slots (positions in the eligible list); `n >= 2`.
+    #[inline]
+    pub(crate) fn two(&self, rng: &crate::rng::RandomSource, n: usize) -> (usize, usize) {
+        match self {
+            _ if n == 2 => (0, 1),
+            Candidates::Weighted(alias) if alias.len() == n => {
+                let a = alias.sample(rng.next_u64());
+                // Redraw a few times for a distinct second candidate; past that (one
+                // member holds nearly all the weight) take another member uniformly.
+                for _ in 0..4 {
+                    let b = alias.sample(rng.next_u64());
+                    if b != a {
+                        return (a, b);
+                    }
+                }
+                let b = crate::rng::below(rng.next_u64(), n - 1);
+                (a, if b >= a { b + 1 } else { b })
+            }
+            // Uniform, or a weighted table from another snapshot: stay correct.
+            _ => uniform_pair(rng.next_u64(), n),
+        }
+    }
+}
+
+/// Two distinct positions in `0..n` (`n >= 2`) from one draw: the first from the high
+/// half, the second from the low half over the n − 1 others.
+#[inline]
+fn uniform_pair(r: u64, n: usize) -> (usize, usize) {
+    let a = (((r >> 32) * n as u64) >> 32) as usize;
+    let b = (((r & 0xFFFF_FFFF) * (n as u64 - 1)) >> 32) as usize;
+    (a, if b >= a { b + 1 } else { b })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_pair_is_distinct_and_in_range() {
+        for n in [2usize, 3, 8, 1000] {
+            for r in [0u64, u64::MAX, 0x1234_5678_9ABC_DEF0, 1 << 32, (1 << 32) - 1] {
+                let (a, b) = uniform_pair(r, n);
+                assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
+            }
+        }
+    }
+}

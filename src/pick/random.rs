@@ -1,0 +1,52 @@
+//! Uniform random choice among the eligible members.
+//!
+//! One draw from a per-thread generator mapped to `0..n` by Lemire's multiply-shift;
+//! nothing shared is written. [`Random::with_seed`] makes the sequence reproducible
+//! (at the cost of one shared atomic per pick).
+
+use super::{PickContext, Picker, eligible_at};
+use crate::backend::Snapshot;
+use crate::rng::RandomSource;
+
+/// Picks an eligible member uniformly at random. See the [module docs](self).
+#[derive(Debug)]
+pub struct Random {
+    rng: RandomSource,
+}
+
+impl Random {
+    /// A picker drawing from a per-thread generator seeded by the OS.
+    pub fn new() -> Self {
+        Random {
+            rng: RandomSource::Thread,
+        }
+    }
+
+    /// A reproducible picker: the same seed gives the same picks.
+    pub fn with_seed(seed: u64) -> Self {
+        Random {
+            rng: RandomSource::seeded(seed),
+        }
+    }
+}
+
+impl Default for Random {
+    fn default() -> Self {
+        Random::new()
+    }
+}
+
+impl<A> Picker<A> for Random {
+    type Table = ();
+
+    fn prepare(&self, _: &Snapshot<A>, _: Option<&()>) {}
+
+    #[inline]
+    fn pick(&self, _: &(), snapshot: &Snapshot<A>, _: &PickContext) -> Option<usize> {
+        match snapshot.eligible().len() {
+            0 => None,
+            1 => eligible_at(snapshot, 0),
+            n => eligible_at(snapshot, self.rng.below(n)),
+        }
+    }
+}
