@@ -1,0 +1,9 @@
+//! Criterion benches, one entry with a module per area. Each group carries its baseline
+//! (the floor or the peer) in the same run, so ratios are what a reader compares.
+
+use criterion::{criterion_group, criterion_main};
+
+mod pickers;
+
+criterion_group!(benches, pickers::register);
+criterion_main!(benches);
