@@ -49,6 +49,7 @@
 
 mod backend;
 mod error;
+pub mod health;
 pub mod pick;
 mod pool;
 mod rng;
@@ -56,7 +57,7 @@ mod rng;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
 };
-pub use error::{MembershipError, PickError, WeightError};
+pub use error::{ConfigError, MembershipError, PickError, ProbeError, SpawnError, WeightError};
 pub use pick::{
     LeastLoaded, PeakEwma, PickContext, Picker, PowerOfTwoChoices, Random, RoundRobin,
     WeightedRandom, WeightedRoundRobin,
