@@ -108,6 +108,7 @@ impl ProbeError {
         &self.message
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn into_message(self) -> Arc<str> {
         self.message
     }
