@@ -664,6 +664,8 @@ pub struct BackendStats<A> {
     pub ejections: u64,
     /// While ejected, the time until it returns (at the latest).
     pub returns_in: Option<Duration>,
+    /// Active probes completed on it.
+    pub probes: u64,
 }
 
 impl<A: Clone> BackendStats<A> {
@@ -697,6 +699,7 @@ impl<A: Clone> BackendStats<A> {
             ramp: ramping.then(|| f64::from(effective_weight) / full),
             ejections: h.ejections.load(Ordering::Relaxed),
             returns_in: (until != 0).then(|| Duration::from_nanos(until.saturating_sub(now_ns))),
+            probes: h.probe.lock().completed,
         })
     }
 }

@@ -396,7 +396,7 @@ where
     /// use tower_lb::health::{OutlierDetection, Outcome};
     /// use tower_lb::{PickContext, Pool, RoundRobin, Weight};
     ///
-    /// let pool = Pool::builder(RoundRobin::new())
+    /// let pool = Pool::<&str, _>::builder(RoundRobin::new())
     ///     .outlier_detection(OutlierDetection::new().consecutive_failures(2))
     ///     .build();
     /// let bad = pool.insert("bad", Weight::ONE)?;

@@ -54,9 +54,9 @@ use crate::error::ConfigError;
 ///     .consecutive_failures(3)
 ///     .base_ejection_time(Duration::from_secs(10))
 ///     .failure_percentage(Some(FailurePercentage::new()));
-/// let pool = Pool::builder(RoundRobin::new())
+/// let pool: Pool<&str, _> = Pool::<&str, _>::builder(RoundRobin::new())
 ///     .outlier_detection(detection)
-///     .build::<&str>();
+///     .build();
 /// # let _ = pool;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
