@@ -73,7 +73,6 @@ where
     }
 }
 
-const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
 // ---------------------------------------------------------------------------------------
@@ -245,7 +244,11 @@ fn jitter_spreads_returns_of_backends_ejected_together() {
 fn success_rate_ejects_the_outlier_and_only_the_outlier() {
     use rand::{Rng, SeedableRng};
     let interval = Duration::from_secs(10);
-    for seed in 0..8u64 {
+    // One interval per seed: once the outlier is out, the remaining population is
+    // homogeneous and its σ tiny, so by design of the rule (Envoy's, A50's) an ordinary
+    // backend may then dip below mean − 1.9σ; what is checked is the interval that
+    // contains the outlier.
+    for seed in 0..24u64 {
         let clock = ManualClock::new();
         let pool = Pool::<String, _>::builder(RoundRobin::new())
             .clock(clock.reader())
@@ -263,11 +266,8 @@ fn success_rate_ejects_the_outlier_and_only_the_outlier() {
             .unwrap();
         let outlier = ids[7];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        for round in 0..3 {
+        {
             for &id in &ids {
-                if stat(&pool, id).returns_in.is_some() {
-                    continue; // no traffic while ejected
-                }
                 let p_success = if id == outlier { 0.80 } else { 0.99 };
                 for _ in 0..200 {
                     let outcome = if rng.random_bool(p_success) {
@@ -286,7 +286,7 @@ fn success_rate_ejects_the_outlier_and_only_the_outlier() {
                 .filter(|s| s.returns_in.is_some())
                 .map(|s| s.id)
                 .collect();
-            assert_eq!(ejected, vec![outlier], "seed {seed}, round {round}");
+            assert_eq!(ejected, vec![outlier], "seed {seed}");
             assert_eq!(
                 stat(&pool, outlier).health,
                 Verdict::Unhealthy(Reason::Ejected(Ejection::SuccessRate))
