@@ -183,7 +183,12 @@ impl BackendState {
     /// Counts one finished request: the success or failure total, the latency sample (if
     /// any, taken at `at`), and the consecutive-failure streak of outlier detection.
     /// Returns whether this failure reached the pool's consecutive-failure threshold.
-    pub(crate) fn record_outcome(&self, success: bool, latency: Option<Duration>, at: Instant) -> bool {
+    pub(crate) fn record_outcome(
+        &self,
+        success: bool,
+        latency: Option<Duration>,
+        at: Instant,
+    ) -> bool {
         let counter = if success {
             &self.successes
         } else {
@@ -438,7 +443,11 @@ impl<A> Snapshot<A> {
     }
 
     /// A snapshot of the given members with health's verdicts, eligible set and weights.
-    pub(crate) fn from_evaluation(backends: Vec<Backend<A>>, version: u64, eval: Evaluation) -> Self {
+    pub(crate) fn from_evaluation(
+        backends: Vec<Backend<A>>,
+        version: u64,
+        eval: Evaluation,
+    ) -> Self {
         Self::assemble(
             backends,
             version,
@@ -468,7 +477,10 @@ impl<A> Snapshot<A> {
             .filter(|&i| eligible_mask[i])
             .filter_map(|i| u32::try_from(i).ok())
             .collect();
-        let total_weight = eligible.iter().map(|&i| u64::from(effective[i as usize])).sum();
+        let total_weight = eligible
+            .iter()
+            .map(|&i| u64::from(effective[i as usize]))
+            .sum();
         let uniform_weights = eligible
             .windows(2)
             .all(|w| effective[w[0] as usize] == effective[w[1] as usize]);
@@ -683,7 +695,8 @@ impl<A: Clone> BackendStats<A> {
         let now_ns = nanos_since_epoch(health_now);
         let effective_weight = snapshot.effective_weight(index);
         let full = f64::from(b.weight.get()) * f64::from(snapshot.weight_scale());
-        let ramping = h.ramp_start.load(Ordering::Relaxed) != 0 && f64::from(effective_weight) < full;
+        let ramping =
+            h.ramp_start.load(Ordering::Relaxed) != 0 && f64::from(effective_weight) < full;
         Some(BackendStats {
             id: b.id,
             addr: b.addr.clone(),
@@ -712,7 +725,10 @@ mod tests {
     fn weight_bounds() {
         assert_eq!(Weight::new(0), Err(WeightError { value: 0 }));
         assert_eq!(Weight::new(1).map(Weight::get), Ok(1));
-        assert_eq!(Weight::new(u64::from(u32::MAX)).map(Weight::get), Ok(u32::MAX));
+        assert_eq!(
+            Weight::new(u64::from(u32::MAX)).map(Weight::get),
+            Ok(u32::MAX)
+        );
         let over = u64::from(u32::MAX) + 1;
         let err = Weight::new(over).unwrap_err();
         assert_eq!(err.value, over);
@@ -744,7 +760,10 @@ mod tests {
         assert_eq!(at0, Duration::from_millis(100));
         // e^-1 of the estimate after one decay window, within rounding.
         let expected = 100e6 * (-1.0f64).exp();
-        assert!((later.as_nanos() as f64 - expected).abs() < 1e3, "{later:?}");
+        assert!(
+            (later.as_nanos() as f64 - expected).abs() < 1e3,
+            "{later:?}"
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(setting: &'static str, expected: &'static str, got: impl fmt::Display) -> Self {
+    pub(crate) fn new(
+        setting: &'static str,
+        expected: &'static str,
+        got: impl fmt::Display,
+    ) -> Self {
         ConfigError {
             setting,
             expected,

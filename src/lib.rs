@@ -12,7 +12,11 @@
 //! - [`Picker`] — the strategy: [`RoundRobin`], [`WeightedRoundRobin`] (NGINX's smooth
 //!   interleaving), [`Random`], [`WeightedRandom`] (alias method), [`LeastLoaded`],
 //!   [`PowerOfTwoChoices`] and [`PeakEwma`]; each documents its guarantee and cost;
-//! - [`Snapshot`] — an immutable view of the set, for calling pickers directly.
+//! - [`Snapshot`] — an immutable view of the set, for calling pickers directly;
+//! - [`health`] — which backends may receive traffic: passive outlier ejection, active
+//!   probes, the panic threshold, slow start, drain and admin, your own
+//!   [`HealthSource`](health::HealthSource)s. Health changes the snapshot, never the
+//!   pick path.
 //!
 //! # Quick start
 //!
@@ -38,6 +42,10 @@
 //!
 //! - `tower` (default): the tower integration. Pickers and the backend model need no
 //!   async runtime and no tower.
+//! - `tokio`: the background health task (`Pool::spawn_health`,
+//!   `Pool::spawn_health_probes`) and the TCP probe; health's clock then reads tokio's,
+//!   so tests with a paused clock drive it.
+//! - `http`: the HTTP health probe (with `tokio`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(

@@ -28,9 +28,7 @@ use crate::backend::{
 use crate::error::{MembershipError, PickError};
 use crate::health::engine::{Engine, HealthConfig, uneject};
 use crate::health::state::{ADMIN_DOWN, ADMIN_DRAIN, ADMIN_UP, HealthShared};
-use crate::health::{
-    Clock, HealthSource, OutlierDetection, Outcome, PanicThreshold, SlowStart,
-};
+use crate::health::{Clock, HealthSource, Outcome, OutlierDetection, PanicThreshold, SlowStart};
 use crate::pick::{PickContext, Picker};
 
 /// A snapshot together with a picker's table for it.
@@ -107,7 +105,9 @@ struct Writer<A> {
 /// A backend set shared by many threads, with the picker that chooses among it.
 ///
 /// `Pool` is cheap to clone: clones share one set. Picks never block; changes are
-/// published atomically (see the [module docs](self)).
+/// published atomically: readers load the current snapshot without a lock, writers
+/// serialise on a mutex that only writers take and publish a whole new snapshot with one
+/// atomic store. Health changes take the same path (see [`health`](crate::health)).
 ///
 /// # Examples
 ///
@@ -360,7 +360,9 @@ where
         writer.version += 1;
         let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
         // Writers are serialised by the mutex, so a plain store cannot lose an update.
-        self.inner.current.store(Arc::new(Prepared { snapshot, table }));
+        self.inner
+            .current
+            .store(Arc::new(Prepared { snapshot, table }));
         next
     }
 
@@ -484,7 +486,10 @@ where
     ) {
         let mut writer = self.inner.writer.lock();
         let current = self.inner.current.load_full();
-        let Some(backend) = current.snapshot.index_of(id).and_then(|i| current.snapshot.get(i))
+        let Some(backend) = current
+            .snapshot
+            .index_of(id)
+            .and_then(|i| current.snapshot.get(i))
         else {
             return; // removed meanwhile
         };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use tower_lb::health::{
-    Ejection, FailurePercentage, OutlierDetection, Outcome, PanicMode, PanicThreshold, Reason,
+    Ejection, FailurePercentage, Outcome, OutlierDetection, PanicMode, PanicThreshold, Reason,
     SlowStart, SuccessRate, Verdict,
 };
 use tower_lb::{
@@ -54,7 +54,10 @@ fn is_healthy<A: Clone, P: Picker<A>>(pool: &Pool<A, P>, id: BackendId) -> bool 
 }
 
 fn ejected_count<A: Clone, P: Picker<A>>(pool: &Pool<A, P>) -> usize {
-    pool.stats().iter().filter(|s| s.returns_in.is_some()).count()
+    pool.stats()
+        .iter()
+        .filter(|s| s.returns_in.is_some())
+        .count()
 }
 
 /// Outlier detection with consecutive failures only and no jitter: exact times.
@@ -96,18 +99,29 @@ fn five_consecutive_failures_eject_for_base_times_k_up_to_the_cap() {
     let expected: Vec<u64> = (1..=12u64).map(|k| (30 * k).min(300)).collect();
     for (round, &secs) in expected.iter().enumerate() {
         fail(&pool, bad, 4);
-        assert!(is_healthy(&pool, bad), "round {round}: 4 failures must not eject");
+        assert!(
+            is_healthy(&pool, bad),
+            "round {round}: 4 failures must not eject"
+        );
         fail(&pool, bad, 1);
         let s = stat(&pool, bad);
         assert_eq!(
             s.health,
             Verdict::Unhealthy(Reason::Ejected(Ejection::ConsecutiveFailures))
         );
-        assert_eq!(s.returns_in, Some(Duration::from_secs(secs)), "round {round}");
+        assert_eq!(
+            s.returns_in,
+            Some(Duration::from_secs(secs)),
+            "round {round}"
+        );
         assert_eq!(s.ejections, round as u64 + 1);
 
         for _ in 0..60 {
-            assert_ne!(pool.pick(&ctx).unwrap().id(), bad, "an ejected backend was picked");
+            assert_ne!(
+                pool.pick(&ctx).unwrap().id(),
+                bad,
+                "an ejected backend was picked"
+            );
         }
 
         clock.advance(Duration::from_secs(secs) - MS);
@@ -115,7 +129,10 @@ fn five_consecutive_failures_eject_for_base_times_k_up_to_the_cap() {
         assert!(!is_healthy(&pool, bad), "round {round}: returned early");
         clock.advance(MS);
         pool.tick();
-        assert!(is_healthy(&pool, bad), "round {round}: not back after {secs} s");
+        assert!(
+            is_healthy(&pool, bad),
+            "round {round}: not back after {secs} s"
+        );
     }
 }
 
@@ -229,7 +246,10 @@ fn jitter_spreads_returns_of_backends_ejected_together() {
         .iter()
         .map(|&id| stat(&pool, id).returns_in.expect("ejected"))
         .collect();
-    assert!(returns.iter().all(|r| (base..=base + jitter).contains(r)), "{returns:?}");
+    assert!(
+        returns.iter().all(|r| (base..=base + jitter).contains(r)),
+        "{returns:?}"
+    );
     let mut distinct = returns.clone();
     distinct.sort();
     distinct.dedup();
@@ -315,7 +335,11 @@ fn success_rate_waits_for_enough_backends_and_volume() {
         let bad = id == ids[0];
         for i in 0..200 {
             let ok = if bad { i % 2 == 0 } else { true };
-            let outcome = if ok { Outcome::success() } else { Outcome::failure() };
+            let outcome = if ok {
+                Outcome::success()
+            } else {
+                Outcome::failure()
+            };
             pool.report(id, outcome).unwrap();
         }
     }
@@ -345,7 +369,11 @@ fn failure_percentage_ejects_above_the_threshold_when_enabled() {
         // h0 fails 90%, h1 80%, the others 0%.
         let failures = [45, 40, 0, 0, 0, 0][n];
         for i in 0..50 {
-            let outcome = if i < failures { Outcome::failure() } else { Outcome::success() };
+            let outcome = if i < failures {
+                Outcome::failure()
+            } else {
+                Outcome::success()
+            };
             pool.report(id, outcome).unwrap();
         }
     }
@@ -387,7 +415,10 @@ fn sets_of_two_to_nine_can_eject_one_and_only_one() {
             fail(&pool, id, 5);
         }
         assert_eq!(ejected_count(&pool), 1, "n = {n}");
-        assert!(!is_healthy(&pool, ids[0]), "n = {n}: the first to fail is ejected");
+        assert!(
+            !is_healthy(&pool, ids[0]),
+            "n = {n}: the first to fail is ejected"
+        );
     }
 }
 
@@ -490,7 +521,9 @@ fn with_one_of_three_healthy_picks_spread_over_all_three_when_failing_open() {
     assert!(!pool.snapshot().snapshot().is_panicking());
     let mut counts: BTreeMap<BackendId, usize> = BTreeMap::new();
     for _ in 0..300 {
-        *counts.entry(pool.pick(&PickContext::new()).unwrap().id()).or_default() += 1;
+        *counts
+            .entry(pool.pick(&PickContext::new()).unwrap().id())
+            .or_default() += 1;
     }
     assert_eq!(counts.get(&ids[0]), None);
 
@@ -498,10 +531,15 @@ fn with_one_of_three_healthy_picks_spread_over_all_three_when_failing_open() {
     assert!(pool.snapshot().snapshot().is_panicking());
     let mut counts: BTreeMap<BackendId, usize> = BTreeMap::new();
     for _ in 0..300 {
-        *counts.entry(pool.pick(&PickContext::new()).unwrap().id()).or_default() += 1;
+        *counts
+            .entry(pool.pick(&PickContext::new()).unwrap().id())
+            .or_default() += 1;
     }
     // Round robin over all three: exactly a third each.
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100, 100, 100]);
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![100, 100, 100]
+    );
 
     pool.mark_up(ids[1]).unwrap();
     assert!(!pool.snapshot().snapshot().is_panicking());
@@ -518,7 +556,13 @@ fn with_one_of_three_healthy_the_typed_error_comes_back_when_failing_closed() {
     pool.mark_down(ids[0]).unwrap();
     pool.mark_down(ids[2]).unwrap();
     let err = pool.pick(&PickContext::new()).unwrap_err();
-    assert_eq!(err, PickError::PanicThreshold { healthy: 1, total: 3 });
+    assert_eq!(
+        err,
+        PickError::PanicThreshold {
+            healthy: 1,
+            total: 3
+        }
+    );
     assert!(err.to_string().contains("1 of 3"), "{err}");
 }
 
@@ -526,7 +570,12 @@ fn with_one_of_three_healthy_the_typed_error_comes_back_when_failing_closed() {
 fn draining_backends_are_not_counted_and_never_picked_in_panic() {
     let pool = Pool::new(RoundRobin::new());
     let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE), ("d", Weight::ONE)])
+        .extend([
+            ("a", Weight::ONE),
+            ("b", Weight::ONE),
+            ("c", Weight::ONE),
+            ("d", Weight::ONE),
+        ])
         .unwrap();
     // Two drained for maintenance: 2 of 2 in service are healthy, no panic.
     pool.drain(ids[0]).unwrap();
@@ -548,7 +597,9 @@ fn a_disabled_threshold_routes_only_to_healthy_down_to_none() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .panic_threshold(PanicThreshold::disabled())
         .build();
-    let ids = pool.extend([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
     pool.mark_down(ids[0]).unwrap();
     for _ in 0..10 {
         assert_eq!(pool.pick(&PickContext::new()).unwrap().id(), ids[1]);
@@ -583,14 +634,20 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
     for aggression in [1.0, 2.0, 0.5] {
         let clock = ManualClock::new();
         let window = Duration::from_secs(60);
-        let ramp = SlowStart::new(window).unwrap().aggression(aggression).unwrap();
+        let ramp = SlowStart::new(window)
+            .unwrap()
+            .aggression(aggression)
+            .unwrap();
         let pool = Pool::<&str, _>::builder(WeightedRandom::with_seed(7))
             .clock(clock.reader())
             .slow_start(ramp)
             .build();
         let w = 3u32;
         let ids = pool
-            .extend([("steady", Weight::new(u64::from(w)).unwrap()), ("recovering", Weight::new(u64::from(w)).unwrap())])
+            .extend([
+                ("steady", Weight::new(u64::from(w)).unwrap()),
+                ("recovering", Weight::new(u64::from(w)).unwrap()),
+            ])
             .unwrap();
         // Both joined together and ramp together; let that ramp end.
         clock.advance(window);
@@ -617,7 +674,11 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
                 "aggression {aggression}, t = {secs}s: factor {got}, formula {want}"
             );
             assert_eq!(f64::from(snapshot.effective_weight(0)), full);
-            assert!(stat(&pool, ids[1]).ramp.is_some_and(|r| (r - got).abs() < 1e-9));
+            assert!(
+                stat(&pool, ids[1])
+                    .ramp
+                    .is_some_and(|r| (r - got).abs() < 1e-9)
+            );
 
             let picks = 40_000;
             let hits = (0..picks)
@@ -629,7 +690,10 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
                 (share - expected).abs() <= SHARE_TOLERANCE,
                 "aggression {aggression}, t = {secs}s: share {share}, expected {expected}"
             );
-            assert!(share + SHARE_TOLERANCE >= last_share, "the share fell at t = {secs}s");
+            assert!(
+                share + SHARE_TOLERANCE >= last_share,
+                "the share fell at t = {secs}s"
+            );
             last_share = share;
         }
         clock.advance(t0 + window - clock.now());
@@ -659,7 +723,9 @@ fn slow_start_reenters_after_an_ejection_and_on_join() {
     clock.advance(Duration::from_secs(30));
     pool.tick();
     assert!(is_healthy(&pool, ids[0]));
-    let ramp = stat(&pool, ids[0]).ramp.expect("ramping after the ejection");
+    let ramp = stat(&pool, ids[0])
+        .ramp
+        .expect("ramping after the ejection");
     assert!((ramp - 0.1).abs() <= RAMP_TOLERANCE, "{ramp}");
 
     clock.advance(Duration::from_secs(50));
@@ -717,7 +783,9 @@ fn run_ops<P: Picker<String>>(
     let mut admin: HashMap<BackendId, Admin> = HashMap::new();
     let mut next = 0u32;
     for w in [1u32, 2, 3] {
-        let id = pool.insert(format!("h{next}"), Weight::new(u64::from(w)).unwrap()).unwrap();
+        let id = pool
+            .insert(format!("h{next}"), Weight::new(u64::from(w)).unwrap())
+            .unwrap();
         admin.insert(id, Admin::Up);
         next += 1;
     }
@@ -726,34 +794,46 @@ fn run_ops<P: Picker<String>>(
         let members: Vec<BackendId> = pool.stats().iter().map(|s| s.id).collect();
         let nth = |i: usize| members.get(i % members.len().max(1)).copied();
         match *op {
-            Op::Down(i) => if let Some(id) = nth(i) {
-                pool.mark_down(id).unwrap();
-                admin.insert(id, Admin::Down);
-            },
-            Op::Drain(i) => if let Some(id) = nth(i) {
-                pool.drain(id).unwrap();
-                admin.insert(id, Admin::Drain);
-            },
-            Op::Up(i) => if let Some(id) = nth(i) {
-                pool.mark_up(id).unwrap();
-                admin.insert(id, Admin::Up);
-            },
-            Op::Eject(i) => if let Some(id) = nth(i) {
-                fail(&pool, id, 5);
-            },
+            Op::Down(i) => {
+                if let Some(id) = nth(i) {
+                    pool.mark_down(id).unwrap();
+                    admin.insert(id, Admin::Down);
+                }
+            }
+            Op::Drain(i) => {
+                if let Some(id) = nth(i) {
+                    pool.drain(id).unwrap();
+                    admin.insert(id, Admin::Drain);
+                }
+            }
+            Op::Up(i) => {
+                if let Some(id) = nth(i) {
+                    pool.mark_up(id).unwrap();
+                    admin.insert(id, Admin::Up);
+                }
+            }
+            Op::Eject(i) => {
+                if let Some(id) = nth(i) {
+                    fail(&pool, id, 5);
+                }
+            }
             Op::Advance(secs) => {
                 clock.advance(Duration::from_secs(u64::from(secs)));
                 pool.tick();
             }
             Op::Insert(w) => {
-                let id = pool.insert(format!("h{next}"), Weight::new(u64::from(w)).unwrap()).unwrap();
+                let id = pool
+                    .insert(format!("h{next}"), Weight::new(u64::from(w)).unwrap())
+                    .unwrap();
                 admin.insert(id, Admin::Up);
                 next += 1;
             }
-            Op::Remove(i) => if let Some(id) = nth(i) {
-                pool.remove(id).unwrap();
-                admin.remove(&id);
-            },
+            Op::Remove(i) => {
+                if let Some(id) = nth(i) {
+                    pool.remove(id).unwrap();
+                    admin.remove(&id);
+                }
+            }
             Op::Picks(k) => {
                 let prepared = pool.snapshot();
                 let snapshot = prepared.snapshot();
@@ -767,12 +847,19 @@ fn run_ops<P: Picker<String>>(
                 for _ in 0..k {
                     match pool.pick(&ctx) {
                         Ok(picked) => {
-                            prop_assert_eq!(pool.snapshot().snapshot().version(), snapshot.version());
+                            prop_assert_eq!(
+                                pool.snapshot().snapshot().version(),
+                                snapshot.version()
+                            );
                             let index = picked.index();
                             let model = admin[&picked.id()];
                             prop_assert!(model != Admin::Drain, "a draining backend was picked");
                             if !snapshot.is_panicking() {
-                                prop_assert!(snapshot.is_healthy(index), "picked {:?}", snapshot.verdict(index));
+                                prop_assert!(
+                                    snapshot.is_healthy(index),
+                                    "picked {:?}",
+                                    snapshot.verdict(index)
+                                );
                                 prop_assert_eq!(model, Admin::Up);
                             }
                         }
@@ -831,7 +918,9 @@ proptest! {
 #[test]
 fn drain_stops_new_picks_while_in_flight_requests_finish() {
     let pool = Pool::new(RoundRobin::new());
-    let ids = pool.extend([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
     let ctx = PickContext::new();
     let guards: Vec<_> = (0..4).map(|_| pool.pick(&ctx).unwrap().start()).collect();
     assert_eq!(stat(&pool, ids[0]).in_flight, 2);
@@ -852,7 +941,8 @@ fn drain_stops_new_picks_while_in_flight_requests_finish() {
     let picked: Vec<BackendId> = (0..4).map(|_| pool.pick(&ctx).unwrap().id()).collect();
     assert!(picked.contains(&ids[0]));
     assert_eq!(
-        pool.drain(BackendId::clone(&ids[0])).and(pool.remove(ids[0]).map(drop)),
+        pool.drain(BackendId::clone(&ids[0]))
+            .and(pool.remove(ids[0]).map(drop)),
         Ok(())
     );
     assert_eq!(
@@ -864,7 +954,9 @@ fn drain_stops_new_picks_while_in_flight_requests_finish() {
 #[test]
 fn health_survives_membership_changes() {
     let pool = Pool::new(WeightedRoundRobin::new());
-    let ids = pool.extend([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
     pool.mark_down(ids[0]).unwrap();
     pool.insert("c", Weight::ONE).unwrap();
     pool.set_weight(ids[1], Weight::new(3).unwrap()).unwrap();
@@ -895,7 +987,10 @@ fn a_custom_source_combines_with_the_others() {
     assert!(is_healthy(&pool, a));
     opinion.store(1, Ordering::Relaxed);
     pool.tick();
-    assert_eq!(stat(&pool, a).health, Verdict::Unhealthy(Reason::other("registry: failing")));
+    assert_eq!(
+        stat(&pool, a).health,
+        Verdict::Unhealthy(Reason::other("registry: failing"))
+    );
     // The admin switch drains: draining is stricter than the source's unhealthy.
     pool.drain(a).unwrap();
     assert_eq!(stat(&pool, a).health, Verdict::Draining(Reason::Admin));
@@ -931,7 +1026,8 @@ mod capture {
 
     impl Visit for Fields<'_> {
         fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-            self.0.insert(field.name().to_string(), format!("{value:?}"));
+            self.0
+                .insert(field.name().to_string(), format!("{value:?}"));
         }
         fn record_str(&mut self, field: &Field, value: &str) {
             self.0.insert(field.name().to_string(), value.to_string());
@@ -983,16 +1079,55 @@ fn every_transition_is_an_event_with_backend_states_and_reason() {
     let events = capture.0.lock().unwrap();
     let transitions: Vec<(String, String, String, String)> = events
         .iter()
-        .filter(|(target, f)| target == "tower_lb::health" && f["message"] == "backend health changed")
-        .map(|(_, f)| (f["backend"].clone(), f["from"].clone(), f["to"].clone(), f["reason"].clone()))
+        .filter(|(target, f)| {
+            target == "tower_lb::health" && f["message"] == "backend health changed"
+        })
+        .map(|(_, f)| {
+            (
+                f["backend"].clone(),
+                f["from"].clone(),
+                f["to"].clone(),
+                f["reason"].clone(),
+            )
+        })
         .collect();
     let expected = [
-        ("backend#0", "healthy", "unhealthy (ejected: consecutive failures)", "ejected: consecutive failures"),
-        ("backend#0", "unhealthy (ejected: consecutive failures)", "healthy", "ejected: consecutive failures"),
-        ("backend#1", "healthy", "draining (set by admin)", "set by admin"),
-        ("backend#2", "healthy", "unhealthy (set by admin)", "set by admin"),
-        ("backend#0", "healthy", "unhealthy (set by admin)", "set by admin"),
-        ("backend#0", "unhealthy (set by admin)", "healthy", "set by admin"),
+        (
+            "backend#0",
+            "healthy",
+            "unhealthy (ejected: consecutive failures)",
+            "ejected: consecutive failures",
+        ),
+        (
+            "backend#0",
+            "unhealthy (ejected: consecutive failures)",
+            "healthy",
+            "ejected: consecutive failures",
+        ),
+        (
+            "backend#1",
+            "healthy",
+            "draining (set by admin)",
+            "set by admin",
+        ),
+        (
+            "backend#2",
+            "healthy",
+            "unhealthy (set by admin)",
+            "set by admin",
+        ),
+        (
+            "backend#0",
+            "healthy",
+            "unhealthy (set by admin)",
+            "set by admin",
+        ),
+        (
+            "backend#0",
+            "unhealthy (set by admin)",
+            "healthy",
+            "set by admin",
+        ),
     ];
     let expected: Vec<(String, String, String, String)> = expected
         .iter()
@@ -1020,16 +1155,24 @@ fn stats_show_health_ejections_and_time_until_return() {
         .clock(clock.reader())
         .outlier_detection(consecutive_only())
         .build();
-    let ids = pool.extend([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
     fail(&pool, ids[0], 5);
     clock.advance(Duration::from_secs(12));
     let s = stat(&pool, ids[0]);
     assert!(!s.eligible);
     assert_eq!(s.ejections, 1);
     assert_eq!(s.returns_in, Some(Duration::from_secs(18)));
-    assert_eq!(s.health.reason(), Some(&Reason::Ejected(Ejection::ConsecutiveFailures)));
+    assert_eq!(
+        s.health.reason(),
+        Some(&Reason::Ejected(Ejection::ConsecutiveFailures))
+    );
     let b = stat(&pool, ids[1]);
-    assert_eq!((b.health, b.ejections, b.returns_in), (Verdict::Healthy, 0, None));
+    assert_eq!(
+        (b.health, b.ejections, b.returns_in),
+        (Verdict::Healthy, 0, None)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1066,7 +1209,10 @@ mod task {
 
         // New backends are probed at once.
         until(start + settle).await;
-        assert_eq!((stat(&pool, ids[0]).probes, stat(&pool, ids[1]).probes), (1, 1));
+        assert_eq!(
+            (stat(&pool, ids[0]).probes, stat(&pool, ids[1]).probes),
+            (1, 1)
+        );
         assert!(is_healthy(&pool, ids[1]));
 
         drop(flaky);
@@ -1122,7 +1268,8 @@ mod task {
             .seed(42);
         let (low, high) = config.interval_bounds();
         let pool = Pool::new(RoundRobin::new());
-        pool.extend((0..3).map(|i| (format!("h{i}"), Weight::ONE))).unwrap();
+        pool.extend((0..3).map(|i| (format!("h{i}"), Weight::ONE)))
+            .unwrap();
         let start = TokioInstant::now();
         let _task = pool.spawn_health_probes(probe, config).unwrap();
 
@@ -1132,7 +1279,11 @@ mod task {
         until(start + Duration::from_secs(400)).await;
 
         let log = log.lock().unwrap();
-        assert_eq!(log["late"][0], start + Duration::from_millis(100_300), "a new backend is probed at once");
+        assert_eq!(
+            log["late"][0],
+            start + Duration::from_millis(100_300),
+            "a new backend is probed at once"
+        );
         let mut gaps = Vec::new();
         for (addr, times) in log.iter() {
             if addr != "late" {
@@ -1141,7 +1292,10 @@ mod task {
             assert!(times.len() >= 50, "{addr}: {} probes", times.len());
             for pair in times.windows(2) {
                 let gap = pair[1] - pair[0];
-                assert!((low..=high).contains(&gap), "{addr}: gap {gap:?} outside [{low:?}, {high:?}]");
+                assert!(
+                    (low..=high).contains(&gap),
+                    "{addr}: gap {gap:?} outside [{low:?}, {high:?}]"
+                );
                 gaps.push(gap);
             }
         }
@@ -1157,7 +1311,9 @@ mod task {
             Ok(())
         });
         let pool = Pool::new(RoundRobin::new());
-        let ids = pool.extend([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+        let ids = pool
+            .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+            .unwrap();
         let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1).unwrap();
         let start = TokioInstant::now();
         let _task = pool.spawn_health_probes(probe, config).unwrap();
@@ -1166,7 +1322,13 @@ mod task {
         until(start + Duration::from_millis(1001)).await;
         let s = stat(&pool, ids[0]);
         assert_eq!(s.probes, 1);
-        assert!(s.health.reason().is_some_and(|r| r.to_string().contains("timed out")), "{:?}", s.health);
+        assert!(
+            s.health
+                .reason()
+                .is_some_and(|r| r.to_string().contains("timed out")),
+            "{:?}",
+            s.health
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1174,7 +1336,9 @@ mod task {
         let pool = Pool::<&str, _>::builder(RoundRobin::new())
             .outlier_detection(consecutive_only())
             .build();
-        let ids = pool.extend([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+        let ids = pool
+            .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+            .unwrap();
         let probe = probe_fn(|_: &&str| async { Ok(()) });
         let start = TokioInstant::now();
         let _task = pool
@@ -1193,7 +1357,9 @@ mod task {
         let pool = Pool::<&str, _>::builder(RoundRobin::new())
             .outlier_detection(consecutive_only())
             .build();
-        let ids = pool.extend([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+        let ids = pool
+            .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+            .unwrap();
         let _task = pool.spawn_health().unwrap();
         let state = pool.snapshot().snapshot().backends()[0].state().clone();
         let start = TokioInstant::now();
@@ -1205,7 +1371,10 @@ mod task {
         until(start + Duration::from_secs(30) - MS).await;
         assert!(!is_healthy(&pool, ids[0]));
         until(start + Duration::from_secs(30) + MS).await;
-        assert!(is_healthy(&pool, ids[0]), "the task did not return it on time");
+        assert!(
+            is_healthy(&pool, ids[0]),
+            "the task did not return it on time"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1246,18 +1415,28 @@ mod task {
                 Poll::Ready(Ok(()))
             }
             fn call(&mut self, addr: &'static str) -> Self::Future {
-                std::future::ready(if addr == "bad" { Err("bad backend".into()) } else { Ok(()) })
+                std::future::ready(if addr == "bad" {
+                    Err("bad backend".into())
+                } else {
+                    Ok(())
+                })
             }
         }
         let pool = Pool::new(RoundRobin::new());
-        let ids = pool.extend([("good", Weight::ONE), ("bad", Weight::ONE)]).unwrap();
+        let ids = pool
+            .extend([("good", Weight::ONE), ("bad", Weight::ONE)])
+            .unwrap();
         let config = ProbeConfig::new().fall(1).unwrap();
-        let _task = pool.spawn_health_probes(ServiceProbe::new(Check), config).unwrap();
+        let _task = pool
+            .spawn_health_probes(ServiceProbe::new(Check), config)
+            .unwrap();
         until(TokioInstant::now() + Duration::from_millis(10)).await;
         assert!(is_healthy(&pool, ids[0]));
         assert_eq!(
             stat(&pool, ids[1]).health,
-            Verdict::Unhealthy(Reason::ProbeFailed { error: "bad backend".into() })
+            Verdict::Unhealthy(Reason::ProbeFailed {
+                error: "bad backend".into()
+            })
         );
     }
 
@@ -1275,10 +1454,14 @@ mod task {
         let (s, r) = (Arc::clone(&status), Arc::clone(&requests));
         tokio::spawn(async move {
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 1024];
                 let n = conn.read(&mut buf).await.unwrap_or(0);
-                r.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                r.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
                 let code = s.load(Ordering::Relaxed);
                 let _ = conn
                     .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
@@ -1293,7 +1476,10 @@ mod task {
             .unwrap()
             .fall(1)
             .unwrap();
-        let probe = HttpProbe::new("/healthz").unwrap().host("api.test").unwrap();
+        let probe = HttpProbe::new("/healthz")
+            .unwrap()
+            .host("api.test")
+            .unwrap();
         let start = TokioInstant::now();
         let _task = pool.spawn_health_probes(probe, config).unwrap();
         let settle = Duration::from_millis(100);
@@ -1304,7 +1490,12 @@ mod task {
         status.store(503, Ordering::Relaxed);
         until(start + Duration::from_secs(5) + settle).await;
         let health = stat(&pool, id).health;
-        assert!(health.reason().is_some_and(|r| r.to_string().contains("503")), "{health:?}");
+        assert!(
+            health
+                .reason()
+                .is_some_and(|r| r.to_string().contains("503")),
+            "{health:?}"
+        );
         status.store(302, Ordering::Relaxed);
         until(start + Duration::from_secs(10) + settle).await;
         assert!(is_healthy(&pool, id));

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::outlier::{Sample, failure_percentage_outliers, success_rate_outliers};
 use super::state::HealthCell;
-use super::{Ejection, HealthSource, OutlierDetection, PanicMode, PanicThreshold, SlowStart, Verdict};
+use super::{
+    Ejection, HealthSource, OutlierDetection, PanicMode, PanicThreshold, SlowStart, Verdict,
+};
 use crate::backend::{Backend, nanos_since_epoch};
 use crate::rng::RandomSource;
 
@@ -317,7 +319,8 @@ impl<A> OutlierPass<'_, A> {
             if !cell.is_ejected() {
                 // Only the writer changes the multiplier; a plain update is race-free.
                 let k = cell.multiplier.load(Ordering::Relaxed);
-                cell.multiplier.store(k.saturating_sub(1), Ordering::Relaxed);
+                cell.multiplier
+                    .store(k.saturating_sub(1), Ordering::Relaxed);
             }
         }
     }

@@ -59,7 +59,11 @@ impl HttpProbe {
     /// The `Host` header to send (default: the backend's address as displayed).
     pub fn host(mut self, host: &str) -> Result<Self, ConfigError> {
         if http::uri::Authority::from_str(host).is_err() {
-            return Err(ConfigError::new("http probe host", "a valid host[:port]", host));
+            return Err(ConfigError::new(
+                "http probe host",
+                "a valid host[:port]",
+                host,
+            ));
         }
         self.host = Some(host.into());
         Ok(self)
@@ -71,10 +75,7 @@ where
     A: tokio::net::ToSocketAddrs + fmt::Display + Clone + Send + Sync + 'static,
 {
     fn probe(&self, addr: &A) -> ProbeFuture {
-        let host = self
-            .host
-            .clone()
-            .unwrap_or_else(|| addr.to_string().into());
+        let host = self.host.clone().unwrap_or_else(|| addr.to_string().into());
         let path = Arc::clone(&self.path);
         let addr = addr.clone();
         Box::pin(async move {

@@ -59,17 +59,20 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 
 pub(crate) mod engine;
-mod outlier;
-mod panic;
-mod slow_start;
+pub mod outlier;
+pub mod panic;
+pub mod slow_start;
 pub(crate) mod state;
 
 #[cfg(all(feature = "http", feature = "tokio"))]
-mod http;
+#[cfg_attr(docsrs, doc(cfg(all(feature = "http", feature = "tokio"))))]
+pub mod http;
 #[cfg(feature = "tokio")]
-mod probe;
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod probe;
 #[cfg(feature = "tokio")]
-mod task;
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod task;
 
 pub use crate::error::{ConfigError, ProbeError, SpawnError};
 #[cfg(all(feature = "http", feature = "tokio"))]

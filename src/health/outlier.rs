@@ -175,8 +175,13 @@ impl OutlierDetection {
     /// The multiplier past which ejections stop growing: ⌈max(base, cap) ÷ base⌉.
     pub(crate) fn max_multiplier(&self) -> u32 {
         let base = self.base_ejection_time.as_nanos().max(1);
-        let ceiling = self.max_ejection_time.max(self.base_ejection_time).as_nanos();
-        u32::try_from(ceiling.div_ceil(base)).unwrap_or(u32::MAX).max(1)
+        let ceiling = self
+            .max_ejection_time
+            .max(self.base_ejection_time)
+            .as_nanos();
+        u32::try_from(ceiling.div_ceil(base))
+            .unwrap_or(u32::MAX)
+            .max(1)
     }
 
     /// How many of `n` backends may be ejected at once.

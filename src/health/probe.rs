@@ -113,13 +113,15 @@ impl ProbeConfig {
 
     /// Consecutive successes that make an unhealthy backend healthy (default 2; not 0).
     pub fn rise(mut self, rise: u32) -> Result<Self, ConfigError> {
-        self.rise = NonZeroU32::new(rise).ok_or_else(|| ConfigError::new("probe rise", "at least 1", rise))?;
+        self.rise = NonZeroU32::new(rise)
+            .ok_or_else(|| ConfigError::new("probe rise", "at least 1", rise))?;
         Ok(self)
     }
 
     /// Consecutive failures that make a healthy backend unhealthy (default 3; not 0).
     pub fn fall(mut self, fall: u32) -> Result<Self, ConfigError> {
-        self.fall = NonZeroU32::new(fall).ok_or_else(|| ConfigError::new("probe fall", "at least 1", fall))?;
+        self.fall = NonZeroU32::new(fall)
+            .ok_or_else(|| ConfigError::new("probe fall", "at least 1", fall))?;
         Ok(self)
     }
 

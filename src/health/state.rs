@@ -171,7 +171,10 @@ impl HealthCell {
             }
             return false;
         }
-        let n = self.consecutive.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let n = self
+            .consecutive
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         match &self.link {
             Some(link) if n == link.consecutive_threshold => {
                 link.signal();

@@ -92,7 +92,9 @@ where
         probe: impl Probe<A>,
         config: ProbeConfig,
     ) -> Result<HealthTask, SpawnError> {
-        let rng = config.seed.map_or(RandomSource::Thread, RandomSource::seeded);
+        let rng = config
+            .seed
+            .map_or(RandomSource::Thread, RandomSource::seeded);
         self.spawn_task(Some(Probing {
             probe: Arc::new(probe),
             config,

@@ -11,7 +11,7 @@ use super::{PickContext, Picker};
 use crate::backend::Snapshot;
 use crate::rng::RandomSource;
 
-/// Picks a member with the least in-flight ÷ weight. See the [module docs](self).
+/// Picks a member with the least in-flight ÷ weight. See the [`pick`](crate::pick) module docs.
 #[derive(Debug)]
 pub struct LeastLoaded {
     rng: RandomSource,
@@ -45,7 +45,10 @@ fn load<A>(snapshot: &Snapshot<A>, index: usize) -> (u128, u128) {
     let in_flight = snapshot
         .get(index)
         .map_or(0, |b| b.state().in_flight() as u128);
-    (in_flight, u128::from(snapshot.effective_weight(index).max(1)))
+    (
+        in_flight,
+        u128::from(snapshot.effective_weight(index).max(1)),
+    )
 }
 
 impl<A> Picker<A> for LeastLoaded {

@@ -183,7 +183,13 @@ mod tests {
     #[test]
     fn uniform_pair_is_distinct_and_in_range() {
         for n in [2usize, 3, 8, 1000] {
-            for r in [0u64, u64::MAX, 0x1234_5678_9ABC_DEF0, 1 << 32, (1 << 32) - 1] {
+            for r in [
+                0u64,
+                u64::MAX,
+                0x1234_5678_9ABC_DEF0,
+                1 << 32,
+                (1 << 32) - 1,
+            ] {
                 let (a, b) = uniform_pair(r, n);
                 assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
             }

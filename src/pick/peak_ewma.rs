@@ -24,7 +24,7 @@ use crate::rng::RandomSource;
 /// The cost of an unmeasured backend with requests in flight, per request in flight.
 const PENALTY: f64 = 1e30;
 
-/// P2C over peak-EWMA latency × (in-flight + 1). See the [module docs](self).
+/// P2C over peak-EWMA latency × (in-flight + 1). See the [`pick`](crate::pick) module docs.
 #[derive(Debug)]
 pub struct PeakEwma {
     rng: RandomSource,
@@ -90,6 +90,8 @@ impl<A> Picker<A> for PeakEwma {
             return snapshot.eligible().first().map(|&i| i as usize);
         }
         let now_ns = nanos_since_epoch(ctx.now().unwrap_or_else(Instant::now));
-        p2c_pick(table, &self.rng, snapshot, |i| self.cost(snapshot, i, now_ns))
+        p2c_pick(table, &self.rng, snapshot, |i| {
+            self.cost(snapshot, i, now_ns)
+        })
     }
 }

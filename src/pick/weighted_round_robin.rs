@@ -28,7 +28,7 @@ use crate::backend::Snapshot;
 /// The longest cycle a schedule holds before weights are scaled down to fit.
 pub const MAX_SCHEDULE: u64 = 1 << 16;
 
-/// Smooth weighted round robin. See the [module docs](self).
+/// Smooth weighted round robin. See the [`pick`](crate::pick) module docs.
 #[derive(Debug, Default)]
 pub struct WeightedRoundRobin {
     _private: (),
@@ -148,7 +148,11 @@ impl<A> Picker<A> for WeightedRoundRobin {
         } else {
             // The table belongs to another snapshot: stay correct, if unweighted.
             let n = snapshot.eligible().len();
-            if n == 0 { None } else { eligible_at(snapshot, turn % n) }
+            if n == 0 {
+                None
+            } else {
+                eligible_at(snapshot, turn % n)
+            }
         }
     }
 }
