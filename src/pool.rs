@@ -100,6 +100,8 @@ struct Writer<A> {
     next_id: u64,
     version: u64,
     engine: Engine<A>,
+    /// Set while the background task publishes, which needs no wake-up.
+    in_task: bool,
 }
 
 /// A backend set shared by many threads, with the picker that chooses among it.
@@ -221,6 +223,7 @@ impl<P> PoolBuilder<P> {
                     next_id: 0,
                     version: 0,
                     engine: Engine::new(self.health, self.seed),
+                    in_task: false,
                 }),
                 decay: self.decay,
                 shared: Arc::new(HealthShared::new(threshold)),
@@ -333,9 +336,8 @@ where
         let result = change(&mut edit)?;
         if edit.changed {
             writer.next_id = edit.next_id;
+            // Wakes the background task: new members get their first probe at once.
             self.publish(&mut writer, edit.members, &current, true);
-            // New members get their first probe at once.
-            self.inner.shared.wake();
         }
         Ok(result)
     }
@@ -363,6 +365,11 @@ where
         self.inner
             .current
             .store(Arc::new(Prepared { snapshot, table }));
+        if !writer.in_task {
+            // The background task, if any, recomputes when health next has work (a new
+            // ejection's return, a ramp that began) and probes new members at once.
+            self.inner.shared.wake();
+        }
         next
     }
 
@@ -382,9 +389,18 @@ where
     /// background task (feature `tokio`) calls it for you; without it, call it from a
     /// timer of yours — once a second is plenty. Never needed for picks to work.
     pub fn tick(&self) -> Option<Instant> {
+        self.tick_from(false)
+    }
+
+    /// [`tick`](Self::tick), from the background task itself (`in_task`: which then needs
+    /// no wake-up for what it publishes).
+    pub(crate) fn tick_from(&self, in_task: bool) -> Option<Instant> {
         let mut writer = self.inner.writer.lock();
         self.inner.shared.take_dirty();
-        self.republish(&mut writer)
+        writer.in_task = in_task;
+        let next = self.republish(&mut writer);
+        writer.in_task = false;
+        next
     }
 
     /// Reports the outcome of a request sent to backend `id` outside an [`InFlight`]
@@ -512,7 +528,10 @@ where
             changed = true;
         }
         if changed {
+            // The task calls this and ticks right after; it needs no wake-up.
+            writer.in_task = true;
             self.republish(&mut writer);
+            writer.in_task = false;
         }
     }
 

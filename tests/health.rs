@@ -1060,7 +1060,12 @@ mod capture {
 fn every_transition_is_an_event_with_backend_states_and_reason() {
     let capture = capture::Capture::default();
     let clock = ManualClock::new();
-    tracing::subscriber::with_default(capture.clone(), || {
+    // Two live dispatchers: with exactly one, tracing-core computes a callsite's interest
+    // from whichever thread registers it first, and a parallel test thread without a
+    // subscriber would switch our callsites off.
+    let _second = tracing::Dispatch::new(capture::Capture::default());
+    let dispatch = tracing::Dispatch::new(capture.clone());
+    tracing::dispatcher::with_default(&dispatch, || {
         let pool = Pool::<&str, _>::builder(RoundRobin::new())
             .clock(clock.reader())
             .outlier_detection(consecutive_only())
@@ -1504,4 +1509,34 @@ mod task {
         assert!(first.starts_with("GET /healthz HTTP/1.1\r\n"), "{first:?}");
         assert!(first.contains("\r\nHost: api.test\r\n"), "{first:?}");
     }
+}
+
+#[test]
+fn extreme_settings_do_not_panic() {
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .outlier_detection(
+            OutlierDetection::new()
+                .interval(Duration::MAX)
+                .base_ejection_time(Duration::MAX)
+                .max_ejection_time(Duration::MAX)
+                .ejection_jitter(Duration::MAX)
+                .consecutive_failures(1),
+        )
+        .slow_start(
+            SlowStart::new(Duration::MAX)
+                .unwrap()
+                .update_interval(Duration::MAX),
+        )
+        .build();
+    let ids = pool
+        .extend([
+            ("a", Weight::new(u64::from(u32::MAX)).unwrap()),
+            ("b", Weight::ONE),
+        ])
+        .unwrap();
+    fail(&pool, ids[0], 3);
+    assert!(pool.tick().is_some());
+    assert!(stat(&pool, ids[0]).returns_in.is_some());
+    assert_eq!(pool.pick(&PickContext::new()).unwrap().id(), ids[1]);
+    assert!(pool.snapshot().snapshot().effective_weight(1) >= 1);
 }

@@ -83,14 +83,16 @@ impl<A> Engine<A> {
                     .count(),
                 cap: outlier.ejection_cap(members.len()),
             };
-            let due = *self.next_interval.get_or_insert(now + outlier.interval);
+            let due = *self
+                .next_interval
+                .get_or_insert(later(now, outlier.interval));
             if now >= due {
                 pass.interval();
-                let following = due + outlier.interval;
+                let following = later(due, outlier.interval);
                 self.next_interval = Some(if following > now {
                     following
                 } else {
-                    now + outlier.interval
+                    later(now, outlier.interval)
                 });
             }
             pass.returns();
@@ -153,7 +155,7 @@ impl<A> Engine<A> {
             })
             .collect();
         if let (true, Some(ramp)) = (ramping, slow_start) {
-            next = earliest(next, Some(now + ramp.interval()));
+            next = earliest(next, Some(later(now, ramp.interval())));
         }
 
         Evaluation {
@@ -252,6 +254,13 @@ fn ramp_factor(cell: &HealthCell, slow_start: Option<&SlowStart>, now_ns: u64) -
         cell.ramp_start.store(0, Ordering::Relaxed);
     }
     factor
+}
+
+/// `at + by`, or as late as representable: durations come from the user's settings.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(at)
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -438,6 +447,11 @@ impl<A> OutlierPass<'_, A> {
             .map(|b| b.state().health.ejected_until.load(Ordering::Relaxed))
             .filter(|&until| until != 0)
             .min()
-            .map(|until| self.now + Duration::from_nanos(until.saturating_sub(self.now_ns)))
+            .map(|until| {
+                later(
+                    self.now,
+                    Duration::from_nanos(until.saturating_sub(self.now_ns)),
+                )
+            })
     }
 }

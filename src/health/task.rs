@@ -146,7 +146,14 @@ struct Slot<A> {
     due: Option<Instant>,
 }
 
-type ProbeResult = (BackendId, Instant, Result<(), std::sync::Arc<str>>);
+/// A finished probe: the backend, when it began (tokio's clock, for the schedule; the
+/// pool's health clock, for ending ejections) and its result.
+type ProbeResult = (
+    BackendId,
+    Instant,
+    std::time::Instant,
+    Result<(), std::sync::Arc<str>>,
+);
 
 async fn run<A, P>(weak: Weak<Inner<A, P>>, shared: Arc<HealthShared>, probing: Option<Probing<A>>)
 where
@@ -170,7 +177,7 @@ where
             let now = Instant::now();
             if woken || tick_due.is_some_and(|due| due <= now) {
                 woken = false;
-                tick_due = pool.tick().map(Instant::from_std);
+                tick_due = pool.tick_from(true).map(Instant::from_std);
             }
             if let Some(probing) = &probing {
                 let prepared = pool.snapshot();
@@ -185,6 +192,7 @@ where
                         });
                     }
                 }
+                let began = pool.now();
                 for (&id, slot) in slots.iter_mut() {
                     if slot.due.is_some_and(|due| due <= now) {
                         slot.due = None;
@@ -196,7 +204,7 @@ where
                                 Ok(Err(e)) => Err(e.into_message()),
                                 Err(_) => Err(format!("timed out after {timeout:?}").into()),
                             };
-                            (id, now, result)
+                            (id, now, began, result)
                         });
                         probing_ids.insert(task.id(), id);
                     }
@@ -213,12 +221,12 @@ where
             _ = shared.wake.notified() => woken = true,
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 let now = Instant::now();
-                let (id, started, result) = match joined {
-                    Ok((id, started, result)) => (id, started, Some(result)),
+                let (id, started, began, result) = match joined {
+                    Ok((id, started, began, result)) => (id, started, began, Some(result)),
                     // A probe that panicked (a user probe's bug) proves nothing either
                     // way; its backend is probed again next round.
                     Err(e) => match probing_ids.get(&e.id()) {
-                        Some(&id) => (id, now, None),
+                        Some(&id) => (id, now, std::time::Instant::now(), None),
                         None => continue,
                     },
                 };
@@ -232,17 +240,26 @@ where
                         Pool { inner }.record_probe(
                             id,
                             result,
-                            started.into_std(),
+                            began,
                             config.rise.get(),
                             config.fall.get(),
                         );
+                        // A flip may start a slow-start ramp: recompute the next tick.
+                        woken = true;
                     }
-                    slot.due = Some(started + config.next_delay(&probing.rng));
+                    slot.due = Some(later(started, config.next_delay(&probing.rng)));
                 }
             }
             _ = sleep_until(wake_at) => {}
         }
     }
+}
+
+/// `at + by`, or as late as representable.
+fn later(at: Instant, by: std::time::Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(std::time::Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(at)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
