@@ -7,7 +7,9 @@
 //! estimate — lives in [`BackendState`], a block of atomics shared by every snapshot
 //! the backend appears in, so a backend that survives a membership change keeps it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -410,7 +412,7 @@ impl<A> Snapshot<A> {
     pub fn build<I>(members: I) -> Result<Self, MembershipError>
     where
         I: IntoIterator<Item = (A, Weight)>,
-        A: PartialEq,
+        A: Eq + Hash,
     {
         Self::build_with_decay(members, DEFAULT_EWMA_DECAY)
     }
@@ -418,23 +420,27 @@ impl<A> Snapshot<A> {
     pub(crate) fn build_with_decay<I>(members: I, decay: Duration) -> Result<Self, MembershipError>
     where
         I: IntoIterator<Item = (A, Weight)>,
-        A: PartialEq,
+        A: Eq + Hash,
     {
-        let mut backends: Vec<Backend<A>> = Vec::new();
-        for (addr, weight) in members {
-            if let Some(existing) = backends.iter().find(|b| b.addr == addr) {
+        let members: Vec<(A, Weight)> = members.into_iter().collect();
+        let mut seen: HashMap<&A, usize> = HashMap::with_capacity(members.len());
+        for (i, (addr, _)) in members.iter().enumerate() {
+            if let Some(&first) = seen.get(addr) {
                 return Err(MembershipError::Duplicate {
-                    existing: existing.id,
+                    existing: BackendId::new(first as u64),
                 });
             }
-            let id = BackendId::new(backends.len() as u64);
-            backends.push(Backend::new(
-                id,
-                addr,
-                weight,
-                Arc::new(BackendState::new(decay)),
-            ));
+            seen.insert(addr, i);
         }
+        drop(seen);
+        let backends = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, (addr, weight))| {
+                let state = Arc::new(BackendState::new(decay));
+                Backend::new(BackendId::new(i as u64), addr, weight, state)
+            })
+            .collect();
         Ok(Self::from_members(backends, 0))
     }
 

@@ -9,7 +9,9 @@
 //! updates and a picker never sees a half-applied change. Backends that survive a change
 //! keep their [`BackendState`] (in-flight count, totals, latency estimate).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,7 +218,7 @@ impl<A, P: Picker<A>> Pool<A, P> {
 
 impl<A, P> Pool<A, P>
 where
-    A: Clone + PartialEq,
+    A: Clone + Eq + Hash,
     P: Picker<A>,
 {
     /// Applies several changes as one: either all of them are published in one new
@@ -247,8 +249,10 @@ where
     pub fn update<R, E>(&self, change: impl FnOnce(&mut Edit<A>) -> Result<R, E>) -> Result<R, E> {
         let mut counters = self.inner.writer.lock();
         let current = self.inner.current.load_full();
+        let members = current.snapshot.backends().to_vec();
         let mut edit = Edit {
-            members: current.snapshot.backends().to_vec(),
+            index: members.iter().map(|b| (b.addr().clone(), b.id())).collect(),
+            members,
             next_id: counters.next_id,
             decay: self.inner.decay,
             changed: false,
@@ -298,21 +302,22 @@ where
 #[derive(Debug)]
 pub struct Edit<A> {
     members: Vec<Backend<A>>,
+    /// Address → id of every member, for duplicate checks in O(1).
+    index: HashMap<A, BackendId>,
     next_id: u64,
     decay: Duration,
     changed: bool,
 }
 
-impl<A: Clone + PartialEq> Edit<A> {
+impl<A: Clone + Eq + Hash> Edit<A> {
     /// Adds a backend with fresh live state; fails on a duplicate address.
     pub fn insert(&mut self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
-        if let Some(existing) = self.members.iter().find(|b| *b.addr() == addr) {
-            return Err(MembershipError::Duplicate {
-                existing: existing.id(),
-            });
+        if let Some(&existing) = self.index.get(&addr) {
+            return Err(MembershipError::Duplicate { existing });
         }
         let id = BackendId::new(self.next_id);
         self.next_id += 1;
+        self.index.insert(addr.clone(), id);
         let state = Arc::new(BackendState::new(self.decay));
         self.members.push(Backend::new(id, addr, weight, state));
         self.changed = true;
@@ -323,7 +328,9 @@ impl<A: Clone + PartialEq> Edit<A> {
     pub fn remove(&mut self, id: BackendId) -> Result<A, MembershipError> {
         let index = self.position(id)?;
         self.changed = true;
-        Ok(self.members.remove(index).addr().clone())
+        let removed = self.members.remove(index);
+        self.index.remove(removed.addr());
+        Ok(removed.addr().clone())
     }
 
     /// Changes a backend's weight, keeping its live state.
