@@ -225,10 +225,13 @@ impl BackendState {
 
     /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
     ///
-    /// A sample above the current (decayed) estimate replaces it at once — the "peak"
+    /// A sample above the estimate (as last updated) replaces it at once — the "peak"
     /// that makes the estimate react to a slowing backend immediately; a sample below it
-    /// is blended in with weight `1 − e^(−Δt/τ)`, so the estimate falls back gradually.
-    /// This is the estimator of Finagle's `PeakEwma` and tower's `load::PeakEwma`.
+    /// is blended in with weight `1 − e^(−Δt/τ)`, Δt the time since the last sample, so
+    /// the estimate falls back gradually. Reads ([`rtt_estimate`](Self::rtt_estimate))
+    /// additionally decay it towards zero while no sample arrives, so an idle backend is
+    /// tried again. This is the estimator of Finagle's `PeakEwma` and tower's
+    /// `load::PeakEwma`.
     pub fn record_rtt(&self, sample: Duration, at: Instant) {
         let now = nanos_since_epoch(at);
         let sample = sample.as_nanos() as f64;
