@@ -23,6 +23,12 @@ thread_local! {
     static FLOOR_RNG: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(1));
 }
 
+/// When the benches' latency samples were taken.
+fn sampled_at() -> Instant {
+    static AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *AT.get_or_init(Instant::now)
+}
+
 /// `n` backends with weights 1..=4 (cyclic) or all 1, each with a latency sample and
 /// some requests in flight, so load-aware pickers do real comparisons.
 fn snapshot(n: usize, weighted: bool) -> Snapshot<usize> {
@@ -31,10 +37,11 @@ fn snapshot(n: usize, weighted: bool) -> Snapshot<usize> {
         (i, Weight::new(w).unwrap())
     }))
     .unwrap();
-    let now = Instant::now();
     for (i, b) in snapshot.backends().iter().enumerate() {
-        b.state()
-            .record_rtt(Duration::from_micros(500 + (i as u64 * 37) % 1000), now);
+        b.state().record_rtt(
+            Duration::from_micros(500 + (i as u64 * 37) % 1000),
+            sampled_at(),
+        );
         // Guards leaked on purpose: the bench keeps these requests in flight for ever.
         for _ in 0..(i % 3) {
             std::mem::forget(b.state().start());
@@ -59,16 +66,22 @@ fn bench_picker<P: Picker<usize>>(
 
 fn floors(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, n: usize) {
     let counter = AtomicUsize::new(0);
-    group.bench_with_input(BenchmarkId::new("floor: atomic fetch_add % n", n), &n, |b, &n| {
-        b.iter(|| counter.fetch_add(1, Ordering::Relaxed) % black_box(n))
-    });
+    group.bench_with_input(
+        BenchmarkId::new("floor: atomic fetch_add % n", n),
+        &n,
+        |b, &n| b.iter(|| counter.fetch_add(1, Ordering::Relaxed) % black_box(n)),
+    );
     let mut rng = SmallRng::seed_from_u64(1);
-    group.bench_with_input(BenchmarkId::new("floor: SmallRng draw (owned)", n), &n, |b, &n| {
-        b.iter(|| rng.random_range(0..black_box(n)))
-    });
-    group.bench_with_input(BenchmarkId::new("floor: SmallRng draw (thread-local)", n), &n, |b, &n| {
-        b.iter(|| FLOOR_RNG.with(|r| r.borrow_mut().random_range(0..black_box(n))))
-    });
+    group.bench_with_input(
+        BenchmarkId::new("floor: SmallRng draw (owned)", n),
+        &n,
+        |b, &n| b.iter(|| rng.random_range(0..black_box(n))),
+    );
+    group.bench_with_input(
+        BenchmarkId::new("floor: SmallRng draw (thread-local)", n),
+        &n,
+        |b, &n| b.iter(|| FLOOR_RNG.with(|r| r.borrow_mut().random_range(0..black_box(n)))),
+    );
 }
 
 pub fn register(c: &mut Criterion) {
@@ -78,15 +91,75 @@ pub fn register(c: &mut Criterion) {
         floors(&mut group, n);
         let plain = PickContext::new();
         bench_picker(&mut group, "RoundRobin", n, RoundRobin::new(), false, plain);
-        bench_picker(&mut group, "WeightedRoundRobin", n, WeightedRoundRobin::new(), true, plain);
+        bench_picker(
+            &mut group,
+            "WeightedRoundRobin",
+            n,
+            WeightedRoundRobin::new(),
+            true,
+            plain,
+        );
         bench_picker(&mut group, "Random", n, Random::new(), false, plain);
-        bench_picker(&mut group, "WeightedRandom", n, WeightedRandom::new(), true, plain);
-        bench_picker(&mut group, "PowerOfTwoChoices", n, PowerOfTwoChoices::new(), false, plain);
-        bench_picker(&mut group, "PowerOfTwoChoices (weighted)", n, PowerOfTwoChoices::new(), true, plain);
-        bench_picker(&mut group, "PeakEwma (reads the clock)", n, PeakEwma::new(), false, plain);
-        let with_now = PickContext::new().with_now(Instant::now());
-        bench_picker(&mut group, "PeakEwma (now from context)", n, PeakEwma::new(), false, with_now);
-        bench_picker(&mut group, "LeastLoaded", n, LeastLoaded::new(), false, plain);
+        bench_picker(
+            &mut group,
+            "WeightedRandom",
+            n,
+            WeightedRandom::new(),
+            true,
+            plain,
+        );
+        bench_picker(
+            &mut group,
+            "PowerOfTwoChoices",
+            n,
+            PowerOfTwoChoices::new(),
+            false,
+            plain,
+        );
+        bench_picker(
+            &mut group,
+            "PowerOfTwoChoices (weighted)",
+            n,
+            PowerOfTwoChoices::new(),
+            true,
+            plain,
+        );
+        bench_picker(
+            &mut group,
+            "PeakEwma (reads the clock)",
+            n,
+            PeakEwma::new(),
+            false,
+            plain,
+        );
+        // As the tower service calls it: "now" already read for the latency sample.
+        // Busy backends (last sample 2 ms ago) and idle ones (3 s ago, the `exp` path).
+        let busy = PickContext::new().with_now(sampled_at() + Duration::from_millis(2));
+        bench_picker(
+            &mut group,
+            "PeakEwma (now given, busy)",
+            n,
+            PeakEwma::new(),
+            false,
+            busy,
+        );
+        let idle = PickContext::new().with_now(sampled_at() + Duration::from_secs(3));
+        bench_picker(
+            &mut group,
+            "PeakEwma (now given, idle)",
+            n,
+            PeakEwma::new(),
+            false,
+            idle,
+        );
+        bench_picker(
+            &mut group,
+            "LeastLoaded",
+            n,
+            LeastLoaded::new(),
+            false,
+            plain,
+        );
 
         // The whole pool path: snapshot load, pick, pick counter.
         let pool = Pool::new(RoundRobin::new());
@@ -96,9 +169,11 @@ pub fn register(c: &mut Criterion) {
         });
         let pool = Pool::new(PowerOfTwoChoices::new());
         pool.extend((0..n).map(|i| (i, Weight::ONE))).unwrap();
-        group.bench_with_input(BenchmarkId::new("Pool::pick PowerOfTwoChoices", n), &n, |b, _| {
-            b.iter(|| pool.pick(black_box(&plain)).map(|p| p.index()))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("Pool::pick PowerOfTwoChoices", n),
+            &n,
+            |b, _| b.iter(|| pool.pick(black_box(&plain)).map(|p| p.index())),
+        );
     }
     group.finish();
     two_threads(c);
@@ -152,20 +227,28 @@ fn two_threads(c: &mut Criterion) {
     group.throughput(Throughput::Elements(2));
     for n in SIZES {
         let counter = AtomicUsize::new(0);
-        group.bench_with_input(BenchmarkId::new("floor: atomic fetch_add % n", n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                on_two_threads(iters, || {
-                    black_box(counter.fetch_add(1, Ordering::Relaxed) % black_box(n));
+        group.bench_with_input(
+            BenchmarkId::new("floor: atomic fetch_add % n", n),
+            &n,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    on_two_threads(iters, || {
+                        black_box(counter.fetch_add(1, Ordering::Relaxed) % black_box(n));
+                    })
                 })
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("floor: SmallRng draw (thread-local)", n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                on_two_threads(iters, || {
-                    black_box(FLOOR_RNG.with(|r| r.borrow_mut().random_range(0..black_box(n))));
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("floor: SmallRng draw (thread-local)", n),
+            &n,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    on_two_threads(iters, || {
+                        black_box(FLOOR_RNG.with(|r| r.borrow_mut().random_range(0..black_box(n))));
+                    })
                 })
-            })
-        });
+            },
+        );
         two_threads_case(&mut group, "RoundRobin", n, RoundRobin::new());
         two_threads_case(&mut group, "Random", n, Random::new());
         two_threads_case(&mut group, "WeightedRandom", n, WeightedRandom::new());

@@ -216,11 +216,7 @@ impl BackendState {
         }
         let estimate = f64::from_bits(bits);
         let stamp = self.rtt_stamp.load(Ordering::Relaxed);
-        let elapsed = now_ns.saturating_sub(stamp);
-        if elapsed == 0 {
-            return Some(estimate);
-        }
-        Some(estimate * (-(elapsed as f64) / self.decay_ns).exp())
+        Some(estimate * decay_factor(now_ns.saturating_sub(stamp), self.decay_ns))
     }
 
     /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
@@ -265,8 +261,24 @@ pub(crate) fn peak_ewma_step(estimate: f64, sample: f64, elapsed_ns: u64, decay_
     if sample > estimate {
         sample
     } else {
-        let w = (-(elapsed_ns as f64) / decay_ns).exp();
+        let w = decay_factor(elapsed_ns, decay_ns);
         estimate * w + sample * (1.0 - w)
+    }
+}
+
+/// Below this x = Δt/τ, e^(−x) is taken as 1 − x: the error, under x²/2, is below 1.2e-7
+/// of the estimate. A busy backend (samples milliseconds apart, τ = 10 s) stays on this
+/// path, which spares the pick path an `exp` per candidate.
+const LINEAR_DECAY_BELOW: f64 = 1.0 / 2048.0;
+
+/// e^(−Δt/τ), the weight the old estimate keeps after `elapsed_ns`.
+#[inline]
+pub(crate) fn decay_factor(elapsed_ns: u64, decay_ns: f64) -> f64 {
+    let x = elapsed_ns as f64 / decay_ns;
+    if x < LINEAR_DECAY_BELOW {
+        1.0 - x
+    } else {
+        (-x).exp()
     }
 }
 
@@ -566,7 +578,10 @@ mod tests {
     fn weight_bounds() {
         assert_eq!(Weight::new(0), Err(WeightError { value: 0 }));
         assert_eq!(Weight::new(1).map(Weight::get), Ok(1));
-        assert_eq!(Weight::new(u64::from(u32::MAX)).map(Weight::get), Ok(u32::MAX));
+        assert_eq!(
+            Weight::new(u64::from(u32::MAX)).map(Weight::get),
+            Ok(u32::MAX)
+        );
         let over = u64::from(u32::MAX) + 1;
         let err = Weight::new(over).unwrap_err();
         assert_eq!(err.value, over);
@@ -598,7 +613,28 @@ mod tests {
         assert_eq!(at0, Duration::from_millis(100));
         // e^-1 of the estimate after one decay window, within rounding.
         let expected = 100e6 * (-1.0f64).exp();
-        assert!((later.as_nanos() as f64 - expected).abs() < 1e3, "{later:?}");
+        assert!(
+            (later.as_nanos() as f64 - expected).abs() < 1e3,
+            "{later:?}"
+        );
+    }
+
+    #[test]
+    fn decay_factor_is_close_to_exp_on_both_paths() {
+        let tau = 10e9;
+        for elapsed in [
+            0u64,
+            1,
+            1_000_000,
+            4_882_000,
+            4_883_000,
+            10_000_000,
+            10_000_000_000,
+        ] {
+            let exact = (-(elapsed as f64) / tau).exp();
+            let got = decay_factor(elapsed, tau);
+            assert!((got - exact).abs() < 2e-7, "{elapsed}: {got} vs {exact}");
+        }
     }
 
     #[test]

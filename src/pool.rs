@@ -88,8 +88,12 @@ struct Counters {
 
 /// A backend set shared by many threads, with the picker that chooses among it.
 ///
-/// `Pool` is cheap to clone: clones share one set. Picks never block; changes are
-/// published atomically (see the [module docs](self)).
+/// `Pool` is cheap to clone: clones share one set. Picks never block: the current
+/// snapshot and the picker's table for it are read through an `ArcSwap`, without a lock
+/// and without writing a shared reference count. Changes are serialised among writers,
+/// built off the hot path and published with one atomic store, so concurrent writers
+/// cannot lose each other's updates and no pick sees a half-applied change. Backends
+/// that survive a change keep their live state.
 ///
 /// # Examples
 ///
@@ -264,7 +268,9 @@ where
             let snapshot = Snapshot::from_members(edit.members, counters.version);
             let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
             // Writers are serialised by the mutex, so a plain store cannot lose an update.
-            self.inner.current.store(Arc::new(Prepared { snapshot, table }));
+            self.inner
+                .current
+                .store(Arc::new(Prepared { snapshot, table }));
         }
         Ok(result)
     }

@@ -11,7 +11,10 @@ use tower_lb::{
 #[test]
 fn empty_set_is_an_error_not_a_panic() {
     let pool: Pool<&str, _> = Pool::new(WeightedRoundRobin::new());
-    assert_eq!(pool.pick(&PickContext::new()).unwrap_err(), PickError::NoBackends);
+    assert_eq!(
+        pool.pick(&PickContext::new()).unwrap_err(),
+        PickError::NoBackends
+    );
     assert_eq!(
         PickError::NoBackends.to_string(),
         "picker: the backend set is empty"
@@ -36,7 +39,9 @@ fn bad_membership_changes_are_refused_and_change_nothing() {
     // A batch that fails half-way publishes nothing.
     let b = pool.insert("b", Weight::ONE).unwrap();
     let version = pool.snapshot().snapshot().version();
-    let err = pool.extend([("c", Weight::ONE), ("b", Weight::ONE)]).unwrap_err();
+    let err = pool
+        .extend([("c", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap_err();
     assert_eq!(err, MembershipError::Duplicate { existing: b });
     assert_eq!(pool.snapshot().snapshot().version(), version);
     assert_eq!(pool.stats().len(), 1);
@@ -55,7 +60,10 @@ fn a_backend_removed_mid_request_releases_its_count() {
     guard.failure();
     assert_eq!(state.in_flight(), 0);
     assert_eq!(state.failures(), 1);
-    assert_eq!(pool.pick(&PickContext::new()).unwrap_err(), PickError::NoBackends);
+    assert_eq!(
+        pool.pick(&PickContext::new()).unwrap_err(),
+        PickError::NoBackends
+    );
 }
 
 #[test]
@@ -105,7 +113,9 @@ fn concurrent_writers_and_readers() {
                 let pool = &pool;
                 s.spawn(move || {
                     for i in 0..PER_WRITER {
-                        let id = pool.insert((w, i), Weight::new(1 + i as u64 % 5).unwrap()).unwrap();
+                        let id = pool
+                            .insert((w, i), Weight::new(1 + i as u64 % 5).unwrap())
+                            .unwrap();
                         if i % 3 == 0 {
                             pool.remove(id).unwrap();
                         }

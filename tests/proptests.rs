@@ -27,7 +27,7 @@ fn config(cases: u32) -> ProptestConfig {
         cases,
         // A fixed seed: every run explores the same cases, so CI is reproducible.
         rng_algorithm: RngAlgorithm::ChaCha,
-        rng_seed: RngSeed::Fixed(0x7077_6572_2d6c_62),
+        rng_seed: RngSeed::Fixed(0x0070_7765_722d_6c62),
         // Failures are persisted beside this file, to be committed.
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         ..ProptestConfig::default()
@@ -180,7 +180,10 @@ fn check_prefixes(seq: &[usize], ws: &[u32]) -> Result<(), TestCaseError> {
 fn smooth_wrr_nginx_sequence() {
     let picker = WeightedRoundRobin::new();
     let prepared = Prepared::new(&picker, snapshot(&[5, 1, 1]));
-    assert_eq!(picks(&picker, &prepared, 14), [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+    assert_eq!(
+        picks(&picker, &prepared, 14),
+        [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]
+    );
 }
 
 /// T threads sharing one round robin: P picks give every backend ⌊P/N⌋ or ⌈P/N⌉.
@@ -193,7 +196,10 @@ fn round_robin_is_fair_across_threads() {
             let handles: Vec<_> = (0..threads)
                 .map(|_| s.spawn(|| picks(&picker, &prepared, per_thread)))
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
         });
         let p = threads * per_thread;
         let (lo, hi) = ((p / n) as u64, p.div_ceil(n) as u64);
@@ -206,19 +212,29 @@ fn round_robin_is_fair_across_threads() {
 #[test]
 fn weighted_random_passes_chi_square() {
     const PICKS: usize = 100_000;
-    let mut runner = TestRunner::new_with_rng(config(24), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let mut runner =
+        TestRunner::new_with_rng(config(24), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     runner
-        .run(&(weights(12, 50).prop_filter("two or more", |w| w.len() >= 2), any::<u64>()), |(ws, seed)| {
-            let picker = WeightedRandom::with_seed(seed);
-            let prepared = Prepared::new(&picker, snapshot(&ws));
-            let counts = histogram(&picks(&picker, &prepared, PICKS), ws.len());
-            let total: f64 = ws.iter().map(|&w| f64::from(w)).sum();
-            let shares: Vec<f64> = ws.iter().map(|&w| f64::from(w) / total).collect();
-            let stat = chi_square(&counts, &shares);
-            let critical = chi_square_critical_p001(ws.len() - 1);
-            prop_assert!(stat <= critical, "chi2 {stat:.1} > {critical:.1} for {ws:?}: {counts:?}");
-            Ok(())
-        })
+        .run(
+            &(
+                weights(12, 50).prop_filter("two or more", |w| w.len() >= 2),
+                any::<u64>(),
+            ),
+            |(ws, seed)| {
+                let picker = WeightedRandom::with_seed(seed);
+                let prepared = Prepared::new(&picker, snapshot(&ws));
+                let counts = histogram(&picks(&picker, &prepared, PICKS), ws.len());
+                let total: f64 = ws.iter().map(|&w| f64::from(w)).sum();
+                let shares: Vec<f64> = ws.iter().map(|&w| f64::from(w) / total).collect();
+                let stat = chi_square(&counts, &shares);
+                let critical = chi_square_critical_p001(ws.len() - 1);
+                prop_assert!(
+                    stat <= critical,
+                    "chi2 {stat:.1} > {critical:.1} for {ws:?}: {counts:?}"
+                );
+                Ok(())
+            },
+        )
         .unwrap();
 }
 
@@ -237,7 +253,12 @@ fn p2c_max_load_beats_random() {
 /// Weighted P2C: with every ball held, shares follow the weights.
 #[test]
 fn weighted_p2c_shares_follow_weights() {
-    for ws in [vec![1u32, 2, 3, 4], vec![10, 1, 1], vec![1, 1, 1, 1, 20], vec![3, 5]] {
+    for ws in [
+        vec![1u32, 2, 3, 4],
+        vec![10, 1, 1],
+        vec![1, 1, 1, 1, 20],
+        vec![3, 5],
+    ] {
         let balls = 20_000;
         let loads = balls_into_bins(&PowerOfTwoChoices::with_seed(7), &ws, balls);
         let total: f64 = ws.iter().map(|&w| f64::from(w)).sum();
@@ -285,7 +306,9 @@ fn model_check<P: Picker<u16>>(picker: P, ops: Vec<Op>) -> Result<(), TestCaseEr
     for op in ops {
         match op {
             Op::Insert(addr, w) => {
-                let result = Weight::new(u64::from(w)).map_err(Into::into).and_then(|w| pool.insert(addr, w));
+                let result = Weight::new(u64::from(w))
+                    .map_err(Into::into)
+                    .and_then(|w| pool.insert(addr, w));
                 let dup = model.values().any(|&(a, _)| a == addr);
                 match result {
                     Ok(id) => {
@@ -325,7 +348,11 @@ fn model_check<P: Picker<u16>>(picker: P, ops: Vec<Op>) -> Result<(), TestCaseEr
             }
             Op::Pick | Op::Hold => match pool.pick(&PickContext::new()) {
                 Ok(picked) => {
-                    prop_assert!(model.contains_key(&picked.id()), "picked {} outside the set", picked.id());
+                    prop_assert!(
+                        model.contains_key(&picked.id()),
+                        "picked {} outside the set",
+                        picked.id()
+                    );
                     *picks_seen.entry(picked.id()).or_default() += 1;
                     if matches!(op, Op::Hold) {
                         held.entry(picked.id()).or_default().push(picked.start());

@@ -5,12 +5,12 @@ use tower_lb::{InFlight, PickContext, Picker, Prepared, Snapshot, Weight};
 
 /// A snapshot of `n` backends addressed `0..n` with the given weights (all 1 if empty).
 pub fn snapshot(weights: &[u32]) -> Snapshot<usize> {
-    Snapshot::build(
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| (i, Weight::new(u64::from(w)).expect("test weights are valid"))),
-    )
+    Snapshot::build(weights.iter().enumerate().map(|(i, &w)| {
+        (
+            i,
+            Weight::new(u64::from(w)).expect("test weights are valid"),
+        )
+    }))
     .expect("addresses are distinct")
 }
 
@@ -26,7 +26,11 @@ pub fn picks<P: Picker<usize>>(
     count: usize,
 ) -> Vec<usize> {
     (0..count)
-        .map(|_| prepared.pick(picker, &PickContext::new()).expect("a backend"))
+        .map(|_| {
+            prepared
+                .pick(picker, &PickContext::new())
+                .expect("a backend")
+        })
         .collect()
 }
 
@@ -45,7 +49,9 @@ pub fn balls_into_bins<P: Picker<usize>>(picker: &P, weights: &[u32], balls: usi
     let prepared = Prepared::new(picker, snapshot(weights));
     let mut held: Vec<InFlight> = Vec::with_capacity(balls);
     for _ in 0..balls {
-        let i = prepared.pick(picker, &PickContext::new()).expect("a backend");
+        let i = prepared
+            .pick(picker, &PickContext::new())
+            .expect("a backend");
         held.push(prepared.snapshot().backends()[i].state().start());
     }
     prepared
