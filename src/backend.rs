@@ -7,7 +7,9 @@
 //! estimate — lives in [`BackendState`], a block of atomics shared by every snapshot
 //! the backend appears in, so a backend that survives a membership change keeps it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -251,19 +253,18 @@ impl BackendState {
         }
         let estimate = f64::from_bits(bits);
         let stamp = self.rtt_stamp.load(Ordering::Relaxed);
-        let elapsed = now_ns.saturating_sub(stamp);
-        if elapsed == 0 {
-            return Some(estimate);
-        }
-        Some(estimate * (-(elapsed as f64) / self.decay_ns).exp())
+        Some(estimate * decay_factor(now_ns.saturating_sub(stamp), self.decay_ns))
     }
 
     /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
     ///
-    /// A sample above the current (decayed) estimate replaces it at once — the "peak"
+    /// A sample above the estimate (as last updated) replaces it at once — the "peak"
     /// that makes the estimate react to a slowing backend immediately; a sample below it
-    /// is blended in with weight `1 − e^(−Δt/τ)`, so the estimate falls back gradually.
-    /// This is the estimator of Finagle's `PeakEwma` and tower's `load::PeakEwma`.
+    /// is blended in with weight `1 − e^(−Δt/τ)`, Δt the time since the last sample, so
+    /// the estimate falls back gradually. Reads ([`rtt_estimate`](Self::rtt_estimate))
+    /// additionally decay it towards zero while no sample arrives, so an idle backend is
+    /// tried again. This is the estimator of Finagle's `PeakEwma` and tower's
+    /// `load::PeakEwma`.
     pub fn record_rtt(&self, sample: Duration, at: Instant) {
         let now = nanos_since_epoch(at);
         let sample = sample.as_nanos() as f64;
@@ -297,8 +298,24 @@ pub(crate) fn peak_ewma_step(estimate: f64, sample: f64, elapsed_ns: u64, decay_
     if sample > estimate {
         sample
     } else {
-        let w = (-(elapsed_ns as f64) / decay_ns).exp();
+        let w = decay_factor(elapsed_ns, decay_ns);
         estimate * w + sample * (1.0 - w)
+    }
+}
+
+/// Below this x = Δt/τ, e^(−x) is taken as 1 − x: the error, under x²/2, is below 1.2e-7
+/// of the estimate. A busy backend (samples milliseconds apart, τ = 10 s) stays on this
+/// path, which spares the pick path an `exp` per candidate.
+const LINEAR_DECAY_BELOW: f64 = 1.0 / 2048.0;
+
+/// e^(−Δt/τ), the weight the old estimate keeps after `elapsed_ns`.
+#[inline]
+pub(crate) fn decay_factor(elapsed_ns: u64, decay_ns: f64) -> f64 {
+    let x = elapsed_ns as f64 / decay_ns;
+    if x < LINEAR_DECAY_BELOW {
+        1.0 - x
+    } else {
+        (-x).exp()
     }
 }
 
@@ -518,7 +535,7 @@ impl<A> Snapshot<A> {
     pub fn build<I>(members: I) -> Result<Self, MembershipError>
     where
         I: IntoIterator<Item = (A, Weight)>,
-        A: PartialEq,
+        A: Eq + Hash,
     {
         Self::build_with_decay(members, DEFAULT_EWMA_DECAY)
     }
@@ -526,23 +543,27 @@ impl<A> Snapshot<A> {
     pub(crate) fn build_with_decay<I>(members: I, decay: Duration) -> Result<Self, MembershipError>
     where
         I: IntoIterator<Item = (A, Weight)>,
-        A: PartialEq,
+        A: Eq + Hash,
     {
-        let mut backends: Vec<Backend<A>> = Vec::new();
-        for (addr, weight) in members {
-            if let Some(existing) = backends.iter().find(|b| b.addr == addr) {
+        let members: Vec<(A, Weight)> = members.into_iter().collect();
+        let mut seen: HashMap<&A, usize> = HashMap::with_capacity(members.len());
+        for (i, (addr, _)) in members.iter().enumerate() {
+            if let Some(&first) = seen.get(addr) {
                 return Err(MembershipError::Duplicate {
-                    existing: existing.id,
+                    existing: BackendId::new(first as u64),
                 });
             }
-            let id = BackendId::new(backends.len() as u64);
-            backends.push(Backend::new(
-                id,
-                addr,
-                weight,
-                Arc::new(BackendState::new(decay)),
-            ));
+            seen.insert(addr, i);
         }
+        drop(seen);
+        let backends = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, (addr, weight))| {
+                let state = Arc::new(BackendState::new(decay));
+                Backend::new(BackendId::new(i as u64), addr, weight, state)
+            })
+            .collect();
         Ok(Self::from_members(backends, 0))
     }
 
@@ -764,6 +785,24 @@ mod tests {
             (later.as_nanos() as f64 - expected).abs() < 1e3,
             "{later:?}"
         );
+    }
+
+    #[test]
+    fn decay_factor_is_close_to_exp_on_both_paths() {
+        let tau = 10e9;
+        for elapsed in [
+            0u64,
+            1,
+            1_000_000,
+            4_882_000,
+            4_883_000,
+            10_000_000,
+            10_000_000_000,
+        ] {
+            let exact = (-(elapsed as f64) / tau).exp();
+            let got = decay_factor(elapsed, tau);
+            assert!((got - exact).abs() < 2e-7, "{elapsed}: {got} vs {exact}");
+        }
     }
 
     #[test]

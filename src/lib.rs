@@ -71,3 +71,8 @@ pub use pick::{
     WeightedRandom, WeightedRoundRobin,
 };
 pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -15,7 +15,9 @@
 //! republishes the same members with the new eligible set and weights. The picker's
 //! `prepare` gets the previous table, so hash pickers can reuse theirs.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,10 +108,13 @@ struct Writer<A> {
 
 /// A backend set shared by many threads, with the picker that chooses among it.
 ///
-/// `Pool` is cheap to clone: clones share one set. Picks never block; changes are
-/// published atomically: readers load the current snapshot without a lock, writers
-/// serialise on a mutex that only writers take and publish a whole new snapshot with one
-/// atomic store. Health changes take the same path (see [`health`](crate::health)).
+/// `Pool` is cheap to clone: clones share one set. Picks never block: the current
+/// snapshot and the picker's table for it are read through an `ArcSwap`, without a lock
+/// and without writing a shared reference count. Changes are serialised among writers,
+/// built off the hot path and published with one atomic store, so concurrent writers
+/// cannot lose each other's updates and no pick sees a half-applied change. Backends
+/// that survive a change keep their live state. Health changes take the same path (see
+/// [`health`](crate::health)).
 ///
 /// # Examples
 ///
@@ -295,7 +300,7 @@ impl<A, P: Picker<A>> Pool<A, P> {
 
 impl<A, P> Pool<A, P>
 where
-    A: Clone + PartialEq,
+    A: Clone + Eq + Hash,
     P: Picker<A>,
 {
     /// Applies several changes as one: either all of them are published in one new
@@ -326,8 +331,10 @@ where
     pub fn update<R, E>(&self, change: impl FnOnce(&mut Edit<A>) -> Result<R, E>) -> Result<R, E> {
         let mut writer = self.inner.writer.lock();
         let current = self.inner.current.load_full();
+        let members = current.snapshot.backends().to_vec();
         let mut edit = Edit {
-            members: current.snapshot.backends().to_vec(),
+            index: members.iter().map(|b| (b.addr().clone(), b.id())).collect(),
+            members,
             next_id: writer.next_id,
             decay: self.inner.decay,
             shared: Arc::clone(&self.inner.shared),
@@ -342,6 +349,38 @@ where
         Ok(result)
     }
 
+    /// Adds a backend; fails on a duplicate address.
+    pub fn insert(&self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
+        self.update(|set| set.insert(addr, weight))
+    }
+
+    /// Adds several backends at once; on any error none is added.
+    pub fn extend<I>(&self, members: I) -> Result<Vec<BackendId>, MembershipError>
+    where
+        I: IntoIterator<Item = (A, Weight)>,
+    {
+        self.update(|set| {
+            members
+                .into_iter()
+                .map(|(addr, weight)| set.insert(addr, weight))
+                .collect()
+        })
+    }
+
+    /// Removes a backend, returning its address. Requests in flight on it finish normally.
+    pub fn remove(&self, id: BackendId) -> Result<A, MembershipError> {
+        self.update(|set| set.remove(id))
+    }
+
+    /// Changes a backend's weight; its live state is kept.
+    pub fn set_weight(&self, id: BackendId, weight: Weight) -> Result<(), MembershipError> {
+        self.update(|set| set.set_weight(id, weight))
+    }
+}
+
+/// Health: time-driven work, outcomes, the admin switch, sources. These need only
+/// `A: Clone` (members are copied into each new snapshot).
+impl<A: Clone, P: Picker<A>> Pool<A, P> {
     /// Builds the snapshot of `members` with health evaluated now and publishes it —
     /// unless `force` is false and nothing differs from `current`. Returns when health
     /// next has time-driven work.
@@ -534,56 +573,29 @@ where
             writer.in_task = false;
         }
     }
-
-    /// Adds a backend; fails on a duplicate address.
-    pub fn insert(&self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
-        self.update(|set| set.insert(addr, weight))
-    }
-
-    /// Adds several backends at once; on any error none is added.
-    pub fn extend<I>(&self, members: I) -> Result<Vec<BackendId>, MembershipError>
-    where
-        I: IntoIterator<Item = (A, Weight)>,
-    {
-        self.update(|set| {
-            members
-                .into_iter()
-                .map(|(addr, weight)| set.insert(addr, weight))
-                .collect()
-        })
-    }
-
-    /// Removes a backend, returning its address. Requests in flight on it finish normally.
-    pub fn remove(&self, id: BackendId) -> Result<A, MembershipError> {
-        self.update(|set| set.remove(id))
-    }
-
-    /// Changes a backend's weight; its live state is kept.
-    pub fn set_weight(&self, id: BackendId, weight: Weight) -> Result<(), MembershipError> {
-        self.update(|set| set.set_weight(id, weight))
-    }
 }
 
 /// A pending change to a pool's set, inside [`Pool::update`].
 #[derive(Debug)]
 pub struct Edit<A> {
     members: Vec<Backend<A>>,
+    /// Address → id of every member, for duplicate checks in O(1).
+    index: HashMap<A, BackendId>,
     next_id: u64,
     decay: Duration,
     shared: Arc<HealthShared>,
     changed: bool,
 }
 
-impl<A: Clone + PartialEq> Edit<A> {
+impl<A: Clone + Eq + Hash> Edit<A> {
     /// Adds a backend with fresh live state; fails on a duplicate address.
     pub fn insert(&mut self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
-        if let Some(existing) = self.members.iter().find(|b| *b.addr() == addr) {
-            return Err(MembershipError::Duplicate {
-                existing: existing.id(),
-            });
+        if let Some(&existing) = self.index.get(&addr) {
+            return Err(MembershipError::Duplicate { existing });
         }
         let id = BackendId::new(self.next_id);
         self.next_id += 1;
+        self.index.insert(addr.clone(), id);
         let state = Arc::new(BackendState::linked(self.decay, Arc::clone(&self.shared)));
         self.members.push(Backend::new(id, addr, weight, state));
         self.changed = true;
@@ -594,7 +606,9 @@ impl<A: Clone + PartialEq> Edit<A> {
     pub fn remove(&mut self, id: BackendId) -> Result<A, MembershipError> {
         let index = self.position(id)?;
         self.changed = true;
-        Ok(self.members.remove(index).addr().clone())
+        let removed = self.members.remove(index);
+        self.index.remove(removed.addr());
+        Ok(removed.addr().clone())
     }
 
     /// Changes a backend's weight, keeping its live state.

@@ -58,7 +58,7 @@ impl Future for HealthTask {
 
 impl<A, P> Pool<A, P>
 where
-    A: Clone + PartialEq + Send + Sync + 'static,
+    A: Clone + Send + Sync + 'static,
     P: Picker<A> + 'static,
     P::Table: 'static,
 {
@@ -157,7 +157,7 @@ type ProbeResult = (
 
 async fn run<A, P>(weak: Weak<Inner<A, P>>, shared: Arc<HealthShared>, probing: Option<Probing<A>>)
 where
-    A: Clone + PartialEq + Send + Sync + 'static,
+    A: Clone + Send + Sync + 'static,
     P: Picker<A> + 'static,
 {
     let mut slots: HashMap<BackendId, Slot<A>> = HashMap::new();
