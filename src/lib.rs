@@ -12,7 +12,12 @@
 //! - [`Picker`] — the strategy: [`RoundRobin`], [`WeightedRoundRobin`] (NGINX's smooth
 //!   interleaving), [`Random`], [`WeightedRandom`] (alias method), [`LeastLoaded`],
 //!   [`PowerOfTwoChoices`] and [`PeakEwma`]; each documents its guarantee and cost;
-//! - [`Snapshot`] — an immutable view of the set, for calling pickers directly.
+//! - [`Snapshot`] — an immutable view of the set, for calling pickers directly;
+//! - session affinity — an [`AffinityKey`] extracts a request's key (header, cookie,
+//!   path, query parameter, peer address; see [`affinity`]) and a consistent-hashing
+//!   picker maps it to the same backend in every balancer instance: [`Maglev`],
+//!   [`Ring`], [`Rendezvous`], [`Jump`], and [`BoundedLoad`] over them (see
+//!   [`pick::hash`]).
 //!
 //! # Quick start
 //!
@@ -38,6 +43,8 @@
 //!
 //! - `tower` (default): the tower integration. Pickers and the backend model need no
 //!   async runtime and no tower.
+//! - `http`: Layer 7 affinity keys on `http::Request` — [`affinity::HeaderKey`],
+//!   [`affinity::CookieKey`], [`affinity::PathKey`], [`affinity::QueryKey`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -47,6 +54,7 @@
     unreachable_pub
 )]
 
+pub mod affinity;
 mod backend;
 mod error;
 pub mod pick;
@@ -56,9 +64,11 @@ mod rng;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
 };
-pub use error::{MembershipError, PickError, WeightError};
+pub use affinity::AffinityKey;
+pub use error::{ConfigError, MembershipError, PickError, WeightError};
+pub use pick::hash::{BackendKey, HashPicker};
 pub use pick::{
-    LeastLoaded, PeakEwma, PickContext, Picker, PowerOfTwoChoices, Random, RoundRobin,
-    WeightedRandom, WeightedRoundRobin,
+    BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, PowerOfTwoChoices,
+    Random, Rendezvous, Ring, RoundRobin, WeightedRandom, WeightedRoundRobin,
 };
 pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
