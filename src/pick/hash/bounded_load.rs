@@ -10,15 +10,22 @@
 //!
 //! **Guarantee** (checked by the property tests): placing requests one after another,
 //! no backend's load ever exceeds ⌈c · m / n⌉ (m in flight, n eligible backends); at
-//! c = 1.25 the mean number of backends asked per request stays ≤ 1.05. A bound always
+//! c = 1.25 the mean number of backends asked per request stays ≤ 1.05 in the steady
+//! state of 50 requests in flight per backend (see *Measured* below). A bound always
 //! exists below which some backend lies (Σ bounds ≥ c · (m + 1) > m). Picks racing on
 //! several threads read the same counts and may each take the last free place, so
 //! under contention a backend may pass its bound by the number of racing picks.
 //!
+//! **Measured** (uniform random keys, c = 1.25, 8 to 100 backends), mean backends asked
+//! per request: in the steady state (one request finishes, one arrives) 1.01–1.02 at 50
+//! in flight per backend, 1.02–1.06 at 30, 1.08–1.18 at 10; filling from empty to 50 per
+//! backend, 1.05–1.08. Probing falls as the load per backend grows, since the slack
+//! ⌈1.25 · average⌉ − average grows faster than the load's fluctuations.
+//!
 //! **The default c = 1.25** ([`DEFAULT_BALANCE_FACTOR`]) is the tight end of the range
 //! HAProxy's `hash-balance-factor` documentation recommends (125 to 200): no backend is
-//! held above 125 % of its share, while the tests measure under 5 % of requests asked
-//! past their first choice. Larger c keeps more keys at home (cache hit rate) at a
+//! held above 125 % of its share, while at a working load few requests are asked past
+//! their first choice (below). Larger c keeps more keys at home (cache hit rate) at a
 //! looser bound; c = 1 forces a perfect spread and moves many keys.
 //!
 //! **Cost**: on top of the wrapped lookup, one in-flight read per backend asked; the

@@ -168,7 +168,7 @@ pub(crate) fn reuse_or_build<A: BackendKey, C>(
 pub(crate) const SEED_IDENTITY: u64 = 0;
 pub(crate) const SEED_MAGLEV_OFFSET: u64 = 0x6D61_676C_6576_6F66; // "maglevof"
 pub(crate) const SEED_MAGLEV_SKIP: u64 = 0x6D61_676C_6576_736B; // "maglevsk"
-pub(crate) const SEED_RING: u64 = 0x7269_6E67_0000_0000; // "ring" + replica number
+pub(crate) const SEED_RING: u64 = 0x7269_6E67_706F_696E; // "ringpoin"
 
 /// SplitMix64's increment: steps a key's hash to its next probe.
 pub(crate) const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -72,7 +72,7 @@ impl<F> Rendezvous<F> {
 
 /// Each member's key hash and weight, by snapshot index.
 pub struct RendezvousTable {
-    /// `(key hash, weight as f64)` per member, in snapshot order.
+    /// `(key hash, 1 / weight)` per member, in snapshot order.
     members: Box<[(u64, f64)]>,
     /// Whether every member has the same weight (compare u, skip the logarithm).
     uniform: bool,
@@ -124,47 +124,86 @@ struct Standing {
 }
 
 impl RendezvousTable {
-    /// The standing of member `index` for the mixed key `k`.
+    /// The standing of member `index` for the mixed key `k`: with equal weights u alone
+    /// (the score is monotone in u), else w / −ln(u) computed as 1 / (−ln(u) · (1/w)).
     #[inline]
     fn standing(&self, k: u64, index: usize) -> Option<Standing> {
-        let &(hash, weight) = self.members.get(index)?;
+        let &(hash, inverse_weight) = self.members.get(index)?;
         let u = mix(k ^ hash);
         let score = if self.uniform {
             0.0
         } else {
-            weight / neg_ln_unit(u)
+            1.0 / (neg_ln_unit(u) * inverse_weight)
         };
         Some(Standing { score, u })
     }
 
-    /// The eligible member with the best standing strictly below `bound`.
+    /// The eligible member with the best standing.
     #[inline]
-    fn best_below<A>(
+    fn best<A>(&self, snapshot: &Snapshot<A>, k: u64) -> Option<usize> {
+        let eligible = snapshot.eligible();
+        if self.uniform {
+            // The hot loop of the equal-weight case: the highest u wins.
+            let mut best: Option<(u64, u32)> = None;
+            for &i in eligible {
+                let Some(&(hash, _)) = self.members.get(i as usize) else {
+                    continue;
+                };
+                let u = mix(k ^ hash);
+                if best.is_none_or(|(b, _)| u > b) {
+                    best = Some((u, i));
+                }
+            }
+            return best.map(|(_, i)| i as usize);
+        }
+        let mut best: Option<(usize, Standing)> = None;
+        for &i in eligible {
+            let Some(s) = self.standing(k, i as usize) else {
+                continue;
+            };
+            if best.is_none_or(|(_, b)| s > b) {
+                best = Some((i as usize, s));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// The (up to) `BATCH` eligible members with the best standings strictly below
+    /// `bound`, best first, in one O(n) pass; and how many were found.
+    #[inline]
+    fn top_below<A>(
         &self,
         snapshot: &Snapshot<A>,
         k: u64,
         bound: Option<Standing>,
-    ) -> Option<(usize, Standing)> {
-        let mut best: Option<(usize, Standing)> = None;
+    ) -> ([(usize, Standing); BATCH], usize) {
+        let none = Standing { score: 0.0, u: 0 };
+        let mut top = [(usize::MAX, none); BATCH];
+        let mut len = 0;
         for &i in snapshot.eligible() {
             let i = i as usize;
             let Some(s) = self.standing(k, i) else {
                 continue;
             };
-            if bound.is_some_and(|b| s >= b) {
+            if bound.is_some_and(|b| s >= b) || (len == BATCH && s <= top[BATCH - 1].1) {
                 continue;
             }
-            if best.is_none_or(|(_, b)| s > b) {
-                best = Some((i, s));
-            }
+            // Insert in order: shift the worse ones down one place.
+            let at = top[..len].partition_point(|&(_, t)| t > s);
+            len = (len + 1).min(BATCH);
+            top.copy_within(at..len - 1, at + 1);
+            top[at] = (i, s);
         }
-        best
+        (top, len)
     }
 }
 
-/// How many members `find` offers one at a time, in preference order, before it asks the
-/// rest in one pass (which costs O(n) in all instead of O(n) per member offered).
-const SEQUENTIAL_OFFERS: usize = 4;
+/// Members offered per pass of `find`, best first.
+const BATCH: usize = 8;
+
+/// Passes `find` makes in exact preference order (so the first 32 members are offered
+/// exactly in order) before it considers the rest in one pass.
+const EXACT_PASSES: usize = 4;
 
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
     type Table = WithFallback<RendezvousTable, F::Table>;
@@ -172,8 +211,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let members: Box<[(u64, f64)]> = members(snapshot)
             .iter()
-            .map(|m| (m.hash, f64::from(m.weight)))
+            .map(|m| (m.hash, 1.0 / f64::from(m.weight)))
             .collect();
+        // (A zero weight gives an infinite inverse, hence a score of 0: last place.)
         let uniform = members.windows(2).all(|w| w[0].1 == w[1].1);
         WithFallback {
             table: RendezvousTable { members, uniform },
@@ -192,19 +232,18 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
     ) -> Option<usize> {
         ctx.hash()
             .and_then(|hash| {
-                let k = key_hash(hash);
-                table.table.best_below(snapshot, k, None).map(|(i, _)| i)
+                table.table.best(snapshot, key_hash(hash))
             })
             .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
     }
 }
 
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Rendezvous<F> {
-    /// The preference order: members by descending score. The first
-    /// `SEQUENTIAL_OFFERS` (4) are offered one by one, in that order (one O(n) pass
-    /// each); if all are refused, the rest are offered in one pass in snapshot order and
-    /// the best-scored accepted one is returned — the same answer as a full walk when
-    /// `accept` is a pure test, at O(n) instead of O(n²).
+    /// The preference order: members by descending score. The best 32 are offered one
+    /// by one, in that order (found 8 at a time, one O(n) pass per 8); if all are
+    /// refused, the rest are considered in one more pass, in snapshot order, and the
+    /// best-scored one accepted is returned — the same answer as a full walk when
+    /// `accept` is a pure test, in O(n) instead of O(n²).
     fn find<G>(
         &self,
         table: &Self::Table,
@@ -218,12 +257,17 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Rendezvous<F> {
         let table = &table.table;
         let k = key_hash(hash);
         let mut bound = None;
-        for _ in 0..SEQUENTIAL_OFFERS {
-            let (i, s) = table.best_below(snapshot, k, bound)?;
-            if accept(i) {
-                return Some(i);
+        for _ in 0..EXACT_PASSES {
+            let (top, len) = table.top_below(snapshot, k, bound);
+            for &(i, _) in &top[..len] {
+                if accept(i) {
+                    return Some(i);
+                }
             }
-            bound = Some(s);
+            if len < BATCH {
+                return None; // every eligible member was offered
+            }
+            bound = Some(top[len - 1].1);
         }
         let mut best: Option<(usize, Standing)> = None;
         for &i in snapshot.eligible() {

@@ -1,7 +1,7 @@
 //! Ring hashing (Ketama): backends as points on a 64-bit circle.
 //!
 //! Each backend places V points per unit of weight on a circle of 2⁶⁴ positions, at the
-//! stable hashes of its key with seeds 0, 1, 2, …; a key goes to the owner of the first
+//! stable hashes of its key followed by 0, 1, 2, …; a key goes to the owner of the first
 //! point at or after its own hash, clockwise. Adding or removing a backend adds or
 //! removes only its own points, so only the keys on the arcs those points close move.
 //!
@@ -255,9 +255,18 @@ fn build(members: Vec<Member>, fingerprint: Fingerprint, per_weight: u32, max: u
     let counts = point_counts(&members, per_weight, max);
     let total = counts.iter().sum::<u64>() as usize;
     let mut points: Vec<(u64, usize)> = Vec::with_capacity(total);
+    let mut input = Vec::new();
     for (pos, (m, &count)) in members.iter().zip(&counts).enumerate() {
+        // Point r hashes the key bytes followed by r (as Ketama hashes "addr-r"): distinct
+        // inputs, so points are independent. (Varying XXH3's *seed* instead would not do:
+        // for short inputs the seed enters linearly, and similar names would collide.)
+        input.clear();
+        input.extend_from_slice(&m.key);
+        let at = input.len();
         for replica in 0..count {
-            points.push((seeded(&m.key, SEED_RING ^ replica), pos));
+            input.truncate(at);
+            input.extend_from_slice(&replica.to_le_bytes());
+            points.push((seeded(&input, SEED_RING), pos));
         }
     }
     // Order by position; equal positions by owner key bytes, so the order (and who
@@ -340,10 +349,15 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Ring<F> {
         G: FnMut(usize) -> bool,
     {
         let ring = &table.table;
+        let points = &ring.core.points;
         let start = ring.successor(key_hash(hash));
-        let (before, after) = ring.core.points.split_at_checked(start)?;
-        let mut last_rejected = usize::MAX;
-        for p in after.iter().chain(before) {
+        let first = points.get(start)?.owner as usize;
+        if snapshot.is_eligible(first) && accept(first) {
+            return Some(first);
+        }
+        // Walk on clockwise, once round the circle.
+        let mut last_rejected = first;
+        for p in points[start + 1..].iter().chain(&points[..start]) {
             let index = p.owner as usize;
             // Consecutive points of one backend: asking again would get the same answer.
             if index != last_rejected {
