@@ -22,7 +22,7 @@
 //! | [`PeerAddrKey`] | the peer's IP address and port | L4 |
 //! | [`KeyFn`] | whatever a closure returns | any |
 //!
-//! Extractors combine with [`AffinityKey::or`]: the first that finds a key wins.
+//! Extractors combine with [`Or`]: the first that finds a key wins.
 //!
 //! # Examples
 //!
@@ -95,37 +95,32 @@ pub trait AffinityKey<Req: ?Sized>: Send + Sync {
             None => PickContext::new(),
         }
     }
-
-    /// This extractor, then `other` when this one finds no key.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::net::SocketAddr;
-    /// use tower_lb::affinity::{AffinityKey, KeyFn, PeerIpKey};
-    ///
-    /// let never = KeyFn::new(|_: &SocketAddr| None);
-    /// let key = never.or(PeerIpKey::new());
-    /// let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
-    /// assert_eq!(key.key(&peer), PeerIpKey::new().key(&peer));
-    /// ```
-    fn or<K>(self, other: K) -> Or<Self, K>
-    where
-        Self: Sized,
-        K: AffinityKey<Req>,
-    {
-        Or {
-            first: self,
-            second: other,
-        }
-    }
 }
 
-/// Two extractors tried in order: the first key found wins. Made by [`AffinityKey::or`].
+/// Two extractors tried in order: the first key found wins.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tower_lb::affinity::{AffinityKey, KeyFn, Or, PeerIpKey};
+///
+/// let never = KeyFn::new(|_: &SocketAddr| None);
+/// let key = Or::new(never, PeerIpKey::new());
+/// let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+/// assert_eq!(key.key(&peer), PeerIpKey::new().key(&peer));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Or<K1, K2> {
     first: K1,
     second: K2,
+}
+
+impl<K1, K2> Or<K1, K2> {
+    /// `first`, then `second` when `first` finds no key.
+    pub const fn new(first: K1, second: K2) -> Self {
+        Or { first, second }
+    }
 }
 
 impl<Req: ?Sized, K1: AffinityKey<Req>, K2: AffinityKey<Req>> AffinityKey<Req> for Or<K1, K2> {
