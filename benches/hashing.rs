@@ -78,13 +78,17 @@ pub fn register(c: &mut Criterion) {
     for n in SIZES {
         let equal = snapshot(n, false);
         let weighted = snapshot(n, true);
-        group.bench_with_input(BenchmarkId::new("fnv1a-16B mod n (floor)", n), &n, |b, &n| {
-            let mut i = 0u64;
-            b.iter(|| {
-                i = i.wrapping_add(1);
-                fnv1a(&key16(i)) % black_box(n as u64)
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("fnv1a-16B mod n (floor)", n),
+            &n,
+            |b, &n| {
+                let mut i = 0u64;
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    fnv1a(&key16(i)) % black_box(n as u64)
+                })
+            },
+        );
         group.bench_with_input(BenchmarkId::new("xxh3-16B mod n", n), &n, |b, &n| {
             let mut i = 0u64;
             b.iter(|| {
@@ -97,9 +101,24 @@ pub fn register(c: &mut Criterion) {
         lookup(&mut group, "ring", &Ring::new(), &equal);
         lookup(&mut group, "jump", &Jump::new(), &equal);
         lookup(&mut group, "rendezvous", &Rendezvous::new(), &equal);
-        lookup(&mut group, "rendezvous weighted", &Rendezvous::new(), &weighted);
-        lookup(&mut group, "bounded maglev", &BoundedLoad::new(Maglev::new()), &equal);
-        lookup(&mut group, "bounded ring", &BoundedLoad::new(Ring::new()), &equal);
+        lookup(
+            &mut group,
+            "rendezvous weighted",
+            &Rendezvous::new(),
+            &weighted,
+        );
+        lookup(
+            &mut group,
+            "bounded maglev",
+            &BoundedLoad::new(Maglev::new()),
+            &equal,
+        );
+        lookup(
+            &mut group,
+            "bounded ring",
+            &BoundedLoad::new(Ring::new()),
+            &equal,
+        );
     }
     group.finish();
 

@@ -590,7 +590,10 @@ mod tests {
     fn weight_bounds() {
         assert_eq!(Weight::new(0), Err(WeightError { value: 0 }));
         assert_eq!(Weight::new(1).map(Weight::get), Ok(1));
-        assert_eq!(Weight::new(u64::from(u32::MAX)).map(Weight::get), Ok(u32::MAX));
+        assert_eq!(
+            Weight::new(u64::from(u32::MAX)).map(Weight::get),
+            Ok(u32::MAX)
+        );
         let over = u64::from(u32::MAX) + 1;
         let err = Weight::new(over).unwrap_err();
         assert_eq!(err.value, over);
@@ -622,7 +625,10 @@ mod tests {
         assert_eq!(at0, Duration::from_millis(100));
         // e^-1 of the estimate after one decay window, within rounding.
         let expected = 100e6 * (-1.0f64).exp();
-        assert!((later.as_nanos() as f64 - expected).abs() < 1e3, "{later:?}");
+        assert!(
+            (later.as_nanos() as f64 - expected).abs() < 1e3,
+            "{later:?}"
+        );
     }
 
     #[test]

@@ -43,8 +43,8 @@
 //!
 //! - `tower` (default): the tower integration. Pickers and the backend model need no
 //!   async runtime and no tower.
-//! - `http`: Layer 7 affinity keys on `http::Request` — [`affinity::HeaderKey`],
-//!   [`affinity::CookieKey`], [`affinity::PathKey`], [`affinity::QueryKey`].
+//! - `http`: Layer 7 affinity keys on `http::Request` — `HeaderKey`, `CookieKey`,
+//!   `PathKey`, `QueryKey` in [`affinity`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -58,13 +58,13 @@ pub mod affinity;
 mod backend;
 mod error;
 pub mod pick;
-mod pool;
+pub mod pool;
 mod rng;
 
+pub use affinity::AffinityKey;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
 };
-pub use affinity::AffinityKey;
 pub use error::{ConfigError, MembershipError, PickError, WeightError};
 pub use pick::hash::{BackendKey, HashPicker};
 pub use pick::{

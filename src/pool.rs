@@ -260,7 +260,9 @@ where
             let snapshot = Snapshot::from_members(edit.members, counters.version);
             let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
             // Writers are serialised by the mutex, so a plain store cannot lose an update.
-            self.inner.current.store(Arc::new(Prepared { snapshot, table }));
+            self.inner
+                .current
+                .store(Arc::new(Prepared { snapshot, table }));
         }
         Ok(result)
     }

@@ -51,7 +51,10 @@ fn peer_keys_on_loopback_connections() -> std::io::Result<()> {
     let (_, peer2) = listener.accept()?;
     assert_eq!(peer2, second.local_addr()?);
     assert_eq!(by_ip.key(&peer2), by_ip.key(&peer));
-    assert_ne!(PeerAddrKey::new().key(&peer2), PeerAddrKey::new().key(&peer));
+    assert_ne!(
+        PeerAddrKey::new().key(&peer2),
+        PeerAddrKey::new().key(&peer)
+    );
     Ok(())
 }
 
@@ -70,7 +73,10 @@ fn closures_and_fallthrough() {
     let tenant = KeyFn::new(|c: &Conn| c.tenant.map(|t| hash_key(t.as_bytes())));
     let key = Or::new(tenant, PeerIpKey::new());
     let peer: SocketAddr = "192.0.2.1:999".parse().unwrap();
-    let with = Conn { tenant: Some("acme"), peer };
+    let with = Conn {
+        tenant: Some("acme"),
+        peer,
+    };
     let without = Conn { tenant: None, peer };
     assert_eq!(key.key(&with), Some(hash_key(b"acme")));
     assert_eq!(key.key(&without), PeerIpKey::new().key(&peer));
@@ -89,8 +95,14 @@ fn independent_pools_agree_on_every_key() {
             .unwrap();
         pool
     }
-    let (a, b) = (pool(Maglev::new(), &[0, 1, 2, 3, 4]), pool(Maglev::new(), &[3, 1, 4, 0, 2]));
-    let (c, d) = (pool(Ring::new(), &[0, 1, 2, 3, 4]), pool(Ring::new(), &[4, 3, 2, 1, 0]));
+    let (a, b) = (
+        pool(Maglev::new(), &[0, 1, 2, 3, 4]),
+        pool(Maglev::new(), &[3, 1, 4, 0, 2]),
+    );
+    let (c, d) = (
+        pool(Ring::new(), &[0, 1, 2, 3, 4]),
+        pool(Ring::new(), &[4, 3, 2, 1, 0]),
+    );
     let key = PeerIpKey::new();
     for i in 0..2000u32 {
         let client = SocketAddr::new(IpAddr::from(i.to_be_bytes()), 40_000);
@@ -175,14 +187,29 @@ mod http_keys {
             .header("cookie", "theme=dark; SESSION=s3cr3t")
             .body(())
             .unwrap();
-        assert_eq!(HeaderKey::from_static("x-user-id").key(&req), Some(hash_key(b"u-42")));
-        assert_eq!(HeaderKey::try_new("X-User-Id").unwrap().key(&req), Some(hash_key(b"u-42")));
+        assert_eq!(
+            HeaderKey::from_static("x-user-id").key(&req),
+            Some(hash_key(b"u-42"))
+        );
+        assert_eq!(
+            HeaderKey::try_new("X-User-Id").unwrap().key(&req),
+            Some(hash_key(b"u-42"))
+        );
         assert!(HeaderKey::try_new("bad header").is_err());
-        assert_eq!(CookieKey::new("SESSION").key(&req), Some(hash_key(b"s3cr3t")));
+        assert_eq!(
+            CookieKey::new("SESSION").key(&req),
+            Some(hash_key(b"s3cr3t"))
+        );
         assert_eq!(CookieKey::new("session").key(&req), None);
-        assert_eq!(PathKey::new().key(&req), Some(hash_key(b"/users/42/orders")));
+        assert_eq!(
+            PathKey::new().key(&req),
+            Some(hash_key(b"/users/42/orders"))
+        );
         assert_eq!(PathKey::segments(2).key(&req), Some(hash_key(b"/users/42")));
-        assert_eq!(QueryKey::new("user").key(&req), Some(hash_key(b"ann@example.org")));
+        assert_eq!(
+            QueryKey::new("user").key(&req),
+            Some(hash_key(b"ann@example.org"))
+        );
         assert_eq!(QueryKey::new("page").key(&req), Some(hash_key(b"2")));
         assert_eq!(QueryKey::new("nope").key(&req), None);
         assert_eq!(QueryKey::new("user").key(&get("/no-query")), None);
@@ -197,7 +224,10 @@ mod http_keys {
         let mut anonymous = get("/");
         anonymous.extensions_mut().insert(peer);
         assert_eq!(key.key(&anonymous), PeerIpKey::new().key(&peer));
-        let mut known = Request::get("/").header("cookie", "sid=abc").body(()).unwrap();
+        let mut known = Request::get("/")
+            .header("cookie", "sid=abc")
+            .body(())
+            .unwrap();
         known.extensions_mut().insert(peer);
         assert_eq!(key.key(&known), Some(hash_key(b"abc")));
         assert_eq!(PeerIpKey::new().key(&get("/")), None);
@@ -206,7 +236,10 @@ mod http_keys {
     #[test]
     fn oversized_values_are_capped_not_rejected() {
         let long = "v".repeat(MAX_KEY_LEN * 3);
-        let req = Request::get("/").header("x-k", long.as_str()).body(()).unwrap();
+        let req = Request::get("/")
+            .header("x-k", long.as_str())
+            .body(())
+            .unwrap();
         let expected = hash_key(&long.as_bytes()[..MAX_KEY_LEN]);
         assert_eq!(HeaderKey::from_static("x-k").key(&req), Some(expected));
         let cookie = Request::get("/")

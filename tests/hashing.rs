@@ -141,20 +141,40 @@ proptest! {
 #[test]
 fn mapping_is_pinned_across_releases() {
     let snapshot = Snapshot::build(
-        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80"]
-            .map(|a| (a.to_owned(), Weight::ONE)),
+        [
+            "10.0.0.1:80",
+            "10.0.0.2:80",
+            "10.0.0.3:80",
+            "10.0.0.4:80",
+            "10.0.0.5:80",
+        ]
+        .map(|a| (a.to_owned(), Weight::ONE)),
     )
     .unwrap();
-    let keys: Vec<u64> = (0..8).map(|i| hash_key(format!("user-{i}").as_bytes())).collect();
+    let keys: Vec<u64> = (0..8)
+        .map(|i| hash_key(format!("user-{i}").as_bytes()))
+        .collect();
     let last_octets = |p: Vec<Option<String>>| -> String {
         p.into_iter()
             .map(|a| a.unwrap().chars().nth(7).unwrap())
             .collect()
     };
-    assert_eq!(last_octets(placed(&Maglev::new(), &snapshot, &keys)), PINNED_MAGLEV);
-    assert_eq!(last_octets(placed(&Ring::new(), &snapshot, &keys)), PINNED_RING);
-    assert_eq!(last_octets(placed(&Rendezvous::new(), &snapshot, &keys)), PINNED_RENDEZVOUS);
-    assert_eq!(last_octets(placed(&Jump::new(), &snapshot, &keys)), PINNED_JUMP);
+    assert_eq!(
+        last_octets(placed(&Maglev::new(), &snapshot, &keys)),
+        PINNED_MAGLEV
+    );
+    assert_eq!(
+        last_octets(placed(&Ring::new(), &snapshot, &keys)),
+        PINNED_RING
+    );
+    assert_eq!(
+        last_octets(placed(&Rendezvous::new(), &snapshot, &keys)),
+        PINNED_RENDEZVOUS
+    );
+    assert_eq!(
+        last_octets(placed(&Jump::new(), &snapshot, &keys)),
+        PINNED_JUMP
+    );
 }
 
 const PINNED_MAGLEV: &str = "11552251";
@@ -189,7 +209,10 @@ fn maglev_collateral(ids: &[u32], removed: usize) -> f64 {
         .iter()
         .zip(ea)
         .filter(|&(&b, &a)| {
-            let (b, a) = (before.backends()[b as usize].addr(), after.backends()[a as usize].addr());
+            let (b, a) = (
+                before.backends()[b as usize].addr(),
+                after.backends()[a as usize].addr(),
+            );
             *b != gone && a != b
         })
         .count();
@@ -226,7 +249,10 @@ fn maglev_collateral_at_100_and_1000_backends() {
             .into_iter()
             .map(|r| maglev_collateral(&ids, r))
             .fold(0.0, f64::max);
-        assert!(worst <= MAGLEV_MAX_COLLATERAL, "N = {n}: collateral {worst:.4}");
+        assert!(
+            worst <= MAGLEV_MAX_COLLATERAL,
+            "N = {n}: collateral {worst:.4}"
+        );
     }
 }
 
@@ -360,7 +386,12 @@ proptest! {
 
 /// Makes `down` ineligible and back: only its keys move, each to an eligible backend,
 /// and the original mapping returns exactly. Returns whether the table was reused.
-fn check_health<P>(picker: &P, ids: &[u32], down: &BTreeSet<usize>, keys: &[u64]) -> Result<(), TestCaseError>
+fn check_health<P>(
+    picker: &P,
+    ids: &[u32],
+    down: &BTreeSet<usize>,
+    keys: &[u64],
+) -> Result<(), TestCaseError>
 where
     P: Picker<String>,
 {
@@ -371,12 +402,20 @@ where
     let some_down = all.with_eligibility(|i| !down.contains(&i));
     let table_down = picker.prepare(&some_down, Some(&table));
     let during = placement(picker, &table_down, &some_down, keys);
-    let down_addrs: BTreeSet<String> = down.iter().map(|&i| all.backends()[i].addr().clone()).collect();
+    let down_addrs: BTreeSet<String> = down
+        .iter()
+        .map(|&i| all.backends()[i].addr().clone())
+        .collect();
     for (b, d) in before.iter().zip(&during) {
         let b = b.as_ref().unwrap();
         if down_addrs.contains(b) {
             let d = d.as_ref();
-            prop_assert!(d.is_some_and(|d| !down_addrs.contains(d)), "a key of {} went to {:?}", b, d);
+            prop_assert!(
+                d.is_some_and(|d| !down_addrs.contains(d)),
+                "a key of {} went to {:?}",
+                b,
+                d
+            );
         } else {
             prop_assert_eq!(Some(b), d.as_ref(), "a key of a healthy backend moved");
         }
@@ -424,7 +463,12 @@ fn health_changes_do_not_rebuild_tables() {
     let fewer = snapshot(&ids[1..], false);
     assert!(!maglev.prepare(&fewer, Some(&t)).table().ptr_eq(t.table()));
     let reweighted = snapshot(&ids, true);
-    assert!(!maglev.prepare(&reweighted, Some(&t)).table().ptr_eq(t.table()));
+    assert!(
+        !maglev
+            .prepare(&reweighted, Some(&t))
+            .table()
+            .ptr_eq(t.table())
+    );
 
     let ring = Ring::new();
     let t = ring.prepare(&all, None);
@@ -448,7 +492,12 @@ impl<H: HashPicker<String>> Placer<H> {
         let snapshot = snapshot(ids, false);
         let picker = BoundedLoad::new(inner).with_balance_factor(c).unwrap();
         let table = picker.prepare(&snapshot, None);
-        Placer { picker, table, snapshot, c }
+        Placer {
+            picker,
+            table,
+            snapshot,
+            c,
+        }
     }
 
     /// Places one request for `key`, keeps it in flight, and checks the chosen backend is
@@ -466,7 +515,15 @@ impl<H: HashPicker<String>> Placer<H> {
         let m = guards.len() as f64;
         let bound = (self.c * m / s.len() as f64 - 1e-9).ceil() as usize;
         let load = s.backends()[chosen].state().in_flight();
-        prop_assert!(load <= bound, "chose a backend holding {} > ⌈{} · {} / {}⌉ = {}", load, self.c, m, s.len(), bound);
+        prop_assert!(
+            load <= bound,
+            "chose a backend holding {} > ⌈{} · {} / {}⌉ = {}",
+            load,
+            self.c,
+            m,
+            s.len(),
+            bound
+        );
         Ok(asked.len())
     }
 
@@ -478,7 +535,13 @@ impl<H: HashPicker<String>> Placer<H> {
             self.place(k, &mut guards)?;
             let m = guards.len() as f64;
             let bound = (self.c * m / self.snapshot.len() as f64 - 1e-9).ceil() as usize;
-            let max = self.snapshot.backends().iter().map(|b| b.state().in_flight()).max().unwrap();
+            let max = self
+                .snapshot
+                .backends()
+                .iter()
+                .map(|b| b.state().in_flight())
+                .max()
+                .unwrap();
             prop_assert!(max <= bound, "a backend holds {} > {}", max, bound);
         }
         Ok(())

@@ -79,7 +79,10 @@ mod tests {
     #[test]
     fn finds_the_named_cookie_in_any_header() {
         let key = CookieKey::new("sid");
-        assert_eq!(key.key(&req(&["a=1; sid=xyz; b=2"])), Some(hash_key(b"xyz")));
+        assert_eq!(
+            key.key(&req(&["a=1; sid=xyz; b=2"])),
+            Some(hash_key(b"xyz"))
+        );
         assert_eq!(key.key(&req(&["a=1", "sid=xyz"])), Some(hash_key(b"xyz")));
         assert_eq!(key.key(&req(&["sidx=1; xsid=2"])), None);
         assert_eq!(key.key(&req(&["SID=1"])), None);

@@ -14,10 +14,10 @@
 //!
 //! | extractor | key | layer |
 //! | --- | --- | --- |
-//! | [`HeaderKey`] | the first value of a header | L7, feature `http` |
-//! | [`CookieKey`] | the value of a cookie, by name (parsed by the `cookie` crate) | L7, feature `http` |
-//! | [`PathKey`] | the URI path, or its first n segments | L7, feature `http` |
-//! | [`QueryKey`] | a query parameter's decoded value | L7, feature `http` |
+//! | `HeaderKey` | the first value of a header | L7, feature `http` |
+//! | `CookieKey` | the value of a cookie, by name (parsed by the `cookie` crate) | L7, feature `http` |
+//! | `PathKey` | the URI path, or its first n segments | L7, feature `http` |
+//! | `QueryKey` | a query parameter's decoded value | L7, feature `http` |
 //! | [`PeerIpKey`] | the peer's IP address, optionally a prefix of it | L4 (anything [`PeerAddr`]) |
 //! | [`PeerAddrKey`] | the peer's IP address and port | L4 |
 //! | [`KeyFn`] | whatever a closure returns | any |

@@ -233,7 +233,10 @@ mod tests {
         let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         let (b, len) = masked(v6, 32, 64);
         assert_eq!(len, 16);
-        assert_eq!(b, [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            b,
+            [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]
@@ -242,7 +245,10 @@ mod tests {
         let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
         let key = PeerIpKey::new();
         assert_eq!(key.hash_ip(v4), key.hash_ip(mapped));
-        assert_ne!(key.hash_ip(v4), key.hash_ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_ne!(
+            key.hash_ip(v4),
+            key.hash_ip(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ mod tests {
         assert_eq!(key.hash_query("u="), None);
         assert_eq!(key.hash_query("u"), None);
         assert_eq!(key.hash_query("uu=1"), None);
-        assert_eq!(key.hash_query("u=%FF%FE"), key.hash_query("u=%EF%BF%BD%EF%BF%BD"));
+        assert_eq!(
+            key.hash_query("u=%FF%FE"),
+            key.hash_query("u=%EF%BF%BD%EF%BF%BD")
+        );
         assert_eq!(key.hash_query(""), None);
     }
 }

@@ -45,7 +45,10 @@ fn load<A>(snapshot: &Snapshot<A>, index: usize) -> (u128, u128) {
     let in_flight = snapshot
         .get(index)
         .map_or(0, |b| b.state().in_flight() as u128);
-    (in_flight, u128::from(snapshot.effective_weight(index).max(1)))
+    (
+        in_flight,
+        u128::from(snapshot.effective_weight(index).max(1)),
+    )
 }
 
 impl<A> Picker<A> for LeastLoaded {

@@ -46,13 +46,13 @@ use std::time::Instant;
 use crate::backend::Snapshot;
 
 pub mod hash;
-mod least_loaded;
-mod p2c;
-mod peak_ewma;
-mod random;
-mod round_robin;
-mod weighted_random;
-mod weighted_round_robin;
+pub mod least_loaded;
+pub mod p2c;
+pub mod peak_ewma;
+pub mod random;
+pub mod round_robin;
+pub mod weighted_random;
+pub mod weighted_round_robin;
 
 pub use hash::{BoundedLoad, Jump, Maglev, Rendezvous, Ring};
 pub use least_loaded::LeastLoaded;
@@ -192,7 +192,13 @@ mod tests {
     #[test]
     fn uniform_pair_is_distinct_and_in_range() {
         for n in [2usize, 3, 8, 1000] {
-            for r in [0u64, u64::MAX, 0x1234_5678_9ABC_DEF0, 1 << 32, (1 << 32) - 1] {
+            for r in [
+                0u64,
+                u64::MAX,
+                0x1234_5678_9ABC_DEF0,
+                1 << 32,
+                (1 << 32) - 1,
+            ] {
                 let (a, b) = uniform_pair(r, n);
                 assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
             }

@@ -90,6 +90,8 @@ impl<A> Picker<A> for PeakEwma {
             return snapshot.eligible().first().map(|&i| i as usize);
         }
         let now_ns = nanos_since_epoch(ctx.now().unwrap_or_else(Instant::now));
-        p2c_pick(table, &self.rng, snapshot, |i| self.cost(snapshot, i, now_ns))
+        p2c_pick(table, &self.rng, snapshot, |i| {
+            self.cost(snapshot, i, now_ns)
+        })
     }
 }

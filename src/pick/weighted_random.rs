@@ -147,7 +147,12 @@ mod tests {
 
     #[test]
     fn alias_mass_matches_weights() {
-        for weights in [vec![5u64, 1, 1], vec![1, 2, 3, 4], vec![1, 1_000_000], vec![7]] {
+        for weights in [
+            vec![5u64, 1, 1],
+            vec![1, 2, 3, 4],
+            vec![1, 1_000_000],
+            vec![7],
+        ] {
             let table = AliasTable::new(&weights);
             let mass = exact_mass(&table);
             let total: u64 = weights.iter().sum();
@@ -155,7 +160,10 @@ mod tests {
             for (i, &w) in weights.iter().enumerate() {
                 let p = mass[i] as f64 / (n * 4_294_967_296.0);
                 let want = w as f64 / total as f64;
-                assert!((p - want).abs() < 1e-8, "{weights:?}: slot {i} has {p}, wants {want}");
+                assert!(
+                    (p - want).abs() < 1e-8,
+                    "{weights:?}: slot {i} has {p}, wants {want}"
+                );
             }
         }
     }

@@ -148,7 +148,11 @@ impl<A> Picker<A> for WeightedRoundRobin {
         } else {
             // The table belongs to another snapshot: stay correct, if unweighted.
             let n = snapshot.eligible().len();
-            if n == 0 { None } else { eligible_at(snapshot, turn % n) }
+            if n == 0 {
+                None
+            } else {
+                eligible_at(snapshot, turn % n)
+            }
         }
     }
 }

@@ -61,6 +61,19 @@ impl Jump {
     pub fn new() -> Self {
         Jump::default()
     }
+
+    /// The bucket in `0..buckets` of `key` (`None` for no buckets): Lamping and Veach's
+    /// function exactly, on the key as given (the picker mixes request hashes first).
+    ///
+    /// ```
+    /// use tower_lb::Jump;
+    ///
+    /// assert_eq!(Jump::bucket(0xDEAD_10CC, 666), Some(361));
+    /// assert_eq!(Jump::bucket(7, 0), None);
+    /// ```
+    pub fn bucket(key: u64, buckets: u32) -> Option<u32> {
+        (buckets > 0).then(|| jump(key, buckets))
+    }
 }
 
 impl<F> Jump<F> {
@@ -72,19 +85,6 @@ impl<F> Jump<F> {
     /// The picker for requests without a key.
     pub fn fallback(&self) -> &F {
         &self.fallback
-    }
-
-    /// The bucket in `0..buckets` of `key` (`None` for no buckets): Lamping and Veach's
-    /// function exactly, on the key as given (the picker mixes request hashes first).
-    ///
-    /// ```
-    /// use tower_lb::Jump;
-    ///
-    /// assert_eq!(Jump::bucket(0xDEAD_10CC, 1), Some(0));
-    /// assert_eq!(Jump::bucket(7, 0), None);
-    /// ```
-    pub fn bucket(key: u64, buckets: u32) -> Option<u32> {
-        (buckets > 0).then(|| jump(key, buckets))
     }
 }
 

@@ -30,8 +30,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{
-    BackendKey, Fingerprint, HashPicker, MAX_PROBES, Member, SEED_MAGLEV_OFFSET,
-    SEED_MAGLEV_SKIP, WithFallback, key_hash, next_probe, reduce, reuse_or_build,
+    BackendKey, Fingerprint, HashPicker, MAX_PROBES, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
+    WithFallback, key_hash, next_probe, reduce, reuse_or_build,
 };
 use crate::affinity::seeded;
 use crate::backend::Snapshot;
@@ -370,7 +370,10 @@ mod tests {
         .unwrap();
         let table = Maglev::new().prepare(&snapshot, None);
         let a = table.table().entries().iter().filter(|&&e| e == 0).count();
-        assert_eq!(a, 1, "weight 1 against u32::MAX still claims its first turn");
+        assert_eq!(
+            a, 1,
+            "weight 1 against u32::MAX still claims its first turn"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Consistent hashing: the same key to the same backend, everywhere, with few moves.
 //!
-//! Each picker here maps a request's affinity hash ([`PickContext::with_hash`], usually
+//! Each picker here maps a request's affinity hash ([`PickContext::with_hash`](crate::PickContext::with_hash), usually
 //! from an [`AffinityKey`](crate::affinity::AffinityKey)) to a backend so that
 //!
 //! - every balancer holding the same set maps every key the same way, whatever order it
@@ -13,7 +13,7 @@
 //!   ineligible ones, so a health change never rebuilds a table (`prepare` reuses the
 //!   previous table when only eligibility changed) and never moves anyone else's keys.
 //!
-//! A request without a hash goes to the picker's non-affine fallback, [`RoundRobin`] by
+//! A request without a hash goes to the picker's non-affine fallback, [`RoundRobin`](crate::RoundRobin) by
 //! default (`with_fallback` changes it).
 //!
 //! | picker | moves on a change | lookup | memory per table | build |
@@ -40,11 +40,11 @@ use crate::affinity::{mix, seeded};
 use crate::backend::Snapshot;
 
 mod backend_key;
-mod bounded_load;
-mod jump;
-mod maglev;
-mod rendezvous;
-mod ring;
+pub mod bounded_load;
+pub mod jump;
+pub mod maglev;
+pub mod rendezvous;
+pub mod ring;
 
 pub use backend_key::BackendKey;
 pub use bounded_load::{BoundedLoad, DEFAULT_BALANCE_FACTOR};

@@ -231,9 +231,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
         ctx: &PickContext,
     ) -> Option<usize> {
         ctx.hash()
-            .and_then(|hash| {
-                table.table.best(snapshot, key_hash(hash))
-            })
+            .and_then(|hash| table.table.best(snapshot, key_hash(hash)))
             .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
     }
 }
@@ -299,7 +297,10 @@ mod tests {
             let x = ((u >> 12) as f64 + 0.5) / (1u64 << 52) as f64;
             let want = -x.ln();
             assert!(got > 0.0 && got.is_finite(), "u={u:#x} got={got}");
-            assert!((got - want).abs() <= want * 1e-12 + 1e-300, "u={u:#x} {got} {want}");
+            assert!(
+                (got - want).abs() <= want * 1e-12 + 1e-300,
+                "u={u:#x} {got} {want}"
+            );
             assert!(got <= previous, "not monotone at u={u:#x}");
             previous = got;
         }

@@ -36,8 +36,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::{
-    BackendKey, Fingerprint, HashPicker, Member, SEED_RING, WithFallback, key_hash,
-    reuse_or_build,
+    BackendKey, Fingerprint, HashPicker, Member, SEED_RING, WithFallback, key_hash, reuse_or_build,
 };
 use crate::affinity::seeded;
 use crate::backend::Snapshot;
@@ -271,9 +270,7 @@ fn build(members: Vec<Member>, fingerprint: Fingerprint, per_weight: u32, max: u
     }
     // Order by position; equal positions by owner key bytes, so the order (and who
     // wins a collision) does not depend on the snapshot's member order.
-    points.sort_unstable_by(|a, b| {
-        (a.0, &members[a.1].key).cmp(&(b.0, &members[b.1].key))
-    });
+    points.sort_unstable_by(|a, b| (a.0, &members[a.1].key).cmp(&(b.0, &members[b.1].key)));
     let points: Box<[Point]> = points
         .into_iter()
         .map(|(hash, pos)| Point {
@@ -395,7 +392,11 @@ mod tests {
                 .chain(hashes.iter().map(|h| h.wrapping_add(1)));
             for h in probes {
                 let expected = hashes.partition_point(|&p| p < h);
-                let expected = if expected == hashes.len() { 0 } else { expected };
+                let expected = if expected == hashes.len() {
+                    0
+                } else {
+                    expected
+                };
                 assert_eq!(ring.successor(h), expected, "n={n} v={v} h={h:#x}");
             }
         }
@@ -403,11 +404,8 @@ mod tests {
 
     #[test]
     fn point_counts_follow_weights_and_the_cap() {
-        let snapshot = Snapshot::build([
-            ("a", Weight::ONE),
-            ("b", Weight::new(3).unwrap()),
-        ])
-        .unwrap();
+        let snapshot =
+            Snapshot::build([("a", Weight::ONE), ("b", Weight::new(3).unwrap())]).unwrap();
         let members = super::super::members(&snapshot);
         assert_eq!(point_counts(&members, 160, 1 << 20), [160, 480]);
         assert_eq!(point_counts(&members, 160, 400), [100, 300]);
