@@ -133,3 +133,4 @@ pub fn register(c: &mut Criterion) {
     }
     group.finish();
 }
+

@@ -96,8 +96,11 @@ fn jump(mut key: u64, buckets: u32) -> u32 {
     while j < n {
         b = j;
         key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-        // Float to integer casts saturate, so a huge jump simply ends the loop.
-        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+        // (key >> 33) + 1 ≤ 2³¹ + 1 converts exactly through i64 (one instruction, where
+        // u64 → f64 takes several). Float → integer casts saturate, so a huge jump simply
+        // ends the loop.
+        let r = ((key >> 33) as i64 + 1) as f64;
+        j = ((b + 1) as f64 * (2_147_483_648.0 / r)) as i64;
     }
     b.clamp(0, n - 1) as u32
 }

@@ -87,6 +87,21 @@ impl fmt::Debug for RendezvousTable {
     }
 }
 
+/// The high 52 bits of `u` as a fraction in (0, 1), offset by half a step.
+#[inline]
+fn unit(u: u64) -> f64 {
+    // Through i64: the value fits in 52 bits, and i64 → f64 is one instruction.
+    ((u >> 12) as i64 as f64 + 0.5) * (1.0 / (1u64 << 52) as f64)
+}
+
+/// A lower bound on −ln(unit(u)) that costs no logarithm: 1 − x ≤ −ln(x), shrunk by a
+/// margin far above the few-ulp error of [`neg_ln_unit`], so that a member whose bound
+/// already loses is certain to lose and its logarithm can be skipped.
+#[inline]
+fn neg_ln_lower_bound(u: u64) -> f64 {
+    (1.0 - unit(u)) * (1.0 - 1e-9)
+}
+
 /// −ln(x) for x = the high 52 bits of `u` as a fraction in (0, 1), offset by half a step
 /// so that neither end is reached (x + ½ step is exact in 53 bits): positive and finite
 /// for every `u`.
@@ -98,14 +113,14 @@ impl fmt::Debug for RendezvousTable {
 fn neg_ln_unit(u: u64) -> f64 {
     const LN_2: f64 = std::f64::consts::LN_2;
     const SQRT_2: f64 = std::f64::consts::SQRT_2;
-    let x = ((u >> 12) as f64 + 0.5) * (1.0 / (1u64 << 52) as f64);
+    let x = unit(u);
     let bits = x.to_bits();
-    let mut e = ((bits >> 52) & 0x7FF) as i64 - 1023;
-    let mut m = f64::from_bits((bits & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000);
-    if m > SQRT_2 {
-        m *= 0.5;
-        e += 1;
-    }
+    let m = f64::from_bits((bits & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000);
+    // m in [1, 2); above √2 halve it (exponent − 1) and count one more power of two.
+    // Branch-free: the comparison is a coin flip per member, a branch would mispredict.
+    let above = u64::from(m > SQRT_2);
+    let m = f64::from_bits(m.to_bits() - (above << 52));
+    let e = ((bits >> 52) & 0x7FF) as i64 - 1023 + above as i64;
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
     let series = 1.0
@@ -125,7 +140,8 @@ struct Standing {
 
 impl RendezvousTable {
     /// The standing of member `index` for the mixed key `k`: with equal weights u alone
-    /// (the score is monotone in u), else w / −ln(u) computed as 1 / (−ln(u) · (1/w)).
+    /// (the score is monotone in u), else the score −w / ln(u) compared through its
+    /// negated reciprocal −(−ln(u) · (1/w)) — the same order, one division fewer.
     #[inline]
     fn standing(&self, k: u64, index: usize) -> Option<Standing> {
         let &(hash, inverse_weight) = self.members.get(index)?;
@@ -133,7 +149,7 @@ impl RendezvousTable {
         let score = if self.uniform {
             0.0
         } else {
-            1.0 / (neg_ln_unit(u) * inverse_weight)
+            -(neg_ln_unit(u) * inverse_weight)
         };
         Some(Standing { score, u })
     }
@@ -143,22 +159,21 @@ impl RendezvousTable {
     fn best<A>(&self, snapshot: &Snapshot<A>, k: u64) -> Option<usize> {
         let eligible = snapshot.eligible();
         if self.uniform {
-            // The hot loop of the equal-weight case: the highest u wins.
-            let mut best: Option<(u64, u32)> = None;
-            for &i in eligible {
-                let Some(&(hash, _)) = self.members.get(i as usize) else {
-                    continue;
-                };
-                let u = mix(k ^ hash);
-                if best.is_none_or(|(b, _)| u > b) {
-                    best = Some((u, i));
+            // The hot loop of the equal-weight case: the highest u wins (u is a bijective
+            // mix of distinct hashes, so there is no tie to break).
+            let u_of = |i: u32| self.members.get(i as usize).map(|&(hash, _)| mix(k ^ hash));
+            let mut members = eligible.iter().filter_map(|&i| Some((u_of(i)?, i)));
+            let (mut best_u, mut best_i) = members.next()?;
+            for (u, i) in members {
+                if u > best_u {
+                    (best_u, best_i) = (u, i);
                 }
             }
-            return best.map(|(_, i)| i as usize);
+            return Some(best_i as usize);
         }
         let mut best: Option<(usize, Standing)> = None;
         for &i in eligible {
-            let Some(s) = self.standing(k, i as usize) else {
+            let Some(s) = self.standing_if_above(k, i as usize, best.map(|(_, b)| b)) else {
                 continue;
             };
             if best.is_none_or(|(_, b)| s > b) {
@@ -166,6 +181,23 @@ impl RendezvousTable {
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    /// The standing of member `index`, or `None` when it is certain to be below `floor`
+    /// (checked with [`neg_ln_lower_bound`] before paying for a logarithm). Scanning n
+    /// members against the best so far, a member needs its logarithm with probability
+    /// about wᵢ / (Σw seen so far), so a scan takes O(log n) logarithms, not n.
+    #[inline]
+    fn standing_if_above(&self, k: u64, index: usize, floor: Option<Standing>) -> Option<Standing> {
+        if let (Some(floor), false) = (floor, self.uniform) {
+            let &(hash, inverse_weight) = self.members.get(index)?;
+            let u = mix(k ^ hash);
+            // score = −(−ln(u) · (1/w)) ≤ −(bound · (1/w)); strictly below the floor loses.
+            if -(neg_ln_lower_bound(u) * inverse_weight) < floor.score {
+                return None;
+            }
+        }
+        self.standing(k, index)
     }
 
     /// The (up to) `BATCH` eligible members with the best standings strictly below
@@ -177,15 +209,19 @@ impl RendezvousTable {
         k: u64,
         bound: Option<Standing>,
     ) -> ([(usize, Standing); BATCH], usize) {
-        let none = Standing { score: 0.0, u: 0 };
+        let none = Standing {
+            score: f64::NEG_INFINITY,
+            u: 0,
+        };
         let mut top = [(usize::MAX, none); BATCH];
         let mut len = 0;
         for &i in snapshot.eligible() {
             let i = i as usize;
-            let Some(s) = self.standing(k, i) else {
+            let floor = (len == BATCH).then(|| top[BATCH - 1].1);
+            let Some(s) = self.standing_if_above(k, i, floor) else {
                 continue;
             };
-            if bound.is_some_and(|b| s >= b) || (len == BATCH && s <= top[BATCH - 1].1) {
+            if bound.is_some_and(|b| s >= b) || floor.is_some_and(|f| s <= f) {
                 continue;
             }
             // Insert in order: shift the worse ones down one place.
@@ -213,7 +249,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
             .iter()
             .map(|m| (m.hash, 1.0 / f64::from(m.weight)))
             .collect();
-        // (A zero weight gives an infinite inverse, hence a score of 0: last place.)
+        // (A zero weight gives an infinite inverse, hence a score of −∞: last place.)
         let uniform = members.windows(2).all(|w| w[0].1 == w[1].1);
         WithFallback {
             table: RendezvousTable { members, uniform },
@@ -306,6 +342,15 @@ mod tests {
         }
         assert!(neg_ln_unit(u64::MAX) > 0.0);
         assert!((neg_ln_unit(0) - 53.0 * std::f64::consts::LN_2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_lower_bound_never_exceeds_the_logarithm() {
+        let edges = [0, 1, 1 << 12, u64::MAX, u64::MAX - (1 << 12), 1 << 63];
+        let spread = (0..100_000u64).map(|i| mix(i).wrapping_mul(i | 1));
+        for u in edges.into_iter().chain(spread) {
+            assert!(neg_ln_lower_bound(u) < neg_ln_unit(u), "u={u:#x}");
+        }
     }
 
     #[test]
