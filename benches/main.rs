@@ -3,7 +3,8 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod hashing;
 mod pickers;
 
-criterion_group!(benches, pickers::register);
+criterion_group!(benches, pickers::register, hashing::register);
 criterion_main!(benches);

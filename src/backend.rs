@@ -567,6 +567,39 @@ impl<A> Snapshot<A> {
         Ok(Self::from_members(backends, 0))
     }
 
+    /// A copy of this snapshot in which the member at index `i` is eligible exactly when
+    /// `eligible(i)` holds; members, weights, live state and version are kept.
+    ///
+    /// For driving pickers directly (tests, simulations, a custom health source); a
+    /// [`Pool`](crate::Pool) publishes eligibility changes itself.
+    ///
+    /// ```
+    /// use tower_lb::{Snapshot, Weight};
+    ///
+    /// let all = Snapshot::build([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
+    /// let b_down = all.with_eligibility(|i| i != 1);
+    /// assert_eq!(b_down.eligible(), [0]);
+    /// assert_eq!(b_down.total_weight(), 1);
+    /// ```
+    pub fn with_eligibility(&self, eligible: impl Fn(usize) -> bool) -> Self
+    where
+        A: Clone,
+    {
+        let mut next = Self::from_members(self.backends.to_vec(), self.version);
+        let mask: Box<[bool]> = (0..next.backends.len()).map(&eligible).collect();
+        next.eligible = (0..next.backends.len())
+            .filter(|&i| mask[i])
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        next.total_weight = next
+            .eligible
+            .iter()
+            .map(|&i| u64::from(next.effective_weight(i as usize)))
+            .sum();
+        next.eligible_mask = mask;
+        next
+    }
+
     /// Every member, eligible or not, in insertion order.
     pub fn backends(&self) -> &[Backend<A>] {
         &self.backends

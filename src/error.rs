@@ -67,19 +67,19 @@ pub enum PickError {
 /// A health setting was out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("health config: {setting} must be {expected}, got {got}")]
-pub struct ConfigError {
+pub struct HealthConfigError {
     setting: &'static str,
     expected: &'static str,
     got: String,
 }
 
-impl ConfigError {
+impl HealthConfigError {
     pub(crate) fn new(
         setting: &'static str,
         expected: &'static str,
         got: impl fmt::Display,
     ) -> Self {
-        ConfigError {
+        HealthConfigError {
             setting,
             expected,
             got: got.to_string(),
@@ -135,4 +135,34 @@ pub enum SpawnError {
     /// stopped.
     #[error("health task: this pool already has one")]
     AlreadyRunning,
+}
+
+/// A configuration value was refused; the message names the component and the value.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A Maglev table size that is not a prime in the accepted range.
+    #[error("maglev: table size {size} must be a prime between {min} and {max}")]
+    MaglevTableSize {
+        /// The refused size.
+        size: u64,
+        /// The smallest accepted size.
+        min: u64,
+        /// The largest accepted size.
+        max: u64,
+    },
+    /// A bounded-load balance factor below 1, infinite or not a number.
+    #[error("bounded load: balance factor {factor} must be a finite number of at least 1")]
+    BalanceFactor {
+        /// The refused factor.
+        factor: f64,
+    },
+    /// An address prefix longer than the address.
+    #[error("peer ip key: a /{bits} prefix is longer than the {max}-bit address")]
+    PrefixLength {
+        /// The refused prefix length.
+        bits: u8,
+        /// The address length in bits (32 or 128).
+        max: u8,
+    },
 }

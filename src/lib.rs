@@ -17,6 +17,11 @@
 //!   probes, the panic threshold, slow start, drain and admin, your own
 //!   [`HealthSource`](health::HealthSource)s. Health changes the snapshot, never the
 //!   pick path.
+//! - session affinity — an [`AffinityKey`] extracts a request's key (header, cookie,
+//!   path, query parameter, peer address; see [`affinity`]) and a consistent-hashing
+//!   picker maps it to the same backend in every balancer instance: [`Maglev`],
+//!   [`Ring`], [`Rendezvous`], [`Jump`], and [`BoundedLoad`] over them (see
+//!   [`pick::hash`]).
 //!
 //! # Quick start
 //!
@@ -45,7 +50,8 @@
 //! - `tokio`: the background health task (`Pool::spawn_health`,
 //!   `Pool::spawn_health_probes`) and the TCP probe; health's clock then reads tokio's,
 //!   so tests with a paused clock drive it.
-//! - `http`: the HTTP health probe (with `tokio`).
+//! - `http`: Layer 7 affinity keys on `http::Request` — `HeaderKey`, `CookieKey`,
+//!   `PathKey`, `QueryKey` in [`affinity`] — and the HTTP health probe (with `tokio`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -55,20 +61,25 @@
     unreachable_pub
 )]
 
+pub mod affinity;
 mod backend;
 mod error;
 pub mod health;
 pub mod pick;
-mod pool;
+pub mod pool;
 mod rng;
 
+pub use affinity::AffinityKey;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
 };
-pub use error::{ConfigError, MembershipError, PickError, ProbeError, SpawnError, WeightError};
+pub use error::{
+    ConfigError, HealthConfigError, MembershipError, PickError, ProbeError, SpawnError, WeightError,
+};
+pub use pick::hash::{BackendKey, HashPicker};
 pub use pick::{
-    LeastLoaded, PeakEwma, PickContext, Picker, PowerOfTwoChoices, Random, RoundRobin,
-    WeightedRandom, WeightedRoundRobin,
+    BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, PowerOfTwoChoices,
+    Random, Rendezvous, Ring, RoundRobin, WeightedRandom, WeightedRoundRobin,
 };
 pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
 

@@ -74,7 +74,7 @@ pub mod probe;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod task;
 
-pub use crate::error::{ConfigError, ProbeError, SpawnError};
+pub use crate::error::{HealthConfigError, ProbeError, SpawnError};
 #[cfg(all(feature = "http", feature = "tokio"))]
 pub use http::HttpProbe;
 pub use outlier::{FailurePercentage, OutlierDetection, SuccessRate};

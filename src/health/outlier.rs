@@ -39,7 +39,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use crate::error::HealthConfigError;
 
 /// Passive outlier detection's configuration. See the [module docs](self).
 ///
@@ -124,9 +124,9 @@ impl OutlierDetection {
 
     /// The most backends ejected at once, in percent of the set, counted after the
     /// ejection; a set of n ≥ 2 may always eject one (default 10).
-    pub fn max_ejection_percent(mut self, percent: u8) -> Result<Self, ConfigError> {
+    pub fn max_ejection_percent(mut self, percent: u8) -> Result<Self, HealthConfigError> {
         if percent > 100 {
-            return Err(ConfigError::new(
+            return Err(HealthConfigError::new(
                 "max ejection percent",
                 "at most 100",
                 percent,
@@ -223,9 +223,9 @@ impl SuccessRate {
     }
 
     /// Eject below mean − `factor` × σ (default 1.9); must be finite and ≥ 0.
-    pub fn stdev_factor(mut self, factor: f64) -> Result<Self, ConfigError> {
+    pub fn stdev_factor(mut self, factor: f64) -> Result<Self, HealthConfigError> {
         if !factor.is_finite() || factor < 0.0 {
-            return Err(ConfigError::new(
+            return Err(HealthConfigError::new(
                 "success rate stdev factor",
                 "finite and at least 0",
                 factor,
@@ -273,9 +273,9 @@ impl FailurePercentage {
     }
 
     /// Eject at this failure percentage or above (default 85).
-    pub fn threshold(mut self, percent: u8) -> Result<Self, ConfigError> {
+    pub fn threshold(mut self, percent: u8) -> Result<Self, HealthConfigError> {
         if percent > 100 {
-            return Err(ConfigError::new(
+            return Err(HealthConfigError::new(
                 "failure percentage threshold",
                 "at most 100",
                 percent,

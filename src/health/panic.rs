@@ -13,7 +13,7 @@
 //! Sources: Envoy's "Panic threshold" (load balancing overview), Finagle's
 //! `panicMode` (`PanicMode.MajorityUnhealthy`).
 
-use crate::error::ConfigError;
+use crate::error::HealthConfigError;
 
 /// What a pick does while the panic threshold is crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -36,7 +36,7 @@ pub enum PanicMode {
 /// assert_eq!(t.percent(), 30);
 /// assert_eq!(PanicThreshold::default().percent(), 50);
 /// assert!(PanicThreshold::new(101).is_err());
-/// # Ok::<(), tower_lb::health::ConfigError>(())
+/// # Ok::<(), tower_lb::health::HealthConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PanicThreshold {
@@ -55,9 +55,9 @@ impl Default for PanicThreshold {
 
 impl PanicThreshold {
     /// Panic when fewer than `percent`% of the backends in service are healthy; fail open.
-    pub fn new(percent: u8) -> Result<Self, ConfigError> {
+    pub fn new(percent: u8) -> Result<Self, HealthConfigError> {
         if percent > 100 {
-            return Err(ConfigError::new(
+            return Err(HealthConfigError::new(
                 "panic threshold percent",
                 "at most 100",
                 percent,

@@ -31,7 +31,7 @@ use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::error::{ConfigError, ProbeError};
+use crate::error::{HealthConfigError, ProbeError};
 use crate::rng::RandomSource;
 
 /// The future a [`Probe`] returns: `Ok` when the backend is up.
@@ -60,7 +60,7 @@ pub trait Probe<A>: Send + Sync + 'static {
 ///     .rise(3)?
 ///     .fall(2)?;
 /// assert_eq!(config.interval_bounds(), (Duration::from_millis(1800), Duration::from_millis(2200)));
-/// # Ok::<(), tower_lb::health::ConfigError>(())
+/// # Ok::<(), tower_lb::health::HealthConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConfig {
@@ -112,16 +112,16 @@ impl ProbeConfig {
     }
 
     /// Consecutive successes that make an unhealthy backend healthy (default 2; not 0).
-    pub fn rise(mut self, rise: u32) -> Result<Self, ConfigError> {
+    pub fn rise(mut self, rise: u32) -> Result<Self, HealthConfigError> {
         self.rise = NonZeroU32::new(rise)
-            .ok_or_else(|| ConfigError::new("probe rise", "at least 1", rise))?;
+            .ok_or_else(|| HealthConfigError::new("probe rise", "at least 1", rise))?;
         Ok(self)
     }
 
     /// Consecutive failures that make a healthy backend unhealthy (default 3; not 0).
-    pub fn fall(mut self, fall: u32) -> Result<Self, ConfigError> {
+    pub fn fall(mut self, fall: u32) -> Result<Self, HealthConfigError> {
         self.fall = NonZeroU32::new(fall)
-            .ok_or_else(|| ConfigError::new("probe fall", "at least 1", fall))?;
+            .ok_or_else(|| HealthConfigError::new("probe fall", "at least 1", fall))?;
         Ok(self)
     }
 

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use crate::error::HealthConfigError;
 
 /// Slow-start configuration. See the [module docs](self).
 ///
@@ -41,7 +41,7 @@ use crate::error::ConfigError;
 /// assert_eq!(ramp.factor(Duration::ZERO), 0.1); // the 10% floor
 /// assert_eq!(ramp.factor(Duration::from_secs(30)), 0.5);
 /// assert_eq!(ramp.factor(Duration::from_secs(60)), 1.0);
-/// # Ok::<(), tower_lb::health::ConfigError>(())
+/// # Ok::<(), tower_lb::health::HealthConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlowStart {
@@ -53,9 +53,9 @@ pub struct SlowStart {
 
 impl SlowStart {
     /// Ramps over `window` (which must not be zero), linearly from 10%.
-    pub fn new(window: Duration) -> Result<Self, ConfigError> {
+    pub fn new(window: Duration) -> Result<Self, HealthConfigError> {
         if window.is_zero() {
-            return Err(ConfigError::new(
+            return Err(HealthConfigError::new(
                 "slow start window",
                 "longer than zero",
                 "0s",
@@ -70,9 +70,9 @@ impl SlowStart {
     }
 
     /// The ramp's shape (default 1.0, linear): finite and above zero.
-    pub fn aggression(mut self, aggression: f64) -> Result<Self, ConfigError> {
+    pub fn aggression(mut self, aggression: f64) -> Result<Self, HealthConfigError> {
         if !aggression.is_finite() || aggression <= 0.0 {
-            return Err(ConfigError::new(
+            return Err(HealthConfigError::new(
                 "slow start aggression",
                 "finite and above 0",
                 aggression,
@@ -83,9 +83,9 @@ impl SlowStart {
     }
 
     /// The weight a ramp starts from, in percent of the full weight (default 10): 1 to 100.
-    pub fn min_weight_percent(mut self, percent: u8) -> Result<Self, ConfigError> {
+    pub fn min_weight_percent(mut self, percent: u8) -> Result<Self, HealthConfigError> {
         if !(1..=100).contains(&percent) {
-            return Err(ConfigError::new(
+            return Err(HealthConfigError::new(
                 "slow start minimum weight percent",
                 "between 1 and 100",
                 percent,

@@ -33,11 +33,19 @@
 //! | [`LeastLoaded`] | a backend with the least in-flight ÷ weight | O(n) reads |
 //! | [`PowerOfTwoChoices`] | max load ≤ ln ln n / ln 2 + O(1) (two distinct candidates) | O(1), no shared write |
 //! | [`PeakEwma`] | P2C over latency × load, reacts to a slowing backend at once | O(1), no shared write |
+//! | [`Maglev`] | same key → same backend; ≤ 1 % collateral on removal | O(1), one table read |
+//! | [`Ring`] | same key → same backend; only the changed backend's keys move | O(1) expected |
+//! | [`Rendezvous`] | same key → same backend; only the changed backend's keys move | O(n) |
+//! | [`Jump`] | same key → same bucket; growing at the end moves 1/(n+1) | O(log n) |
+//! | [`BoundedLoad`] | a hashing picker holding each backend ≤ ⌈c · average⌉ in flight | + O(1) per backend asked |
+//!
+//! The consistent-hashing family lives in [`hash`]; see there for how to choose.
 
 use std::time::Instant;
 
 use crate::backend::Snapshot;
 
+pub mod hash;
 pub mod least_loaded;
 pub mod p2c;
 pub mod peak_ewma;
@@ -46,6 +54,7 @@ pub mod round_robin;
 pub mod weighted_random;
 pub mod weighted_round_robin;
 
+pub use hash::{BoundedLoad, Jump, Maglev, Rendezvous, Ring};
 pub use least_loaded::LeastLoaded;
 pub use p2c::PowerOfTwoChoices;
 pub use peak_ewma::PeakEwma;

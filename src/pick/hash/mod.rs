@@ -1,0 +1,196 @@
+//! Consistent hashing: the same key to the same backend, everywhere, with few moves.
+//!
+//! Each picker here maps a request's affinity hash ([`PickContext::with_hash`](crate::PickContext::with_hash), usually
+//! from an [`AffinityKey`](crate::affinity::AffinityKey)) to a backend so that
+//!
+//! - every balancer holding the same set maps every key the same way, whatever order it
+//!   learnt the backends in and with no shared state: tables depend only on each
+//!   backend's [`BackendKey`] bytes and weight, hashed with the crate's stable hash;
+//! - a change to the set moves few keys (how few is each picker's guarantee);
+//! - a backend that becomes ineligible (down, draining) loses exactly its own keys, each
+//!   to the next backend in *that key's* preference order, and gets them all back when it
+//!   returns. Tables are built over every member, eligible or not, and a lookup walks past
+//!   ineligible ones, so a health change never rebuilds a table (`prepare` reuses the
+//!   previous table when only eligibility changed) and never moves anyone else's keys.
+//!
+//! A request without a hash goes to the picker's non-affine fallback, [`RoundRobin`](crate::RoundRobin) by
+//! default (`with_fallback` changes it).
+//!
+//! | picker | moves on a change | lookup | memory per table | build |
+//! | --- | --- | --- | --- | --- |
+//! | [`Maglev`] | removed backend's keys + ≤ 1 % of the table | O(1): one table read | 4 B × M (M = 65 537: 256 KiB) | O(M log N) |
+//! | [`Ring`] | only the removed/added backend's keys | O(1) expected: a directory read, a point read | ≈ 20 B × V × Σw (V = 160: 3.2 KiB per unit weight) | O(V·Σw log(V·Σw)) |
+//! | [`Rendezvous`] | only the removed/added backend's keys | O(n) | 16 B × n | O(n) |
+//! | [`Jump`] | only keys of the buckets past the new end | O(log n) | 4 B × n | O(n log n) |
+//!
+//! [`BoundedLoad`] wraps Maglev, ring or rendezvous and walks each key's preference order
+//! past backends above ⌈c · average⌉ in flight.
+//!
+//! Choosing: Maglev is the fastest lookup and the default choice; ring moves strictly
+//! nothing but the changed backend's keys at the cost of more memory; rendezvous needs
+//! no table and suits small sets (it costs ≈ 1.3 ns per member at equal weights and
+//! ≈ 6 ns per member weighted); jump is for numbered shards that only grow or shrink at
+//! the end.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::Picker;
+use crate::affinity::{mix, seeded};
+use crate::backend::Snapshot;
+
+mod backend_key;
+pub mod bounded_load;
+pub mod jump;
+pub mod maglev;
+pub mod rendezvous;
+pub mod ring;
+
+pub use backend_key::BackendKey;
+pub use bounded_load::{BoundedLoad, DEFAULT_BALANCE_FACTOR};
+pub use jump::{Jump, JumpTable};
+pub use maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, Maglev, MaglevTable};
+pub use rendezvous::{Rendezvous, RendezvousTable};
+pub use ring::{DEFAULT_MAX_POINTS, DEFAULT_POINTS_PER_WEIGHT, Ring, RingTable};
+
+/// A consistent-hashing picker whose preference order for a key can be walked.
+///
+/// Every key has a preference order over the members; the picker places the key on the
+/// first eligible member of it. [`find`](Self::find) walks that order and stops at the
+/// first eligible member `accept` takes: [`BoundedLoad`] passes a capacity test, a retry
+/// policy can pass "not tried yet" to fail over the way the key's own failover would.
+pub trait HashPicker<A>: Picker<A> {
+    /// The first eligible member in `hash`'s preference order that `accept` takes, or
+    /// `None` when the walk finds none. Calls `accept` only on eligible members, in
+    /// preference order (see each picker for how far the walk goes); may offer the same
+    /// member more than once.
+    fn find<F>(
+        &self,
+        table: &Self::Table,
+        snapshot: &Snapshot<A>,
+        hash: u64,
+        accept: F,
+    ) -> Option<usize>
+    where
+        F: FnMut(usize) -> bool;
+}
+
+/// A hashing picker's table together with its fallback picker's table.
+pub struct WithFallback<T, U> {
+    table: T,
+    fallback: U,
+}
+
+impl<T, U> WithFallback<T, U> {
+    /// The hashing table.
+    pub fn table(&self) -> &T {
+        &self.table
+    }
+
+    /// The fallback picker's table.
+    pub fn fallback(&self) -> &U {
+        &self.fallback
+    }
+}
+
+impl<T: fmt::Debug, U> fmt::Debug for WithFallback<T, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithFallback")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One member as the table builders see it.
+#[derive(Debug)]
+pub(crate) struct Member {
+    /// Its index in the snapshot.
+    pub(crate) index: u32,
+    /// Its [`BackendKey`] bytes.
+    pub(crate) key: Vec<u8>,
+    /// The stable hash of `key`.
+    pub(crate) hash: u64,
+    /// Its effective weight.
+    pub(crate) weight: u32,
+}
+
+/// Every member of `snapshot` (eligible or not), in snapshot order.
+pub(crate) fn members<A: BackendKey>(snapshot: &Snapshot<A>) -> Vec<Member> {
+    snapshot
+        .backends()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| {
+            let index = u32::try_from(i).ok()?;
+            let mut key = Vec::new();
+            b.addr().write_key(&mut key);
+            Some(Member {
+                index,
+                hash: seeded(&key, SEED_IDENTITY),
+                key,
+                weight: snapshot.effective_weight(i),
+            })
+        })
+        .collect()
+}
+
+/// What a table was built from: each member's key hash and weight, in snapshot order.
+/// A snapshot with the same fingerprint (only eligibility differs) can reuse the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint(Box<[(u64, u32)]>);
+
+impl Fingerprint {
+    pub(crate) fn of(members: &[Member]) -> Self {
+        Fingerprint(members.iter().map(|m| (m.hash, m.weight)).collect())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Reuses `previous` when `snapshot` has the same members and weights, else builds anew.
+pub(crate) fn reuse_or_build<A: BackendKey, C>(
+    snapshot: &Snapshot<A>,
+    previous: Option<&Arc<C>>,
+    fingerprint: impl Fn(&C) -> &Fingerprint,
+    build: impl FnOnce(Vec<Member>, Fingerprint) -> C,
+) -> Arc<C> {
+    let members = members(snapshot);
+    let current = Fingerprint::of(&members);
+    match previous {
+        Some(prev) if *fingerprint(prev) == current => Arc::clone(prev),
+        _ => Arc::new(build(members, current)),
+    }
+}
+
+/// Seeds of the independent hash families derived from a backend's key bytes.
+pub(crate) const SEED_IDENTITY: u64 = 0;
+pub(crate) const SEED_MAGLEV_OFFSET: u64 = 0x6D61_676C_6576_6F66; // "maglevof"
+pub(crate) const SEED_MAGLEV_SKIP: u64 = 0x6D61_676C_6576_736B; // "maglevsk"
+pub(crate) const SEED_RING: u64 = 0x7269_6E67_706F_696E; // "ringpoin"
+
+/// SplitMix64's increment: steps a key's hash to its next probe.
+pub(crate) const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// How many rehashed probes a walk tries before it falls back to a linear scan of the
+/// table, which reaches every member but is O(table).
+pub(crate) const MAX_PROBES: usize = 32;
+
+/// The request hash as the pickers use it: mixed, so raw ids spread as well as hashes.
+#[inline]
+pub(crate) fn key_hash(hash: u64) -> u64 {
+    mix(hash)
+}
+
+/// The hash of probe `i + 1` after probe `i`'s hash `h`.
+#[inline]
+pub(crate) fn next_probe(h: u64) -> u64 {
+    mix(h.wrapping_add(GAMMA))
+}
+
+/// Lemire's multiply-shift: `h` to `0..n` from its high bits.
+#[inline]
+pub(crate) fn reduce(h: u64, n: usize) -> usize {
+    ((u128::from(h) * n as u128) >> 64) as usize
+}
