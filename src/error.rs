@@ -166,3 +166,38 @@ pub enum ConfigError {
         max: u8,
     },
 }
+
+/// Every eligible backend is at its in-flight limit: the request was shed.
+///
+/// Carries what a caller needs to answer well: how loaded the set is and a hint for
+/// `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "balance: overloaded, every one of {backends} eligible backends is at its limit of \
+     {max_in_flight} in flight ({in_flight} committed)"
+)]
+#[non_exhaustive]
+pub struct Overloaded {
+    /// Requests in flight plus reservations through this balancer.
+    pub in_flight: usize,
+    /// The per-backend limit.
+    pub max_in_flight: usize,
+    /// Eligible backends.
+    pub backends: usize,
+    /// The quickest eligible backend's latency estimate, a hint for `Retry-After`.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+/// Service discovery failed; the backend set keeps its last membership.
+#[derive(Debug, thiserror::Error)]
+#[error("balance: service discovery failed: {source}")]
+pub struct DiscoverError {
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DiscoverError {
+    pub(crate) fn new(source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        DiscoverError { source }
+    }
+}

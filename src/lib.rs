@@ -63,6 +63,9 @@
 
 pub mod affinity;
 mod backend;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod balance;
 mod error;
 pub mod health;
 pub mod pick;
@@ -74,9 +77,9 @@ pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
 };
 pub use error::{
-    ConfigError, HealthConfigError, MembershipError, PickError, ProbeError, SpawnError, WeightError,
+    ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded, PickError,
+    ProbeError, SpawnError, WeightError,
 };
-pub use pick::hash::{BackendKey, HashPicker};
 pub use pick::{
     BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, PowerOfTwoChoices,
     Random, Rendezvous, Ring, RoundRobin, WeightedRandom, WeightedRoundRobin,

@@ -260,6 +260,12 @@ impl<A, P: Picker<A>> Pool<A, P> {
         &self.inner.picker
     }
 
+    /// The current snapshot and table, without a reference-count write (for one request).
+    #[inline]
+    pub(crate) fn load(&self) -> Guard<Arc<Prepared<A, P::Table>>> {
+        self.inner.current.load()
+    }
+
     /// The current snapshot and table. Holding it keeps that version alive; it never
     /// changes under you.
     pub fn snapshot(&self) -> Arc<Prepared<A, P::Table>> {
@@ -429,6 +435,16 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
     /// timer of yours — once a second is plenty. Never needed for picks to work.
     pub fn tick(&self) -> Option<Instant> {
         self.tick_from(false)
+    }
+
+    /// Ticks if a request's outcome asked for an evaluation (a failure that crossed the
+    /// ejection threshold), so the ejection is published before the next pick. One
+    /// relaxed load when nothing is due.
+    #[inline]
+    pub(crate) fn tick_if_signalled(&self) {
+        if self.inner.shared.is_dirty() {
+            self.tick();
+        }
     }
 
     /// [`tick`](Self::tick), from the background task itself (`in_task`: which then needs
@@ -659,6 +675,11 @@ impl<A, T> Picked<A, T> {
     /// Its address.
     pub fn addr(&self) -> &A {
         self.backend().addr()
+    }
+
+    /// The snapshot it was picked from.
+    pub fn snapshot(&self) -> &Snapshot<A> {
+        &self.prepared.snapshot
     }
 
     /// Its index in the snapshot it was picked from.

@@ -53,6 +53,11 @@ impl HealthShared {
         self.wake.notify_one();
     }
 
+    /// Whether an evaluation is due, without clearing the signal.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::Acquire)
     }

@@ -1,0 +1,149 @@
+//! `BalanceLayer`: the configuration of a [`Balance`], and a tower `Layer`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tower::Layer;
+
+use super::classify::AnyError;
+use super::limit::{Limit, OnOverload};
+use super::route::Client;
+use super::service::{Balance, NoAffinity, Shared};
+use crate::{Picker, Pool};
+
+/// Configures a [`Balance`] over a [`Pool`]; as a tower `Layer`, wraps one client that
+/// serves every backend (each request is [retargeted](super::Retarget) at the picked one).
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_lb::balance::{BalanceLayer, OnOverload, Retarget};
+/// use tower_lb::{Pool, PowerOfTwoChoices, Weight};
+///
+/// // A request type of ours that knows how to point itself at a backend.
+/// struct Query { backend: Option<&'static str> }
+/// impl Retarget<&'static str> for Query {
+///     fn retarget(&mut self, backend: &&'static str) { self.backend = Some(*backend); }
+/// }
+///
+/// let pool = Pool::new(PowerOfTwoChoices::new());
+/// pool.insert("db-1", Weight::ONE).unwrap();
+/// let client = tower::service_fn(|q: Query| async move {
+///     Ok::<_, std::convert::Infallible>(q.backend)
+/// });
+/// let balanced = ServiceBuilder::new()
+///     .layer(BalanceLayer::new(pool).max_in_flight(64).on_overload(OnOverload::Shed))
+///     .service(client);
+/// # let _ = balanced;
+/// ```
+pub struct BalanceLayer<A, P: Picker<A>, K = NoAffinity, C = AnyError> {
+    pool: Pool<A, P>,
+    affinity: K,
+    classify: C,
+    limit: Option<(usize, OnOverload)>,
+}
+
+impl<A, P: Picker<A>> BalanceLayer<A, P> {
+    /// Balances over `pool`, with no affinity, every error a failure, and no limit.
+    pub fn new(pool: Pool<A, P>) -> Self {
+        BalanceLayer {
+            pool,
+            affinity: NoAffinity,
+            classify: AnyError,
+            limit: None,
+        }
+    }
+}
+
+impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
+    /// Extracts each request's affinity key with `affinity` (for hashing pickers).
+    pub fn affinity<K2>(self, affinity: K2) -> BalanceLayer<A, P, K2, C> {
+        BalanceLayer {
+            pool: self.pool,
+            affinity,
+            classify: self.classify,
+            limit: self.limit,
+        }
+    }
+
+    /// Classifies outcomes with `classify` (for passive health).
+    pub fn classify<C2>(self, classify: C2) -> BalanceLayer<A, P, K, C2> {
+        BalanceLayer {
+            pool: self.pool,
+            affinity: self.affinity,
+            classify,
+            limit: self.limit,
+        }
+    }
+
+    /// At most `max` requests in flight per backend from this balancer (at least 1).
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        let on_overload = self.limit.map(|(_, o)| o).unwrap_or_default();
+        self.limit = Some((max, on_overload));
+        self
+    }
+
+    /// What to do when every eligible backend is at its limit (default: wait).
+    pub fn on_overload(mut self, on_overload: OnOverload) -> Self {
+        if let Some((_, o)) = &mut self.limit {
+            *o = on_overload;
+        } else {
+            self.limit = Some((usize::MAX, on_overload));
+        }
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<A, P> {
+        &self.pool
+    }
+
+    /// A balancer that reaches backends through `router`.
+    pub fn build<R>(&self, router: R) -> Balance<A, P, R, K, C>
+    where
+        K: Clone,
+        C: Clone,
+    {
+        Balance::from_shared(Shared {
+            pool: self.pool.clone(),
+            router,
+            affinity: self.affinity.clone(),
+            classify: self.classify.clone(),
+            limit: self
+                .limit
+                .map(|(max, on_overload)| Arc::new(Limit::new(max, on_overload))),
+            discover: Mutex::new(None),
+        })
+    }
+}
+
+impl<A, P: Picker<A>, K: Clone, C: Clone, S> Layer<S> for BalanceLayer<A, P, K, C> {
+    type Service = Balance<A, P, Client<S>, K, C>;
+
+    fn layer(&self, client: S) -> Self::Service {
+        self.build(Client(client))
+    }
+}
+
+impl<A, P: Picker<A>, K: Clone, C: Clone> Clone for BalanceLayer<A, P, K, C> {
+    fn clone(&self) -> Self {
+        BalanceLayer {
+            pool: self.pool.clone(),
+            affinity: self.affinity.clone(),
+            classify: self.classify.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+impl<A: fmt::Debug, P: Picker<A> + fmt::Debug, K: fmt::Debug, C> fmt::Debug
+    for BalanceLayer<A, P, K, C>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalanceLayer")
+            .field("pool", &self.pool)
+            .field("affinity", &self.affinity)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,64 @@
+//! The tower integration: [`Balance`], a `tower::Service` that spreads requests over a
+//! [`Pool`](crate::Pool) of backends, and [`BalanceLayer`], its builder and layer.
+//!
+//! Unlike tower's own balancer, which chooses an endpoint in `poll_ready` before the
+//! request is known, `Balance` chooses in `call`, where the request is at hand: affinity
+//! keys (a header, a cookie, the peer address) can steer it, and a picker that hashes
+//! sees every request. The flow of one request:
+//!
+//! 1. `poll_ready` applies pending discovery changes and, when a per-backend limit is
+//!    set, reserves one unit of the set's capacity (Σ limits over eligible backends),
+//!    or waits for one (`Pending`, woken when a request finishes), or lets the request
+//!    through to be shed — as configured. A reservation not followed by `call` is
+//!    released when the service is dropped; `Clone` never copies one.
+//! 2. `call` extracts the affinity key, picks a backend over the current snapshot, skips
+//!    to another eligible backend when the picked one is at its limit, starts an
+//!    in-flight guard, and routes the request ([`Route`]): to the backend's own service
+//!    ([`PerBackend`]), or through one shared client pointed at the backend
+//!    ([`Client`] + [`Retarget`], as `BalanceLayer::layer` does).
+//! 3. The response future awaits the inner service's readiness, then its response.
+//!    When it completes, the outcome is classified ([`Classify`]) and reported — in
+//!    flight − 1, latency into the backend's peak-EWMA estimate, success or failure to
+//!    passive health; when it is dropped, the guard still releases the in-flight count.
+//!
+//! Readiness policy: the inner service's readiness is awaited inside the response
+//! future, so one slow-to-ready backend never blocks requests bound elsewhere, and a
+//! backend whose service stays not ready accumulates in-flight requests, which the
+//! load-aware strategies steer around. `Balance` is `Clone` and cheap to clone: clones
+//! share the backend set, its live state and its limits, so many tasks use one balancer
+//! without a `Buffer`.
+//!
+//! Errors follow tower's convention: the service's error is a [`BoxError`] that is one
+//! of [`PickError`](crate::PickError) (no backend), [`Overloaded`](crate::Overloaded),
+//! [`DiscoverError`](crate::DiscoverError), or the inner service's own error, found by
+//! `downcast_ref`.
+
+mod classify;
+mod discover;
+mod endpoint;
+pub mod future;
+#[cfg(feature = "http")]
+mod http;
+mod layer;
+mod limit;
+mod route;
+mod service;
+#[cfg(feature = "http")]
+pub mod sticky;
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::http::{HttpStatus, HttpTarget, InvalidTarget};
+pub use classify::{AnyError, Classify};
+pub use discover::Change;
+pub use endpoint::Endpoint;
+pub use layer::BalanceLayer;
+pub use limit::OnOverload;
+pub use route::{Client, PerBackend, Retarget, Route};
+pub use service::{Balance, NoAffinity};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use sticky::{SameSite, Sticky, StickyCookie, StickyError, StickyLayer};
+
+/// The boxed error type of [`Balance`], as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
