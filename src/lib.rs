@@ -80,6 +80,7 @@ pub use error::{
     ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded, PickError,
     ProbeError, SpawnError, WeightError,
 };
+pub use pick::hash::{BackendKey, HashPicker};
 pub use pick::{
     BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, PowerOfTwoChoices,
     Random, Rendezvous, Ring, RoundRobin, WeightedRandom, WeightedRoundRobin,

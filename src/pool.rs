@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,17 +159,27 @@ impl<A: fmt::Debug, P: Picker<A> + fmt::Debug> fmt::Debug for Pool<A, P> {
     }
 }
 
-/// Configures a [`Pool`].
-#[derive(Debug)]
-pub struct PoolBuilder<P> {
+/// Configures a [`Pool`]. The address type `A` is inferred from how the pool is used.
+pub struct PoolBuilder<A, P> {
     picker: P,
     decay: Duration,
     health: HealthConfig,
     clock: Option<Clock>,
     seed: Option<u64>,
+    _addr: PhantomData<fn() -> A>,
 }
 
-impl<P> PoolBuilder<P> {
+impl<A, P: fmt::Debug> fmt::Debug for PoolBuilder<A, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("picker", &self.picker)
+            .field("decay", &self.decay)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, P> PoolBuilder<A, P> {
     /// The decay window τ of every backend's peak-EWMA latency estimate (default 10 s).
     pub fn ewma_decay(mut self, decay: Duration) -> Self {
         self.decay = decay;
@@ -208,7 +219,7 @@ impl<P> PoolBuilder<P> {
     }
 
     /// Builds an empty pool.
-    pub fn build<A>(self) -> Pool<A, P>
+    pub fn build(self) -> Pool<A, P>
     where
         P: Picker<A>,
     {
@@ -245,13 +256,14 @@ impl<A, P: Picker<A>> Pool<A, P> {
     }
 
     /// A builder for a pool picking with `picker`.
-    pub fn builder(picker: P) -> PoolBuilder<P> {
+    pub fn builder(picker: P) -> PoolBuilder<A, P> {
         PoolBuilder {
             picker,
             decay: DEFAULT_EWMA_DECAY,
             health: HealthConfig::default(),
             clock: None,
             seed: None,
+            _addr: PhantomData,
         }
     }
 

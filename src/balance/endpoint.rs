@@ -56,3 +56,10 @@ impl<K: fmt::Display, S> fmt::Display for Endpoint<K, S> {
         self.key.fmt(f)
     }
 }
+
+impl<K: crate::BackendKey, S> crate::BackendKey for Endpoint<K, S> {
+    /// The key's bytes: an endpoint hashes as its key does.
+    fn write_key(&self, out: &mut Vec<u8>) {
+        self.key.write_key(out);
+    }
+}

@@ -1,0 +1,413 @@
+//! The `Balance` service against in-process services: tower's contract, limits,
+//! discovery, passive health, affinity. Real HTTP servers are in `balance_http.rs`.
+#![cfg(feature = "tower")]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::FutureExt;
+use proptest::prelude::*;
+use tokio::sync::mpsc;
+use tower::{Service, ServiceExt};
+use tower_lb::affinity::KeyFn;
+use tower_lb::balance::{Balance, BalanceLayer, BoxError, Change, Endpoint, OnOverload};
+use tower_lb::health::OutlierDetection;
+use tower_lb::{Maglev, Overloaded, PickError, Pool, PowerOfTwoChoices, RoundRobin, Weight};
+
+/// A service that answers with its name, after the request's own delay (0 = at once).
+#[derive(Clone)]
+struct Named {
+    name: &'static str,
+    fail: Arc<AtomicBool>,
+}
+
+impl Service<u64> for Named {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<&'static str, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, delay_ms: u64) -> Self::Future {
+        let (name, fail) = (self.name, self.fail.load(Ordering::SeqCst));
+        Box::pin(async move {
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            if fail {
+                Err(format!("{name} failed").into())
+            } else {
+                Ok(name)
+            }
+        })
+    }
+}
+
+fn named(name: &'static str) -> (Endpoint<&'static str, Named>, Arc<AtomicBool>) {
+    let fail = Arc::new(AtomicBool::new(false));
+    (
+        Endpoint::new(
+            name,
+            Named {
+                name,
+                fail: fail.clone(),
+            },
+        ),
+        fail,
+    )
+}
+
+fn pool_of<P: tower_lb::Picker<Endpoint<&'static str, Named>>>(
+    picker: P,
+    names: &[&'static str],
+) -> (Pool<Endpoint<&'static str, Named>, P>, Vec<Arc<AtomicBool>>) {
+    let pool = Pool::new(picker);
+    let fails = names
+        .iter()
+        .map(|&n| {
+            let (endpoint, fail) = named(n);
+            pool.insert(endpoint, Weight::ONE).unwrap();
+            fail
+        })
+        .collect();
+    (pool, fails)
+}
+
+fn in_flight<P: tower_lb::Picker<Endpoint<&'static str, Named>>>(
+    pool: &Pool<Endpoint<&'static str, Named>, P>,
+) -> Vec<usize> {
+    pool.stats().iter().map(|s| s.in_flight).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn spreads_and_tracks_in_flight() {
+    let (pool, _) = pool_of(RoundRobin::new(), &["a", "b", "c"]);
+    let balance = Balance::new(pool.clone());
+    let calls: Vec<_> = (0..6).map(|_| balance.clone().oneshot(100)).collect();
+    // Each future has been called (oneshot drives ready + call on first poll).
+    let mut calls: Vec<_> = calls.into_iter().map(Box::pin).collect();
+    for c in &mut calls {
+        assert!(futures::poll!(c.as_mut()).is_pending());
+    }
+    assert_eq!(in_flight(&pool), [2, 2, 2]);
+    let answers = futures::future::join_all(calls).await;
+    let mut names: Vec<_> = answers.into_iter().map(|r| r.unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "a", "b", "b", "c", "c"]);
+    assert_eq!(in_flight(&pool), [0, 0, 0]);
+    assert!(
+        pool.stats()
+            .iter()
+            .all(|s| s.successes == 2 && s.ewma.is_some())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_or_all_down_fails_at_once_with_a_typed_error() {
+    let (pool, _) = pool_of(PowerOfTwoChoices::with_seed(1), &[]);
+    let balance = BalanceLayer::new(pool.clone())
+        .max_in_flight(4)
+        .build(tower_lb::balance::PerBackend);
+    let err = balance.clone().oneshot(0).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<PickError>(),
+        Some(&PickError::NoBackends)
+    );
+    let (a, _) = named("a");
+    let id = pool.insert(a, Weight::ONE).unwrap();
+    pool.drain(id).unwrap();
+    let err = balance.clone().oneshot(0).await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<PickError>(),
+            Some(PickError::NoEligible { total: 1 })
+        ),
+        "{err}"
+    );
+    assert_eq!(balance.committed(), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sheds_with_the_numbers_when_every_backend_is_full() {
+    let (pool, _) = pool_of(RoundRobin::new(), &["a", "b"]);
+    let balance = BalanceLayer::new(pool.clone())
+        .max_in_flight(2)
+        .on_overload(OnOverload::Shed)
+        .build(tower_lb::balance::PerBackend);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut f = Box::pin(balance.clone().oneshot(1_000));
+        assert!(futures::poll!(f.as_mut()).is_pending());
+        held.push(f);
+    }
+    assert_eq!(in_flight(&pool), [2, 2]);
+    let err = balance.clone().oneshot(0).await.unwrap_err();
+    let overloaded = err
+        .downcast_ref::<Overloaded>()
+        .expect("an Overloaded error");
+    assert_eq!(
+        (
+            overloaded.in_flight,
+            overloaded.max_in_flight,
+            overloaded.backends
+        ),
+        (4, 2, 2)
+    );
+    // One finishes: the next request gets through.
+    held.pop();
+    assert_eq!(balance.clone().oneshot(0).await.unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_and_is_woken_when_capacity_frees() {
+    let (pool, _) = pool_of(RoundRobin::new(), &["a"]);
+    let balance = BalanceLayer::new(pool.clone())
+        .max_in_flight(1)
+        .on_overload(OnOverload::Wait)
+        .build(tower_lb::balance::PerBackend);
+    let first = tokio::spawn(balance.clone().oneshot(50));
+    tokio::task::yield_now().await;
+    assert_eq!(in_flight(&pool), [1]);
+    // The second caller waits in poll_ready: no busy loop, woken by the first's end.
+    let mut second = balance.clone();
+    let ready = tokio::spawn(async move {
+        std::future::poll_fn(|cx| second.poll_ready(cx))
+            .await
+            .unwrap();
+        second.call(0).await
+    });
+    tokio::task::yield_now().await;
+    assert!(!ready.is_finished());
+    assert_eq!(first.await.unwrap().unwrap(), "a");
+    assert_eq!(ready.await.unwrap().unwrap(), "a");
+    assert_eq!(balance.committed(), Some(0));
+}
+
+#[tokio::test]
+async fn a_reservation_is_released_if_call_never_comes_and_never_cloned() {
+    let (pool, _) = pool_of(RoundRobin::new(), &["a"]);
+    let mut balance = BalanceLayer::new(pool)
+        .max_in_flight(1)
+        .build(tower_lb::balance::PerBackend);
+    std::future::poll_fn(|cx| balance.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(balance.committed(), Some(1));
+    let mut clone = balance.clone();
+    // The clone has no reservation of its own and the set is full: it must wait.
+    let pending = std::future::poll_fn(|cx| Poll::Ready(clone.poll_ready(cx))).await;
+    assert!(pending.is_pending());
+    drop(balance);
+    assert_eq!(clone.committed(), Some(0));
+    std::future::poll_fn(|cx| clone.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(clone.call(0).await.unwrap(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_eject_through_the_service() {
+    let pool = Pool::builder(RoundRobin::new())
+        .outlier_detection(OutlierDetection::new().consecutive_failures(5))
+        .build();
+    let (a, fail_a) = named("a");
+    let (b, _) = named("b");
+    pool.insert(a, Weight::ONE).unwrap();
+    pool.insert(b, Weight::ONE).unwrap();
+    fail_a.store(true, Ordering::SeqCst);
+    let balance = Balance::new(pool.clone());
+    let mut failures = 0;
+    for _ in 0..40 {
+        if balance.clone().oneshot(0).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 5, "ejected after exactly the threshold");
+    let stats = pool.stats();
+    assert!(!stats[0].eligible);
+    assert_eq!(stats[0].failures, 5);
+}
+
+/// tower#856: after `Change::Remove`, no request reaches the removed endpoint.
+#[tokio::test(start_paused = true)]
+async fn discovery_remove_is_honoured_at_once() {
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Change<&'static str, Named>, Infallible>>();
+    for n in ["a", "b", "c"] {
+        tx.send(Ok(Change::Insert(n, named(n).0.service().clone())))
+            .unwrap();
+    }
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let mut balance = Balance::from_discover(RoundRobin::new(), Box::pin(stream));
+    std::future::poll_fn(|cx| balance.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(balance.pool().stats().len(), 3);
+    tx.send(Ok(Change::Remove("b"))).unwrap();
+    for _ in 0..30 {
+        std::future::poll_fn(|cx| balance.poll_ready(cx))
+            .await
+            .unwrap();
+        assert_ne!(balance.call(0).await.unwrap(), "b");
+    }
+    // Re-inserting under an existing key replaces the endpoint.
+    tx.send(Ok(Change::Insert("a", named("a").0.service().clone())))
+        .unwrap();
+    std::future::poll_fn(|cx| balance.poll_ready(cx))
+        .await
+        .unwrap();
+    assert_eq!(balance.pool().stats().len(), 2);
+}
+
+/// A service that is not ready until `open` is set, then answers "late".
+#[derive(Clone)]
+struct Gate {
+    open: Arc<AtomicBool>,
+    waker: Arc<parking_lot::Mutex<Option<std::task::Waker>>>,
+}
+
+impl Service<u64> for Gate {
+    type Response = &'static str;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<&'static str, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            *self.waker.lock() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        std::future::ready(Ok("late"))
+    }
+}
+
+/// tower#824: an endpoint that was not ready is driven again when it becomes ready,
+/// without any new request arriving.
+#[tokio::test(start_paused = true)]
+async fn a_not_ready_backend_completes_without_new_requests() {
+    let gate = Gate {
+        open: Arc::new(AtomicBool::new(false)),
+        waker: Default::default(),
+    };
+    let pool = Pool::new(RoundRobin::new());
+    pool.insert(Endpoint::new("gate", gate.clone()), Weight::ONE)
+        .unwrap();
+    let call = tokio::spawn(Balance::new(pool.clone()).oneshot(0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!call.is_finished());
+    assert_eq!(
+        pool.stats()[0].in_flight,
+        1,
+        "a request waiting for readiness is load"
+    );
+    gate.open.store(true, Ordering::SeqCst);
+    if let Some(w) = gate.waker.lock().take() {
+        w.wake();
+    }
+    assert_eq!(call.await.unwrap().unwrap(), "late");
+    assert_eq!(pool.stats()[0].in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn affinity_keys_stick_with_a_hashing_picker() {
+    let (pool, _) = pool_of(Maglev::new(), &["a", "b", "c", "d"]);
+    let balance = BalanceLayer::new(pool)
+        .affinity(KeyFn::new(|req: &u64| {
+            Some(tower_lb::affinity::hash_key(&(req % 7).to_be_bytes()))
+        }))
+        .build(tower_lb::balance::PerBackend);
+    let mut seen = std::collections::HashMap::new();
+    for req in 0..200u64 {
+        let name = balance.clone().oneshot(req).await.unwrap();
+        let first = *seen.entry(req % 7).or_insert(name);
+        assert_eq!(first, name, "key {} moved", req % 7);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(5),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    /// Futures dropped at random points release their in-flight counts and units.
+    #[test]
+    fn dropped_futures_release_everything(
+        plan in prop::collection::vec((0u64..3, any::<bool>(), 0u8..3), 1..40),
+        limit in prop::option::of(1usize..4),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let (pool, _) = pool_of(PowerOfTwoChoices::with_seed(9), &["a", "b", "c"]);
+            let mut layer = BalanceLayer::new(pool.clone()).on_overload(OnOverload::Shed);
+            if let Some(l) = limit {
+                layer = layer.max_in_flight(l);
+            }
+            let balance = layer.build(tower_lb::balance::PerBackend);
+            let mut live = Vec::new();
+            for (delay, keep, polls) in plan {
+                let mut f = Box::pin(balance.clone().oneshot(delay * 10));
+                let mut done = false;
+                for _ in 0..polls {
+                    if (&mut f).now_or_never().is_some() {
+                        done = true;
+                        break;
+                    }
+                }
+                if keep && !done { live.push(f) }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(live);
+            prop_assert!(pool.stats().iter().all(|s| s.in_flight == 0), "{:?}", in_flight(&pool));
+            prop_assert_eq!(balance.committed().unwrap_or(0), 0);
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn counts_requests_through_clones_on_threads() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pool, _) = pool_of(PowerOfTwoChoices::new(), &["a", "b", "c"]);
+    let balance = Balance::new(pool.clone());
+    let done = Arc::new(AtomicUsize::new(0));
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (b, done) = (balance.clone(), done.clone());
+                tokio::spawn(async move {
+                    for _ in 0..250 {
+                        b.clone().oneshot(0).await.unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(done.load(Ordering::Relaxed), 2000);
+    let stats = pool.stats();
+    assert_eq!(stats.iter().map(|s| s.successes).sum::<u64>(), 2000);
+    assert!(stats.iter().all(|s| s.in_flight == 0));
+}
