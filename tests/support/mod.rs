@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod servers;
+
 use tower_lb::{InFlight, PickContext, Picker, Prepared, Snapshot, Weight};
 
 /// A snapshot of `n` backends addressed `0..n` with the given weights (all 1 if empty).

@@ -1,0 +1,369 @@
+//! `Balance` in front of real hyper HTTP/1.1 servers on loopback: distribution per
+//! strategy, sticky cookies, failover, recovery through probes, shedding and waiting.
+#![cfg(all(feature = "tower", feature = "http", feature = "tokio"))]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{COOKIE, SET_COOKIE};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use proptest::prelude::*;
+use support::servers::TestServer;
+use tower::ServiceExt;
+use tower_lb::balance::{
+    Balance, BalanceLayer, BoxError, Client as OneClient, HttpStatus, HttpTarget, OnOverload,
+    Sticky, StickyCookie,
+};
+use tower_lb::health::{OutlierDetection, ProbeConfig, ProbeError, probe_fn};
+use tower_lb::{
+    LeastLoaded, Overloaded, PeakEwma, Picker, Pool, PowerOfTwoChoices, Random, RoundRobin, Weight,
+    WeightedRandom, WeightedRoundRobin,
+};
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+type Lb<P> =
+    Balance<HttpTarget, P, OneClient<HttpClient>, tower_lb::balance::NoAffinity, HttpStatus>;
+
+const SECRET: &[u8] = b"test secret, 32 bytes long......";
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn servers(names: &[&'static str]) -> Vec<TestServer> {
+    let mut out = Vec::new();
+    for &n in names {
+        out.push(TestServer::start(n).await);
+    }
+    out
+}
+
+fn balance<P: Picker<HttpTarget>>(pool: &Pool<HttpTarget, P>) -> Lb<P> {
+    BalanceLayer::new(pool.clone())
+        .classify(HttpStatus::new())
+        .build(OneClient(client()))
+}
+
+fn add<P: Picker<HttpTarget>>(pool: &Pool<HttpTarget, P>, servers: &[TestServer], weights: &[u32]) {
+    for (s, &w) in servers.iter().zip(weights) {
+        pool.insert(HttpTarget::http(s.addr), Weight::new(u64::from(w)).unwrap())
+            .unwrap();
+    }
+}
+
+fn get(cookie: Option<&str>) -> Request<Empty<Bytes>> {
+    let mut req = Request::get("/hello");
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    req.body(Empty::new()).unwrap()
+}
+
+/// The backend that answered, from its `x-backend` header.
+fn backend_of<B>(resp: &Response<B>) -> String {
+    resp.headers()["x-backend"].to_str().unwrap().to_owned()
+}
+
+async fn run<P: Picker<HttpTarget>>(picker: P, weights: &[u32], requests: usize) -> Vec<usize> {
+    let servers = servers(&["a", "b", "c"]).await;
+    let pool = Pool::new(picker);
+    add(&pool, &servers, weights);
+    let lb = balance(&pool);
+    for _ in 0..requests {
+        let resp = lb.clone().oneshot(get(None)).await.expect("a response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 1);
+    }
+    assert!(pool.stats().iter().all(|s| s.in_flight == 0));
+    servers.iter().map(TestServer::hits).collect()
+}
+
+#[tokio::test]
+async fn every_strategy_distributes_over_real_servers() {
+    assert_eq!(
+        run(RoundRobin::new(), &[1, 1, 1], 300).await,
+        [100, 100, 100]
+    );
+    assert_eq!(
+        run(WeightedRoundRobin::new(), &[1, 2, 3], 300).await,
+        [50, 100, 150]
+    );
+    // Seeded random families: shares within a generous band of the expected ones.
+    let hits = run(Random::with_seed(4), &[1, 1, 1], 300).await;
+    assert!(hits.iter().all(|&h| (70..=130).contains(&h)), "{hits:?}");
+    let hits = run(WeightedRandom::with_seed(4), &[1, 2, 3], 300).await;
+    for (h, want) in hits.iter().zip([50, 100, 150]) {
+        assert!(h.abs_diff(want) <= 35, "{hits:?}");
+    }
+    // Load-aware ones, with sequential requests, still use every backend.
+    for hits in [
+        run(LeastLoaded::with_seed(4), &[1, 1, 1], 150).await,
+        run(PowerOfTwoChoices::with_seed(4), &[1, 1, 1], 150).await,
+        run(PeakEwma::with_seed(4), &[1, 1, 1], 150).await,
+    ] {
+        assert!(hits.iter().all(|&h| h > 0), "{hits:?}");
+        assert_eq!(hits.iter().sum::<usize>(), 150);
+    }
+}
+
+#[tokio::test]
+async fn sticky_cookie_keeps_a_client_on_one_backend() {
+    let servers = servers(&["a", "b", "c"]).await;
+    let pool = Pool::new(RoundRobin::new());
+    add(&pool, &servers, &[1, 1, 1]);
+    let cookie = StickyCookie::new("lb", SECRET).unwrap();
+    let lb = Sticky::new(balance(&pool), cookie.clone());
+
+    let first = lb.clone().oneshot(get(None)).await.unwrap();
+    let home = backend_of(&first);
+    let set = first.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        set.starts_with("lb=") && set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    let jar = set.split(';').next().unwrap().to_owned();
+    for _ in 0..999 {
+        let resp = lb.clone().oneshot(get(Some(&jar))).await.unwrap();
+        assert_eq!(backend_of(&resp), home);
+        assert!(
+            resp.headers().get(SET_COOKIE).is_none(),
+            "no new cookie while it holds"
+        );
+    }
+    // Round robin alone would have spread these: the cookie pinned all 1 000.
+    let home_hits = servers.iter().find(|s| s.name == home).unwrap().hits();
+    assert_eq!(home_hits, 1000);
+
+    // Drain the home backend: the session moves and a new cookie is issued.
+    let home_index = servers.iter().position(|s| s.name == home).unwrap();
+    pool.drain(pool.stats()[home_index].id).unwrap();
+    let moved = lb.clone().oneshot(get(Some(&jar))).await.unwrap();
+    assert_ne!(backend_of(&moved), home);
+    assert!(moved.headers().get(SET_COOKIE).is_some());
+
+    // A cookie made with another secret is not honoured: balanced normally, re-issued.
+    let other = StickyCookie::new("lb", b"another secret of enough length").unwrap();
+    let forged = format!("lb={}", other.value_for(&HttpTarget::http(servers[0].addr)));
+    let resp = lb.clone().oneshot(get(Some(&forged))).await.unwrap();
+    assert!(resp.headers().get(SET_COOKIE).is_some());
+}
+
+#[tokio::test]
+async fn fails_over_when_a_server_dies_mid_run() {
+    let mut servers = servers(&["a", "b", "c"]).await;
+    let pool = Pool::builder(PowerOfTwoChoices::with_seed(2))
+        .outlier_detection(OutlierDetection::new().consecutive_failures(5))
+        .build();
+    add(&pool, &servers, &[1, 1, 1]);
+    let lb = balance(&pool);
+    let mut failures = 0;
+    for i in 0..300 {
+        if i == 100 {
+            servers[1].stop().await;
+        }
+        match lb.clone().oneshot(get(None)).await {
+            Ok(resp) if resp.status() == 200 => {}
+            _ => failures += 1,
+        }
+    }
+    // Failures: at most the consecutive-failure threshold (requests are sequential).
+    assert!((1..=5).contains(&failures), "{failures} failures");
+    let dead = &pool.stats()[1];
+    assert!(!dead.eligible, "the dead server is ejected");
+    assert_eq!(dead.failures, failures as u64);
+    assert_eq!(
+        servers[0].hits() + servers[2].hits() + servers[1].hits(),
+        300 - failures
+    );
+}
+
+#[tokio::test]
+async fn recovers_through_active_probes() {
+    let mut servers = servers(&["a", "b"]).await;
+    let pool: Pool<HttpTarget, _> = Pool::new(RoundRobin::new());
+    add(&pool, &servers, &[1, 1]);
+    let probe = probe_fn(|t: &HttpTarget| {
+        let addr = t.authority().to_string();
+        async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(ProbeError::from)?;
+            Ok(())
+        }
+    });
+    let config = ProbeConfig::new()
+        .interval(Duration::from_millis(40))
+        .jitter(Duration::from_millis(5))
+        .timeout(Duration::from_millis(200))
+        .rise(2)
+        .unwrap()
+        .fall(2)
+        .unwrap()
+        .seed(1);
+    let task = pool.spawn_health_probes(probe, config).unwrap();
+    let lb = balance(&pool);
+    servers[1].stop().await;
+    let eligible = |pool: &Pool<HttpTarget, RoundRobin>| pool.stats()[1].eligible;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while eligible(&pool) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "probes never marked it down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            backend_of(&lb.clone().oneshot(get(None)).await.unwrap()),
+            "a"
+        );
+    }
+    servers[1].restart().await;
+    while !eligible(&pool) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "probes never brought it back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = HashMap::new();
+    for _ in 0..10 {
+        *seen
+            .entry(backend_of(&lb.clone().oneshot(get(None)).await.unwrap()))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn sheds_or_waits_when_every_server_is_at_its_limit() {
+    let servers = servers(&["a", "b"]).await;
+    for s in &servers {
+        s.set_delay_ms(300);
+    }
+    for mode in [OnOverload::Shed, OnOverload::Wait] {
+        let pool = Pool::new(RoundRobin::new());
+        add(&pool, &servers, &[1, 1]);
+        let lb = BalanceLayer::new(pool.clone())
+            .classify(HttpStatus::new())
+            .max_in_flight(1)
+            .on_overload(mode)
+            .build(OneClient(client()));
+        let slow: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(lb.clone().oneshot(get(None))))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(lb.committed(), Some(2));
+        let started = tokio::time::Instant::now();
+        let third = lb.clone().oneshot(get(None)).await;
+        match mode {
+            OnOverload::Shed => {
+                let err: BoxError = third.unwrap_err();
+                let o = err.downcast_ref::<Overloaded>().expect("Overloaded");
+                assert_eq!((o.in_flight, o.max_in_flight, o.backends), (2, 1, 2));
+                assert!(
+                    started.elapsed() < Duration::from_millis(100),
+                    "shed at once"
+                );
+            }
+            OnOverload::Wait => {
+                assert_eq!(third.unwrap().status(), 200);
+                assert!(
+                    started.elapsed() >= Duration::from_millis(150),
+                    "waited for a slot"
+                );
+            }
+        }
+        for s in slow {
+            assert_eq!(s.await.unwrap().unwrap().status(), 200);
+        }
+        assert_eq!(lb.committed(), Some(0));
+    }
+}
+
+/// In-process HTTP backends (no sockets), for the cookie property test.
+fn local_pool(
+    n: usize,
+) -> Pool<
+    tower_lb::balance::Endpoint<
+        String,
+        tower::util::BoxCloneSyncService<Request<()>, Response<String>, BoxError>,
+    >,
+    RoundRobin,
+> {
+    let pool = Pool::new(RoundRobin::new());
+    for i in 0..n {
+        let name = format!("backend-{i}");
+        let answer = name.clone();
+        let svc =
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_req: Request<()>| {
+                let answer = answer.clone();
+                async move { Ok::<_, BoxError>(Response::new(answer)) }
+            }));
+        pool.insert(tower_lb::balance::Endpoint::new(name, svc), Weight::ONE)
+            .unwrap();
+    }
+    pool
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(11),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    /// Arbitrary Cookie headers: never a panic, never an error, never a backend outside
+    /// the eligible set; a valid cookie for an ineligible backend is not honoured.
+    #[test]
+    fn cookie_codec_survives_arbitrary_bytes(
+        headers in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..4),
+        valid_for in prop::option::of(0usize..4),
+        drained in prop::option::of(0usize..4),
+        prefix in "[a-z=; ]{0,8}",
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let pool = local_pool(4);
+            let ids: Vec<_> = pool.stats().iter().map(|s| s.id).collect();
+            if let Some(d) = drained {
+                pool.drain(ids[d]).unwrap();
+            }
+            let cookie = StickyCookie::new("lb", SECRET).unwrap();
+            let lb = Sticky::new(Balance::new(pool.clone()), cookie.clone());
+            let mut req = Request::get("/");
+            for h in &headers {
+                if let Ok(v) = http::HeaderValue::from_bytes(&[prefix.as_bytes(), h].concat()) {
+                    req = req.header(COOKIE, v);
+                }
+            }
+            if let Some(v) = valid_for {
+                req = req.header(COOKIE, format!("lb={}", cookie.value_for(&format!("backend-{v}"))));
+            }
+            let resp = lb.oneshot(req.body(()).unwrap()).await.expect("never an error");
+            let served = resp.body().clone();
+            let drained_name = drained.map(|d| format!("backend-{d}"));
+            prop_assert!(Some(&served) != drained_name.as_ref(), "served by the drained backend");
+            if let Some(v) = valid_for {
+                let honoured = headers.is_empty() && Some(v) != drained;
+                if honoured {
+                    prop_assert_eq!(served, format!("backend-{v}"));
+                    prop_assert!(resp.headers().get(SET_COOKIE).is_none());
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
