@@ -3,8 +3,14 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod balance;
 mod hashing;
 mod pickers;
 
-criterion_group!(benches, pickers::register, hashing::register);
+criterion_group!(
+    benches,
+    pickers::register,
+    hashing::register,
+    balance::register
+);
 criterion_main!(benches);

@@ -109,22 +109,58 @@ impl fmt::Display for Weight {
     }
 }
 
-/// The process-wide origin of the nanosecond timestamps kept in atomics.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(|| {
+/// The process-wide origin of the nanosecond timestamps kept in atomics, and the
+/// reading of the fast clock taken at the same moment.
+struct Epoch {
+    std: Instant,
+    /// `std` in nanoseconds since itself plus the offset below, i.e. where `fast` sits.
+    fast: quanta::Instant,
+    fast_offset_ns: u64,
+}
+
+fn epoch_pair() -> &'static Epoch {
+    static EPOCH: OnceLock<Epoch> = OnceLock::new();
+    EPOCH.get_or_init(|| {
+        let (now, fast) = (Instant::now(), quanta::Instant::now());
         // Start the epoch in the past so that instants taken a little before the first
         // call (tests build their own) still land after it.
-        let now = Instant::now();
-        now.checked_sub(Duration::from_secs(3600))
+        let std = now
+            .checked_sub(Duration::from_secs(3600))
             .or_else(|| now.checked_sub(Duration::from_secs(1)))
-            .unwrap_or(now)
+            .unwrap_or(now);
+        let fast_offset_ns = u64::try_from(now.duration_since(std).as_nanos()).unwrap_or(0);
+        Epoch {
+            std,
+            fast,
+            fast_offset_ns,
+        }
     })
+}
+
+fn epoch() -> Instant {
+    epoch_pair().std
 }
 
 /// Nanoseconds from the crate's epoch to `at`, saturating at both ends.
 pub(crate) fn nanos_since_epoch(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The instant `nanos` after the crate's epoch.
+pub(crate) fn instant_at_nanos(nanos: u64) -> Instant {
+    epoch() + Duration::from_nanos(nanos)
+}
+
+/// Now, in nanoseconds since the crate's epoch, from the fast clock: `quanta`'s TSC
+/// reading (a few nanoseconds where `Instant::now` can cost tens, as on virtual
+/// machines without a vDSO clock), falling back to the OS clock where the TSC is not
+/// usable. It times requests; health's schedules use their own clock.
+#[inline]
+pub(crate) fn now_nanos() -> u64 {
+    let e = epoch_pair();
+    let since = quanta::Instant::now().saturating_duration_since(e.fast);
+    e.fast_offset_ns
+        .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Marks "no latency sample yet" in [`BackendState::rtt_bits`]; a NaN, never a real estimate.
@@ -189,7 +225,7 @@ impl BackendState {
         &self,
         success: bool,
         latency: Option<Duration>,
-        at: Instant,
+        at_ns: u64,
     ) -> bool {
         let counter = if success {
             &self.successes
@@ -198,7 +234,7 @@ impl BackendState {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(latency) = latency {
-            self.record_rtt(latency, at);
+            self.record_rtt_at_nanos(latency, at_ns);
         }
         self.health.record(success)
     }
@@ -229,10 +265,15 @@ impl BackendState {
 
     /// Starts tracking one request: in flight + 1 until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
+        self.start_at_nanos(now_nanos())
+    }
+
+    /// [`start`](Self::start) with the time already read (nanoseconds since the epoch).
+    pub(crate) fn start_at_nanos(self: &Arc<Self>, started: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             state: Arc::clone(self),
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -266,7 +307,10 @@ impl BackendState {
     /// tried again. This is the estimator of Finagle's `PeakEwma` and tower's
     /// `load::PeakEwma`.
     pub fn record_rtt(&self, sample: Duration, at: Instant) {
-        let now = nanos_since_epoch(at);
+        self.record_rtt_at_nanos(sample, nanos_since_epoch(at));
+    }
+
+    pub(crate) fn record_rtt_at_nanos(&self, sample: Duration, now: u64) {
         let sample = sample.as_nanos() as f64;
         let mut current = self.rtt_bits.load(Ordering::Relaxed);
         loop {
@@ -327,23 +371,31 @@ pub(crate) fn decay_factor(elapsed_ns: u64, decay_ns: f64) -> f64 {
 #[must_use = "the request counts as in flight only while the guard lives"]
 pub struct InFlight {
     state: Arc<BackendState>,
-    started: Instant,
+    /// Nanoseconds since the crate's epoch.
+    started: u64,
 }
 
 impl InFlight {
     /// When tracking started.
     pub fn started(&self) -> Instant {
-        self.started
+        instant_at_nanos(self.started)
     }
 
     /// The request succeeded: counts it and feeds its latency to the estimate.
     pub fn success(self) {
-        self.finish(true, Instant::now());
+        self.finish_at_nanos(true, now_nanos());
     }
 
     /// The request failed: counts it and feeds its latency to the estimate.
     pub fn failure(self) {
-        self.finish(false, Instant::now());
+        self.finish_at_nanos(false, now_nanos());
+    }
+
+    /// Ends the request now (fast clock); returns whether the outcome crossed the
+    /// consecutive-failure threshold.
+    pub(crate) fn finish_at_nanos(self, success: bool, end: u64) -> bool {
+        let latency = Duration::from_nanos(end.saturating_sub(self.started));
+        self.state.record_outcome(success, Some(latency), end)
     }
 
     /// Ends the request with the given outcome at `at` (a clock of the caller's).
@@ -353,8 +405,7 @@ impl InFlight {
     /// background health task at once, or at the next [`Pool::tick`](crate::Pool::tick)
     /// (use [`Pool::report`](crate::Pool::report) to eject synchronously).
     pub fn finish(self, success: bool, at: Instant) {
-        let latency = at.saturating_duration_since(self.started);
-        self.state.record_outcome(success, Some(latency), at);
+        self.finish_at_nanos(success, nanos_since_epoch(at));
     }
 }
 

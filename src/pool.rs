@@ -502,9 +502,11 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
                 .index_of(id)
                 .and_then(|i| prepared.snapshot.get(i))
                 .ok_or(MembershipError::Unknown(id))?;
-            backend
-                .state()
-                .record_outcome(outcome.is_success(), outcome.latency(), Instant::now())
+            backend.state().record_outcome(
+                outcome.is_success(),
+                outcome.latency(),
+                crate::backend::now_nanos(),
+            )
         };
         if crossed {
             self.tick();

@@ -4,13 +4,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use pin_project_lite::pin_project;
 
 use super::BoxError;
 use super::classify::Classify;
 use super::limit::Limit;
+use crate::backend::now_nanos;
 use crate::{BackendId, InFlight};
 
 /// One request's bookkeeping: in flight on its backend, and a unit of the balancer's
@@ -32,7 +32,8 @@ impl Tracked {
     /// Reports the outcome: latency to the estimate, success or failure to health.
     pub(crate) fn finish(mut self, success: bool) {
         if let Some(guard) = self.in_flight.take() {
-            guard.finish(success, Instant::now());
+            // A crossed ejection threshold is published by the next call's pick.
+            guard.finish_at_nanos(success, now_nanos());
         }
     }
 }

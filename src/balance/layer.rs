@@ -113,6 +113,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
                 .limit
                 .map(|(max, on_overload)| Arc::new(Limit::new(max, on_overload))),
             discover: Mutex::new(None),
+            discovering: Default::default(),
         })
     }
 }

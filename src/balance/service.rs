@@ -3,6 +3,7 @@
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
 use super::route::{PerBackend, Route};
 use crate::affinity::AffinityKey;
+use crate::backend::now_nanos;
 use crate::error::{DiscoverError, Overloaded};
 use crate::{BackendId, MembershipError, Picker, Pool, Snapshot, Weight};
 
@@ -40,6 +42,8 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
     pub(crate) classify: C,
     pub(crate) limit: Option<Arc<Limit>>,
     pub(crate) discover: Mutex<Option<Box<dyn Driver<A>>>>,
+    /// Whether a discovery stream is set: spares `poll_ready` the mutex when none is.
+    pub(crate) discovering: AtomicBool,
 }
 
 /// A `tower::Service` that sends each request to one backend of a [`Pool`].
@@ -140,6 +144,8 @@ impl<A, P: Picker<A>, R, K, C> Balance<A, P, R, K, C> {
             ids: Default::default(),
         };
         *self.shared.discover.lock() = Some(Box::new(driver));
+        // Release pairs with the Acquire in `poll_ready`: who sees the flag finds the stream.
+        self.shared.discovering.store(true, Ordering::Release);
     }
 
     /// Units of capacity: eligible backends × the per-backend limit.
@@ -178,12 +184,16 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Discovery first, so the pick sees every change already announced. Another
         // clone polling it right now will apply them; skipping is fine.
-        if let Some(mut slot) = self.shared.discover.try_lock()
+        if self.shared.discovering.load(Ordering::Acquire)
+            && let Some(mut slot) = self.shared.discover.try_lock()
             && let Some(driver) = slot.as_mut()
         {
             match driver.poll_apply(cx, &self.shared.pool) {
                 Poll::Pending => {}
-                Poll::Ready(Ok(())) => *slot = None,
+                Poll::Ready(Ok(())) => {
+                    *slot = None;
+                    self.shared.discovering.store(false, Ordering::Relaxed);
+                }
                 Poll::Ready(Err(e)) => {
                     return Poll::Ready(Err(DiscoverError::new(e).into()));
                 }
@@ -240,6 +250,8 @@ where
         let fail = |e: BoxError| ResponseFuture::failed(e, shared.classify.clone());
         // A failure that crossed the ejection threshold is published before this pick.
         shared.pool.tick_if_signalled();
+        // One clock read serves the pick (Peak EWMA) and the latency sample's start.
+        let now = now_nanos();
         let current = shared.pool.load();
         let snapshot = current.snapshot();
         let pinned = pinned
@@ -248,7 +260,7 @@ where
         let chosen = match pinned {
             Some(index) => Ok(index),
             None => {
-                let ctx = shared.affinity.context(&req).with_now(Instant::now());
+                let ctx = shared.affinity.context(&req).with_now_nanos(now);
                 current.pick(shared.pool.picker(), &ctx)
             }
         };
@@ -279,7 +291,7 @@ where
         };
         let state = backend.state();
         state.count_pick();
-        let tracked = Tracked::new(state.start(), shared.limit.clone());
+        let tracked = Tracked::new(state.start_at_nanos(now), shared.limit.clone());
         let (service, req) = shared.router.route(backend.addr(), req);
         ResponseFuture::called(
             Oneshot::new(service, req),

@@ -73,7 +73,8 @@ pub use weighted_round_robin::{MAX_SCHEDULE, Schedule};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PickContext {
     hash: Option<u64>,
-    now: Option<Instant>,
+    /// Nanoseconds since the crate's epoch.
+    now: Option<u64>,
 }
 
 impl PickContext {
@@ -92,9 +93,20 @@ impl PickContext {
     }
 
     /// The current time, when the caller has already read the clock.
-    pub const fn with_now(mut self, now: Instant) -> Self {
+    pub fn with_now(mut self, now: Instant) -> Self {
+        self.now = Some(crate::backend::nanos_since_epoch(now));
+        self
+    }
+
+    /// The current time in the crate's clock, already read (the tower service's path).
+    pub(crate) const fn with_now_nanos(mut self, now: u64) -> Self {
         self.now = Some(now);
         self
+    }
+
+    /// The caller's "now" in nanoseconds since the crate's epoch, if given.
+    pub(crate) const fn now_nanos(&self) -> Option<u64> {
+        self.now
     }
 
     /// The affinity hash, if any.
@@ -103,8 +115,8 @@ impl PickContext {
     }
 
     /// The caller's "now", if given.
-    pub const fn now(&self) -> Option<Instant> {
-        self.now
+    pub fn now(&self) -> Option<Instant> {
+        self.now.map(crate::backend::instant_at_nanos)
     }
 }
 

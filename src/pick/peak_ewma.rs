@@ -15,10 +15,10 @@
 //! answer tells how fast it is). [`PeakEwma::with_default_rtt`] replaces this with a fixed
 //! guess, as tower does.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Candidates, PickContext, Picker, p2c::p2c_pick};
-use crate::backend::{Snapshot, nanos_since_epoch};
+use crate::backend::{Snapshot, now_nanos};
 use crate::rng::RandomSource;
 
 /// The cost of an unmeasured backend with requests in flight, per request in flight.
@@ -89,7 +89,7 @@ impl<A> Picker<A> for PeakEwma {
         if snapshot.eligible().len() < 2 {
             return snapshot.eligible().first().map(|&i| i as usize);
         }
-        let now_ns = nanos_since_epoch(ctx.now().unwrap_or_else(Instant::now));
+        let now_ns = ctx.now_nanos().unwrap_or_else(now_nanos);
         p2c_pick(table, &self.rng, snapshot, |i| {
             self.cost(snapshot, i, now_ns)
         })
