@@ -64,10 +64,12 @@ fn named(name: &'static str) -> (Endpoint<&'static str, Named>, Arc<AtomicBool>)
     )
 }
 
+type NamedPool<P> = Pool<Endpoint<&'static str, Named>, P>;
+
 fn pool_of<P: tower_lb::Picker<Endpoint<&'static str, Named>>>(
     picker: P,
     names: &[&'static str],
-) -> (Pool<Endpoint<&'static str, Named>, P>, Vec<Arc<AtomicBool>>) {
+) -> (NamedPool<P>, Vec<Arc<AtomicBool>>) {
     let pool = Pool::new(picker);
     let fails = names
         .iter()

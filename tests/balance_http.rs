@@ -290,16 +290,11 @@ async fn sheds_or_waits_when_every_server_is_at_its_limit() {
     }
 }
 
+type LocalService = tower::util::BoxCloneSyncService<Request<()>, Response<String>, BoxError>;
+type LocalPool = Pool<tower_lb::balance::Endpoint<String, LocalService>, RoundRobin>;
+
 /// In-process HTTP backends (no sockets), for the cookie property test.
-fn local_pool(
-    n: usize,
-) -> Pool<
-    tower_lb::balance::Endpoint<
-        String,
-        tower::util::BoxCloneSyncService<Request<()>, Response<String>, BoxError>,
-    >,
-    RoundRobin,
-> {
+fn local_pool(n: usize) -> LocalPool {
     let pool = Pool::new(RoundRobin::new());
     for i in 0..n {
         let name = format!("backend-{i}");
