@@ -362,3 +362,33 @@ proptest! {
         })?;
     }
 }
+
+/// A host name resolved through the system resolver becomes the backend set.
+#[tokio::test]
+async fn dns_discovery_follows_the_resolver() {
+    let server = TestServer::start("a").await;
+    let pool: Pool<HttpTarget, _> = Pool::new(RoundRobin::new());
+    let mut lb = balance(&pool);
+    let dns = tower_lb::balance::DnsDiscover::new("localhost", server.addr.port())
+        .interval(Duration::from_millis(50));
+    lb.discover(dns, |addr, _| (HttpTarget::http(*addr), Weight::ONE));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let want = HttpTarget::http(server.addr);
+    while !pool.stats().iter().any(|s| s.addr == want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "localhost never resolved"
+        );
+        std::future::poll_fn(|cx| tower::Service::<Request<Empty<Bytes>>>::poll_ready(&mut lb, cx))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The resolution is stable: polling again changes nothing.
+    let before = pool.stats().len();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    std::future::poll_fn(|cx| tower::Service::<Request<Empty<Bytes>>>::poll_ready(&mut lb, cx))
+        .await
+        .unwrap();
+    assert_eq!(pool.stats().len(), before);
+}

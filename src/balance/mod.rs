@@ -35,6 +35,8 @@
 
 mod classify;
 mod discover;
+#[cfg(feature = "tokio")]
+mod dns;
 mod endpoint;
 pub mod future;
 #[cfg(feature = "http")]
@@ -51,6 +53,9 @@ pub mod sticky;
 pub use self::http::{HttpStatus, HttpTarget, InvalidTarget};
 pub use classify::{AnyError, Classify};
 pub use discover::Change;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use dns::DnsDiscover;
 pub use endpoint::Endpoint;
 pub use layer::BalanceLayer;
 pub use limit::OnOverload;
