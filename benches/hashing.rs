@@ -133,4 +133,3 @@ pub fn register(c: &mut Criterion) {
     }
     group.finish();
 }
-
