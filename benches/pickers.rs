@@ -1,3 +1,259 @@
-use criterion::Criterion;
+//! ns per pick for every core strategy at N ∈ {8, 64, 1024}, single thread and two
+//! threads sharing one picker. Baselines in the same groups: the atomic round-robin
+//! floor (`fetch_add(1, Relaxed) % n`) and a fast RNG draw (`SmallRng`, owned and
+//! thread-local).
 
-pub fn register(_c: &mut Criterion) {}
+use std::cell::RefCell;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tower_lb::{
+    LeastLoaded, PeakEwma, PickContext, Picker, Pool, PowerOfTwoChoices, Prepared, Random,
+    RoundRobin, Snapshot, Weight, WeightedRandom, WeightedRoundRobin,
+};
+
+const SIZES: [usize; 3] = [8, 64, 1024];
+
+thread_local! {
+    static FLOOR_RNG: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(1));
+}
+
+/// When the benches' latency samples were taken.
+fn sampled_at() -> Instant {
+    static AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *AT.get_or_init(Instant::now)
+}
+
+/// `n` backends with weights 1..=4 (cyclic) or all 1, each with a latency sample and
+/// some requests in flight, so load-aware pickers do real comparisons.
+fn snapshot(n: usize, weighted: bool) -> Snapshot<usize> {
+    let snapshot = Snapshot::build((0..n).map(|i| {
+        let w = if weighted { 1 + (i % 4) as u64 } else { 1 };
+        (i, Weight::new(w).unwrap())
+    }))
+    .unwrap();
+    for (i, b) in snapshot.backends().iter().enumerate() {
+        b.state().record_rtt(
+            Duration::from_micros(500 + (i as u64 * 37) % 1000),
+            sampled_at(),
+        );
+        // Guards leaked on purpose: the bench keeps these requests in flight for ever.
+        for _ in 0..(i % 3) {
+            std::mem::forget(b.state().start());
+        }
+    }
+    snapshot
+}
+
+fn bench_picker<P: Picker<usize>>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    n: usize,
+    picker: P,
+    weighted: bool,
+    ctx: PickContext,
+) {
+    let prepared = Prepared::new(&picker, snapshot(n, weighted));
+    group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter(|| picker.pick(prepared.table(), prepared.snapshot(), black_box(&ctx)))
+    });
+}
+
+fn floors(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, n: usize) {
+    let counter = AtomicUsize::new(0);
+    group.bench_with_input(
+        BenchmarkId::new("floor: atomic fetch_add % n", n),
+        &n,
+        |b, &n| b.iter(|| counter.fetch_add(1, Ordering::Relaxed) % black_box(n)),
+    );
+    let mut rng = SmallRng::seed_from_u64(1);
+    group.bench_with_input(
+        BenchmarkId::new("floor: SmallRng draw (owned)", n),
+        &n,
+        |b, &n| b.iter(|| rng.random_range(0..black_box(n))),
+    );
+    group.bench_with_input(
+        BenchmarkId::new("floor: SmallRng draw (thread-local)", n),
+        &n,
+        |b, &n| b.iter(|| FLOOR_RNG.with(|r| r.borrow_mut().random_range(0..black_box(n)))),
+    );
+}
+
+pub fn register(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    group.throughput(Throughput::Elements(1));
+    for n in SIZES {
+        floors(&mut group, n);
+        let plain = PickContext::new();
+        bench_picker(&mut group, "RoundRobin", n, RoundRobin::new(), false, plain);
+        bench_picker(
+            &mut group,
+            "WeightedRoundRobin",
+            n,
+            WeightedRoundRobin::new(),
+            true,
+            plain,
+        );
+        bench_picker(&mut group, "Random", n, Random::new(), false, plain);
+        bench_picker(
+            &mut group,
+            "WeightedRandom",
+            n,
+            WeightedRandom::new(),
+            true,
+            plain,
+        );
+        bench_picker(
+            &mut group,
+            "PowerOfTwoChoices",
+            n,
+            PowerOfTwoChoices::new(),
+            false,
+            plain,
+        );
+        bench_picker(
+            &mut group,
+            "PowerOfTwoChoices (weighted)",
+            n,
+            PowerOfTwoChoices::new(),
+            true,
+            plain,
+        );
+        bench_picker(
+            &mut group,
+            "PeakEwma (reads the clock)",
+            n,
+            PeakEwma::new(),
+            false,
+            plain,
+        );
+        // As the tower service calls it: "now" already read for the latency sample.
+        // Busy backends (last sample 2 ms ago) and idle ones (3 s ago, the `exp` path).
+        let busy = PickContext::new().with_now(sampled_at() + Duration::from_millis(2));
+        bench_picker(
+            &mut group,
+            "PeakEwma (now given, busy)",
+            n,
+            PeakEwma::new(),
+            false,
+            busy,
+        );
+        let idle = PickContext::new().with_now(sampled_at() + Duration::from_secs(3));
+        bench_picker(
+            &mut group,
+            "PeakEwma (now given, idle)",
+            n,
+            PeakEwma::new(),
+            false,
+            idle,
+        );
+        bench_picker(
+            &mut group,
+            "LeastLoaded",
+            n,
+            LeastLoaded::new(),
+            false,
+            plain,
+        );
+
+        // The whole pool path: snapshot load, pick, pick counter.
+        let pool = Pool::new(RoundRobin::new());
+        pool.extend((0..n).map(|i| (i, Weight::ONE))).unwrap();
+        group.bench_with_input(BenchmarkId::new("Pool::pick RoundRobin", n), &n, |b, _| {
+            b.iter(|| pool.pick(black_box(&plain)).map(|p| p.index()))
+        });
+        let pool = Pool::new(PowerOfTwoChoices::new());
+        pool.extend((0..n).map(|i| (i, Weight::ONE))).unwrap();
+        group.bench_with_input(
+            BenchmarkId::new("Pool::pick PowerOfTwoChoices", n),
+            &n,
+            |b, _| b.iter(|| pool.pick(black_box(&plain)).map(|p| p.index())),
+        );
+    }
+    group.finish();
+    two_threads(c);
+}
+
+/// Runs `op` on two threads at once, `iters` times each, and returns the wall time:
+/// with `Throughput::Elements(2)` criterion reports the aggregate rate.
+fn on_two_threads<F>(iters: u64, op: F) -> Duration
+where
+    F: Fn() + Sync,
+{
+    let barrier = Barrier::new(3);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                barrier.wait();
+                for _ in 0..iters {
+                    op();
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn two_threads_case<P: Picker<usize> + 'static>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    n: usize,
+    picker: P,
+) {
+    let prepared = Arc::new(Prepared::new(&picker, snapshot(n, false)));
+    let ctx = PickContext::new();
+    group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(picker.pick(prepared.table(), prepared.snapshot(), black_box(&ctx)));
+            })
+        })
+    });
+}
+
+/// Two threads sharing one picker; elements are picks by both threads together, so a
+/// strategy that scales shows twice its single-thread rate.
+fn two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick_2_threads");
+    group.throughput(Throughput::Elements(2));
+    for n in SIZES {
+        let counter = AtomicUsize::new(0);
+        group.bench_with_input(
+            BenchmarkId::new("floor: atomic fetch_add % n", n),
+            &n,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    on_two_threads(iters, || {
+                        black_box(counter.fetch_add(1, Ordering::Relaxed) % black_box(n));
+                    })
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("floor: SmallRng draw (thread-local)", n),
+            &n,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    on_two_threads(iters, || {
+                        black_box(FLOOR_RNG.with(|r| r.borrow_mut().random_range(0..black_box(n))));
+                    })
+                })
+            },
+        );
+        two_threads_case(&mut group, "RoundRobin", n, RoundRobin::new());
+        two_threads_case(&mut group, "Random", n, Random::new());
+        two_threads_case(&mut group, "WeightedRandom", n, WeightedRandom::new());
+        two_threads_case(&mut group, "PowerOfTwoChoices", n, PowerOfTwoChoices::new());
+        two_threads_case(&mut group, "PeakEwma", n, PeakEwma::new());
+    }
+    group.finish();
+}

@@ -7,13 +7,18 @@
 //! estimate — lives in [`BackendState`], a block of atomics shared by every snapshot
 //! the backend appears in, so a backend that survives a membership change keeps it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{MembershipError, WeightError};
+use crate::health::Verdict;
+use crate::health::engine::Evaluation;
+use crate::health::state::{HealthCell, HealthShared};
 
 /// A backend's identity within one [`Pool`](crate::Pool): assigned on insertion, never
 /// reused by that pool, stable for the backend's lifetime.
@@ -148,11 +153,23 @@ pub struct BackendState {
     rtt_stamp: AtomicU64,
     /// The decay window τ in nanoseconds.
     decay_ns: f64,
+    /// Health: admin switch, outlier detection, probes, slow start.
+    pub(crate) health: HealthCell,
 }
 
 impl BackendState {
     /// Fresh state: nothing in flight, no sample, latency decaying over `decay`.
     pub fn new(decay: Duration) -> Self {
+        Self::with_health(decay, None)
+    }
+
+    /// Fresh state of a pool's backend: outcomes reaching the pool's consecutive-failure
+    /// threshold signal `shared`.
+    pub(crate) fn linked(decay: Duration, shared: Arc<HealthShared>) -> Self {
+        Self::with_health(decay, Some(shared))
+    }
+
+    fn with_health(decay: Duration, shared: Option<Arc<HealthShared>>) -> Self {
         BackendState {
             in_flight: AtomicUsize::new(0),
             picks: AtomicU64::new(0),
@@ -161,7 +178,29 @@ impl BackendState {
             rtt_bits: AtomicU64::new(NO_SAMPLE),
             rtt_stamp: AtomicU64::new(0),
             decay_ns: (decay.as_nanos() as f64).max(1.0),
+            health: HealthCell::new(shared),
         }
+    }
+
+    /// Counts one finished request: the success or failure total, the latency sample (if
+    /// any, taken at `at`), and the consecutive-failure streak of outlier detection.
+    /// Returns whether this failure reached the pool's consecutive-failure threshold.
+    pub(crate) fn record_outcome(
+        &self,
+        success: bool,
+        latency: Option<Duration>,
+        at: Instant,
+    ) -> bool {
+        let counter = if success {
+            &self.successes
+        } else {
+            &self.failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = latency {
+            self.record_rtt(latency, at);
+        }
+        self.health.record(success)
     }
 
     /// Requests currently in flight on this backend.
@@ -214,19 +253,18 @@ impl BackendState {
         }
         let estimate = f64::from_bits(bits);
         let stamp = self.rtt_stamp.load(Ordering::Relaxed);
-        let elapsed = now_ns.saturating_sub(stamp);
-        if elapsed == 0 {
-            return Some(estimate);
-        }
-        Some(estimate * (-(elapsed as f64) / self.decay_ns).exp())
+        Some(estimate * decay_factor(now_ns.saturating_sub(stamp), self.decay_ns))
     }
 
     /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
     ///
-    /// A sample above the current (decayed) estimate replaces it at once — the "peak"
+    /// A sample above the estimate (as last updated) replaces it at once — the "peak"
     /// that makes the estimate react to a slowing backend immediately; a sample below it
-    /// is blended in with weight `1 − e^(−Δt/τ)`, so the estimate falls back gradually.
-    /// This is the estimator of Finagle's `PeakEwma` and tower's `load::PeakEwma`.
+    /// is blended in with weight `1 − e^(−Δt/τ)`, Δt the time since the last sample, so
+    /// the estimate falls back gradually. Reads ([`rtt_estimate`](Self::rtt_estimate))
+    /// additionally decay it towards zero while no sample arrives, so an idle backend is
+    /// tried again. This is the estimator of Finagle's `PeakEwma` and tower's
+    /// `load::PeakEwma`.
     pub fn record_rtt(&self, sample: Duration, at: Instant) {
         let now = nanos_since_epoch(at);
         let sample = sample.as_nanos() as f64;
@@ -260,8 +298,24 @@ pub(crate) fn peak_ewma_step(estimate: f64, sample: f64, elapsed_ns: u64, decay_
     if sample > estimate {
         sample
     } else {
-        let w = (-(elapsed_ns as f64) / decay_ns).exp();
+        let w = decay_factor(elapsed_ns, decay_ns);
         estimate * w + sample * (1.0 - w)
+    }
+}
+
+/// Below this x = Δt/τ, e^(−x) is taken as 1 − x: the error, under x²/2, is below 1.2e-7
+/// of the estimate. A busy backend (samples milliseconds apart, τ = 10 s) stays on this
+/// path, which spares the pick path an `exp` per candidate.
+const LINEAR_DECAY_BELOW: f64 = 1.0 / 2048.0;
+
+/// e^(−Δt/τ), the weight the old estimate keeps after `elapsed_ns`.
+#[inline]
+pub(crate) fn decay_factor(elapsed_ns: u64, decay_ns: f64) -> f64 {
+    let x = elapsed_ns as f64 / decay_ns;
+    if x < LINEAR_DECAY_BELOW {
+        1.0 - x
+    } else {
+        (-x).exp()
     }
 }
 
@@ -293,15 +347,14 @@ impl InFlight {
     }
 
     /// Ends the request with the given outcome at `at` (a clock of the caller's).
+    ///
+    /// The outcome also feeds the pool's passive outlier detection: a failure that
+    /// reaches the consecutive-failure threshold gets the backend ejected by the
+    /// background health task at once, or at the next [`Pool::tick`](crate::Pool::tick)
+    /// (use [`Pool::report`](crate::Pool::report) to eject synchronously).
     pub fn finish(self, success: bool, at: Instant) {
-        let counter = if success {
-            &self.state.successes
-        } else {
-            &self.state.failures
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.state
-            .record_rtt(at.saturating_duration_since(self.started), at);
+        let latency = at.saturating_duration_since(self.started);
+        self.state.record_outcome(success, Some(latency), at);
     }
 }
 
@@ -380,28 +433,100 @@ pub struct Snapshot<A> {
     backends: Box<[Backend<A>]>,
     eligible: Box<[u32]>,
     eligible_mask: Box<[bool]>,
+    verdicts: Box<[Verdict]>,
+    effective: Box<[u32]>,
+    weight_scale: u32,
+    /// `(healthy, in service, fail closed)` while the panic threshold is crossed.
+    panic: Option<(usize, usize, bool)>,
     total_weight: u64,
     uniform_weights: bool,
     version: u64,
 }
 
 impl<A> Snapshot<A> {
-    /// A snapshot of the given members, all eligible.
+    /// A snapshot of the given members, all eligible and healthy, at their configured weights.
     pub(crate) fn from_members(backends: Vec<Backend<A>>, version: u64) -> Self {
-        let eligible: Box<[u32]> = (0..backends.len())
+        let n = backends.len();
+        let effective = backends.iter().map(|b| b.weight.get()).collect();
+        Self::assemble(
+            backends,
+            version,
+            vec![true; n],
+            vec![Verdict::Healthy; n],
+            effective,
+            1,
+            None,
+        )
+    }
+
+    /// A snapshot of the given members with health's verdicts, eligible set and weights.
+    pub(crate) fn from_evaluation(
+        backends: Vec<Backend<A>>,
+        version: u64,
+        eval: Evaluation,
+    ) -> Self {
+        Self::assemble(
+            backends,
+            version,
+            eval.eligible,
+            eval.verdicts,
+            eval.effective,
+            eval.weight_scale,
+            eval.panic,
+        )
+    }
+
+    fn assemble(
+        backends: Vec<Backend<A>>,
+        version: u64,
+        mut eligible_mask: Vec<bool>,
+        mut verdicts: Vec<Verdict>,
+        mut effective: Vec<u32>,
+        weight_scale: u32,
+        panic: Option<(usize, usize, bool)>,
+    ) -> Self {
+        let n = backends.len();
+        // Health hands one entry per member; stay well-formed whatever it handed.
+        eligible_mask.resize(n, false);
+        verdicts.resize(n, Verdict::Healthy);
+        effective.resize(n, 0);
+        let eligible: Box<[u32]> = (0..n)
+            .filter(|&i| eligible_mask[i])
             .filter_map(|i| u32::try_from(i).ok())
             .collect();
-        let eligible_mask = vec![true; backends.len()].into_boxed_slice();
-        let total_weight = backends.iter().map(|b| u64::from(b.weight.get())).sum();
-        let uniform_weights = backends.windows(2).all(|w| w[0].weight == w[1].weight);
+        let total_weight = eligible
+            .iter()
+            .map(|&i| u64::from(effective[i as usize]))
+            .sum();
+        let uniform_weights = eligible
+            .windows(2)
+            .all(|w| effective[w[0] as usize] == effective[w[1] as usize]);
         Snapshot {
             backends: backends.into_boxed_slice(),
             eligible,
-            eligible_mask,
+            eligible_mask: eligible_mask.into_boxed_slice(),
+            verdicts: verdicts.into_boxed_slice(),
+            effective: effective.into_boxed_slice(),
+            weight_scale,
+            panic,
             total_weight,
             uniform_weights,
             version,
         }
+    }
+
+    /// Whether `other` has the same members with the same health, eligibility and weights.
+    pub(crate) fn same_as(&self, other: &Snapshot<A>) -> bool {
+        self.backends.len() == other.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(other.backends.iter())
+                .all(|(a, b)| a.id == b.id && a.weight == b.weight)
+            && self.eligible_mask == other.eligible_mask
+            && self.verdicts == other.verdicts
+            && self.effective == other.effective
+            && self.panic == other.panic
     }
 
     /// A standalone snapshot, for calling pickers directly without a [`Pool`](crate::Pool).
@@ -410,7 +535,7 @@ impl<A> Snapshot<A> {
     pub fn build<I>(members: I) -> Result<Self, MembershipError>
     where
         I: IntoIterator<Item = (A, Weight)>,
-        A: PartialEq,
+        A: Eq + Hash,
     {
         Self::build_with_decay(members, DEFAULT_EWMA_DECAY)
     }
@@ -418,23 +543,27 @@ impl<A> Snapshot<A> {
     pub(crate) fn build_with_decay<I>(members: I, decay: Duration) -> Result<Self, MembershipError>
     where
         I: IntoIterator<Item = (A, Weight)>,
-        A: PartialEq,
+        A: Eq + Hash,
     {
-        let mut backends: Vec<Backend<A>> = Vec::new();
-        for (addr, weight) in members {
-            if let Some(existing) = backends.iter().find(|b| b.addr == addr) {
+        let members: Vec<(A, Weight)> = members.into_iter().collect();
+        let mut seen: HashMap<&A, usize> = HashMap::with_capacity(members.len());
+        for (i, (addr, _)) in members.iter().enumerate() {
+            if let Some(&first) = seen.get(addr) {
                 return Err(MembershipError::Duplicate {
-                    existing: existing.id,
+                    existing: BackendId::new(first as u64),
                 });
             }
-            let id = BackendId::new(backends.len() as u64);
-            backends.push(Backend::new(
-                id,
-                addr,
-                weight,
-                Arc::new(BackendState::new(decay)),
-            ));
+            seen.insert(addr, i);
         }
+        drop(seen);
+        let backends = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, (addr, weight))| {
+                let state = Arc::new(BackendState::new(decay));
+                Backend::new(BackendId::new(i as u64), addr, weight, state)
+            })
+            .collect();
         Ok(Self::from_members(backends, 0))
     }
 
@@ -507,10 +636,19 @@ impl<A> Snapshot<A> {
         self.eligible_mask.get(index).copied().unwrap_or(false)
     }
 
-    /// The weight a picker should use for the member at `index` (0 for no such member).
+    /// The weight a picker should use for the member at `index` (0 for no such member):
+    /// the configured weight, ramped down while the member is in
+    /// [slow start](crate::health::SlowStart) and then multiplied, like every member's,
+    /// by [`weight_scale`](Self::weight_scale).
     #[inline]
     pub fn effective_weight(&self, index: usize) -> u32 {
-        self.backends.get(index).map_or(0, |b| b.weight.get())
+        self.effective.get(index).copied().unwrap_or(0)
+    }
+
+    /// The common factor of this snapshot's effective weights: 1, unless a slow-start ramp
+    /// runs, when weights are scaled up so that a ramp moves in steps of 1%.
+    pub fn weight_scale(&self) -> u32 {
+        self.weight_scale
     }
 
     /// The sum of the eligible members' effective weights.
@@ -518,9 +656,27 @@ impl<A> Snapshot<A> {
         self.total_weight
     }
 
-    /// Whether every member has the same effective weight (pickers take a faster path).
+    /// Whether every eligible member has the same effective weight (pickers take a faster
+    /// path).
     pub fn uniform_weights(&self) -> bool {
         self.uniform_weights
+    }
+
+    /// The health verdict of the member at `index` when this snapshot was published.
+    pub fn verdict(&self, index: usize) -> Option<&Verdict> {
+        self.verdicts.get(index)
+    }
+
+    /// Whether the member at `index` was healthy when this snapshot was published. Outside
+    /// panic mode, exactly the healthy members are eligible.
+    pub fn is_healthy(&self, index: usize) -> bool {
+        self.verdicts.get(index).is_some_and(Verdict::is_healthy)
+    }
+
+    /// Whether the [panic threshold](crate::health::PanicThreshold) was crossed: the
+    /// eligible set is then every member in service (fail open) or empty (fail closed).
+    pub fn is_panicking(&self) -> bool {
+        self.panic.is_some()
     }
 
     /// A number that grows with every published change of the set.
@@ -530,7 +686,9 @@ impl<A> Snapshot<A> {
 
     /// The reason no backend can be picked, for a picker that found none.
     pub fn empty_error(&self) -> crate::PickError {
-        if self.backends.is_empty() {
+        if let Some((healthy, total, true)) = self.panic {
+            crate::PickError::PanicThreshold { healthy, total }
+        } else if self.backends.is_empty() {
             crate::PickError::NoBackends
         } else {
             crate::PickError::NoEligible {
@@ -562,12 +720,37 @@ pub struct BackendStats<A> {
     pub failures: u64,
     /// The peak-EWMA latency estimate now, if any sample was taken.
     pub ewma: Option<Duration>,
+    /// The health verdict in the current snapshot.
+    pub health: Verdict,
+    /// The weight pickers use now (see [`Snapshot::effective_weight`]).
+    pub effective_weight: u32,
+    /// While in slow start, the share of its weight the backend gets (0 to 1).
+    pub ramp: Option<f64>,
+    /// Times ejected by outlier detection over the backend's life.
+    pub ejections: u64,
+    /// While ejected, the time until it returns (at the latest).
+    pub returns_in: Option<Duration>,
+    /// Active probes completed on it.
+    pub probes: u64,
 }
 
 impl<A: Clone> BackendStats<A> {
-    pub(crate) fn read(snapshot: &Snapshot<A>, index: usize, now: Instant) -> Option<Self> {
+    /// Reads the member at `index`; `now` is the latency clock, `health_now` the pool's.
+    pub(crate) fn read(
+        snapshot: &Snapshot<A>,
+        index: usize,
+        now: Instant,
+        health_now: Instant,
+    ) -> Option<Self> {
         let b = snapshot.get(index)?;
         let s = &b.state;
+        let h = &s.health;
+        let until = h.ejected_until.load(Ordering::Relaxed);
+        let now_ns = nanos_since_epoch(health_now);
+        let effective_weight = snapshot.effective_weight(index);
+        let full = f64::from(b.weight.get()) * f64::from(snapshot.weight_scale());
+        let ramping =
+            h.ramp_start.load(Ordering::Relaxed) != 0 && f64::from(effective_weight) < full;
         Some(BackendStats {
             id: b.id,
             addr: b.addr.clone(),
@@ -578,6 +761,12 @@ impl<A: Clone> BackendStats<A> {
             successes: s.successes(),
             failures: s.failures(),
             ewma: s.rtt_estimate(now),
+            health: snapshot.verdict(index).cloned().unwrap_or_default(),
+            effective_weight,
+            ramp: ramping.then(|| f64::from(effective_weight) / full),
+            ejections: h.ejections.load(Ordering::Relaxed),
+            returns_in: (until != 0).then(|| Duration::from_nanos(until.saturating_sub(now_ns))),
+            probes: h.probe.lock().completed,
         })
     }
 }
@@ -629,6 +818,24 @@ mod tests {
             (later.as_nanos() as f64 - expected).abs() < 1e3,
             "{later:?}"
         );
+    }
+
+    #[test]
+    fn decay_factor_is_close_to_exp_on_both_paths() {
+        let tau = 10e9;
+        for elapsed in [
+            0u64,
+            1,
+            1_000_000,
+            4_882_000,
+            4_883_000,
+            10_000_000,
+            10_000_000_000,
+        ] {
+            let exact = (-(elapsed as f64) / tau).exp();
+            let got = decay_factor(elapsed, tau);
+            assert!((got - exact).abs() < 2e-7, "{elapsed}: {got} vs {exact}");
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Each error is small, names the component in its message and carries the data a caller
 //! can act on (the bad value, the backend, how many backends were considered).
 
+use std::fmt;
+use std::sync::Arc;
+
 use crate::backend::{BackendId, Weight};
 
 /// A weight outside `1..=Weight::MAX` was refused.
@@ -48,6 +51,90 @@ pub enum PickError {
         /// How many backends the set holds.
         total: usize,
     },
+    /// Too few backends are healthy and the pool's
+    /// [`PanicThreshold`](crate::health::PanicThreshold) is set to fail closed.
+    #[error(
+        "picker: only {healthy} of {total} backends are healthy, below the panic threshold (failing closed)"
+    )]
+    PanicThreshold {
+        /// Healthy backends.
+        healthy: usize,
+        /// Backends counted by the threshold (all but the draining ones).
+        total: usize,
+    },
+}
+
+/// A health setting was out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("health config: {setting} must be {expected}, got {got}")]
+pub struct HealthConfigError {
+    setting: &'static str,
+    expected: &'static str,
+    got: String,
+}
+
+impl HealthConfigError {
+    pub(crate) fn new(
+        setting: &'static str,
+        expected: &'static str,
+        got: impl fmt::Display,
+    ) -> Self {
+        HealthConfigError {
+            setting,
+            expected,
+            got: got.to_string(),
+        }
+    }
+
+    /// The setting that was refused.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+/// An active health probe failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("probe: {message}")]
+pub struct ProbeError {
+    message: Arc<str>,
+}
+
+impl ProbeError {
+    /// A probe failure described by `message`.
+    pub fn new(message: impl fmt::Display) -> Self {
+        ProbeError {
+            message: message.to_string().into(),
+        }
+    }
+
+    /// The failure's description.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn into_message(self) -> Arc<str> {
+        self.message
+    }
+}
+
+impl From<std::io::Error> for ProbeError {
+    fn from(e: std::io::Error) -> Self {
+        ProbeError::new(e)
+    }
+}
+
+/// The background health task could not be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// Not called from within a tokio runtime.
+    #[error("health task: no tokio runtime is running on this thread")]
+    NoRuntime,
+    /// The pool already has a health task; it runs until the pool is dropped or it is
+    /// stopped.
+    #[error("health task: this pool already has one")]
+    AlreadyRunning,
 }
 
 /// A configuration value was refused; the message names the component and the value.

@@ -13,6 +13,10 @@
 //!   interleaving), [`Random`], [`WeightedRandom`] (alias method), [`LeastLoaded`],
 //!   [`PowerOfTwoChoices`] and [`PeakEwma`]; each documents its guarantee and cost;
 //! - [`Snapshot`] — an immutable view of the set, for calling pickers directly;
+//! - [`health`] — which backends may receive traffic: passive outlier ejection, active
+//!   probes, the panic threshold, slow start, drain and admin, your own
+//!   [`HealthSource`](health::HealthSource)s. Health changes the snapshot, never the
+//!   pick path.
 //! - session affinity — an [`AffinityKey`] extracts a request's key (header, cookie,
 //!   path, query parameter, peer address; see [`affinity`]) and a consistent-hashing
 //!   picker maps it to the same backend in every balancer instance: [`Maglev`],
@@ -43,8 +47,11 @@
 //!
 //! - `tower` (default): the tower integration. Pickers and the backend model need no
 //!   async runtime and no tower.
+//! - `tokio`: the background health task (`Pool::spawn_health`,
+//!   `Pool::spawn_health_probes`) and the TCP probe; health's clock then reads tokio's,
+//!   so tests with a paused clock drive it.
 //! - `http`: Layer 7 affinity keys on `http::Request` — `HeaderKey`, `CookieKey`,
-//!   `PathKey`, `QueryKey` in [`affinity`].
+//!   `PathKey`, `QueryKey` in [`affinity`] — and the HTTP health probe (with `tokio`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -57,6 +64,7 @@
 pub mod affinity;
 mod backend;
 mod error;
+pub mod health;
 pub mod pick;
 pub mod pool;
 mod rng;
@@ -65,10 +73,17 @@ pub use affinity::AffinityKey;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
 };
-pub use error::{ConfigError, MembershipError, PickError, WeightError};
+pub use error::{
+    ConfigError, HealthConfigError, MembershipError, PickError, ProbeError, SpawnError, WeightError,
+};
 pub use pick::hash::{BackendKey, HashPicker};
 pub use pick::{
     BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, PowerOfTwoChoices,
     Random, Rendezvous, Ring, RoundRobin, WeightedRandom, WeightedRoundRobin,
 };
 pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

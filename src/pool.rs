@@ -7,9 +7,17 @@
 //! that only writers take, build the next snapshot and its table off the hot path, and
 //! publish it with one atomic store, so concurrent writers cannot lose each other's
 //! updates and a picker never sees a half-applied change. Backends that survive a change
-//! keep their [`BackendState`] (in-flight count, totals, latency estimate).
+//! keep their [`BackendState`] (in-flight count, totals, latency estimate, health).
+//!
+//! Health takes the same writer path: every snapshot is built with the
+//! [health](crate::health) verdicts, eligible set and effective weights of its moment,
+//! and a health change (an ejection, a probe flip, an admin switch, a slow-start step)
+//! republishes the same members with the new eligible set and weights. The picker's
+//! `prepare` gets the previous table, so hash pickers can reuse theirs.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +28,9 @@ use crate::backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
 };
 use crate::error::{MembershipError, PickError};
+use crate::health::engine::{Engine, HealthConfig, uneject};
+use crate::health::state::{ADMIN_DOWN, ADMIN_DRAIN, ADMIN_UP, HealthShared};
+use crate::health::{Clock, HealthSource, Outcome, OutlierDetection, PanicThreshold, SlowStart};
 use crate::pick::{PickContext, Picker};
 
 /// A snapshot together with a picker's table for it.
@@ -70,24 +81,40 @@ impl<A: fmt::Debug, T> fmt::Debug for Prepared<A, T> {
     }
 }
 
-struct Inner<A, P: Picker<A>> {
+pub(crate) struct Inner<A, P: Picker<A>> {
     picker: P,
     current: ArcSwap<Prepared<A, P::Table>>,
-    /// Taken by writers only: the next id to assign and the next version.
-    writer: Mutex<Counters>,
+    /// Taken by writers only: the next id to assign, the version, the health engine.
+    writer: Mutex<Writer<A>>,
     decay: Duration,
+    pub(crate) shared: Arc<HealthShared>,
+    clock: Clock,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
+impl<A, P: Picker<A>> Drop for Inner<A, P> {
+    fn drop(&mut self) {
+        // A background task waiting on the pool wakes, fails to upgrade and stops.
+        self.shared.wake();
+    }
+}
+
+struct Writer<A> {
     next_id: u64,
     version: u64,
+    engine: Engine<A>,
+    /// Set while the background task publishes, which needs no wake-up.
+    in_task: bool,
 }
 
 /// A backend set shared by many threads, with the picker that chooses among it.
 ///
-/// `Pool` is cheap to clone: clones share one set. Picks never block; changes are
-/// published atomically (see the [module docs](self)).
+/// `Pool` is cheap to clone: clones share one set. Picks never block: the current
+/// snapshot and the picker's table for it are read through an `ArcSwap`, without a lock
+/// and without writing a shared reference count. Changes are serialised among writers,
+/// built off the hot path and published with one atomic store, so concurrent writers
+/// cannot lose each other's updates and no pick sees a half-applied change. Backends
+/// that survive a change keep their live state. Health changes take the same path (see
+/// [`health`](crate::health)).
 ///
 /// # Examples
 ///
@@ -111,7 +138,7 @@ struct Counters {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Pool<A, P: Picker<A>> {
-    inner: Arc<Inner<A, P>>,
+    pub(crate) inner: Arc<Inner<A, P>>,
 }
 
 impl<A, P: Picker<A>> Clone for Pool<A, P> {
@@ -136,12 +163,47 @@ impl<A: fmt::Debug, P: Picker<A> + fmt::Debug> fmt::Debug for Pool<A, P> {
 pub struct PoolBuilder<P> {
     picker: P,
     decay: Duration,
+    health: HealthConfig,
+    clock: Option<Clock>,
+    seed: Option<u64>,
 }
 
 impl<P> PoolBuilder<P> {
     /// The decay window τ of every backend's peak-EWMA latency estimate (default 10 s).
     pub fn ewma_decay(mut self, decay: Duration) -> Self {
         self.decay = decay;
+        self
+    }
+
+    /// Turns on passive outlier detection (off by default).
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.health.outlier = Some(detection);
+        self
+    }
+
+    /// The panic threshold (default: 50%, fail open).
+    pub fn panic_threshold(mut self, threshold: PanicThreshold) -> Self {
+        self.health.panic = threshold;
+        self
+    }
+
+    /// Turns on slow start (off by default).
+    pub fn slow_start(mut self, slow_start: SlowStart) -> Self {
+        self.health.slow_start = Some(slow_start);
+        self
+    }
+
+    /// The clock health runs on (ejection times, intervals, ramps, probe schedules).
+    /// Default: `Instant::now`, read through tokio's clock when the `tokio` feature is on,
+    /// so that tests with a paused tokio clock control it. Never read on the pick path.
+    pub fn clock(mut self, clock: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        self.clock = Some(Clock::new(clock));
+        self
+    }
+
+    /// Makes health's random choices (ejection jitter) reproducible from `seed`.
+    pub fn health_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -152,12 +214,25 @@ impl<P> PoolBuilder<P> {
     {
         let snapshot = Snapshot::from_members(Vec::new(), 0);
         let table = self.picker.prepare(&snapshot, None);
+        let threshold = self
+            .health
+            .outlier
+            .as_ref()
+            .and_then(|o| o.consecutive_failures)
+            .map_or(0, |n| u64::from(n.get()));
         Pool {
             inner: Arc::new(Inner {
                 picker: self.picker,
                 current: ArcSwap::from_pointee(Prepared { snapshot, table }),
-                writer: Mutex::new(Counters::default()),
+                writer: Mutex::new(Writer {
+                    next_id: 0,
+                    version: 0,
+                    engine: Engine::new(self.health, self.seed),
+                    in_task: false,
+                }),
                 decay: self.decay,
+                shared: Arc::new(HealthShared::new(threshold)),
+                clock: self.clock.unwrap_or_else(Clock::system),
             }),
         }
     }
@@ -174,6 +249,9 @@ impl<A, P: Picker<A>> Pool<A, P> {
         PoolBuilder {
             picker,
             decay: DEFAULT_EWMA_DECAY,
+            health: HealthConfig::default(),
+            clock: None,
+            seed: None,
         }
     }
 
@@ -208,15 +286,21 @@ impl<A, P: Picker<A>> Pool<A, P> {
     {
         let prepared = self.inner.current.load();
         let now = Instant::now();
+        let health_now = self.now();
         (0..prepared.snapshot.len())
-            .filter_map(|i| BackendStats::read(&prepared.snapshot, i, now))
+            .filter_map(|i| BackendStats::read(&prepared.snapshot, i, now, health_now))
             .collect()
+    }
+
+    /// The pool's health clock now.
+    pub(crate) fn now(&self) -> Instant {
+        self.inner.clock.now()
     }
 }
 
 impl<A, P> Pool<A, P>
 where
-    A: Clone + PartialEq,
+    A: Clone + Eq + Hash,
     P: Picker<A>,
 {
     /// Applies several changes as one: either all of them are published in one new
@@ -245,24 +329,22 @@ where
     /// # Ok::<(), tower_lb::MembershipError>(())
     /// ```
     pub fn update<R, E>(&self, change: impl FnOnce(&mut Edit<A>) -> Result<R, E>) -> Result<R, E> {
-        let mut counters = self.inner.writer.lock();
+        let mut writer = self.inner.writer.lock();
         let current = self.inner.current.load_full();
+        let members = current.snapshot.backends().to_vec();
         let mut edit = Edit {
-            members: current.snapshot.backends().to_vec(),
-            next_id: counters.next_id,
+            index: members.iter().map(|b| (b.addr().clone(), b.id())).collect(),
+            members,
+            next_id: writer.next_id,
             decay: self.inner.decay,
+            shared: Arc::clone(&self.inner.shared),
             changed: false,
         };
         let result = change(&mut edit)?;
         if edit.changed {
-            counters.next_id = edit.next_id;
-            counters.version += 1;
-            let snapshot = Snapshot::from_members(edit.members, counters.version);
-            let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
-            // Writers are serialised by the mutex, so a plain store cannot lose an update.
-            self.inner
-                .current
-                .store(Arc::new(Prepared { snapshot, table }));
+            writer.next_id = edit.next_id;
+            // Wakes the background task: new members get their first probe at once.
+            self.publish(&mut writer, edit.members, &current, true);
         }
         Ok(result)
     }
@@ -296,26 +378,225 @@ where
     }
 }
 
+/// Health: time-driven work, outcomes, the admin switch, sources. These need only
+/// `A: Clone` (members are copied into each new snapshot).
+impl<A: Clone, P: Picker<A>> Pool<A, P> {
+    /// Builds the snapshot of `members` with health evaluated now and publishes it —
+    /// unless `force` is false and nothing differs from `current`. Returns when health
+    /// next has time-driven work.
+    fn publish(
+        &self,
+        writer: &mut Writer<A>,
+        members: Vec<Backend<A>>,
+        current: &Prepared<A, P::Table>,
+        force: bool,
+    ) -> Option<Instant> {
+        let now = self.now();
+        let evaluation = writer.engine.evaluate(&members, now);
+        let next = evaluation.next;
+        let snapshot = Snapshot::from_evaluation(members, writer.version + 1, evaluation);
+        if !force && snapshot.same_as(&current.snapshot) {
+            return next;
+        }
+        writer.version += 1;
+        let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
+        // Writers are serialised by the mutex, so a plain store cannot lose an update.
+        self.inner
+            .current
+            .store(Arc::new(Prepared { snapshot, table }));
+        if !writer.in_task {
+            // The background task, if any, recomputes when health next has work (a new
+            // ejection's return, a ramp that began) and probes new members at once.
+            self.inner.shared.wake();
+        }
+        next
+    }
+
+    /// Re-evaluates health with the current members and publishes if anything changed.
+    fn republish(&self, writer: &mut Writer<A>) -> Option<Instant> {
+        let current = self.inner.current.load_full();
+        let members = current.snapshot.backends().to_vec();
+        self.publish(writer, members, &current, false)
+    }
+
+    /// Runs health's time-driven work now and publishes what changed: ejections that
+    /// ended, the outlier interval when due (success rate, failure percentage, multipliers
+    /// coming down), consecutive-failure ejections signalled by [`InFlight`] guards,
+    /// slow-start steps, and the opinions of [`HealthSource`]s.
+    ///
+    /// Returns when it next has work (`None`: only when something happens). The
+    /// background task (feature `tokio`) calls it for you; without it, call it from a
+    /// timer of yours — once a second is plenty. Never needed for picks to work.
+    pub fn tick(&self) -> Option<Instant> {
+        self.tick_from(false)
+    }
+
+    /// [`tick`](Self::tick), from the background task itself (`in_task`: which then needs
+    /// no wake-up for what it publishes).
+    pub(crate) fn tick_from(&self, in_task: bool) -> Option<Instant> {
+        let mut writer = self.inner.writer.lock();
+        self.inner.shared.take_dirty();
+        writer.in_task = in_task;
+        let next = self.republish(&mut writer);
+        writer.in_task = false;
+        next
+    }
+
+    /// Reports the outcome of a request sent to backend `id` outside an [`InFlight`]
+    /// guard: counts it, feeds its latency (if any) to the estimate, and feeds passive
+    /// outlier detection. A failure that reaches the consecutive-failure threshold
+    /// ejects the backend before this returns (within the ejection cap).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_lb::health::{OutlierDetection, Outcome};
+    /// use tower_lb::{PickContext, Pool, RoundRobin, Weight};
+    ///
+    /// let pool = Pool::<&str, _>::builder(RoundRobin::new())
+    ///     .outlier_detection(OutlierDetection::new().consecutive_failures(2))
+    ///     .build();
+    /// let bad = pool.insert("bad", Weight::ONE)?;
+    /// pool.insert("good", Weight::ONE)?;
+    ///
+    /// pool.report(bad, Outcome::failure())?;
+    /// pool.report(bad, Outcome::failure())?; // ejected now
+    /// for _ in 0..4 {
+    ///     assert_eq!(*pool.pick(&PickContext::new())?.addr(), "good");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn report(&self, id: BackendId, outcome: Outcome) -> Result<(), MembershipError> {
+        let crossed = {
+            let prepared = self.inner.current.load();
+            let backend = prepared
+                .snapshot
+                .index_of(id)
+                .and_then(|i| prepared.snapshot.get(i))
+                .ok_or(MembershipError::Unknown(id))?;
+            backend
+                .state()
+                .record_outcome(outcome.is_success(), outcome.latency(), Instant::now())
+        };
+        if crossed {
+            self.tick();
+        }
+        Ok(())
+    }
+
+    /// Drains backend `id`: no new picks — not even in panic mode — while requests in
+    /// flight finish and sticky sessions move elsewhere. Undo with [`mark_up`](Self::mark_up).
+    /// For maintenance, drain rather than [`mark_down`](Self::mark_down).
+    pub fn drain(&self, id: BackendId) -> Result<(), MembershipError> {
+        self.set_admin(id, ADMIN_DRAIN)
+    }
+
+    /// Marks backend `id` unhealthy: no new picks, though the panic threshold may still
+    /// route to it like any unhealthy backend (HAProxy's `set server health down`).
+    pub fn mark_down(&self, id: BackendId) -> Result<(), MembershipError> {
+        self.set_admin(id, ADMIN_DOWN)
+    }
+
+    /// Lifts [`drain`](Self::drain) or [`mark_down`](Self::mark_down) from backend `id`;
+    /// its other health sources still apply.
+    pub fn mark_up(&self, id: BackendId) -> Result<(), MembershipError> {
+        self.set_admin(id, ADMIN_UP)
+    }
+
+    fn set_admin(&self, id: BackendId, value: u8) -> Result<(), MembershipError> {
+        let mut writer = self.inner.writer.lock();
+        let current = self.inner.current.load_full();
+        let backend = current
+            .snapshot
+            .index_of(id)
+            .and_then(|i| current.snapshot.get(i))
+            .ok_or(MembershipError::Unknown(id))?;
+        // Relaxed: the writer lock orders this store before the evaluation below.
+        backend
+            .state()
+            .health
+            .admin
+            .store(value, std::sync::atomic::Ordering::Relaxed);
+        self.republish(&mut writer);
+        Ok(())
+    }
+
+    /// Adds a health source; its verdicts apply from now on (see [`HealthSource`]).
+    pub fn add_health_source(&self, source: impl HealthSource<A> + 'static) {
+        let mut writer = self.inner.writer.lock();
+        writer.engine.add_source(Box::new(source));
+        self.republish(&mut writer);
+    }
+
+    /// Records one active probe result on backend `id`, begun at `started` (the pool's
+    /// clock); publishes when the probe verdict flips or the result ends an ejection.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn record_probe(
+        &self,
+        id: BackendId,
+        result: Result<(), Arc<str>>,
+        started: Instant,
+        rise: u32,
+        fall: u32,
+    ) {
+        let mut writer = self.inner.writer.lock();
+        let current = self.inner.current.load_full();
+        let Some(backend) = current
+            .snapshot
+            .index_of(id)
+            .and_then(|i| current.snapshot.get(i))
+        else {
+            return; // removed meanwhile
+        };
+        let cell = &backend.state().health;
+        let success = result.is_ok();
+        let mut changed = cell.probe.lock().record(result, rise, fall);
+        let uneject_on_success = writer
+            .engine
+            .config
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.uneject_on_probe_success);
+        let ejected_at = cell.ejected_at.load(std::sync::atomic::Ordering::Relaxed);
+        if success
+            && uneject_on_success
+            && cell.is_ejected()
+            && ejected_at <= crate::backend::nanos_since_epoch(started)
+        {
+            uneject(cell);
+            changed = true;
+        }
+        if changed {
+            // The task calls this and ticks right after; it needs no wake-up.
+            writer.in_task = true;
+            self.republish(&mut writer);
+            writer.in_task = false;
+        }
+    }
+}
+
 /// A pending change to a pool's set, inside [`Pool::update`].
 #[derive(Debug)]
 pub struct Edit<A> {
     members: Vec<Backend<A>>,
+    /// Address → id of every member, for duplicate checks in O(1).
+    index: HashMap<A, BackendId>,
     next_id: u64,
     decay: Duration,
+    shared: Arc<HealthShared>,
     changed: bool,
 }
 
-impl<A: Clone + PartialEq> Edit<A> {
+impl<A: Clone + Eq + Hash> Edit<A> {
     /// Adds a backend with fresh live state; fails on a duplicate address.
     pub fn insert(&mut self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
-        if let Some(existing) = self.members.iter().find(|b| *b.addr() == addr) {
-            return Err(MembershipError::Duplicate {
-                existing: existing.id(),
-            });
+        if let Some(&existing) = self.index.get(&addr) {
+            return Err(MembershipError::Duplicate { existing });
         }
         let id = BackendId::new(self.next_id);
         self.next_id += 1;
-        let state = Arc::new(BackendState::new(self.decay));
+        self.index.insert(addr.clone(), id);
+        let state = Arc::new(BackendState::linked(self.decay, Arc::clone(&self.shared)));
         self.members.push(Backend::new(id, addr, weight, state));
         self.changed = true;
         Ok(id)
@@ -325,7 +606,9 @@ impl<A: Clone + PartialEq> Edit<A> {
     pub fn remove(&mut self, id: BackendId) -> Result<A, MembershipError> {
         let index = self.position(id)?;
         self.changed = true;
-        Ok(self.members.remove(index).addr().clone())
+        let removed = self.members.remove(index);
+        self.index.remove(removed.addr());
+        Ok(removed.addr().clone())
     }
 
     /// Changes a backend's weight, keeping its live state.

@@ -56,6 +56,23 @@ impl RandomSource {
         }
     }
 
+    /// Two independent uniform `u64`s for the price of one thread-local access.
+    #[inline]
+    pub(crate) fn next_pair(&self) -> (u64, u64) {
+        match self {
+            RandomSource::Thread => THREAD_RNG
+                .try_with(|rng| match rng.try_borrow_mut() {
+                    Ok(mut rng) => (rng.next_u64(), rng.next_u64()),
+                    Err(_) => (fallback(), fallback()),
+                })
+                .unwrap_or_else(|_| (fallback(), fallback())),
+            RandomSource::Seeded(state) => {
+                let base = state.fetch_add(GAMMA.wrapping_mul(2), Ordering::Relaxed);
+                (mix(base), mix(base.wrapping_add(GAMMA)))
+            }
+        }
+    }
+
     /// A uniformly distributed index in `0..n` (`n > 0`), by Lemire's multiply-shift.
     #[inline]
     pub(crate) fn below(&self, n: usize) -> usize {

@@ -39,15 +39,14 @@ impl Default for LeastLoaded {
     }
 }
 
-/// `(in-flight, weight)` of the member at `index`.
+/// `(in-flight, weight)` of the member at `index`, each below 2³², so that cross
+/// products fit in a `u64`.
 #[inline]
-fn load<A>(snapshot: &Snapshot<A>, index: usize) -> (u128, u128) {
-    let in_flight = snapshot
-        .get(index)
-        .map_or(0, |b| b.state().in_flight() as u128);
+fn load<A>(snapshot: &Snapshot<A>, index: usize) -> (u64, u64) {
+    let in_flight = snapshot.get(index).map_or(0, |b| b.state().in_flight());
     (
-        in_flight,
-        u128::from(snapshot.effective_weight(index).max(1)),
+        in_flight.min(u32::MAX as usize) as u64,
+        u64::from(snapshot.effective_weight(index).max(1)),
     )
 }
 

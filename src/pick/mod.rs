@@ -158,10 +158,15 @@ impl Candidates {
         match self {
             _ if n == 2 => (0, 1),
             Candidates::Weighted(alias) if alias.len() == n => {
-                let a = alias.sample(rng.next_u64());
+                let (r1, r2) = rng.next_pair();
+                let a = alias.sample(r1);
+                let b = alias.sample(r2);
+                if b != a {
+                    return (a, b);
+                }
                 // Redraw a few times for a distinct second candidate; past that (one
                 // member holds nearly all the weight) take another member uniformly.
-                for _ in 0..4 {
+                for _ in 0..3 {
                     let b = alias.sample(rng.next_u64());
                     if b != a {
                         return (a, b);

@@ -18,7 +18,7 @@ use super::{Candidates, PickContext, Picker};
 use crate::backend::Snapshot;
 use crate::rng::RandomSource;
 
-/// Power of two choices over in-flight ÷ weight. See the [module docs](self).
+/// Power of two choices over in-flight ÷ weight. See the [`pick`](crate::pick) module docs.
 #[derive(Debug)]
 pub struct PowerOfTwoChoices {
     rng: RandomSource,

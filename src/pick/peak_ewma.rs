@@ -24,7 +24,7 @@ use crate::rng::RandomSource;
 /// The cost of an unmeasured backend with requests in flight, per request in flight.
 const PENALTY: f64 = 1e30;
 
-/// P2C over peak-EWMA latency × (in-flight + 1). See the [module docs](self).
+/// P2C over peak-EWMA latency × (in-flight + 1). See the [`pick`](crate::pick) module docs.
 #[derive(Debug)]
 pub struct PeakEwma {
     rng: RandomSource,

@@ -8,7 +8,7 @@ use super::{PickContext, Picker, eligible_at};
 use crate::backend::Snapshot;
 use crate::rng::RandomSource;
 
-/// Picks an eligible member uniformly at random. See the [module docs](self).
+/// Picks an eligible member uniformly at random. See the [`pick`](crate::pick) module docs.
 #[derive(Debug)]
 pub struct Random {
     rng: RandomSource,

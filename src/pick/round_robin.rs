@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{PickContext, Picker, eligible_at};
 use crate::backend::Snapshot;
 
-/// Picks the eligible members in turn. See the [module docs](self).
+/// Picks the eligible members in turn. See the [`pick`](crate::pick) module docs.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,

@@ -19,10 +19,10 @@ use crate::rng::RandomSource;
 /// An alias table over a snapshot's eligible members: O(1) weighted sampling.
 #[derive(Debug, Clone)]
 pub struct AliasTable {
-    /// Keep the column when the low 32 bits of the draw are below this (`1 << 32` = always).
-    threshold: Box<[u64]>,
-    /// The eligible slot taken otherwise.
-    alias: Box<[u32]>,
+    /// Per column: keep the column when the low 32 bits of the draw are below the
+    /// threshold, else take the alias (an eligible slot). A column that is always kept
+    /// has threshold `u32::MAX` and itself as alias, so one 8-byte load decides a draw.
+    columns: Box<[(u32, u32)]>,
 }
 
 impl AliasTable {
@@ -40,46 +40,45 @@ impl AliasTable {
     pub(crate) fn new(weights: &[u64]) -> Self {
         let n = weights.len();
         let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
-        let mut threshold = vec![1u64 << 32; n].into_boxed_slice();
-        let mut alias: Box<[u32]> = (0..n).map(|i| i as u32).collect();
+        let mut columns: Box<[(u32, u32)]> = (0..n).map(|i| (u32::MAX, i as u32)).collect();
         if n == 0 || total == 0 {
-            return AliasTable { threshold, alias };
+            return AliasTable { columns };
         }
         let mut scaled: Vec<u128> = weights.iter().map(|&w| u128::from(w) * n as u128).collect();
         let (mut small, mut large): (Vec<usize>, Vec<usize>) =
             (0..n).partition(|&i| scaled[i] < total);
         while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
-            threshold[s] = ((scaled[s] << 32) / total) as u64;
-            alias[s] = l as u32;
+            // scaled[s] < total, so the threshold fits in 32 bits.
+            columns[s] = (((scaled[s] << 32) / total) as u32, l as u32);
             scaled[l] -= total - scaled[s];
             if scaled[l] < total {
                 large.pop();
                 small.push(l);
             }
         }
-        // Whatever remains holds exactly the mean: always keep the column.
-        AliasTable { threshold, alias }
+        // Whatever remains holds exactly the mean: always kept.
+        AliasTable { columns }
     }
 
     /// One eligible slot for the draw `r`.
     #[inline]
     pub(crate) fn sample(&self, r: u64) -> usize {
-        let n = self.threshold.len() as u64;
+        let n = self.columns.len() as u64;
         let column = (((r >> 32) * n) >> 32) as usize;
-        match self.threshold.get(column) {
-            Some(&t) if (r & 0xFFFF_FFFF) < t => column,
-            Some(_) => self.alias.get(column).map_or(column, |&a| a as usize),
+        match self.columns.get(column) {
+            Some(&(threshold, _)) if (r as u32) < threshold => column,
+            Some(&(_, alias)) => alias as usize,
             None => 0,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.threshold.len()
+        self.columns.len()
     }
 }
 
 /// Picks an eligible member with probability proportional to its weight.
-/// See the [module docs](self).
+/// See the [`pick`](crate::pick) module docs.
 #[derive(Debug)]
 pub struct WeightedRandom {
     rng: RandomSource,
@@ -137,10 +136,10 @@ mod tests {
     fn exact_mass(table: &AliasTable) -> Vec<u128> {
         let n = table.len();
         let mut mass = vec![0u128; n];
-        for c in 0..n {
-            let keep = u128::from(table.threshold[c]);
+        for (c, &(threshold, alias)) in table.columns.iter().enumerate() {
+            let keep = u128::from(threshold);
             mass[c] += keep;
-            mass[table.alias[c] as usize] += (1u128 << 32) - keep;
+            mass[alias as usize] += (1u128 << 32) - keep;
         }
         mass
     }

@@ -28,7 +28,7 @@ use crate::backend::Snapshot;
 /// The longest cycle a schedule holds before weights are scaled down to fit.
 pub const MAX_SCHEDULE: u64 = 1 << 16;
 
-/// Smooth weighted round robin. See the [module docs](self).
+/// Smooth weighted round robin. See the [`pick`](crate::pick) module docs.
 #[derive(Debug, Default)]
 pub struct WeightedRoundRobin {
     _private: (),

@@ -1,0 +1,457 @@
+//! The evaluation that turns per-backend health state into a snapshot's eligible set and
+//! effective weights. It runs on the change path only, under the pool's writer lock:
+//! when membership changes, on [`Pool::tick`](crate::Pool::tick), and when the admin
+//! switch or a probe changes a backend.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::outlier::{Sample, failure_percentage_outliers, success_rate_outliers};
+use super::state::HealthCell;
+use super::{
+    Ejection, HealthSource, OutlierDetection, PanicMode, PanicThreshold, SlowStart, Verdict,
+};
+use crate::backend::{Backend, nanos_since_epoch};
+use crate::rng::RandomSource;
+
+/// Where health events go.
+pub(crate) const TARGET: &str = "tower_lb::health";
+
+/// The largest factor effective weights are scaled by while a ramp runs.
+pub(crate) const MAX_WEIGHT_SCALE: u32 = 100;
+
+/// A pool's health settings.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HealthConfig {
+    pub(crate) outlier: Option<OutlierDetection>,
+    pub(crate) panic: PanicThreshold,
+    pub(crate) slow_start: Option<SlowStart>,
+}
+
+/// What a snapshot takes from health.
+#[derive(Debug)]
+pub(crate) struct Evaluation {
+    pub(crate) verdicts: Vec<Verdict>,
+    pub(crate) eligible: Vec<bool>,
+    pub(crate) effective: Vec<u32>,
+    pub(crate) weight_scale: u32,
+    /// `(healthy, in service, fail closed)` while the panic threshold is crossed.
+    pub(crate) panic: Option<(usize, usize, bool)>,
+    /// When evaluation next has time-driven work (an interval, a return, a ramp step).
+    pub(crate) next: Option<Instant>,
+}
+
+/// The writer-side health machinery of one pool.
+pub(crate) struct Engine<A> {
+    pub(crate) config: HealthConfig,
+    sources: Vec<Box<dyn HealthSource<A>>>,
+    rng: RandomSource,
+    next_interval: Option<Instant>,
+    panicking: bool,
+}
+
+impl<A> Engine<A> {
+    pub(crate) fn new(config: HealthConfig, seed: Option<u64>) -> Self {
+        Engine {
+            config,
+            sources: Vec::new(),
+            rng: seed.map_or(RandomSource::Thread, RandomSource::seeded),
+            next_interval: None,
+            panicking: false,
+        }
+    }
+
+    pub(crate) fn add_source(&mut self, source: Box<dyn HealthSource<A>>) {
+        self.sources.push(source);
+    }
+
+    /// Applies time-driven outlier changes, then computes every member's verdict, the
+    /// eligible set and the effective weights at `now`, emitting an event per transition.
+    pub(crate) fn evaluate(&mut self, members: &[Backend<A>], now: Instant) -> Evaluation {
+        let now_ns = nanos_since_epoch(now).max(1);
+        let mut next: Option<Instant> = None;
+        if let Some(outlier) = &self.config.outlier {
+            let mut pass = OutlierPass {
+                config: outlier,
+                rng: &self.rng,
+                members,
+                now,
+                now_ns,
+                ejected: members
+                    .iter()
+                    .filter(|b| b.state().health.is_ejected())
+                    .count(),
+                cap: outlier.ejection_cap(members.len()),
+            };
+            let due = *self
+                .next_interval
+                .get_or_insert(later(now, outlier.interval));
+            if now >= due {
+                pass.interval();
+                let following = later(due, outlier.interval);
+                self.next_interval = Some(if following > now {
+                    following
+                } else {
+                    later(now, outlier.interval)
+                });
+            }
+            pass.returns();
+            pass.consecutive();
+            pass.enforce_cap();
+            next = earliest(next, self.next_interval);
+            next = earliest(next, pass.next_return());
+        }
+
+        let slow_start = self.config.slow_start;
+        let mut verdicts = Vec::with_capacity(members.len());
+        let mut factors = Vec::with_capacity(members.len());
+        for backend in members {
+            let cell = &backend.state().health;
+            let mut verdict = cell
+                .admin_verdict()
+                .combine(cell.outlier_verdict())
+                .combine(cell.probe_verdict());
+            for source in &self.sources {
+                verdict = verdict.combine(source.verdict(backend, now));
+            }
+            transition(backend, cell, &verdict, slow_start.is_some(), now_ns);
+            factors.push(ramp_factor(cell, slow_start.as_ref(), now_ns));
+            verdicts.push(verdict);
+        }
+
+        let in_service = verdicts.iter().filter(|v| !v.is_draining()).count();
+        let healthy = verdicts.iter().filter(|v| v.is_healthy()).count();
+        let threshold = self.config.panic;
+        let crossed = threshold.is_crossed(healthy, in_service);
+        let fail_closed = threshold.panic_mode() == PanicMode::FailClosed;
+        self.panic_event(crossed, healthy, in_service, threshold);
+        let eligible = verdicts
+            .iter()
+            .map(|v| match (crossed, fail_closed) {
+                (false, _) => v.is_healthy(),
+                (true, false) => !v.is_draining(),
+                (true, true) => false,
+            })
+            .collect();
+
+        let ramping = factors.iter().any(|&f| f < 1.0);
+        let max_weight = members.iter().map(|b| b.weight().get()).max().unwrap_or(1);
+        let weight_scale = if ramping {
+            (u32::MAX / max_weight).clamp(1, MAX_WEIGHT_SCALE)
+        } else {
+            1
+        };
+        let effective = members
+            .iter()
+            .zip(&factors)
+            .map(|(b, &f)| {
+                // `weight × scale` fits: the scale is at most u32::MAX / max weight.
+                let full = b.weight().get().saturating_mul(weight_scale);
+                if f >= 1.0 {
+                    full
+                } else {
+                    ((f64::from(full) * f).round() as u32).clamp(1, full)
+                }
+            })
+            .collect();
+        if let (true, Some(ramp)) = (ramping, slow_start) {
+            next = earliest(next, Some(later(now, ramp.interval())));
+        }
+
+        Evaluation {
+            verdicts,
+            eligible,
+            effective,
+            weight_scale,
+            panic: crossed.then_some((healthy, in_service, fail_closed)),
+            next,
+        }
+    }
+
+    fn panic_event(&mut self, crossed: bool, healthy: usize, total: usize, t: PanicThreshold) {
+        if crossed == self.panicking {
+            return;
+        }
+        self.panicking = crossed;
+        if crossed {
+            tracing::warn!(
+                target: TARGET,
+                healthy,
+                total,
+                threshold_percent = t.percent(),
+                mode = ?t.panic_mode(),
+                "panic threshold crossed: too few healthy backends"
+            );
+        } else {
+            tracing::info!(
+                target: TARGET,
+                healthy,
+                total,
+                threshold_percent = t.percent(),
+                "panic threshold cleared: routing to healthy backends only"
+            );
+        }
+    }
+}
+
+/// Records `verdict` as the backend's published one; on a change, emits the transition
+/// event and starts or stops the slow-start ramp.
+fn transition<A>(
+    backend: &Backend<A>,
+    cell: &HealthCell,
+    verdict: &Verdict,
+    slow_start: bool,
+    now_ns: u64,
+) {
+    let mut published = cell.published.lock();
+    if published.as_ref() == Some(verdict) {
+        return;
+    }
+    let was_healthy = published.as_ref().is_some_and(Verdict::is_healthy);
+    if slow_start && verdict.is_healthy() && !was_healthy {
+        cell.ramp_start.store(now_ns, Ordering::Relaxed);
+    }
+    if !verdict.is_healthy() {
+        cell.ramp_start.store(0, Ordering::Relaxed);
+    }
+    match published.as_ref() {
+        None if verdict.is_healthy() => {}
+        None => tracing::info!(
+            target: TARGET,
+            backend = %backend.id(),
+            from = "new",
+            to = %verdict,
+            reason = %verdict.reason().map(ToString::to_string).unwrap_or_default(),
+            "backend health changed"
+        ),
+        Some(old) => {
+            // A return to health is explained by what it returns from.
+            let reason = verdict.reason().or(old.reason());
+            tracing::info!(
+                target: TARGET,
+                backend = %backend.id(),
+                from = %old,
+                to = %verdict,
+                reason = %reason.map(ToString::to_string).unwrap_or_default(),
+                "backend health changed"
+            );
+        }
+    }
+    *published = Some(verdict.clone());
+}
+
+/// The backend's slow-start factor now; ends the ramp when its window is over.
+fn ramp_factor(cell: &HealthCell, slow_start: Option<&SlowStart>, now_ns: u64) -> f64 {
+    let Some(ramp) = slow_start else {
+        return 1.0;
+    };
+    let start = cell.ramp_start.load(Ordering::Relaxed);
+    if start == 0 {
+        return 1.0;
+    }
+    let factor = ramp.factor(Duration::from_nanos(now_ns.saturating_sub(start)));
+    if factor >= 1.0 {
+        cell.ramp_start.store(0, Ordering::Relaxed);
+    }
+    factor
+}
+
+/// `at + by`, or as late as representable: durations come from the user's settings.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(at)
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Ends a backend's ejection.
+pub(crate) fn uneject(cell: &HealthCell) {
+    cell.ejected_until.store(0, Ordering::Relaxed);
+    cell.ejected_at.store(0, Ordering::Relaxed);
+    cell.consecutive.store(0, Ordering::Relaxed);
+}
+
+/// One evaluation's outlier-detection work.
+struct OutlierPass<'a, A> {
+    config: &'a OutlierDetection,
+    rng: &'a RandomSource,
+    members: &'a [Backend<A>],
+    now: Instant,
+    now_ns: u64,
+    /// How many members are ejected right now.
+    ejected: usize,
+    cap: usize,
+}
+
+impl<A> OutlierPass<'_, A> {
+    fn cell(&self, index: usize) -> Option<&HealthCell> {
+        self.members.get(index).map(|b| &b.state().health)
+    }
+
+    /// gRPC A50's interval: success rate, failure percentage, multipliers down.
+    fn interval(&mut self) {
+        let samples: Vec<Sample> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(index, b)| {
+                let state = b.state();
+                let cell = &state.health;
+                let (s, f) = (state.successes(), state.failures());
+                let ds = s.saturating_sub(cell.base_successes.swap(s, Ordering::Relaxed));
+                let df = f.saturating_sub(cell.base_failures.swap(f, Ordering::Relaxed));
+                (!cell.is_ejected()).then_some(Sample {
+                    index,
+                    successes: ds,
+                    total: ds.saturating_add(df),
+                })
+            })
+            .collect();
+        if let Some(rule) = &self.config.success_rate {
+            for index in success_rate_outliers(rule, &samples) {
+                self.eject(index, Ejection::SuccessRate);
+            }
+        }
+        if let Some(rule) = &self.config.failure_percentage {
+            for index in failure_percentage_outliers(rule, &samples) {
+                self.eject(index, Ejection::FailurePercentage);
+            }
+        }
+        for b in self.members {
+            let cell = &b.state().health;
+            if !cell.is_ejected() {
+                // Only the writer changes the multiplier; a plain update is race-free.
+                let k = cell.multiplier.load(Ordering::Relaxed);
+                cell.multiplier
+                    .store(k.saturating_sub(1), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Ends the ejections whose time is up.
+    fn returns(&mut self) {
+        for b in self.members {
+            let cell = &b.state().health;
+            let until = cell.ejected_until.load(Ordering::Relaxed);
+            if until != 0 && until <= self.now_ns {
+                uneject(cell);
+                self.ejected = self.ejected.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Ejects whoever reached the consecutive-failure threshold.
+    fn consecutive(&mut self) {
+        let Some(threshold) = self.config.consecutive_failures else {
+            return;
+        };
+        for index in 0..self.members.len() {
+            let reached = self.cell(index).is_some_and(|c| {
+                !c.is_ejected()
+                    && c.consecutive.load(Ordering::Relaxed) >= u64::from(threshold.get())
+            });
+            if reached {
+                self.eject(index, Ejection::ConsecutiveFailures);
+            }
+        }
+    }
+
+    /// Ejects the member at `index` if the cap, counted after the ejection, allows it.
+    fn eject(&mut self, index: usize, kind: Ejection) {
+        let Some(cell) = self.cell(index) else {
+            return;
+        };
+        if cell.is_ejected() {
+            return;
+        }
+        if self.ejected + 1 > self.cap {
+            tracing::debug!(
+                target: TARGET,
+                backend = %self.members[index].id(),
+                reason = %kind,
+                ejected = self.ejected,
+                cap = self.cap,
+                "ejection skipped: the ejection cap is reached"
+            );
+            return;
+        }
+        let k = cell
+            .multiplier
+            .load(Ordering::Relaxed)
+            .saturating_add(1)
+            .min(self.config.max_multiplier());
+        let jitter_ns = u64::try_from(self.config.ejection_jitter.as_nanos()).unwrap_or(u64::MAX);
+        // Uniform in 0..=jitter by multiply-shift, as `rng::below` but in u64.
+        let jitter = ((u128::from(self.rng.next_u64()) * (u128::from(jitter_ns) + 1)) >> 64) as u64;
+        let length = u64::try_from(self.config.ejection_time(k).as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(jitter);
+        cell.multiplier.store(k, Ordering::Relaxed);
+        cell.set_ejection_kind(kind);
+        cell.ejected_at.store(self.now_ns, Ordering::Relaxed);
+        cell.ejected_until
+            .store(self.now_ns.saturating_add(length).max(1), Ordering::Relaxed);
+        cell.ejections.fetch_add(1, Ordering::Relaxed);
+        cell.consecutive.store(0, Ordering::Relaxed);
+        self.ejected += 1;
+        tracing::debug!(
+            target: TARGET,
+            backend = %self.members[index].id(),
+            reason = %kind,
+            multiplier = k,
+            ejected_for = ?Duration::from_nanos(length),
+            "backend ejected"
+        );
+    }
+
+    /// When the set shrank under the ejected count, returns those closest to their return.
+    fn enforce_cap(&mut self) {
+        if self.ejected <= self.cap {
+            return;
+        }
+        let mut ejected: Vec<(u64, usize)> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let until = b.state().health.ejected_until.load(Ordering::Relaxed);
+                (until != 0).then_some((until, i))
+            })
+            .collect();
+        ejected.sort_unstable();
+        let excess = self.ejected - self.cap;
+        for &(_, index) in ejected.iter().take(excess) {
+            if let Some(cell) = self.cell(index) {
+                uneject(cell);
+                tracing::debug!(
+                    target: TARGET,
+                    backend = %self.members[index].id(),
+                    cap = self.cap,
+                    "ejection ended early: the set shrank under the ejection cap"
+                );
+            }
+        }
+        self.ejected = self.cap;
+    }
+
+    /// When the next ejection ends.
+    fn next_return(&self) -> Option<Instant> {
+        self.members
+            .iter()
+            .map(|b| b.state().health.ejected_until.load(Ordering::Relaxed))
+            .filter(|&until| until != 0)
+            .min()
+            .map(|until| {
+                later(
+                    self.now,
+                    Duration::from_nanos(until.saturating_sub(self.now_ns)),
+                )
+            })
+    }
+}

@@ -1,0 +1,380 @@
+//! Health: which backends may receive traffic, and with what weight.
+//!
+//! Health never runs on the pick path. Every source of health — the admin switch, passive
+//! outlier detection, active probes, and any [`HealthSource`] of your own — leaves its
+//! opinion in per-backend state that survives snapshot changes; a change of opinion makes
+//! the [`Pool`](crate::Pool) publish a new [`Snapshot`](crate::Snapshot) whose eligible
+//! set and effective weights already account for it. A pick reads that snapshot and
+//! nothing else: no lock, no clock, no allocation added.
+//!
+//! # Verdicts and how sources combine
+//!
+//! Each source gives each backend a [`Verdict`]:
+//!
+//! | verdict | new picks | in panic mode (fail open) | counted by the panic threshold |
+//! | --- | --- | --- | --- |
+//! | [`Verdict::Healthy`] | yes | yes | as healthy |
+//! | [`Verdict::Unhealthy`] | no | yes | as unhealthy |
+//! | [`Verdict::Draining`] | no | no, never | not at all |
+//!
+//! A backend's verdict is the strictest of its sources' verdicts: `Draining` over
+//! `Unhealthy` over `Healthy` (on a tie the first source's reason is kept, in the order
+//! admin, outlier detection, probes, your sources). So a backend is eligible only when
+//! every source allows it. Draining is the strictest because it is an operator's
+//! promise — no new requests, in-flight requests finish, sticky sessions move — which
+//! even the panic threshold keeps; an unhealthy backend is only believed unhealthy, and
+//! the panic threshold may route to it when too few are healthy to carry the load.
+//!
+//! # The parts
+//!
+//! - the admin switch: [`Pool::drain`](crate::Pool::drain),
+//!   [`Pool::mark_down`](crate::Pool::mark_down), [`Pool::mark_up`](crate::Pool::mark_up);
+//! - passive outlier detection from reported outcomes: [`OutlierDetection`], fed by
+//!   [`InFlight`](crate::InFlight) guards and [`Pool::report`](crate::Pool::report);
+//! - active probes (feature `tokio`): `Probe`, `ProbeConfig`, `TcpProbe`, `HttpProbe`
+//!   (feature `http`), run by `Pool::spawn_health`;
+//! - the [`PanicThreshold`]: when too few backends are healthy, route across all of them
+//!   (fail open) or refuse with [`PickError::PanicThreshold`](crate::PickError::PanicThreshold);
+//! - [`SlowStart`]: a backend that joins or recovers ramps up to its full weight;
+//! - your own sources: [`HealthSource`], added with
+//!   [`Pool::add_health_source`](crate::Pool::add_health_source).
+//!
+//! Time-driven changes (ejections ending, outlier intervals, slow-start ramps) happen when
+//! [`Pool::tick`](crate::Pool::tick) runs: call it yourself, or let the background task
+//! (feature `tokio`) do it. Every transition is a `tracing` event on the target
+//! `tower_lb::health` carrying the backend, the old and the new verdict and the reason.
+//!
+//! # Guarantees (checked by `tests/health.rs`)
+//!
+//! - while the panic threshold is not crossed, no pick returns a backend whose verdict is
+//!   not healthy, for every strategy;
+//! - outlier ejections never exceed the ejection cap; the only backend of a set is never
+//!   ejected;
+//! - a draining backend gets no new pick, not even in panic mode.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+
+pub(crate) mod engine;
+pub mod outlier;
+pub mod panic;
+pub mod slow_start;
+pub(crate) mod state;
+
+#[cfg(all(feature = "http", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "http", feature = "tokio"))))]
+pub mod http;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod probe;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod task;
+
+pub use crate::error::{HealthConfigError, ProbeError, SpawnError};
+#[cfg(all(feature = "http", feature = "tokio"))]
+pub use http::HttpProbe;
+pub use outlier::{FailurePercentage, OutlierDetection, SuccessRate};
+pub use panic::{PanicMode, PanicThreshold};
+#[cfg(all(feature = "tower", feature = "tokio"))]
+pub use probe::ServiceProbe;
+#[cfg(feature = "tokio")]
+pub use probe::{Probe, ProbeConfig, ProbeFn, ProbeFuture, TcpProbe, probe_fn};
+pub use slow_start::SlowStart;
+#[cfg(feature = "tokio")]
+pub use task::HealthTask;
+
+/// One source's opinion of one backend.
+///
+/// See the [module docs](self) for what each verdict means for picks and for the panic
+/// threshold, and for how the verdicts of several sources combine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// May receive traffic.
+    #[default]
+    Healthy,
+    /// Should not receive traffic; the panic threshold may still route to it.
+    Unhealthy(Reason),
+    /// Receives no new traffic whatever happens; requests in flight finish.
+    Draining(Reason),
+}
+
+impl Verdict {
+    /// Whether this verdict allows new picks.
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Verdict::Healthy)
+    }
+
+    /// Whether this is [`Verdict::Draining`].
+    pub fn is_draining(&self) -> bool {
+        matches!(self, Verdict::Draining(_))
+    }
+
+    /// Why the backend is not healthy, if it is not.
+    pub fn reason(&self) -> Option<&Reason> {
+        match self {
+            Verdict::Healthy => None,
+            Verdict::Unhealthy(reason) | Verdict::Draining(reason) => Some(reason),
+        }
+    }
+
+    fn severity(&self) -> u8 {
+        match self {
+            Verdict::Healthy => 0,
+            Verdict::Unhealthy(_) => 1,
+            Verdict::Draining(_) => 2,
+        }
+    }
+
+    /// The combination of two sources' verdicts: the stricter one (`Draining` over
+    /// `Unhealthy` over `Healthy`); on a tie, `self`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_lb::health::{Reason, Verdict};
+    ///
+    /// let down = Verdict::Unhealthy(Reason::Admin);
+    /// assert_eq!(Verdict::Healthy.combine(down.clone()), down);
+    /// let drain = Verdict::Draining(Reason::Admin);
+    /// assert_eq!(down.combine(drain.clone()), drain);
+    /// ```
+    pub fn combine(self, other: Verdict) -> Verdict {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Healthy => f.write_str("healthy"),
+            Verdict::Unhealthy(reason) => write!(f, "unhealthy ({reason})"),
+            Verdict::Draining(reason) => write!(f, "draining ({reason})"),
+        }
+    }
+}
+
+/// Why a backend is not healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Set through the admin switch ([`Pool::drain`](crate::Pool::drain),
+    /// [`Pool::mark_down`](crate::Pool::mark_down)).
+    Admin,
+    /// Ejected by passive outlier detection.
+    Ejected(Ejection),
+    /// Failed the configured number of consecutive active probes (`fall`).
+    ProbeFailed {
+        /// The last probe's error.
+        error: Arc<str>,
+    },
+    /// A [`HealthSource`] of the user's, in its own words.
+    Other(Arc<str>),
+}
+
+impl Reason {
+    /// A reason in a source's own words.
+    pub fn other(text: impl Into<Arc<str>>) -> Self {
+        Reason::Other(text.into())
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Admin => f.write_str("set by admin"),
+            Reason::Ejected(kind) => write!(f, "ejected: {kind}"),
+            Reason::ProbeFailed { error } => write!(f, "probe failed: {error}"),
+            Reason::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Which outlier-detection rule ejected a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Ejection {
+    /// Too many failures in a row.
+    ConsecutiveFailures,
+    /// A success rate far below the others' in one interval.
+    SuccessRate,
+    /// A failure percentage above the threshold in one interval.
+    FailurePercentage,
+}
+
+impl fmt::Display for Ejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ejection::ConsecutiveFailures => "consecutive failures",
+            Ejection::SuccessRate => "success rate outlier",
+            Ejection::FailurePercentage => "failure percentage above threshold",
+        })
+    }
+}
+
+/// Anything with an opinion on backends' health: a service registry, a circuit breaker,
+/// a readiness file.
+///
+/// The pool asks every source for every backend's verdict whenever it builds a snapshot
+/// (on membership changes, on [`Pool::tick`](crate::Pool::tick), on admin and probe
+/// changes) — never per pick. When a source's opinion changes, call
+/// [`Pool::tick`](crate::Pool::tick) to publish it. `verdict` runs under the pool's
+/// writer lock: it must be quick and must not call back into the pool.
+///
+/// Closures `Fn(&Backend<A>, Instant) -> Verdict` are sources.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use tower_lb::health::{Reason, Verdict};
+/// use tower_lb::{PickContext, Pool, RoundRobin, Weight};
+///
+/// let pool = Pool::new(RoundRobin::new());
+/// let a = pool.insert("a", Weight::ONE)?;
+/// pool.insert("b", Weight::ONE)?;
+///
+/// let a_out = Arc::new(AtomicBool::new(false));
+/// let flag = Arc::clone(&a_out);
+/// pool.add_health_source(move |b: &tower_lb::Backend<&str>, _now| {
+///     if b.id() == a && flag.load(Ordering::Relaxed) {
+///         Verdict::Draining(Reason::other("registry: deregistered"))
+///     } else {
+///         Verdict::Healthy
+///     }
+/// });
+///
+/// a_out.store(true, Ordering::Relaxed);
+/// pool.tick(); // publish the source's new opinion
+/// for _ in 0..4 {
+///     assert_eq!(*pool.pick(&PickContext::new())?.addr(), "b");
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait HealthSource<A>: Send + Sync {
+    /// This source's verdict on `backend` at `now` (the pool's clock).
+    fn verdict(&self, backend: &Backend<A>, now: Instant) -> Verdict;
+}
+
+impl<A, F> HealthSource<A> for F
+where
+    F: Fn(&Backend<A>, Instant) -> Verdict + Send + Sync,
+{
+    fn verdict(&self, backend: &Backend<A>, now: Instant) -> Verdict {
+        self(backend, now)
+    }
+}
+
+/// The outcome of one request, for [`Pool::report`](crate::Pool::report).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::health::Outcome;
+///
+/// let ok = Outcome::success().with_latency(Duration::from_millis(12));
+/// assert!(ok.is_success());
+/// assert_eq!(ok.latency(), Some(Duration::from_millis(12)));
+/// assert!(!Outcome::failure().is_success());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    success: bool,
+    latency: Option<Duration>,
+}
+
+impl Outcome {
+    /// The request succeeded.
+    pub const fn success() -> Self {
+        Outcome {
+            success: true,
+            latency: None,
+        }
+    }
+
+    /// The request failed (a connection error, a 5xx, a timeout: what counts as a failure
+    /// is the caller's call).
+    pub const fn failure() -> Self {
+        Outcome {
+            success: false,
+            latency: None,
+        }
+    }
+
+    /// The same outcome with the request's latency, fed to the backend's peak-EWMA estimate.
+    pub const fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
+    /// Whether the request succeeded.
+    pub const fn is_success(&self) -> bool {
+        self.success
+    }
+
+    /// The latency, if given.
+    pub const fn latency(&self) -> Option<Duration> {
+        self.latency
+    }
+}
+
+/// The clock health runs on: when ejections end, probes are due, ramps progress.
+#[derive(Clone)]
+pub(crate) struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Clock {
+    pub(crate) fn new(f: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(f))
+    }
+
+    /// `Instant::now`, read through tokio's clock when the `tokio` feature is on, so that
+    /// a paused test clock applies (outside a runtime, or without tokio's `test-util`,
+    /// tokio's clock *is* `Instant::now`).
+    pub(crate) fn system() -> Self {
+        #[cfg(feature = "tokio")]
+        {
+            Clock::new(|| tokio::time::Instant::now().into_std())
+        }
+        #[cfg(not(feature = "tokio"))]
+        {
+            Clock::new(Instant::now)
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combine_takes_the_strictest_and_keeps_the_first_reason_on_ties() {
+        let a = Verdict::Unhealthy(Reason::Admin);
+        let b = Verdict::Unhealthy(Reason::other("b"));
+        let d = Verdict::Draining(Reason::other("d"));
+        assert_eq!(a.clone().combine(b.clone()), a);
+        assert_eq!(b.clone().combine(a.clone()), b);
+        assert_eq!(Verdict::Healthy.combine(Verdict::Healthy), Verdict::Healthy);
+        assert_eq!(d.clone().combine(a.clone()), d);
+        assert_eq!(a.combine(d.clone()), d);
+        assert_eq!(d.to_string(), "draining (d)");
+    }
+}

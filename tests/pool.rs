@@ -1,0 +1,136 @@
+//! The pool under concurrent change, and its answers to bad input.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tower_lb::{
+    MembershipError, PickContext, PickError, Pool, PowerOfTwoChoices, RoundRobin, Weight,
+    WeightError, WeightedRoundRobin,
+};
+
+#[test]
+fn empty_set_is_an_error_not_a_panic() {
+    let pool: Pool<&str, _> = Pool::new(WeightedRoundRobin::new());
+    assert_eq!(
+        pool.pick(&PickContext::new()).unwrap_err(),
+        PickError::NoBackends
+    );
+    assert_eq!(
+        PickError::NoBackends.to_string(),
+        "picker: the backend set is empty"
+    );
+}
+
+#[test]
+fn bad_membership_changes_are_refused_and_change_nothing() {
+    let pool = Pool::new(RoundRobin::new());
+    let a = pool.insert("a", Weight::ONE).unwrap();
+    assert_eq!(
+        pool.insert("a", Weight::new(3).unwrap()),
+        Err(MembershipError::Duplicate { existing: a })
+    );
+    assert_eq!(Weight::new(0), Err(WeightError { value: 0 }));
+    pool.remove(a).unwrap();
+    assert_eq!(pool.remove(a), Err(MembershipError::Unknown(a)));
+    assert_eq!(
+        pool.set_weight(a, Weight::ONE),
+        Err(MembershipError::Unknown(a))
+    );
+    // A batch that fails half-way publishes nothing.
+    let b = pool.insert("b", Weight::ONE).unwrap();
+    let version = pool.snapshot().snapshot().version();
+    let err = pool
+        .extend([("c", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap_err();
+    assert_eq!(err, MembershipError::Duplicate { existing: b });
+    assert_eq!(pool.snapshot().snapshot().version(), version);
+    assert_eq!(pool.stats().len(), 1);
+}
+
+#[test]
+fn a_backend_removed_mid_request_releases_its_count() {
+    let pool = Pool::new(PowerOfTwoChoices::with_seed(3));
+    let a = pool.insert("a", Weight::ONE).unwrap();
+    let picked = pool.pick(&PickContext::new()).unwrap();
+    let guard = picked.start();
+    let state = picked.backend().state().clone();
+    drop(picked);
+    assert_eq!(pool.remove(a).unwrap(), "a");
+    assert_eq!(state.in_flight(), 1);
+    guard.failure();
+    assert_eq!(state.in_flight(), 0);
+    assert_eq!(state.failures(), 1);
+    assert_eq!(
+        pool.pick(&PickContext::new()).unwrap_err(),
+        PickError::NoBackends
+    );
+}
+
+#[test]
+fn survivors_keep_their_live_state() {
+    let pool = Pool::new(RoundRobin::new());
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+        .unwrap();
+    let held: Vec<_> = (0..6)
+        .map(|_| pool.pick(&PickContext::new()).unwrap().start())
+        .collect();
+    pool.remove(ids[1]).unwrap();
+    pool.set_weight(ids[0], Weight::new(9).unwrap()).unwrap();
+    pool.insert("d", Weight::ONE).unwrap();
+    let stats = pool.stats();
+    let a = stats.iter().find(|s| s.id == ids[0]).unwrap();
+    assert_eq!((a.in_flight, a.picks, a.weight.get()), (2, 2, 9));
+    let c = stats.iter().find(|s| s.id == ids[2]).unwrap();
+    assert_eq!((c.in_flight, c.picks), (2, 2));
+    drop(held);
+    assert!(pool.stats().iter().all(|s| s.in_flight == 0));
+}
+
+/// Writers on several threads never lose each other's updates while readers pick, and
+/// every pick names a backend of the snapshot it came from.
+#[test]
+fn concurrent_writers_and_readers() {
+    const WRITERS: usize = 2;
+    const PER_WRITER: usize = 200;
+    let pool: Pool<(usize, usize), _> = Pool::new(WeightedRoundRobin::new());
+    pool.insert((99, 0), Weight::ONE).unwrap();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut seen = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    let picked = pool.pick(&PickContext::new()).expect("never empty");
+                    assert!(picked.index() < 1 + WRITERS * PER_WRITER);
+                    seen += 1;
+                }
+                assert!(seen > 0);
+            });
+        }
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let pool = &pool;
+                s.spawn(move || {
+                    for i in 0..PER_WRITER {
+                        let id = pool
+                            .insert((w, i), Weight::new(1 + i as u64 % 5).unwrap())
+                            .unwrap();
+                        if i % 3 == 0 {
+                            pool.remove(id).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    let kept = PER_WRITER - PER_WRITER.div_ceil(3);
+    let stats = pool.stats();
+    assert_eq!(stats.len(), 1 + WRITERS * kept);
+    let ids: HashSet<_> = stats.iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), stats.len(), "ids are unique");
+}
