@@ -10,7 +10,7 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use tower_lb::affinity::hash_key;
 use tower_lb::pick::hash::{DEFAULT_TABLE_SIZE, HashPicker};
 use tower_lb::{
-    BoundedLoad, InFlight, Jump, Maglev, PickContext, Picker, Rendezvous, Ring, RoundRobin,
+    BoundedLoad, InFlight, Jump, Maglev, PickContext, Picker, Pool, Rendezvous, Ring, RoundRobin,
     Snapshot, Weight,
 };
 
@@ -700,4 +700,125 @@ fn empty_and_all_down_sets_give_none() {
             assert_eq!(b.pick(&b.prepare(s, None), s, &c), None);
         }
     }
+}
+
+// ---------------------------------------------------------------- health through a pool
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct Clock(std::sync::Arc<std::sync::Mutex<std::time::Instant>>);
+
+impl Clock {
+    fn new() -> Self {
+        Clock(std::sync::Arc::new(std::sync::Mutex::new(
+            std::time::Instant::now(),
+        )))
+    }
+    fn advance(&self, by: std::time::Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+    fn reader(&self) -> impl Fn() -> std::time::Instant + Send + Sync + 'static {
+        let c = self.clone();
+        move || *c.0.lock().unwrap()
+    }
+}
+
+/// Slow-start steps the test walks through after the backend comes back.
+const RAMP_STEPS: u32 = 10;
+/// Maglev rebuilds at each ramp step (the weight changed); the share of other backends'
+/// keys it may move meanwhile, against the mapping before the failure.
+const MAGLEV_RAMP_MAX_COLLATERAL: f64 = 0.03;
+
+/// The whole story with the real health machinery: a backend is marked down (its keys
+/// and only its keys move; the Maglev table or ring is reused, not rebuilt), comes back
+/// and ramps up under slow start (ring and rendezvous move keys only onto it, Maglev
+/// little), and once the ramp ends every key is exactly where it was.
+fn down_and_back<P: Picker<String>>(
+    picker: P,
+    exact_ramp: bool,
+    same_table: impl Fn(&P::Table, &P::Table) -> bool,
+) {
+    use tower_lb::health::SlowStart;
+    let window = std::time::Duration::from_secs(100);
+    let clock = Clock::new();
+    let pool = Pool::builder(picker)
+        .clock(clock.reader())
+        .slow_start(SlowStart::new(window).unwrap())
+        .build();
+    let ids = pool
+        .extend((0..8u32).map(|i| (name(i), Weight::ONE)))
+        .unwrap();
+    clock.advance(window);
+    pool.tick(); // the joins' own ramps are over
+    let keys = keys(7, 3000);
+    let place = |pool: &Pool<String, P>| -> Vec<String> {
+        keys.iter()
+            .map(|&k| pool.pick(&ctx(k)).unwrap().addr().clone())
+            .collect()
+    };
+    let before = place(&pool);
+    let table_before = pool.snapshot();
+    let victim = name(3);
+
+    pool.mark_down(ids[3]).unwrap();
+    let during = place(&pool);
+    for (b, d) in before.iter().zip(&during) {
+        if *b == victim {
+            assert_ne!(*d, victim);
+        } else {
+            assert_eq!(b, d, "a healthy backend's key moved");
+        }
+    }
+    assert!(
+        same_table(table_before.table(), pool.snapshot().table()),
+        "rebuilt on a health change"
+    );
+
+    pool.mark_up(ids[3]).unwrap();
+    let mut ramped = false;
+    for step in 0..=RAMP_STEPS {
+        ramped |= pool.snapshot().snapshot().weight_scale() > 1;
+        let now = place(&pool);
+        let moved_others = before
+            .iter()
+            .zip(&now)
+            .filter(|(b, n)| **b != victim && b != n)
+            .count();
+        if exact_ramp {
+            // Keys move only onto the ramping backend, never between the others.
+            for (b, n) in before.iter().zip(&now) {
+                assert!(
+                    b == n || *n == victim || *b == victim,
+                    "step {step}: {b} -> {n}"
+                );
+            }
+        } else {
+            let share = moved_others as f64 / keys.len() as f64;
+            assert!(
+                share <= MAGLEV_RAMP_MAX_COLLATERAL,
+                "step {step}: {share:.4}"
+            );
+        }
+        clock.advance(window / RAMP_STEPS);
+        pool.tick();
+    }
+    assert!(ramped, "slow start scaled the weights during the ramp");
+    clock.advance(window);
+    pool.tick();
+    assert_eq!(
+        pool.snapshot().snapshot().weight_scale(),
+        1,
+        "the ramp is over"
+    );
+    assert_eq!(place(&pool), before, "the mapping is restored exactly");
+}
+
+#[test]
+fn health_through_a_pool_with_slow_start() {
+    down_and_back(Ring::new(), true, |a, b| a.table().ptr_eq(b.table()));
+    down_and_back(Rendezvous::new(), true, |_, _| true);
+    down_and_back(Maglev::new(), false, |a, b| a.table().ptr_eq(b.table()));
+    down_and_back(BoundedLoad::new(Ring::new()), true, |a, b| {
+        a.table().ptr_eq(b.table())
+    });
 }

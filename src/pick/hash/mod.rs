@@ -13,6 +13,11 @@
 //!   ineligible ones, so a health change never rebuilds a table (`prepare` reuses the
 //!   previous table when only eligibility changed) and never moves anyone else's keys.
 //!
+//! - under slow start (a recovering backend's effective weight ramps up, see
+//!   [`health::slow_start`](crate::health::slow_start)) ring and rendezvous move keys only
+//!   onto the ramping backend and Maglev, rebuilt at each step, a few percent of the
+//!   others' at most; when the ramp ends every key is where it was before the failure.
+//!
 //! A request without a hash goes to the picker's non-affine fallback, [`RoundRobin`](crate::RoundRobin) by
 //! default (`with_fallback` changes it).
 //!
