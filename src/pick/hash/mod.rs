@@ -1,7 +1,8 @@
 //! Consistent hashing: the same key to the same backend, everywhere, with few moves.
 //!
-//! Each picker here maps a request's affinity hash ([`PickContext::with_hash`](crate::PickContext::with_hash), usually
-//! from an [`AffinityKey`](crate::affinity::AffinityKey)) to a backend so that
+//! Each picker here maps a request's affinity hash
+//! ([`PickContext::with_hash`](crate::PickContext::with_hash), usually from an
+//! [`AffinityKey`](crate::affinity::AffinityKey)) to a backend so that
 //!
 //! - every balancer holding the same set maps every key the same way, whatever order it
 //!   learnt the backends in and with no shared state: tables depend only on each
@@ -11,15 +12,14 @@
 //!   to the next backend in *that key's* preference order, and gets them all back when it
 //!   returns. Tables are built over every member, eligible or not, and a lookup walks past
 //!   ineligible ones, so a health change never rebuilds a table (`prepare` reuses the
-//!   previous table when only eligibility changed) and never moves anyone else's keys.
-//!
+//!   previous table when only eligibility changed) and never moves anyone else's keys;
 //! - under slow start (a recovering backend's effective weight ramps up, see
 //!   [`health::slow_start`](crate::health::slow_start)) ring and rendezvous move keys only
 //!   onto the ramping backend and Maglev, rebuilt at each step, a few percent of the
 //!   others' at most; when the ramp ends every key is where it was before the failure.
 //!
-//! A request without a hash goes to the picker's non-affine fallback, [`RoundRobin`](crate::RoundRobin) by
-//! default (`with_fallback` changes it).
+//! A request without a hash goes to the picker's non-affine fallback,
+//! [`RoundRobin`](crate::RoundRobin) by default (`with_fallback` changes it).
 //!
 //! | picker | moves on a change | lookup (N = 8 / 64 / 1024) | memory per table | build (N = 1024) |
 //! | --- | --- | --- | --- | --- |
