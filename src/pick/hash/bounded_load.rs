@@ -23,10 +23,10 @@
 //! ⌈1.25 · average⌉ − average grows faster than the load's fluctuations.
 //!
 //! **The default c = 1.25** ([`DEFAULT_BALANCE_FACTOR`]) is the tight end of the range
-//! HAProxy's `hash-balance-factor` documentation recommends (125 to 200): no backend is
-//! held above 125 % of its share, while at a working load few requests are asked past
-//! their first choice (below). Larger c keeps more keys at home (cache hit rate) at a
-//! looser bound; c = 1 forces a perfect spread and moves many keys.
+//! HAProxy's `hash-balance-factor` documentation calls reasonable (125 to 200): no
+//! backend is held above 125 % of its share, while at a working load few requests are
+//! asked past their first choice (see *Measured*). Larger c keeps more keys at home
+//! (cache hit rate) at a looser bound; c = 1 forces a perfect spread and moves many keys.
 //!
 //! **Cost**: on top of the wrapped lookup, one in-flight read per backend asked; the
 //! total in flight (an O(n) sum) is read only when the key's first choice is busy (a

