@@ -197,6 +197,7 @@ pub struct DiscoverError {
 }
 
 impl DiscoverError {
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn new(source: Box<dyn std::error::Error + Send + Sync>) -> Self {
         DiscoverError { source }
     }

@@ -274,6 +274,7 @@ impl<A, P: Picker<A>> Pool<A, P> {
 
     /// The current snapshot and table, without a reference-count write (for one request).
     #[inline]
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn load(&self) -> Guard<Arc<Prepared<A, P::Table>>> {
         self.inner.current.load()
     }
@@ -453,6 +454,7 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
     /// ejection threshold), so the ejection is published before the next pick. One
     /// relaxed load when nothing is due.
     #[inline]
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn tick_if_signalled(&self) {
         if self.inner.shared.is_dirty() {
             self.tick();

@@ -54,6 +54,7 @@ impl HealthShared {
     }
 
     /// Whether an evaluation is due, without clearing the signal.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
     }

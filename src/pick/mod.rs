@@ -99,6 +99,7 @@ impl PickContext {
     }
 
     /// The current time in the crate's clock, already read (the tower service's path).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) const fn with_now_nanos(mut self, now: u64) -> Self {
         self.now = Some(now);
         self
