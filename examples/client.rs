@@ -50,7 +50,9 @@ async fn main() -> Result<(), Error> {
         .layer(BalanceLayer::new(pool.clone()).classify(HttpStatus::new()))
         .service(client.clone());
 
-    println!("1. hyper-util client + BalanceLayer (p2c, weights 2:1:1), 400 requests, 8 at a time\n");
+    println!(
+        "1. hyper-util client + BalanceLayer (p2c, weights 2:1:1), 400 requests, 8 at a time\n"
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..8 {
         let service = service.clone();
@@ -115,12 +117,15 @@ async fn main() -> Result<(), Error> {
     ])?;
     let without_3 = Snapshot::build([("backend-1", Weight::ONE), ("backend-2", Weight::ONE)])?;
     let maglev = Maglev::new();
-    let (table_all, table_without_3) = (
-        maglev.prepare(&all, None),
-        maglev.prepare(&without_3, None),
+    let (table_all, table_without_3) =
+        (maglev.prepare(&all, None), maglev.prepare(&without_3, None));
+    println!(
+        "  {:<8} {:<12} {}",
+        "user", "3 backends", "backend-3 removed"
     );
-    println!("  {:<8} {:<12} {}", "user", "3 backends", "backend-3 removed");
-    for user in ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo"] {
+    for user in [
+        "ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo",
+    ] {
         let ctx = PickContext::new().with_hash(hash_key(user.as_bytes()));
         let before = maglev
             .pick(&table_all, &all, &ctx)

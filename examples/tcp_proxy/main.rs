@@ -44,7 +44,9 @@ async fn main() -> ExitCode {
             match HttpBackend::start(name).await {
                 Ok(backend) => {
                     tracing::info!(name, addr = %backend.addr(), "demo backend started");
-                    settings.backends.push((backend.addr(), tower_lb::Weight::ONE));
+                    settings
+                        .backends
+                        .push((backend.addr(), tower_lb::Weight::ONE));
                     demo.push(backend);
                 }
                 Err(e) => {
@@ -58,7 +60,10 @@ async fn main() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("error: cannot listen on {} (--listen): {e}", settings.listen);
+            eprintln!(
+                "error: cannot listen on {} (--listen): {e}",
+                settings.listen
+            );
             return ExitCode::FAILURE;
         }
     };

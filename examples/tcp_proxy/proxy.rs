@@ -325,9 +325,15 @@ pub async fn serve(listener: TcpListener, proxy: TcpProxy, shutdown: impl Future
         }
     }
     drop(listener);
-    tracing::info!(open = connections.len(), "shutting down: no new connections; waiting for open ones");
+    tracing::info!(
+        open = connections.len(),
+        "shutting down: no new connections; waiting for open ones"
+    );
     let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after 30 s; closing");
     }
 }
