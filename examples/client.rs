@@ -119,10 +119,7 @@ async fn main() -> Result<(), Error> {
     let maglev = Maglev::new();
     let (table_all, table_without_3) =
         (maglev.prepare(&all, None), maglev.prepare(&without_3, None));
-    println!(
-        "  {:<8} {:<12} {}",
-        "user", "3 backends", "backend-3 removed"
-    );
+    println!("  {:<8} {:<12} backend-3 removed", "user", "3 backends");
     for user in [
         "ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo",
     ] {

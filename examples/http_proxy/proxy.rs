@@ -457,7 +457,7 @@ impl Body for Deferred {
     fn size_hint(&self) -> SizeHint {
         match &self.body {
             Some(body) => body.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }
@@ -815,7 +815,7 @@ async fn handle(
         Err(e) if connect_failed(&e, &slot) => retry(inner, &resend, &slot, e).await,
         other => other,
     };
-    let response = match result {
+    match result {
         Ok(response) => {
             let served = response
                 .extensions()
@@ -846,8 +846,7 @@ async fn handle(
             );
             response
         }
-    };
-    response
+    }
 }
 
 /// Whether the request failed to connect with its body still unsent.
