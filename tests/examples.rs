@@ -265,6 +265,50 @@ async fn http_proxy_sticky_cookie_keeps_a_client_on_its_backend() -> Result<(), 
 }
 
 #[tokio::test]
+async fn http_proxy_sticky_session_moves_when_its_backend_dies() -> Result<(), Error> {
+    bounded(async {
+        let mut backends = http_backends(3).await?;
+        let proxy = HttpProxy::start(
+            &["--sticky", "--cookie-secret", "0123456789abcdef-secret"],
+            &backends.iter().collect::<Vec<_>>(),
+        )
+        .await?;
+        let client = http_client();
+        let first = get(&client, proxy.addr, "/", &[]).await?;
+        let cookie = first.headers["set-cookie"]
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let home = backends
+            .iter_mut()
+            .find(|b| b.name() == first.backend())
+            .ok_or("unknown backend")?;
+        home.stop().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The cookie names a dead backend: the connect fails, the request is retried
+        // elsewhere, and the answer carries a cookie for the new home.
+        let moved = get(&client, proxy.addr, "/", &[("cookie", &cookie)]).await?;
+        assert_eq!(moved.status, StatusCode::OK);
+        assert_ne!(moved.backend(), first.backend());
+        let new_cookie = moved.headers["set-cookie"]
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert_ne!(new_cookie, cookie);
+        for _ in 0..10 {
+            let answer = get(&client, proxy.addr, "/", &[("cookie", &new_cookie)]).await?;
+            assert_eq!(answer.backend(), moved.backend());
+        }
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
 async fn http_proxy_hashes_by_header() -> Result<(), Error> {
     bounded(async {
         let backends = http_backends(3).await?;
@@ -361,6 +405,71 @@ async fn http_proxy_terminates_tls_with_a_self_signed_certificate() -> Result<()
             .connect(server_name, tcp)
             .await;
         assert!(refused.is_err());
+        proxy.shutdown().await
+    })
+    .await
+}
+
+/// `GET /` over TLS to the proxy at `addr`, trusting `cert` for `localhost`.
+async fn tls_get(
+    addr: SocketAddr,
+    cert: rustls::pki_types::CertificateDer<'static>,
+) -> Result<Answer, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::get("/")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())?,
+        )
+        .await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec())?,
+    })
+}
+
+#[tokio::test]
+async fn http_proxy_terminates_tls_with_a_certificate_from_files() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(1).await?;
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        let dir = std::env::temp_dir().join(format!("tower-lb-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key_pair.serialize_pem())?;
+        let options = [
+            "--tls-cert",
+            cert_path.to_str().ok_or("path")?,
+            "--tls-key",
+            key_path.to_str().ok_or("path")?,
+        ];
+        let proxy = HttpProxy::start(&options, &[&backends[0]]).await;
+        std::fs::remove_dir_all(&dir)?;
+        let proxy = proxy?;
+        let answer = tls_get(proxy.addr, cert.der().clone()).await?;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.trim(), "a");
         proxy.shutdown().await
     })
     .await
