@@ -89,7 +89,7 @@ async fn main() -> ExitCode {
     for s in pool.stats() {
         tracing::info!(
             backend = %s.addr,
-            connections = s.picks,
+            picks = s.picks,
             failures = s.failures,
             ejections = s.ejections,
             health = %s.health,
