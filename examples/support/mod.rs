@@ -1,0 +1,5 @@
+//! Code shared by the examples and by `tests/examples.rs`, which runs their cores.
+#![allow(dead_code)] // each program uses a part of it
+
+pub mod backend;
+pub mod strategy;

@@ -1,0 +1,996 @@
+//! The runnable programs' cores, run against real servers on loopback.
+//!
+//! `examples/http_proxy/proxy.rs` and `examples/tcp_proxy/proxy.rs` are compiled here as
+//! they are in the examples (the command line goes through the same `Settings::parse`),
+//! with the demo backends of `examples/support`. Every listener binds port 0; every test
+//! is bounded by [`bounded`] (real sockets need real time, so no paused clock here).
+
+#[path = "../examples/http_proxy/proxy.rs"]
+mod http_proxy;
+#[path = "../examples/support/mod.rs"]
+mod support;
+#[path = "../examples/tcp_proxy/proxy.rs"]
+mod tcp_proxy;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use support::backend::{HttpBackend, TcpBackend};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a test body with a deadline: a hang fails the test instead of stalling the suite.
+async fn bounded<F: Future<Output = Result<(), Error>>>(test: F) -> Result<(), Error> {
+    tokio::time::timeout(Duration::from_secs(20), test)
+        .await
+        .map_err(|_| "the test took longer than 20 s")?
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP proxy
+
+/// A proxy serving on `127.0.0.1:0`.
+struct HttpProxy {
+    addr: SocketAddr,
+    proxy: http_proxy::Proxy,
+    settings: http_proxy::Settings,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl HttpProxy {
+    /// Starts the proxy with `options` and one `--backend` per backend.
+    async fn start(options: &[&str], backends: &[&HttpBackend]) -> Result<Self, Error> {
+        let mut args = vec!["http_proxy".to_owned()];
+        for backend in backends {
+            args.push("--backend".to_owned());
+            args.push(backend.addr().to_string());
+        }
+        args.extend(options.iter().map(|s| (*s).to_owned()));
+        let settings = http_proxy::Settings::parse(args)?;
+        let proxy = http_proxy::Proxy::start(&settings)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(http_proxy::serve(
+            listener,
+            proxy.clone(),
+            settings.tls.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(HttpProxy {
+            addr,
+            proxy,
+            settings,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Stops accepting and waits for the server to finish.
+    async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?;
+        Ok(())
+    }
+}
+
+/// One answer: status, headers, body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    /// The backend that answered (`x-backend`).
+    fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+fn http_client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// `GET path` through the proxy at `addr` with extra headers.
+async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, Error> {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let response = client.request(req.body(Empty::new())?).await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec())?,
+    })
+}
+
+async fn http_backends(n: usize) -> Result<Vec<HttpBackend>, Error> {
+    let names = ["a", "b", "c", "d"];
+    Ok(support::backend::start_http(&names[..n]).await?)
+}
+
+#[tokio::test]
+async fn http_proxy_round_robin_spreads_requests_evenly() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(3).await?;
+        let proxy = HttpProxy::start(
+            &["--strategy", "round-robin"],
+            &backends.iter().collect::<Vec<_>>(),
+        )
+        .await?;
+        let client = http_client();
+        let mut counts = BTreeMap::<String, usize>::new();
+        for _ in 0..30 {
+            let answer = get(&client, proxy.addr, "/", &[]).await?;
+            assert_eq!(answer.status, StatusCode::OK);
+            // The body is the backend's name, as in its header.
+            assert_eq!(answer.body.trim(), answer.backend());
+            *counts.entry(answer.backend().to_owned()).or_default() += 1;
+        }
+        assert_eq!(
+            counts,
+            BTreeMap::from([("a".into(), 10), ("b".into(), 10), ("c".into(), 10)])
+        );
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_weighted_follows_backend_weights() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(2).await?;
+        let args = vec![
+            "http_proxy".to_owned(),
+            "--strategy".to_owned(),
+            "weighted".to_owned(),
+            "--backend".to_owned(),
+            format!("{}=3", backends[0].addr()),
+            "--backend".to_owned(),
+            backends[1].addr().to_string(),
+        ];
+        let settings = http_proxy::Settings::parse(args)?;
+        let weights: Vec<u32> = settings.backends.iter().map(|(_, w)| w.get()).collect();
+        assert_eq!(weights, [3, 1]);
+        let proxy = http_proxy::Proxy::start(&settings)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(http_proxy::serve(
+            listener,
+            proxy,
+            None,
+            std::future::pending(),
+        ));
+        let client = http_client();
+        let mut counts = BTreeMap::<String, usize>::new();
+        for _ in 0..40 {
+            let answer = get(&client, addr, "/", &[]).await?;
+            *counts.entry(answer.backend().to_owned()).or_default() += 1;
+        }
+        // Smooth weighted round robin: exactly 3:1 over whole cycles.
+        assert_eq!(counts, BTreeMap::from([("a".into(), 30), ("b".into(), 10)]));
+        server.abort();
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_sticky_cookie_keeps_a_client_on_its_backend() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(3).await?;
+        // Round robin would rotate every request: only the cookie can keep them together.
+        let proxy = HttpProxy::start(
+            &[
+                "--strategy",
+                "round-robin",
+                "--sticky",
+                "--cookie-name",
+                "srv",
+                "--cookie-secret",
+                "0123456789abcdef-secret",
+            ],
+            &backends.iter().collect::<Vec<_>>(),
+        )
+        .await?;
+        let client = http_client();
+        let first = get(&client, proxy.addr, "/", &[]).await?;
+        let set_cookie = first.headers["set-cookie"].to_str()?.to_owned();
+        assert!(set_cookie.starts_with("srv="), "{set_cookie}");
+        assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+        let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
+        for _ in 0..30 {
+            let answer = get(&client, proxy.addr, "/", &[("cookie", &cookie)]).await?;
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(answer.backend(), first.backend(), "a cookie-holder moved");
+            // Its cookie is still right: no new one.
+            assert!(answer.headers.get("set-cookie").is_none());
+        }
+        // Without the cookie, round robin rotates.
+        let mut seen = BTreeSet::new();
+        for _ in 0..3 {
+            seen.insert(
+                get(&client, proxy.addr, "/", &[])
+                    .await?
+                    .backend()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(seen.len(), 3);
+        // A forged cookie is ignored: the request is served and gets a genuine cookie.
+        let forged = get(
+            &client,
+            proxy.addr,
+            "/",
+            &[("cookie", "srv=AAAAAAAAAAAAAAAAAAAAAA")],
+        )
+        .await?;
+        assert_eq!(forged.status, StatusCode::OK);
+        assert!(forged.headers["set-cookie"].to_str()?.starts_with("srv="));
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_sticky_session_moves_when_its_backend_dies() -> Result<(), Error> {
+    bounded(async {
+        let mut backends = http_backends(3).await?;
+        let proxy = HttpProxy::start(
+            &["--sticky", "--cookie-secret", "0123456789abcdef-secret"],
+            &backends.iter().collect::<Vec<_>>(),
+        )
+        .await?;
+        let client = http_client();
+        let first = get(&client, proxy.addr, "/", &[]).await?;
+        let cookie = first.headers["set-cookie"]
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let home = backends
+            .iter_mut()
+            .find(|b| b.name() == first.backend())
+            .ok_or("unknown backend")?;
+        home.stop().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The cookie names a dead backend: the connect fails, the request is retried
+        // elsewhere, and the answer carries a cookie for the new home.
+        let moved = get(&client, proxy.addr, "/", &[("cookie", &cookie)]).await?;
+        assert_eq!(moved.status, StatusCode::OK);
+        assert_ne!(moved.backend(), first.backend());
+        let new_cookie = moved.headers["set-cookie"]
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert_ne!(new_cookie, cookie);
+        for _ in 0..10 {
+            let answer = get(&client, proxy.addr, "/", &[("cookie", &new_cookie)]).await?;
+            assert_eq!(answer.backend(), moved.backend());
+        }
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_hashes_by_header() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(3).await?;
+        let proxy = HttpProxy::start(
+            &["--strategy", "maglev", "--hash-header", "x-user"],
+            &backends.iter().collect::<Vec<_>>(),
+        )
+        .await?;
+        let client = http_client();
+        let mut homes = BTreeMap::<String, BTreeSet<String>>::new();
+        for round in 0..4 {
+            for user in 0..24 {
+                let user = format!("user-{user}");
+                let answer = get(
+                    &client,
+                    proxy.addr,
+                    &format!("/r{round}"),
+                    &[("x-user", &user)],
+                )
+                .await?;
+                homes
+                    .entry(user)
+                    .or_default()
+                    .insert(answer.backend().to_owned());
+            }
+        }
+        for (user, backends) in &homes {
+            assert_eq!(backends.len(), 1, "{user} reached {backends:?}");
+        }
+        let used: BTreeSet<_> = homes.values().flatten().collect();
+        assert_eq!(
+            used.len(),
+            3,
+            "24 users should use all three backends: {used:?}"
+        );
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_terminates_tls_with_a_self_signed_certificate() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(2).await?;
+        let proxy =
+            HttpProxy::start(&["--tls-self-signed"], &backends.iter().collect::<Vec<_>>()).await?;
+        let (der, pem) = proxy
+            .settings
+            .self_signed
+            .clone()
+            .ok_or("no certificate generated")?;
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der)?;
+        let trusting = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(trusting));
+        let tcp = TcpStream::connect(proxy.addr).await?;
+        let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let tls = connector.connect(server_name.clone(), tcp).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(
+                Request::get("/over-tls")
+                    .header("host", "localhost")
+                    .body(Empty::<Bytes>::new())?,
+            )
+            .await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        let name = response.headers()["x-backend"].to_str()?.to_owned();
+        let body = response.into_body().collect().await?.to_bytes();
+        assert_eq!(String::from_utf8(body.to_vec())?.trim(), name);
+        // Plain HTTP to the backend, which was told the client's protocol.
+        let backend = backends
+            .iter()
+            .find(|b| b.name() == name)
+            .ok_or("unknown backend")?;
+        let seen = backend.last_headers().ok_or("the backend saw no request")?;
+        assert_eq!(seen["x-forwarded-proto"], "https");
+
+        // A client that does not trust the certificate gets no connection.
+        let stranger = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(proxy.addr).await?;
+        let refused = tokio_rustls::TlsConnector::from(Arc::new(stranger))
+            .connect(server_name, tcp)
+            .await;
+        assert!(refused.is_err());
+        proxy.shutdown().await
+    })
+    .await
+}
+
+/// `GET /` over TLS to the proxy at `addr`, trusting `cert` for `localhost`.
+async fn tls_get(
+    addr: SocketAddr,
+    cert: rustls::pki_types::CertificateDer<'static>,
+) -> Result<Answer, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::get("/")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())?,
+        )
+        .await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec())?,
+    })
+}
+
+#[tokio::test]
+async fn http_proxy_terminates_tls_with_a_certificate_from_files() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(1).await?;
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        let dir = std::env::temp_dir().join(format!("tower-lb-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key_pair.serialize_pem())?;
+        let options = [
+            "--tls-cert",
+            cert_path.to_str().ok_or("path")?,
+            "--tls-key",
+            key_path.to_str().ok_or("path")?,
+        ];
+        let proxy = HttpProxy::start(&options, &[&backends[0]]).await;
+        std::fs::remove_dir_all(&dir)?;
+        let proxy = proxy?;
+        let answer = tls_get(proxy.addr, cert.der().clone()).await?;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.trim(), "a");
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_fails_over_when_a_backend_is_killed() -> Result<(), Error> {
+    bounded(async {
+        let mut backends = http_backends(3).await?;
+        let proxy = HttpProxy::start(
+            &["--strategy", "round-robin"],
+            &backends.iter().collect::<Vec<_>>(),
+        )
+        .await?;
+        let client = http_client();
+        for _ in 0..6 {
+            assert_eq!(
+                get(&client, proxy.addr, "/", &[]).await?.status,
+                StatusCode::OK
+            );
+        }
+        backends[1].stop().await;
+        // Let the proxy's pooled keep-alive connections to b see their end.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..30 {
+            let answer = get(&client, proxy.addr, "/", &[]).await?;
+            // Connects to b fail and are retried on another backend: no client sees them.
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_ne!(answer.backend(), "b");
+        }
+        let stats = proxy.proxy.pool().stats();
+        let b = &stats[1];
+        assert_eq!(b.addr.authority().as_str(), backends[1].addr().to_string());
+        // Five failed connects in a row ejected it (outlier detection's default).
+        assert_eq!(b.failures, 5, "{b:?}");
+        assert_eq!(b.ejections, 1);
+        assert!(!b.eligible);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_adds_forwarding_headers_and_strips_hop_by_hop_ones() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(1).await?;
+        let proxy = HttpProxy::start(&[], &[&backends[0]]).await?;
+        let client = http_client();
+        let answer = get(
+            &client,
+            proxy.addr,
+            "/headers",
+            &[
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "for this connection only"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic c2VjcmV0"),
+                ("te", "trailers"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-end-to-end", "kept"),
+            ],
+        )
+        .await?;
+        assert_eq!(answer.status, StatusCode::OK);
+        let seen = backends[0]
+            .last_headers()
+            .ok_or("the backend saw no request")?;
+        for hop in [
+            "x-hop",
+            "keep-alive",
+            "proxy-authorization",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(seen.get(hop).is_none(), "{hop} reached the backend");
+        }
+        assert_eq!(seen["x-end-to-end"], "kept");
+        assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(seen["x-forwarded-proto"], "http");
+        let forwarded = seen["forwarded"].to_str()?;
+        assert!(
+            forwarded.starts_with("for=127.0.0.1;proto=http;host="),
+            "{forwarded}"
+        );
+        // The client's Host is kept.
+        assert_eq!(seen["host"], proxy.addr.to_string());
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_streams_bodies_both_ways() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(1).await?;
+        let proxy = HttpProxy::start(&[], &[&backends[0]]).await?;
+        let tcp = TcpStream::connect(proxy.addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+        let request = Request::post("/echo").header("host", "test").body(body)?;
+        let responding = tokio::spawn(async move { sender.send_request(request).await });
+        // Each chunk comes back before the next is sent: neither side is buffered whole.
+        tx.send_data(Bytes::from_static(b"first chunk")).await?;
+        let response = responding.await??;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let frame = body.frame().await.ok_or("no first chunk")??;
+        assert_eq!(frame.into_data().map_err(|_| "not data")?, "first chunk");
+        tx.send_data(Bytes::from_static(b"second chunk")).await?;
+        let frame = body.frame().await.ok_or("no second chunk")??;
+        assert_eq!(frame.into_data().map_err(|_| "not data")?, "second chunk");
+        drop(tx);
+        let rest = body.collect().await?.to_bytes();
+        assert!(rest.is_empty());
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_answers_503_with_retry_after_when_no_backend_is_eligible() -> Result<(), Error>
+{
+    bounded(async {
+        let backends = http_backends(2).await?;
+        let proxy = HttpProxy::start(&[], &backends.iter().collect::<Vec<_>>()).await?;
+        for s in proxy.proxy.pool().stats() {
+            proxy.proxy.pool().drain(s.id)?;
+        }
+        let answer = get(&http_client(), proxy.addr, "/", &[]).await?;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer.headers.contains_key("retry-after"));
+        assert_eq!(backends[0].requests() + backends[1].requests(), 0);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_sheds_with_503_when_every_backend_is_at_capacity() -> Result<(), Error> {
+    bounded(async {
+        let slow = HttpBackend::start_with_delay("slow", Duration::from_millis(400)).await?;
+        let proxy = HttpProxy::start(&["--max-in-flight", "1"], &[&slow]).await?;
+        let client = http_client();
+        let addr = proxy.addr;
+        let first = tokio::spawn({
+            let client = client.clone();
+            async move { get(&client, addr, "/", &[]).await.map(|a| a.status) }
+        });
+        // Wait until the first request holds the backend's only slot.
+        while proxy.proxy.pool().stats()[0].in_flight == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let shed = get(&client, addr, "/", &[]).await?;
+        assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after: u64 = shed.headers["retry-after"].to_str()?.parse()?;
+        assert!(retry_after >= 1);
+        assert_eq!(first.await??, StatusCode::OK);
+        // Capacity is back.
+        assert_eq!(get(&client, addr, "/", &[]).await?.status, StatusCode::OK);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_answers_502_when_the_backend_fails() -> Result<(), Error> {
+    bounded(async {
+        let mut backends = http_backends(1).await?;
+        let proxy = HttpProxy::start(&[], &[&backends[0]]).await?;
+        backends[0].stop().await;
+        let answer = get(&http_client(), proxy.addr, "/", &[]).await?;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_shutdown_lets_requests_in_flight_finish() -> Result<(), Error> {
+    bounded(async {
+        let slow = HttpBackend::start_with_delay("slow", Duration::from_millis(300)).await?;
+        let proxy = HttpProxy::start(&[], &[&slow]).await?;
+        let addr = proxy.addr;
+        let in_flight =
+            tokio::spawn(
+                async move { get(&http_client(), addr, "/", &[]).await.map(|a| a.status) },
+            );
+        while proxy.proxy.pool().stats()[0].in_flight == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Shutdown returns only once the request in flight has been answered.
+        proxy.shutdown().await?;
+        assert_eq!(in_flight.await??, StatusCode::OK);
+        // And nothing listens any more.
+        assert!(TcpStream::connect(addr).await.is_err());
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn http_proxy_rejects_bad_options_with_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--strategy", "fastest"], "--strategy"),
+        (&["--backend", "127.0.0.1:9000=0"], "--backend"),
+        (&["--backend", "127.0.0.1:9000=x"], "--backend"),
+        (&["--backend", "http://"], "--backend"),
+        (&["--backend", "https://127.0.0.1:9000"], "--backend"),
+        (
+            &["--backend", "127.0.0.1:9000", "--backend", "127.0.0.1:9000"],
+            "--backend",
+        ),
+        (&["--listen", "localhost"], "--listen"),
+        (&["--hash-header", "x-user"], "--hash-header"),
+        (
+            &["--strategy", "maglev", "--hash-header", "bad header"],
+            "--hash-header",
+        ),
+        (
+            &[
+                "--strategy",
+                "ring",
+                "--hash-header",
+                "a",
+                "--hash-cookie",
+                "b",
+            ],
+            "--hash-cookie",
+        ),
+        (&["--cookie-name", "lb"], "--sticky"),
+        (&["--sticky", "--cookie-secret", "short"], "--cookie-secret"),
+        (&["--sticky", "--cookie-name", "bad name"], "--cookie-name"),
+        (&["--health-path", "health"], "--health-path"),
+        (&["--health-interval", "2"], "--health-path"),
+        (
+            &["--health-path", "/health", "--health-interval", "0"],
+            "--health-interval",
+        ),
+        (&["--max-in-flight", "0"], "--max-in-flight"),
+        (&["--tls-cert", "cert.pem"], "--tls-key"),
+        (
+            &[
+                "--tls-self-signed",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+            ],
+            "--tls-",
+        ),
+        (
+            &[
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            "--tls-cert",
+        ),
+        (&["--frobnicate"], "--frobnicate"),
+    ];
+    for (options, names) in cases {
+        let args = std::iter::once("http_proxy").chain(options.iter().copied());
+        let Err(e) = http_proxy::Settings::parse(args) else {
+            panic!("{options:?} was accepted");
+        };
+        assert_eq!(e.exit_code(), 2, "{options:?}: {e}");
+        let message = e.to_string();
+        assert!(
+            message.contains(names),
+            "{options:?}: the message does not name {names}: {message}"
+        );
+    }
+    // And good ones pass.
+    let ok = http_proxy::Settings::parse([
+        "http_proxy",
+        "--strategy",
+        "rendezvous",
+        "--hash-cookie",
+        "session",
+        "--sticky",
+        "--health-path",
+        "/health",
+        "--health-interval",
+        "0.5",
+        "--max-in-flight",
+        "8",
+    ]);
+    let ok = ok.expect("valid options");
+    assert_eq!(ok.strategy.name(), "rendezvous");
+    assert!(ok.random_secret, "no --cookie-secret: a random one");
+    assert_eq!(ok.max_in_flight, Some(8));
+    assert_eq!(ok.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+}
+
+// ---------------------------------------------------------------------------------------
+// TCP proxy
+
+/// A TCP proxy serving on `127.0.0.1:0`.
+struct RunningTcp {
+    addr: SocketAddr,
+    proxy: tcp_proxy::TcpProxy,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningTcp {
+    async fn start(strategy: &str, backends: &[&TcpBackend]) -> Result<Self, Error> {
+        let mut args = vec![
+            "tcp_proxy".to_owned(),
+            "--strategy".to_owned(),
+            strategy.to_owned(),
+        ];
+        for backend in backends {
+            args.push("--backend".to_owned());
+            args.push(backend.addr().to_string());
+        }
+        let settings = tcp_proxy::Settings::parse(args)?;
+        let proxy = tcp_proxy::TcpProxy::start(&settings).map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tcp_proxy::serve(listener, proxy.clone(), async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningTcp {
+            addr,
+            proxy,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?;
+        Ok(())
+    }
+}
+
+/// Connects to `proxy` from `source` (an address of the loopback network), reads the
+/// backend's greeting, checks one echo; returns the backend's name.
+async fn tcp_round_trip(proxy: SocketAddr, source: [u8; 4]) -> Result<String, Error> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    let stream = socket.connect(proxy).await?;
+    let mut stream = BufReader::new(stream);
+    let mut name = String::new();
+    stream.read_line(&mut name).await?;
+    stream.get_mut().write_all(b"ping\n").await?;
+    let mut echo = String::new();
+    stream.read_line(&mut echo).await?;
+    assert_eq!(echo, "ping\n");
+    Ok(name.trim().to_owned())
+}
+
+async fn tcp_backends(n: usize) -> Result<Vec<TcpBackend>, Error> {
+    let mut backends = Vec::new();
+    for name in &["a", "b", "c"][..n] {
+        backends.push(TcpBackend::start(name).await?);
+    }
+    Ok(backends)
+}
+
+#[tokio::test]
+async fn tcp_proxy_round_robin_spreads_connections() -> Result<(), Error> {
+    bounded(async {
+        let backends = tcp_backends(3).await?;
+        let proxy = RunningTcp::start("round-robin", &backends.iter().collect::<Vec<_>>()).await?;
+        let mut counts = BTreeMap::<String, usize>::new();
+        for _ in 0..30 {
+            *counts
+                .entry(tcp_round_trip(proxy.addr, [127, 0, 0, 1]).await?)
+                .or_default() += 1;
+        }
+        assert_eq!(
+            counts,
+            BTreeMap::from([("a".into(), 10), ("b".into(), 10), ("c".into(), 10)])
+        );
+        assert!(backends.iter().all(|b| b.connections() == 10));
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_proxy_hashes_by_source_address() -> Result<(), Error> {
+    bounded(async {
+        let backends = tcp_backends(3).await?;
+        let proxy =
+            RunningTcp::start("source-ip-hash", &backends.iter().collect::<Vec<_>>()).await?;
+        // Sources across the loopback network 127.0.0.0/8: each keeps its backend.
+        let mut homes = BTreeMap::<u8, BTreeSet<String>>::new();
+        for _round in 0..3 {
+            for host in 1..=16u8 {
+                let name = tcp_round_trip(proxy.addr, [127, 0, 0, host]).await?;
+                homes.entry(host).or_default().insert(name);
+            }
+        }
+        for (host, names) in &homes {
+            assert_eq!(names.len(), 1, "127.0.0.{host} reached {names:?}");
+        }
+        let used: BTreeSet<_> = homes.values().flatten().collect();
+        assert!(used.len() >= 2, "16 sources all on {used:?}");
+        // The choice reads the client's IP only: its port does not matter.
+        for host in 1..=255u8 {
+            let a = proxy
+                .proxy
+                .choose(SocketAddr::from(([10, 1, 2, host], 1000)))?;
+            let b = proxy
+                .proxy
+                .choose(SocketAddr::from(([10, 1, 2, host], 61000)))?;
+            assert_eq!(a, b);
+        }
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_proxy_maglev_keys_each_connection_by_its_address() -> Result<(), Error> {
+    bounded(async {
+        let backends = tcp_backends(3).await?;
+        let proxy = RunningTcp::start("maglev", &backends.iter().collect::<Vec<_>>()).await?;
+        // One client IP, many ports: spread over every backend, each port always the same.
+        let mut used = BTreeSet::new();
+        for port in 1000..1100u16 {
+            let peer = SocketAddr::from(([192, 0, 2, 7], port));
+            let home = proxy.proxy.choose(peer)?;
+            assert_eq!(proxy.proxy.choose(peer)?, home);
+            used.insert(home);
+        }
+        assert_eq!(used.len(), 3);
+        assert!(!tcp_round_trip(proxy.addr, [127, 0, 0, 1]).await?.is_empty());
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_proxy_fails_over_without_a_client_visible_error() -> Result<(), Error> {
+    bounded(async {
+        let mut backends = tcp_backends(3).await?;
+        let proxy = RunningTcp::start("round-robin", &backends.iter().collect::<Vec<_>>()).await?;
+        backends[1].stop().await;
+        let mut counts = BTreeMap::<String, usize>::new();
+        for _ in 0..30 {
+            // Every connection gets a greeting and its echo: none sees b's refusals.
+            *counts
+                .entry(tcp_round_trip(proxy.addr, [127, 0, 0, 1]).await?)
+                .or_default() += 1;
+        }
+        assert_eq!(counts.values().sum::<usize>(), 30);
+        assert!(!counts.contains_key("b"));
+        // Refusals are failures for passive health: three in a row eject b.
+        let pool = proxy.proxy.pool().clone();
+        let b = &pool.stats()[1];
+        assert!(b.failures >= 3, "{b:?}");
+        while pool.stats()[1].ejections == 0 {
+            // The health task publishes the ejection: give it its turn.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!pool.stats()[1].eligible);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_proxy_copies_both_ways_until_close() -> Result<(), Error> {
+    bounded(async {
+        let backends = tcp_backends(1).await?;
+        let proxy = RunningTcp::start("p2c", &[&backends[0]]).await?;
+        let mut stream = TcpStream::connect(proxy.addr).await?;
+        let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let (mut read, mut write) = stream.split();
+        let writing = async {
+            write.write_all(&payload).await?;
+            // Half-close: the backend sees the end, finishes echoing, closes its side.
+            write.shutdown().await
+        };
+        let mut received = Vec::new();
+        let reading = read.read_to_end(&mut received);
+        let (written, read) = tokio::join!(writing, reading);
+        written?;
+        read?;
+        assert_eq!(&received[..2], b"a\n");
+        assert_eq!(received[2..], payload[..]);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[test]
+fn tcp_proxy_rejects_bad_options_with_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--strategy", "ring"], "--strategy"),
+        (&["--backend", "127.0.0.1"], "--backend"),
+        (&["--backend", "127.0.0.1:5432=0"], "--backend"),
+        (
+            &["--backend", "127.0.0.1:5432", "--backend", "127.0.0.1:5432"],
+            "--backend",
+        ),
+        (&["--listen", "nowhere"], "--listen"),
+    ];
+    for (options, names) in cases {
+        let args = std::iter::once("tcp_proxy").chain(options.iter().copied());
+        let Err(e) = tcp_proxy::Settings::parse(args) else {
+            panic!("{options:?} was accepted");
+        };
+        assert_eq!(e.exit_code(), 2, "{options:?}: {e}");
+        assert!(e.to_string().contains(names), "{options:?}: {e}");
+    }
+    let ok = tcp_proxy::Settings::parse(["tcp_proxy", "--backend", "127.0.0.1:5432=2"])
+        .expect("valid options");
+    assert_eq!(ok.listen, SocketAddr::from(([127, 0, 0, 1], 9090)));
+    assert_eq!(ok.strategy.name(), "round-robin");
+    assert_eq!(ok.backends[0].1.get(), 2);
+}
