@@ -392,3 +392,57 @@ async fn dns_discovery_follows_the_resolver() {
         .unwrap();
     assert_eq!(pool.stats().len(), before);
 }
+
+/// Streaming responses are load: with `track_body`, a request stays in flight until its
+/// body ends (or is dropped), not only until the headers arrive.
+#[tokio::test]
+async fn track_body_holds_in_flight_until_the_body_ends() {
+    use http_body_util::channel::{Channel, Sender};
+    use std::sync::Mutex;
+
+    type Slot = std::sync::Arc<Mutex<Option<Sender<Bytes, BoxError>>>>;
+    let slot: Slot = Default::default();
+    let make = {
+        let slot = slot.clone();
+        move |_req: Request<()>| {
+            let slot = slot.clone();
+            async move {
+                let (tx, body) = Channel::<Bytes, BoxError>::new(4);
+                *slot.lock().unwrap() = Some(tx);
+                Ok::<_, BoxError>(Response::new(body))
+            }
+        }
+    };
+    let pool = Pool::new(RoundRobin::new());
+    pool.insert(
+        tower_lb::balance::Endpoint::new("stream", tower::service_fn(make)),
+        Weight::ONE,
+    )
+    .unwrap();
+    let in_flight = |pool: &Pool<_, RoundRobin>| pool.stats()[0].in_flight;
+    let lb = Balance::new(pool.clone()).track_body();
+
+    // Read to the end: in flight until the last frame, then one success.
+    let resp = lb.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(
+        in_flight(&pool),
+        1,
+        "headers arrived, the body has not ended"
+    );
+    let mut tx = slot.lock().unwrap().take().unwrap();
+    let reader =
+        tokio::spawn(async move { resp.into_body().collect().await.map(|b| b.to_bytes()) });
+    tx.send_data(Bytes::from_static(b"chunk")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(in_flight(&pool), 1, "mid-stream");
+    drop(tx);
+    assert_eq!(reader.await.unwrap().unwrap(), Bytes::from_static(b"chunk"));
+    assert_eq!((in_flight(&pool), pool.stats()[0].successes), (0, 1));
+
+    // Dropped mid-stream: released, no outcome recorded.
+    let resp = lb.clone().oneshot(Request::new(())).await.unwrap();
+    assert!(resp.body().is_tracked());
+    drop(resp);
+    assert_eq!(in_flight(&pool), 0);
+    assert_eq!(pool.stats()[0].successes + pool.stats()[0].failures, 1);
+}

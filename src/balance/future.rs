@@ -56,6 +56,9 @@ pin_project! {
         tracked: Option<Tracked>,
         classify: C,
         backend: Option<BackendId>,
+        // Keep the request in flight past the response (until its body ends).
+        hold: bool,
+        held: Option<(Tracked, bool)>,
     }
 }
 
@@ -74,6 +77,8 @@ impl<F, C> ResponseFuture<F, C> {
             tracked: Some(tracked),
             classify,
             backend: Some(backend),
+            hold: false,
+            held: None,
         }
     }
 
@@ -83,7 +88,23 @@ impl<F, C> ResponseFuture<F, C> {
             tracked: None,
             classify,
             backend: None,
+            hold: false,
+            held: None,
         }
+    }
+
+    /// Keeps the request tracked after a successful response arrives, for the caller to
+    /// take with [`take_held`](Self::take_held) (the body-tracking wrapper does).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn hold(mut self) -> Self {
+        self.hold = true;
+        self
+    }
+
+    /// The tracking kept by [`hold`](Self::hold), with the response's classification.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn take_held(self: Pin<&mut Self>) -> Option<(Tracked, bool)> {
+        self.project().held.take()
     }
 
     /// The backend the request went to; `None` when it failed before one was chosen.
@@ -110,7 +131,11 @@ where
                 let result = ready!(future.poll(cx));
                 let success = this.classify.is_success(result.as_ref());
                 if let Some(tracked) = this.tracked.take() {
-                    tracked.finish(success);
+                    if *this.hold && result.is_ok() {
+                        *this.held = Some((tracked, success));
+                    } else {
+                        tracked.finish(success);
+                    }
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -33,6 +33,8 @@
 //! [`DiscoverError`](crate::DiscoverError), or the inner service's own error, found by
 //! `downcast_ref`.
 
+#[cfg(feature = "http")]
+mod body;
 mod classify;
 mod discover;
 #[cfg(feature = "tokio")]
@@ -51,6 +53,9 @@ pub mod sticky;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::http::{HttpStatus, HttpTarget, InvalidTarget};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use body::{TrackBody, TrackBodyFuture, TrackedBody};
 pub use classify::{AnyError, Classify};
 pub use discover::Change;
 #[cfg(feature = "tokio")]

@@ -1,0 +1,167 @@
+//! Load tracking that lasts until an HTTP response's body ends.
+//!
+//! By default a request leaves the in-flight count when its response *headers* arrive.
+//! A streaming response (a download, server-sent events, a long poll) keeps loading the
+//! backend after that, so [`TrackBody`] keeps the request in flight until the body's
+//! last frame has been read, or the body is dropped. The latency sample then spans the
+//! whole exchange, and a body that fails mid-stream counts as a failure.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::util::Oneshot;
+use tower_service::Service;
+
+use super::BoxError;
+use super::classify::Classify;
+use super::future::{ResponseFuture, Tracked};
+use super::route::Route;
+use super::service::Balance;
+use crate::Picker;
+use crate::affinity::AffinityKey;
+
+/// A [`Balance`] whose HTTP responses stay in flight until their bodies end.
+///
+/// Made by [`Balance::track_body`].
+#[derive(Clone, Debug)]
+pub struct TrackBody<S> {
+    inner: S,
+}
+
+impl<A, P: Picker<A>, R, K, C> Balance<A, P, R, K, C> {
+    /// Keeps each request in flight until its response body ends (see [`TrackBody`]).
+    pub fn track_body(self) -> TrackBody<Self> {
+        TrackBody { inner: self }
+    }
+}
+
+impl<S> TrackBody<S> {
+    /// The balancer.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<A, P, R, K, C, Req, B> Service<Req> for TrackBody<Balance<A, P, R, K, C>>
+where
+    A: Clone + Eq + std::hash::Hash,
+    P: Picker<A>,
+    R: Route<A, Req>,
+    R::Service: Service<Req, Response = http::Response<B>>,
+    <R::Service as Service<Req>>::Error: Into<BoxError>,
+    K: AffinityKey<Req>,
+    C: Classify<http::Response<B>, <R::Service as Service<Req>>::Error> + Clone,
+    B: Body,
+{
+    type Response = http::Response<TrackedBody<B>>;
+    type Error = BoxError;
+    type Future = TrackBodyFuture<ResponseFuture<Oneshot<R::Service, Req>, C>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        TrackBodyFuture {
+            inner: self.inner.call_pinned(req, None).hold(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`TrackBody`].
+    pub struct TrackBodyFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> fmt::Debug for TrackBodyFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackBodyFuture").finish_non_exhaustive()
+    }
+}
+
+impl<Fut, C, B, E> Future for TrackBodyFuture<ResponseFuture<Fut, C>>
+where
+    Fut: Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+    C: Classify<http::Response<B>, E>,
+    B: Body,
+{
+    type Output = Result<http::Response<TrackedBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = self.project().inner;
+        let response = ready!(inner.as_mut().poll(cx))?;
+        let mut held = inner.take_held();
+        if response.body().is_end_stream() {
+            // Nothing to stream: the exchange is over now.
+            if let Some((tracked, success)) = held.take() {
+                tracked.finish(success);
+            }
+        }
+        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, held })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in flight until it ends or is dropped.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        held: Option<(Tracked, bool)>,
+    }
+}
+
+impl<B> TrackedBody<B> {
+    /// Whether the request still counts as in flight.
+    pub fn is_tracked(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for TrackedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackedBody")
+            .field("inner", &self.inner)
+            .field("tracked", &self.held.is_some())
+            .finish()
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        let ended = match &frame {
+            None => Some(true),
+            Some(Err(_)) => Some(false),
+            Some(Ok(_)) => None,
+        };
+        if let Some(body_ok) = ended
+            && let Some((tracked, success)) = this.held.take()
+        {
+            tracked.finish(success && body_ok);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
