@@ -21,7 +21,7 @@ use tower_lb::balance::{
     Balance, BalanceLayer, BoxError, Client as OneClient, HttpStatus, HttpTarget, OnOverload,
     Sticky, StickyCookie,
 };
-use tower_lb::health::{OutlierDetection, ProbeConfig, ProbeError, probe_fn};
+use tower_lb::health::{OutlierDetection, ProbeConfig};
 use tower_lb::{
     LeastLoaded, Overloaded, PeakEwma, Picker, Pool, PowerOfTwoChoices, Random, RoundRobin, Weight,
     WeightedRandom, WeightedRoundRobin,
@@ -190,15 +190,8 @@ async fn recovers_through_active_probes() {
     let mut servers = servers(&["a", "b"]).await;
     let pool: Pool<HttpTarget, _> = Pool::new(RoundRobin::new());
     add(&pool, &servers, &[1, 1]);
-    let probe = probe_fn(|t: &HttpTarget| {
-        let addr = t.authority().to_string();
-        async move {
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(ProbeError::from)?;
-            Ok(())
-        }
-    });
+    // HTTP probes straight at the pool's `HttpTarget`s: GET /health, 2xx is up.
+    let probe = tower_lb::health::HttpProbe::new("/health").unwrap();
     let config = ProbeConfig::new()
         .interval(Duration::from_millis(40))
         .jitter(Duration::from_millis(5))

@@ -76,35 +76,53 @@ where
 {
     fn probe(&self, addr: &A) -> ProbeFuture {
         let host = self.host.clone().unwrap_or_else(|| addr.to_string().into());
-        let path = Arc::clone(&self.path);
-        let addr = addr.clone();
-        Box::pin(async move {
-            if http::uri::Authority::from_str(&host).is_err() {
-                return Err(ProbeError::new(format!(
-                    "{host:?} is not a valid Host header; set one with HttpProbe::host"
-                )));
-            }
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tower-lb-probe\r\n\
-                 Accept: */*\r\nConnection: close\r\n\r\n"
-            );
-            stream.write_all(request.as_bytes()).await?;
-            let mut buf = [0u8; MAX_STATUS_LINE];
-            let mut len = 0;
-            while !buf[..len].contains(&b'\n') && len < buf.len() {
-                match stream.read(&mut buf[len..]).await? {
-                    0 => break,
-                    n => len += n,
-                }
-            }
-            let status = parse_status(&buf[..len])?;
-            if status.is_success() || status.is_redirection() {
-                Ok(())
-            } else {
-                Err(ProbeError::new(format!("GET {path}: status {status}")))
-            }
-        })
+        Box::pin(get(addr.clone(), host, Arc::clone(&self.path)))
+    }
+}
+
+/// Probes an [`HttpTarget`](crate::balance::HttpTarget) at its authority (plain HTTP).
+#[cfg(feature = "tower")]
+impl Probe<crate::balance::HttpTarget> for HttpProbe {
+    fn probe(&self, target: &crate::balance::HttpTarget) -> ProbeFuture {
+        let authority = target.authority().to_string();
+        let host = self
+            .host
+            .clone()
+            .unwrap_or_else(|| authority.clone().into());
+        Box::pin(get(authority, host, Arc::clone(&self.path)))
+    }
+}
+
+/// `GET path` with `Host: host` over a fresh connection to `addr`; healthy on 2xx/3xx.
+async fn get<A: tokio::net::ToSocketAddrs>(
+    addr: A,
+    host: Arc<str>,
+    path: Arc<str>,
+) -> Result<(), ProbeError> {
+    if http::uri::Authority::from_str(&host).is_err() {
+        return Err(ProbeError::new(format!(
+            "{host:?} is not a valid Host header; set one with HttpProbe::host"
+        )));
+    }
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tower-lb-probe\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = [0u8; MAX_STATUS_LINE];
+    let mut len = 0;
+    while !buf[..len].contains(&b'\n') && len < buf.len() {
+        match stream.read(&mut buf[len..]).await? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let status = parse_status(&buf[..len])?;
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(ProbeError::new(format!("GET {path}: status {status}")))
     }
 }
 
