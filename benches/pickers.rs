@@ -84,7 +84,17 @@ fn floors(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wall
     );
 }
 
+/// What a clock read costs here: the reason the request path reads `quanta`'s clock.
+fn clocks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("clock");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("std::time::Instant::now", |b| b.iter(Instant::now));
+    group.bench_function("quanta::Instant::now", |b| b.iter(quanta::Instant::now));
+    group.finish();
+}
+
 pub fn register(c: &mut Criterion) {
+    clocks(c);
     let mut group = c.benchmark_group("pick");
     group.throughput(Throughput::Elements(1));
     for n in SIZES {
