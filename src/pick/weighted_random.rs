@@ -60,16 +60,17 @@ impl AliasTable {
         AliasTable { columns }
     }
 
-    /// One eligible slot for the draw `r`.
+    /// One eligible slot for the draw `r`. Branch-free: keeping the column or taking its
+    /// alias is a coin flip the branch predictor cannot learn, so it is a select.
     #[inline]
     pub(crate) fn sample(&self, r: u64) -> usize {
         let n = self.columns.len() as u64;
         let column = (((r >> 32) * n) >> 32) as usize;
-        match self.columns.get(column) {
-            Some(&(threshold, _)) if (r as u32) < threshold => column,
-            Some(&(_, alias)) => alias as usize,
-            None => 0,
-        }
+        let Some(&(threshold, alias)) = self.columns.get(column) else {
+            return 0;
+        };
+        let keep = usize::from((r as u32) < threshold);
+        column * keep + alias as usize * (1 - keep)
     }
 
     pub(crate) fn len(&self) -> usize {
