@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(all(feature = "tower", feature = "http"))]
+pub mod load;
 pub mod servers;
 
 use tower_lb::{InFlight, PickContext, Picker, Prepared, Snapshot, Weight};

@@ -1,10 +1,10 @@
 //! Real HTTP/1.1 backends on loopback for integration tests (hyper servers on
-//! `127.0.0.1:0`), which can be stopped and restarted on the same port.
+//! `127.0.0.1:0`), which can be stopped and restarted on the same port, or made to fail
+//! every connection while they keep their port (`set_down`, for flapping).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+/// The request header whose number a server remembers the largest of ([`TestServer::max_stamp`]).
+pub const STAMP: &str = "x-stamp";
+
 /// One demo backend: answers every request with its name (body and `x-backend`),
 /// `GET /health` with 200, and, while `status` is set, with that status instead.
 pub struct TestServer {
@@ -24,7 +27,20 @@ pub struct TestServer {
     hits: Arc<AtomicUsize>,
     status: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+    max_stamp: Arc<AtomicU64>,
     tasks: Option<JoinSet<()>>,
+}
+
+/// What a connection task needs to answer.
+#[derive(Clone)]
+struct Knobs {
+    name: &'static str,
+    hits: Arc<AtomicUsize>,
+    status: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+    max_stamp: Arc<AtomicU64>,
 }
 
 impl TestServer {
@@ -40,6 +56,8 @@ impl TestServer {
             hits: Arc::default(),
             status: Arc::default(),
             delay_ms: Arc::default(),
+            down: Arc::default(),
+            max_stamp: Arc::default(),
             tasks: None,
         };
         server.serve(listener);
@@ -47,12 +65,14 @@ impl TestServer {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (name, hits, status, delay) = (
-            self.name,
-            self.hits.clone(),
-            self.status.clone(),
-            self.delay_ms.clone(),
-        );
+        let knobs = Knobs {
+            name: self.name,
+            hits: self.hits.clone(),
+            status: self.status.clone(),
+            delay_ms: self.delay_ms.clone(),
+            down: self.down.clone(),
+            max_stamp: self.max_stamp.clone(),
+        };
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
@@ -60,31 +80,16 @@ impl TestServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     break;
                 };
-                let (hits, status, delay) = (hits.clone(), status.clone(), delay.clone());
+                if knobs.down.load(Ordering::SeqCst) {
+                    // Down: the connection is closed before a byte is read.
+                    drop(stream);
+                    continue;
+                }
+                let knobs = knobs.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (hits, status, delay) = (hits.clone(), status.clone(), delay.clone());
-                        async move {
-                            let wait = delay.load(Ordering::SeqCst);
-                            if wait > 0 {
-                                tokio::time::sleep(Duration::from_millis(wait)).await;
-                            }
-                            if req.uri().path() == "/health" {
-                                return Ok::<_, Infallible>(Response::new(Full::new(
-                                    Bytes::from_static(b"ok"),
-                                )));
-                            }
-                            hits.fetch_add(1, Ordering::SeqCst);
-                            let code = match status.load(Ordering::SeqCst) {
-                                0 => 200,
-                                c => c as u16,
-                            };
-                            Ok(Response::builder()
-                                .status(code)
-                                .header("x-backend", name)
-                                .body(Full::new(Bytes::from(name)))
-                                .unwrap())
-                        }
+                        let knobs = knobs.clone();
+                        async move { knobs.answer(req).await }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -111,6 +116,18 @@ impl TestServer {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// While `down`, every new connection is closed at once and every request on an open
+    /// one closes its connection unanswered: to clients, the server has crashed, but it
+    /// keeps its port, so bringing it back cannot race another listener for it.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The largest [`STAMP`] header value a served request carried (0: none did).
+    pub fn max_stamp(&self) -> u64 {
+        self.max_stamp.load(Ordering::SeqCst)
+    }
+
     /// Stops listening and closes every connection: the port refuses connections.
     pub async fn stop(&mut self) {
         if let Some(mut tasks) = self.tasks.take() {
@@ -126,5 +143,42 @@ impl TestServer {
             .await
             .expect("rebind the same port");
         self.serve(listener);
+    }
+}
+
+impl Knobs {
+    async fn answer(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        let wait = self.delay_ms.load(Ordering::SeqCst);
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        if self.down.load(Ordering::SeqCst) {
+            // An error from the service makes hyper close the connection unanswered.
+            return Err(std::io::Error::other("backend down"));
+        }
+        if req.uri().path() == "/health" {
+            return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
+        }
+        if let Some(stamp) = req
+            .headers()
+            .get(STAMP)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.max_stamp.fetch_max(stamp, Ordering::SeqCst);
+        }
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let code = match self.status.load(Ordering::SeqCst) {
+            0 => 200,
+            c => c as u16,
+        };
+        Ok(Response::builder()
+            .status(code)
+            .header("x-backend", self.name)
+            .body(Full::new(Bytes::from(self.name)))
+            .expect("a valid response"))
     }
 }
