@@ -1,0 +1,222 @@
+//! Properties that must hold for any input, shared by the `cargo fuzz` targets in
+//! `fuzz_targets/` and by their proptest twin, `tests/bad_input.rs`, which includes this
+//! file as a module so that CI checks the same properties on a bounded, seeded sample.
+//!
+//! Each check panics (through `assert!`) when a property fails; the fuzzer reports any
+//! panic as a crash, proptest as a failing case.
+
+use std::future::{Future, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use http::header::{COOKIE, HeaderName, HeaderValue, SET_COOKIE};
+use http::{Request, Response, Uri};
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+use tower_lb::affinity::{AffinityKey, CookieKey, HeaderKey, MAX_KEY_LEN, Or, PathKey, QueryKey, hash_key};
+use tower_lb::balance::{Balance, BoxError, Endpoint, Sticky, StickyCookie};
+use tower_lb::{PickError, Pool, RoundRobin, Weight};
+
+/// The sticky cookie's name and secret in every check.
+pub const COOKIE_NAME: &str = "lb";
+pub const SECRET: &[u8] = b"fuzzing secret, 32 bytes long...";
+
+/// A request's worth of cookie trouble for [`sticky_cookie`].
+#[derive(Debug, Clone, Default)]
+pub struct CookieCase {
+    /// Raw `Cookie` header values (those that are not valid header values are skipped).
+    pub headers: Vec<Vec<u8>>,
+    /// Backends in the set, 1 to 4 (taken modulo).
+    pub backends: u8,
+    /// Add one well-formed cookie naming this backend (modulo the set).
+    pub valid_for: Option<u8>,
+    /// Drain this backend (modulo the set) before the request.
+    pub drained: Option<u8>,
+}
+
+type Backend = BoxCloneSyncService<Request<()>, Response<String>, BoxError>;
+
+fn name(i: usize) -> String {
+    format!("backend-{i}")
+}
+
+/// Polls a future that must be ready at once (every backend answers at once).
+fn now<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("pending although every backend answers at once"),
+    }
+}
+
+/// Sticky sessions over in-process backends, with arbitrary `Cookie` headers: never a
+/// panic, never an error; the request is served by an eligible backend; a new cookie
+/// names the backend that served, and no new cookie means the request carried a valid
+/// one for it; a single valid cookie for an eligible backend, alone, is honoured.
+pub fn sticky_cookie(case: &CookieCase) {
+    let n = usize::from(case.backends % 4) + 1;
+    let pool = Pool::new(RoundRobin::new());
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let answer = name(i);
+        let svc: Backend = BoxCloneSyncService::new(tower::service_fn(move |_: Request<()>| {
+            ready(Ok::<_, BoxError>(Response::new(answer.clone())))
+        }));
+        ids.push(pool.insert(Endpoint::new(name(i), svc), Weight::ONE).unwrap());
+    }
+    let drained = case.drained.map(|d| usize::from(d) % n);
+    if let Some(d) = drained {
+        pool.drain(ids[d]).unwrap();
+    }
+    let cookie = StickyCookie::new(COOKIE_NAME, SECRET).unwrap();
+    let mut lb = Sticky::new(Balance::new(pool.clone()), cookie.clone());
+
+    let mut req = Request::get("/");
+    let mut sent = 0usize;
+    for h in &case.headers {
+        if let Ok(v) = HeaderValue::from_bytes(h) {
+            req = req.header(COOKIE, v);
+            sent += 1;
+        }
+    }
+    let valid_for = case.valid_for.map(|v| usize::from(v) % n);
+    if let Some(v) = valid_for {
+        req = req.header(COOKIE, format!("{COOKIE_NAME}={}", cookie.value_for(&name(v))));
+    }
+    let req = req.body(()).unwrap();
+    let texts: Vec<String> = req
+        .headers()
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+
+    now(std::future::poll_fn(|cx| lb.poll_ready(cx))).expect("ready");
+    let result = now(lb.call(req));
+    if n == 1 && drained.is_some() {
+        // The only backend drained: the typed error, whatever the cookies say.
+        let err = result.expect_err("no backend to serve");
+        assert_eq!(
+            err.downcast_ref::<PickError>(),
+            Some(&PickError::NoEligible { total: 1 })
+        );
+        return;
+    }
+    let resp = result.expect("never an error while a backend is eligible");
+    let served = resp.body().clone();
+    let index = (0..n).find(|&i| name(i) == served).expect("a backend of the set");
+    assert_ne!(Some(index), drained, "served by the drained backend");
+    match resp.headers().get(SET_COOKIE) {
+        Some(set) => {
+            let set = set.to_str().expect("an ASCII Set-Cookie");
+            let want = format!("{COOKIE_NAME}={};", cookie.value_for(&served));
+            assert!(set.starts_with(&want), "{set} does not name {served}");
+        }
+        None => {
+            let value = cookie.value_for(&served);
+            assert!(
+                texts.iter().any(|t| t.contains(&value)),
+                "no new cookie, yet the request carried none for {served}"
+            );
+        }
+    }
+    if let Some(v) = valid_for
+        && sent == 0
+        && Some(v) != drained
+    {
+        assert_eq!(served, name(v), "a lone valid cookie was not honoured");
+        assert!(resp.headers().get(SET_COOKIE).is_none());
+    }
+    assert!(pool.stats().iter().all(|s| s.in_flight == 0));
+}
+
+/// An arbitrary request for [`affinity_extractors`].
+#[derive(Debug, Clone, Default)]
+pub struct RequestCase {
+    /// The request target (skipped when not a valid URI).
+    pub uri: Vec<u8>,
+    /// Header names and values (pairs that are not valid are skipped).
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The header, cookie and query parameter name the extractors key by.
+    pub key_name: String,
+    /// Path segments for `PathKey::segments`.
+    pub segments: usize,
+}
+
+/// `PathKey::segments(n)`'s prefix, written the obvious way.
+fn path_prefix(path: &str, n: usize) -> &str {
+    let body = path.strip_prefix('/').unwrap_or(path);
+    let lead = path.len() - body.len();
+    if n == 0 {
+        return &path[..lead];
+    }
+    let mut end = lead;
+    for (i, part) in body.split('/').enumerate() {
+        if i == n {
+            return &path[..end];
+        }
+        end += part.len() + usize::from(i > 0);
+    }
+    path
+}
+
+/// Every affinity extractor on an arbitrary request: never a panic, the same key every
+/// time, and where the key is simple to state, exactly that key.
+pub fn affinity_extractors(case: &RequestCase) {
+    let Ok(uri) = Uri::try_from(case.uri.as_slice()) else {
+        return;
+    };
+    let mut req = Request::new(());
+    *req.uri_mut() = uri;
+    for (name, value) in &case.headers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            req.headers_mut().append(name, value);
+        }
+    }
+    let req = req;
+
+    match HeaderKey::try_new(&case.key_name) {
+        Ok(key) => {
+            let want = req
+                .headers()
+                .get(key.name())
+                .map(HeaderValue::as_bytes)
+                .filter(|v| !v.is_empty())
+                .map(hash_key);
+            assert_eq!(key.key(&req), want);
+            if let Some(v) = req.headers().get(key.name())
+                && v.len() > MAX_KEY_LEN
+            {
+                assert_eq!(key.key(&req), Some(hash_key(&v.as_bytes()[..MAX_KEY_LEN])));
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+
+    let cookie = CookieKey::new(case.key_name.clone());
+    let found = cookie.key(&req);
+    assert_eq!(found, cookie.key(&req));
+    if req.headers().get(COOKIE).is_none() || case.key_name.is_empty() {
+        assert_eq!(found, None);
+    }
+
+    let path = req.uri().path();
+    assert_eq!(PathKey::new().key(&req), Some(hash_key(path.as_bytes())));
+    let segments = PathKey::segments(case.segments);
+    assert_eq!(
+        segments.key(&req),
+        Some(hash_key(path_prefix(path, case.segments).as_bytes()))
+    );
+
+    let query = QueryKey::new(case.key_name.clone());
+    let q = query.key(&req);
+    assert_eq!(q, req.uri().query().and_then(|s| query.hash_query(s)));
+    if req.uri().query().is_none() {
+        assert_eq!(q, None);
+    }
+
+    let either = Or::new(cookie, query);
+    assert_eq!(either.key(&req), found.or(q));
+}
