@@ -20,14 +20,14 @@ use tower_lb::affinity::{
     AffinityKey, CookieKey, HeaderKey, MAX_KEY_LEN, PathKey, PeerIpKey, hash_key,
 };
 use tower_lb::balance::{Balance, BoxError, Endpoint, HttpTarget, Sticky, StickyCookie};
-use tower_lb::pick::hash::MAX_TABLE_SIZE;
 use tower_lb::health::{
     FailurePercentage, OutlierDetection, PanicThreshold, ProbeConfig, SlowStart, SuccessRate,
 };
+use tower_lb::pick::hash::MAX_TABLE_SIZE;
 use tower_lb::{
-    BackendId, BoundedLoad, Jump, LeastLoaded, Maglev, MembershipError, PeakEwma,
-    PickContext, PickError, Picker, Pool, PowerOfTwoChoices, Random, Rendezvous, Ring,
-    RoundRobin, Weight, WeightedRandom, WeightedRoundRobin,
+    BackendId, BoundedLoad, Jump, LeastLoaded, Maglev, MembershipError, PeakEwma, PickContext,
+    PickError, Picker, Pool, PowerOfTwoChoices, Random, Rendezvous, Ring, RoundRobin, Weight,
+    WeightedRandom, WeightedRoundRobin,
 };
 
 fn config(cases: u32) -> ProptestConfig {
@@ -57,7 +57,10 @@ fn cookie_header() -> impl Strategy<Value = Vec<u8>> {
 fn header_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     prop_oneof![
         ("[a-z-]{1,12}", "[ -~]{0,40}").prop_map(|(n, v)| (n.into_bytes(), v.into_bytes())),
-        (Just("cookie".to_owned()), "([a-z]{1,4}=[ -~]{0,12}; ?){0,4}")
+        (
+            Just("cookie".to_owned()),
+            "([a-z]{1,4}=[ -~]{0,12}; ?){0,4}"
+        )
             .prop_map(|(n, v)| (n.into_bytes(), v.into_bytes())),
         (
             prop::collection::vec(any::<u8>(), 0..16),
@@ -178,7 +181,11 @@ proptest! {
         }
         match BoundedLoad::new(Maglev::new()).with_balance_factor(factor) {
             Ok(b) => prop_assert!(factor >= 1.0 && (b.balance_factor() - factor).abs() < 1e-3),
-            Err(e) => prop_assert!(!(factor >= 1.0) || factor > 65_536.0, "{}", e),
+            Err(e) => prop_assert!(
+                !(1.0..=65_536.0).contains(&factor) && named(&e, &factor),
+                "{}",
+                e
+            ),
         }
         for result in [
             ProbeConfig::new().rise(count).map(drop),
@@ -242,7 +249,10 @@ proptest! {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +292,9 @@ fn membership_model(ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 let got = pool.insert(addr(*a), weight);
                 match model.iter().find(|m| m.0 == addr(*a)) {
-                    Some(m) => prop_assert_eq!(got, Err(MembershipError::Duplicate { existing: m.1 })),
+                    Some(m) => {
+                        prop_assert_eq!(got, Err(MembershipError::Duplicate { existing: m.1 }))
+                    }
                     None => {
                         let id = got.expect("a fresh address is accepted");
                         prop_assert!(!seen.contains(&id), "an id was reused");
@@ -306,9 +318,10 @@ fn membership_model(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::SetWeight(i, w) => {
-                let (Some(&id), Ok(weight)) =
-                    (seen.get(usize::from(*i) % seen.len().max(1)), Weight::new(*w))
-                else {
+                let (Some(&id), Ok(weight)) = (
+                    seen.get(usize::from(*i) % seen.len().max(1)),
+                    Weight::new(*w),
+                ) else {
                     continue;
                 };
                 let got = pool.set_weight(id, weight);
@@ -337,8 +350,16 @@ fn membership_model(ops: &[Op]) -> Result<(), TestCaseError> {
                     names.push(a);
                 }
                 if duplicate {
-                    prop_assert!(matches!(got, Err(MembershipError::Duplicate { .. })), "{:?}", got);
-                    prop_assert_eq!(pool.snapshot().snapshot().version(), version, "nothing published");
+                    prop_assert!(
+                        matches!(got, Err(MembershipError::Duplicate { .. })),
+                        "{:?}",
+                        got
+                    );
+                    prop_assert_eq!(
+                        pool.snapshot().snapshot().version(),
+                        version,
+                        "nothing published"
+                    );
                 } else {
                     let ids = got.expect("a batch of fresh addresses is accepted");
                     for ((a, w), id) in batch.into_iter().zip(ids) {
@@ -374,7 +395,11 @@ fn every_strategy_answers_an_empty_or_ineligible_set_with_a_typed_error() {
             .panic_threshold(PanicThreshold::disabled())
             .build();
         let ctx = PickContext::new().with_hash(42);
-        assert_eq!(pool.pick(&ctx).unwrap_err(), PickError::NoBackends, "{name}");
+        assert_eq!(
+            pool.pick(&ctx).unwrap_err(),
+            PickError::NoBackends,
+            "{name}"
+        );
         let ids: Vec<BackendId> = ["a", "b"]
             .iter()
             .map(|a| pool.insert((*a).to_owned(), Weight::ONE).unwrap())
@@ -417,7 +442,10 @@ fn a_balancer_over_an_empty_set_fails_at_once() {
         .now_or_never()
         .expect("fails at once")
         .unwrap_err();
-    assert_eq!(err.downcast_ref::<PickError>(), Some(&PickError::NoBackends));
+    assert_eq!(
+        err.downcast_ref::<PickError>(),
+        Some(&PickError::NoBackends)
+    );
 }
 
 /// Oversized keys: header names past http's limit are refused by `HeaderKey::try_new`;
@@ -449,9 +477,10 @@ fn oversized_keys_are_refused_or_capped_never_a_panic() {
 
     let pool: Pool<Endpoint<String, Local>, _> = Pool::new(RoundRobin::new());
     for name in ["a", "b"] {
-        let svc: Local = tower::util::BoxCloneSyncService::new(tower::service_fn(
-            move |_: Request<()>| ready(Ok::<_, BoxError>(Response::new(name.to_owned()))),
-        ));
+        let svc: Local =
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_: Request<()>| {
+                ready(Ok::<_, BoxError>(Response::new(name.to_owned())))
+            }));
         pool.insert(Endpoint::new(name.to_owned(), svc), Weight::ONE)
             .unwrap();
     }

@@ -34,8 +34,8 @@ use tower_lb::balance::{
     NoAffinity, OnOverload,
 };
 use tower_lb::health::{
-    Ejection, OutlierDetection, PanicMode, PanicThreshold, Probe, ProbeConfig, ProbeError,
-    Reason, SlowStart, Verdict, probe_fn,
+    Ejection, OutlierDetection, PanicMode, PanicThreshold, Probe, ProbeConfig, ProbeError, Reason,
+    SlowStart, Verdict, probe_fn,
 };
 use tower_lb::{
     BackendId, BackendState, Maglev, PeakEwma, PickError, Picker, Pool, PowerOfTwoChoices,
@@ -57,7 +57,10 @@ async fn servers(names: &[&'static str]) -> Vec<TestServer> {
     out
 }
 
-fn add<P: Picker<HttpTarget>>(pool: &Pool<HttpTarget, P>, servers: &[TestServer]) -> Vec<BackendId> {
+fn add<P: Picker<HttpTarget>>(
+    pool: &Pool<HttpTarget, P>,
+    servers: &[TestServer],
+) -> Vec<BackendId> {
     servers
         .iter()
         .map(|s| pool.insert(HttpTarget::http(s.addr), Weight::ONE).unwrap())
@@ -292,7 +295,10 @@ async fn kill_under_load(retries: bool) {
     );
     assert!(peak <= CLIENTS);
     if !retries {
-        assert_eq!(tally.failed, gone.failures, "all failures were on the dead backend");
+        assert_eq!(
+            tally.failed, gone.failures,
+            "all failures were on the dead backend"
+        );
     }
 
     // Bring it back: probes end the ejection early, slow start ramps it up.
@@ -367,7 +373,10 @@ const SLOW_MS: u64 = 200;
 
 /// The share of `requests` that the backend answering `SLOW_MS` later than the other two
 /// receives with `picker`, from 32 clients; and how long the run took.
-async fn slow_share<P: Picker<HttpTarget> + 'static>(picker: P, requests: usize) -> (f64, Duration) {
+async fn slow_share<P: Picker<HttpTarget> + 'static>(
+    picker: P,
+    requests: usize,
+) -> (f64, Duration) {
     let servers = servers(&["a", "b", "slow"]).await;
     servers[2].set_delay_ms(SLOW_MS);
     let pool = Pool::new(picker);
@@ -467,7 +476,8 @@ async fn flapping_backend_ejections_grow_as_specified_and_retries_hold_99_9() {
         .insert(local("flappy", LATENCY, Some(down.clone())), Weight::ONE)
         .unwrap();
     for name in ["b", "c"] {
-        pool.insert(local(name, LATENCY, None), Weight::ONE).unwrap();
+        pool.insert(local(name, LATENCY, None), Weight::ONE)
+            .unwrap();
     }
     let health = pool.spawn_health().unwrap();
     let policy = RetryIdempotent::new(2);
@@ -497,11 +507,7 @@ async fn flapping_backend_ejections_grow_as_specified_and_retries_hold_99_9() {
                 let now = tokio::time::Instant::now() - t0;
                 if out == eligible {
                     out = !eligible;
-                    let s = pool
-                        .stats()
-                        .into_iter()
-                        .find(|s| s.id == flappy)
-                        .unwrap();
+                    let s = pool.stats().into_iter().find(|s| s.id == flappy).unwrap();
                     match log.last_mut() {
                         Some(last) if eligible => last.3 = Some(now),
                         _ => log.push((now, s.ejections, s.returns_in.unwrap_or_default(), None)),
@@ -565,7 +571,10 @@ async fn flapping_backend_ejections_grow_as_specified_and_retries_hold_99_9() {
     );
     let total = ok + failed;
     let rate = ok as f64 / total as f64;
-    assert!(rate >= 0.999, "success rate {rate:.5} ({failed} of {total} failed)");
+    assert!(
+        rate >= 0.999,
+        "success rate {rate:.5} ({failed} of {total} failed)"
+    );
     let retried = *policy.stats.lock().unwrap();
     println!(
         "flapping backend (paused clock, {} s up/down every {} ms): {} ejections lasting {lengths:?} ms \
@@ -730,10 +739,11 @@ async fn all_backends_down_fails_at_once_without_spinning_then_resumes() {
         let lb = lb.clone();
         async move {
             for _ in 0..30 {
-                let resp = tokio::time::timeout(Duration::from_secs(5), lb.clone().oneshot(get(&[])))
-                    .await
-                    .expect("no hang")
-                    .expect("a response");
+                let resp =
+                    tokio::time::timeout(Duration::from_secs(5), lb.clone().oneshot(get(&[])))
+                        .await
+                        .expect("no hang")
+                        .expect("a response");
                 assert_eq!(resp.status(), 200);
             }
         }
@@ -774,7 +784,11 @@ async fn all_backends_down_fails_at_once_without_spinning_then_resumes() {
     }
     let cpu = thread_cpu_time() - cpu_before;
     let wall = wall.elapsed();
-    assert_eq!(limited.committed(), Some(0), "a failed request holds no capacity");
+    assert_eq!(
+        limited.committed(),
+        Some(0),
+        "a failed request holds no capacity"
+    );
     let busy = cpu.as_secs_f64() / wall.as_secs_f64();
     assert!(
         busy < 0.25,
@@ -967,18 +981,17 @@ where
     let hits: usize = servers.iter().map(TestServer::hits).sum();
     assert_eq!(
         (picks, successes, hits),
-        (
-            CHURN_REQUESTS as u64,
-            CHURN_REQUESTS as u64,
-            CHURN_REQUESTS
-        )
+        (CHURN_REQUESTS as u64, CHURN_REQUESTS as u64, CHURN_REQUESTS)
     );
     let now: Vec<BackendId> = pool.stats().iter().map(|s| s.id).collect();
     let mut want: Vec<BackendId> = members.iter().map(|m| m.1).collect();
     want.sort();
     let mut now_sorted = now.clone();
     now_sorted.sort();
-    assert_eq!(now_sorted, want, "the pool holds exactly the model's members");
+    assert_eq!(
+        now_sorted, want,
+        "the pool holds exactly the model's members"
+    );
     out.elapsed = started.elapsed();
     out
 }
@@ -1001,4 +1014,3 @@ async fn membership_churn_under_load_never_routes_to_a_removed_backend() {
         );
     }
 }
-

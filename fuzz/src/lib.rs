@@ -13,7 +13,9 @@ use http::header::{COOKIE, HeaderName, HeaderValue, SET_COOKIE};
 use http::{Request, Response, Uri};
 use tower::Service;
 use tower::util::BoxCloneSyncService;
-use tower_lb::affinity::{AffinityKey, CookieKey, HeaderKey, MAX_KEY_LEN, Or, PathKey, QueryKey, hash_key};
+use tower_lb::affinity::{
+    AffinityKey, CookieKey, HeaderKey, MAX_KEY_LEN, Or, PathKey, QueryKey, hash_key,
+};
 use tower_lb::balance::{Balance, BoxError, Endpoint, Sticky, StickyCookie};
 use tower_lb::{PickError, Pool, RoundRobin, Weight};
 
@@ -62,7 +64,10 @@ pub fn sticky_cookie(case: &CookieCase) {
         let svc: Backend = BoxCloneSyncService::new(tower::service_fn(move |_: Request<()>| {
             ready(Ok::<_, BoxError>(Response::new(answer.clone())))
         }));
-        ids.push(pool.insert(Endpoint::new(name(i), svc), Weight::ONE).unwrap());
+        ids.push(
+            pool.insert(Endpoint::new(name(i), svc), Weight::ONE)
+                .unwrap(),
+        );
     }
     let drained = case.drained.map(|d| usize::from(d) % n);
     if let Some(d) = drained {
@@ -81,7 +86,10 @@ pub fn sticky_cookie(case: &CookieCase) {
     }
     let valid_for = case.valid_for.map(|v| usize::from(v) % n);
     if let Some(v) = valid_for {
-        req = req.header(COOKIE, format!("{COOKIE_NAME}={}", cookie.value_for(&name(v))));
+        req = req.header(
+            COOKIE,
+            format!("{COOKIE_NAME}={}", cookie.value_for(&name(v))),
+        );
     }
     let req = req.body(()).unwrap();
     let texts: Vec<String> = req
@@ -104,7 +112,9 @@ pub fn sticky_cookie(case: &CookieCase) {
     }
     let resp = result.expect("never an error while a backend is eligible");
     let served = resp.body().clone();
-    let index = (0..n).find(|&i| name(i) == served).expect("a backend of the set");
+    let index = (0..n)
+        .find(|&i| name(i) == served)
+        .expect("a backend of the set");
     assert_ne!(Some(index), drained, "served by the drained backend");
     match resp.headers().get(SET_COOKIE) {
         Some(set) => {

@@ -1,8 +1,8 @@
 //! Load generation, retries and measurements for the reliability tests.
 
 use std::future::{Ready, ready};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
