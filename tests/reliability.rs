@@ -274,8 +274,13 @@ async fn kill_under_load(retries: bool) {
     // one per client in flight.
     let late_picks = gone.picks - picks_at_out;
     assert!(late_picks <= CLIENTS as u64, "{late_picks} late picks");
-    let hits: usize = servers.iter().map(TestServer::hits).sum();
-    assert_eq!(hits as u64, tally.ok, "every success was served once");
+    // Every success was served once; a request in flight at the kill may have been
+    // counted by its server and lost with the connection.
+    let hits = servers.iter().map(TestServer::hits).sum::<usize>() as u64;
+    assert!(
+        (tally.ok..=tally.ok + gone.failures).contains(&hits),
+        "{hits} served, {tally:?}"
+    );
     assert_eq!(tally.total(), KILL_REQUESTS as u64);
     let retried = *policy.stats.lock().unwrap();
     if retries {
@@ -313,6 +318,7 @@ async fn kill_under_load(retries: bool) {
         .await,
         "the probes never brought it back"
     );
+    // Within seconds of an ejection scheduled for a minute: the probes ended it.
     let returned_after = restarted.elapsed();
     let back = stats_of(&pool, dead);
     let first_ramp = back.ramp.expect("slow start on return");
@@ -340,7 +346,8 @@ async fn kill_under_load(retries: bool) {
         "kill under load ({}): {KILL_REQUESTS} requests, {CLIENTS} clients, {} ok, {} failed, \
          {} failed attempts (bound {THRESHOLD} + peak in flight {peak}; {in_flight_at_kill} in flight \
          at the kill), {} retries; \
-         ejection published {:.1} ms after the kill, {late_picks} late picks, 0 after; \
+         ejection published {:.1} ms after the kill, then 0 requests sent there \
+         ({late_picks} picks from snapshots loaded before); \
          back {:.0} ms after restart at {:.0}% weight, share of the next {RETURN_REQUESTS} {:.1}%; {:.2} s",
         if retries { "retries" } else { "no retries" },
         tally.ok,

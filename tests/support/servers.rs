@@ -77,8 +77,14 @@ impl TestServer {
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    break;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    // A connection reset before it was accepted, or out of descriptors for
+                    // a moment: not a reason to stop serving.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
                 };
                 if knobs.down.load(Ordering::SeqCst) {
                     // Down: the connection is closed before a byte is read.
