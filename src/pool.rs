@@ -451,8 +451,8 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
     }
 
     /// Ticks if a request's outcome asked for an evaluation (a failure that crossed the
-    /// ejection threshold), so the ejection is published before the next pick. One
-    /// relaxed load when nothing is due.
+    /// ejection threshold), so the ejection is published before the next pick — waiting
+    /// for a publication already in progress. Two loads when nothing is due.
     #[inline]
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn tick_if_signalled(&self) {
@@ -465,10 +465,12 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
     /// no wake-up for what it publishes).
     pub(crate) fn tick_from(&self, in_task: bool) -> Option<Instant> {
         let mut writer = self.inner.writer.lock();
-        self.inner.shared.take_dirty();
+        let signals = self.inner.shared.begin();
         writer.in_task = in_task;
         let next = self.republish(&mut writer);
         writer.in_task = false;
+        // Only once published: until then, picks see the signal and wait on the lock.
+        self.inner.shared.handled(signals);
         next
     }
 

@@ -372,6 +372,83 @@ async fn kill_under_load_without_retries_fails_at_most_the_threshold_plus_in_fli
     kill_under_load(false).await;
 }
 
+/// The race behind the kill test's bound, made deterministic: a pick that starts after
+/// a failure crossed the ejection threshold must not get that backend, even while
+/// another thread is still publishing the ejection (here held inside the evaluation by a
+/// health source). Before the fix the signal was cleared when a publication began, so
+/// picks racing it saw neither the signal nor the new snapshot.
+#[test]
+fn a_pick_racing_the_ejections_publication_waits_for_it() {
+    use std::sync::Barrier;
+    type Named = Endpoint<&'static str, BoxCloneSyncService<u64, String, BoxError>>;
+    let named = |name: &'static str| -> Named {
+        let svc =
+            tower::service_fn(move |_: u64| std::future::ready(Ok::<_, BoxError>(name.to_owned())));
+        Endpoint::new(name, BoxCloneSyncService::new(svc))
+    };
+    let pool = Pool::builder(RoundRobin::new())
+        .outlier_detection(OutlierDetection::new().consecutive_failures(2))
+        .build();
+    pool.insert(named("a"), Weight::ONE).unwrap();
+    let bad = pool.insert(named("bad"), Weight::ONE).unwrap();
+    let (armed, entered, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Barrier::new(2)),
+        Arc::new(Barrier::new(2)),
+    );
+    pool.add_health_source({
+        let (armed, entered, release) = (armed.clone(), entered.clone(), release.clone());
+        move |_: &tower_lb::Backend<Named>, _| {
+            if armed.swap(false, Ordering::SeqCst) {
+                entered.wait();
+                release.wait();
+            }
+            Verdict::Healthy
+        }
+    });
+    let state = {
+        let prepared = pool.snapshot();
+        let s = prepared.snapshot();
+        Arc::clone(s.backends()[s.index_of(bad).unwrap()].state())
+    };
+    state.start().failure();
+    state.start().failure(); // the threshold: the pool is signalled
+
+    armed.store(true, Ordering::SeqCst);
+    let publisher = std::thread::spawn({
+        let pool = pool.clone();
+        move || pool.tick()
+    });
+    entered.wait(); // the publisher is inside the evaluation, holding the writer lock
+    let picker = std::thread::spawn({
+        let mut lb = Balance::new(pool.clone());
+        move || {
+            (0..2)
+                .map(|i| {
+                    let call = Service::call(&mut lb, i);
+                    call.now_or_never().expect("ready").expect("served")
+                })
+                .collect::<Vec<String>>()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    release.wait();
+    publisher.join().unwrap();
+    let served = picker.join().unwrap();
+    assert_eq!(served, ["a", "a"], "picked the backend being ejected");
+    assert!(!stats_of_any(&pool, bad).eligible);
+}
+
+fn stats_of_any<A: Clone, P: Picker<A>>(
+    pool: &Pool<A, P>,
+    id: BackendId,
+) -> tower_lb::BackendStats<A> {
+    pool.stats()
+        .into_iter()
+        .find(|s| s.id == id)
+        .expect("a member")
+}
+
 // ---------------------------------------------------------------------------------------
 // Slow backend
 // ---------------------------------------------------------------------------------------

@@ -19,7 +19,11 @@ use super::{Ejection, Reason, Verdict};
 pub(crate) struct HealthShared {
     /// Failures in a row that call for an ejection; 0 when that rule is off.
     consecutive_threshold: u64,
-    dirty: AtomicBool,
+    /// Signals raised, and how many of them an evaluation has published: one is due
+    /// while they differ. Not a flag cleared when an evaluation begins, so that a pick
+    /// racing a publication in progress still sees the signal and waits for it.
+    signalled: AtomicU64,
+    handled: AtomicU64,
     /// Whether a background task runs for this pool.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) task_running: AtomicBool,
@@ -31,7 +35,8 @@ impl HealthShared {
     pub(crate) fn new(consecutive_threshold: u64) -> Self {
         HealthShared {
             consecutive_threshold,
-            dirty: AtomicBool::new(false),
+            signalled: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
             task_running: AtomicBool::new(false),
             #[cfg(feature = "tokio")]
             wake: tokio::sync::Notify::new(),
@@ -41,9 +46,9 @@ impl HealthShared {
     /// Asks for an evaluation: the next [`Pool::tick`](crate::Pool::tick), or at once by
     /// the background task when one runs.
     pub(crate) fn signal(&self) {
-        // Release pairs with the Acquire in `take_dirty`: the evaluation that sees the flag
+        // Release pairs with the Acquire in `begin`: the evaluation that sees the signal
         // also sees the failure counts written before it.
-        self.dirty.store(true, Ordering::Release);
+        self.signalled.fetch_add(1, Ordering::Release);
         self.wake();
     }
 
@@ -53,14 +58,22 @@ impl HealthShared {
         self.wake.notify_one();
     }
 
-    /// Whether an evaluation is due, without clearing the signal.
+    /// Whether a signal is not yet published.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Relaxed)
+        // Acquire pairs with the Release in `handled`: who sees a signal handled also
+        // sees the snapshot published for it.
+        self.handled.load(Ordering::Acquire) != self.signalled.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::Acquire)
+    /// An evaluation begins (under the writer lock): the signals it covers.
+    pub(crate) fn begin(&self) -> u64 {
+        self.signalled.load(Ordering::Acquire)
+    }
+
+    /// The evaluation that began with `signals` has published.
+    pub(crate) fn handled(&self, signals: u64) {
+        self.handled.store(signals, Ordering::Release);
     }
 }
 
