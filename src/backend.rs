@@ -188,7 +188,8 @@ pub struct BackendState {
     /// When `rtt_bits` was last updated, in nanoseconds since the epoch.
     rtt_stamp: AtomicU64,
     /// The decay window τ in nanoseconds.
-    decay_ns: f64,
+    /// 1 / τ in nanoseconds: the pick path multiplies rather than divides.
+    inv_decay_ns: f64,
     /// Health: admin switch, outlier detection, probes, slow start.
     pub(crate) health: HealthCell,
 }
@@ -213,7 +214,7 @@ impl BackendState {
             failures: AtomicU64::new(0),
             rtt_bits: AtomicU64::new(NO_SAMPLE),
             rtt_stamp: AtomicU64::new(0),
-            decay_ns: (decay.as_nanos() as f64).max(1.0),
+            inv_decay_ns: 1.0 / (decay.as_nanos() as f64).max(1.0),
             health: HealthCell::new(shared),
         }
     }
@@ -294,7 +295,7 @@ impl BackendState {
         }
         let estimate = f64::from_bits(bits);
         let stamp = self.rtt_stamp.load(Ordering::Relaxed);
-        Some(estimate * decay_factor(now_ns.saturating_sub(stamp), self.decay_ns))
+        Some(estimate * decay_factor(now_ns.saturating_sub(stamp), self.inv_decay_ns))
     }
 
     /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
@@ -319,7 +320,12 @@ impl BackendState {
             } else {
                 let estimate = f64::from_bits(current);
                 let stamp = self.rtt_stamp.load(Ordering::Relaxed);
-                peak_ewma_step(estimate, sample, now.saturating_sub(stamp), self.decay_ns)
+                peak_ewma_step(
+                    estimate,
+                    sample,
+                    now.saturating_sub(stamp),
+                    self.inv_decay_ns,
+                )
             };
             // A CAS loop so concurrent samples are never lost; the stamp is a separate
             // atomic and may briefly lag, which only shortens one decay step.
@@ -338,11 +344,16 @@ impl BackendState {
 }
 
 /// One peak-EWMA step: the new estimate after `sample`, `elapsed_ns` after the last one.
-pub(crate) fn peak_ewma_step(estimate: f64, sample: f64, elapsed_ns: u64, decay_ns: f64) -> f64 {
+pub(crate) fn peak_ewma_step(
+    estimate: f64,
+    sample: f64,
+    elapsed_ns: u64,
+    inv_decay_ns: f64,
+) -> f64 {
     if sample > estimate {
         sample
     } else {
-        let w = decay_factor(elapsed_ns, decay_ns);
+        let w = decay_factor(elapsed_ns, inv_decay_ns);
         estimate * w + sample * (1.0 - w)
     }
 }
@@ -354,8 +365,8 @@ const LINEAR_DECAY_BELOW: f64 = 1.0 / 2048.0;
 
 /// e^(−Δt/τ), the weight the old estimate keeps after `elapsed_ns`.
 #[inline]
-pub(crate) fn decay_factor(elapsed_ns: u64, decay_ns: f64) -> f64 {
-    let x = elapsed_ns as f64 / decay_ns;
+pub(crate) fn decay_factor(elapsed_ns: u64, inv_decay_ns: f64) -> f64 {
+    let x = elapsed_ns as f64 * inv_decay_ns;
     if x < LINEAR_DECAY_BELOW {
         1.0 - x
     } else {
@@ -874,6 +885,7 @@ mod tests {
     #[test]
     fn decay_factor_is_close_to_exp_on_both_paths() {
         let tau = 10e9;
+        let inv = 1.0 / tau;
         for elapsed in [
             0u64,
             1,
@@ -884,7 +896,7 @@ mod tests {
             10_000_000_000,
         ] {
             let exact = (-(elapsed as f64) / tau).exp();
-            let got = decay_factor(elapsed, tau);
+            let got = decay_factor(elapsed, inv);
             assert!((got - exact).abs() < 2e-7, "{elapsed}: {got} vs {exact}");
         }
     }
