@@ -163,8 +163,18 @@ fn round_robin(c: &mut Criterion) {
         });
         pingora_iter::<PingoraRoundRobin, false>(&mut g, "pingora RoundRobin iter().next()", n);
         pingora_select::<PingoraRoundRobin, false>(&mut g, "pingora RoundRobin select", n);
-        ours_picker::<_, false>(&mut g, "tower-lb RoundRobin Picker::pick", n, RoundRobin::new());
-        ours_pool::<_, false>(&mut g, "tower-lb RoundRobin Pool::pick", n, RoundRobin::new());
+        ours_picker::<_, false>(
+            &mut g,
+            "tower-lb RoundRobin Picker::pick",
+            n,
+            RoundRobin::new(),
+        );
+        ours_pool::<_, false>(
+            &mut g,
+            "tower-lb RoundRobin Pool::pick",
+            n,
+            RoundRobin::new(),
+        );
     }
     g.finish();
 }

@@ -74,14 +74,15 @@ pub fn register(c: &mut Criterion) {
         });
 
         // tower's defaults as its docs suggest them: 1 ms default RTT, 10 s decay.
-        let mut tower_ewma = tower::balance::p2c::Balance::new(ServiceList::new((0..n).map(|_| {
-            TowerPeakEwma::new(
-                backend(),
-                Duration::from_millis(1),
-                Duration::from_secs(10).as_nanos() as f64,
-                CompleteOnResponse::default(),
-            )
-        })));
+        let mut tower_ewma =
+            tower::balance::p2c::Balance::new(ServiceList::new((0..n).map(|_| {
+                TowerPeakEwma::new(
+                    backend(),
+                    Duration::from_millis(1),
+                    Duration::from_secs(10).as_nanos() as f64,
+                    CompleteOnResponse::default(),
+                )
+            })));
         g.bench_function(BenchmarkId::new("tower p2c PeakEwma", n), |b| {
             b.iter_custom(|iters| time_requests(&rt, &mut tower_ewma, iters))
         });

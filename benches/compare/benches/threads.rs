@@ -144,9 +144,19 @@ pub fn register(c: &mut Criterion) {
     for n in SIZES {
         calibration(&mut g, n);
         pingora_select::<PingoraRoundRobin, false>(&mut g, "pingora RoundRobin select", n);
-        ours_pool::<_, false>(&mut g, "tower-lb RoundRobin Pool::pick", n, RoundRobin::new());
+        ours_pool::<_, false>(
+            &mut g,
+            "tower-lb RoundRobin Pool::pick",
+            n,
+            RoundRobin::new(),
+        );
         pingora_iter::<PingoraRoundRobin>(&mut g, "pingora RoundRobin iter().next()", n);
-        ours_picker(&mut g, "tower-lb RoundRobin Picker::pick", n, RoundRobin::new());
+        ours_picker(
+            &mut g,
+            "tower-lb RoundRobin Picker::pick",
+            n,
+            RoundRobin::new(),
+        );
         pingora_select::<PingoraRandom, false>(&mut g, "pingora Random select", n);
         ours_pool::<_, false>(&mut g, "tower-lb Random Pool::pick", n, Random::new());
         pingora_iter::<PingoraRandom>(&mut g, "pingora Random iter().next()", n);
