@@ -8,14 +8,16 @@
 #
 # Environment: CARGO_TARGET_DIR (default ./target); QUIET_BUSY, the CPU share (percent of
 # all cores, sampled over 3 s) under which a group may start (default 15); QUIET_WAIT,
-# how many seconds to wait for it at most before starting anyway (default 600); GROUPS,
-# the groups to run (default all five, in the order below).
+# how many seconds to wait for it at most before starting anyway (default 600); BENCH_GROUPS,
+# the groups to run (default all, in the order below; `group/N` runs one N of a group:
+# the 2-thread rows are run one N at a time, so that each waits for both cores to be
+# free).
 set -eu
 cd "$(dirname "$0")"
 TARGET="${CARGO_TARGET_DIR:-target}"
 QUIET_BUSY="${QUIET_BUSY:-15}"
 QUIET_WAIT="${QUIET_WAIT:-600}"
-GROUPS="${GROUPS:-pick_round_robin pick_random pick_hash request two_threads}"
+BENCH_GROUPS="${BENCH_GROUPS:-pick_round_robin pick_random pick_hash request request_breakdown two_threads/8 two_threads/64 two_threads/1024}"
 ARGS="--warm-up-time 1 --measurement-time 3 --noplot $*"
 
 # Percent of all CPU time spent busy over the next 3 seconds.
@@ -30,15 +32,20 @@ $b" | awk '{ idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i;
 }
 
 cargo bench --no-run >/dev/null
-for group in $GROUPS; do
+for group in $BENCH_GROUPS; do
     waited=0
     while [ "$(busy)" -ge "$QUIET_BUSY" ] && [ "$waited" -lt "$QUIET_WAIT" ]; do
         sleep 7
         waited=$((waited + 10))
     done
     echo "== $group: start $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg), waited ${waited}s" >&2
+    case "$group" in
+        */*) filter="^${group%%/*}/.*/${group#*/}\$" ;;
+        *) filter="^$group/" ;;
+    esac
+    log="$TARGET/compare-$(echo "$group" | tr / -).log"
     # shellcheck disable=SC2086
-    cargo bench --bench compare -- "^$group/" $ARGS >"$TARGET/compare-$group.log" 2>&1
+    cargo bench --bench compare -- "$filter" $ARGS >"$log" 2>&1
     echo "== $group: end   $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 done
 python3 report.py "$TARGET/criterion"

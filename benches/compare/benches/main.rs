@@ -13,6 +13,7 @@ criterion_group!(
     benches,
     picks::register,
     requests::register,
+    requests::breakdown,
     threads::register
 );
 criterion_main!(benches);

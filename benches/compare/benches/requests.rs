@@ -4,9 +4,14 @@
 //! `benches/balance.rs`). In the same group: the bare `service_fn` (the floor), tower
 //! 0.5's `p2c::Balance` with `PendingRequests` and with `PeakEwma` (theirs), tower-lb's
 //! `Balance` with `PowerOfTwoChoices` and with `PeakEwma` (ours).
+//!
+//! A second group, `request_breakdown` (N ∈ {8, 64}), splits our request cost into its
+//! parts through public APIs, to show where the time goes: the clock, the pick, the
+//! in-flight guard, the completion bookkeeping (outcome counters, latency sample).
 
 use std::convert::Infallible;
 use std::future::Ready;
+use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -14,7 +19,7 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma as TowerPeakEwma, PendingRequests};
 use tower::{Service, ServiceExt, service_fn};
 use tower_lb::balance::{Balance, BoxError, Endpoint};
-use tower_lb::{PeakEwma, Picker, Pool, PowerOfTwoChoices, Weight};
+use tower_lb::{PeakEwma, PickContext, Picker, Pool, PowerOfTwoChoices, Weight};
 use tower_lb_compare::SIZES;
 
 type Backend = tower::util::ServiceFn<fn(u32) -> Ready<Result<u32, Infallible>>>;
@@ -40,7 +45,7 @@ where
         let start = Instant::now();
         for i in 0..iters {
             let ready = svc.ready().await.expect("ready");
-            std::hint::black_box(ready.call(i as u32).await.expect("a response"));
+            black_box(ready.call(i as u32).await.expect("a response"));
         }
         start.elapsed()
     })
@@ -96,6 +101,45 @@ pub fn register(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("tower-lb PeakEwma", n), |b| {
             b.iter_custom(|iters| time_requests(&rt, &mut ewma, iters))
         });
+    }
+    g.finish();
+}
+
+/// Where our request time goes, at the sizes where the ratio to tower is closest.
+pub fn breakdown(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("request_breakdown");
+    g.throughput(Throughput::Elements(1));
+    let ctx = PickContext::new();
+    for n in [8, 64] {
+        g.bench_function(BenchmarkId::new("clock: std Instant::now", n), |b| {
+            b.iter(Instant::now)
+        });
+        g.bench_function(BenchmarkId::new("clock: quanta::Instant::now", n), |b| {
+            b.iter(quanta::Instant::now)
+        });
+        let pool = Pool::new(PowerOfTwoChoices::new());
+        pool.extend((0..n).map(|i| (i, Weight::ONE)))
+            .expect("distinct keys");
+        g.bench_function(BenchmarkId::new("Pool::pick P2C", n), |b| {
+            b.iter(|| pool.pick(black_box(&ctx)).map(|p| p.index()))
+        });
+        // The in-flight guard: one clock read at start, in flight +1 / -1, no outcome.
+        g.bench_function(
+            BenchmarkId::new("Pool::pick P2C + start() + drop", n),
+            |b| b.iter(|| drop(pool.pick(black_box(&ctx)).map(|p| p.start()))),
+        );
+        // What `Balance` does around the inner call: the guard, then on completion a
+        // second clock read, the outcome counter and health, the latency sample (EWMA).
+        g.bench_function(
+            BenchmarkId::new("Pool::pick P2C + start() + success()", n),
+            |b| b.iter(|| pool.pick(black_box(&ctx)).map(|p| p.start().success())),
+        );
+        let mut p2c = ours(PowerOfTwoChoices::new(), n);
+        g.bench_function(
+            BenchmarkId::new("Balance P2C: ready + call + await", n),
+            |b| b.iter_custom(|iters| time_requests(&rt, &mut p2c, iters)),
+        );
     }
     g.finish();
 }

@@ -6,10 +6,10 @@
 //!
 //! On a 2-core machine shared with other work the two threads may not really run at
 //! once, which would make every row look worse and the comparison meaningless. So each
-//! N carries its calibration, measured in the same group: a per-thread RNG loop (no
-//! shared memory at all) on 1 thread and on 2 threads. The 2-thread rows of that N are
-//! valid when the 2-thread calibration is no slower than the 1-thread one (`report.py`
-//! checks it and prints the ratio).
+//! N carries its calibration, measured in the same group before and after that N's rows:
+//! a per-thread RNG loop (no shared memory at all) on 1 thread and on 2 threads. The
+//! 2-thread rows of that N are valid when, both times, the 2-thread calibration is no
+//! slower than the 1-thread one (`report.py` checks it and prints the ratios).
 
 use std::hint::black_box;
 
@@ -34,9 +34,10 @@ fn first_key(t: usize) -> u64 {
     (t as u64) << 40
 }
 
-fn calibration(g: &mut Group<'_>, n: usize) {
+/// The calibration rows, `when` = "before" or "after" the rows of this N.
+fn calibration(g: &mut Group<'_>, n: usize, when: &str) {
     for threads in [1, THREADS] {
-        let name = format!("calibration: SmallRng loop, {threads} thread(s)");
+        let name = format!("calibration {when}: RNG loop on {threads} thread(s)");
         g.bench_function(BenchmarkId::new(name, n), |b| {
             b.iter_custom(|iters| {
                 on_threads(threads, iters, |t| {
@@ -142,7 +143,7 @@ fn ours_picker<P: Picker<std::net::SocketAddr>>(
 pub fn register(c: &mut Criterion) {
     let mut g = c.benchmark_group("two_threads");
     for n in SIZES {
-        calibration(&mut g, n);
+        calibration(&mut g, n, "before");
         pingora_select::<PingoraRoundRobin, false>(&mut g, "pingora RoundRobin select", n);
         ours_pool::<_, false>(
             &mut g,
@@ -165,6 +166,7 @@ pub fn register(c: &mut Criterion) {
         ours_pool::<_, true>(&mut g, "tower-lb Maglev Pool::pick", n, Maglev::new());
         pingora_select::<Consistent, true>(&mut g, "pingora Ketama select", n);
         ours_pool::<_, true>(&mut g, "tower-lb Ring Pool::pick", n, Ring::new());
+        calibration(&mut g, n, "after");
     }
     g.finish();
 }
