@@ -23,9 +23,12 @@ from pathlib import Path
 SIZES = ["8", "64", "1024"]
 
 # The 2-thread calibration: a per-thread RNG loop on 2 threads must take no longer per
-# round than on 1 thread. Above this ratio the two threads did not run in parallel and the
-# 2-thread rows of that N say nothing about the balancers.
-PARALLEL_TOLERANCE = 1.15
+# round than on 1 thread. Two threads that share one core take 2× as long; the 1-thread
+# loop alone varies by ±10% between its repeats in one run (9.3–11.4 ns on the README's
+# machine), so a round within 25% of the 1-thread one counts as no slowdown. Above this
+# ratio the two threads did not run in parallel and the 2-thread rows of that N say
+# nothing about the balancers.
+PARALLEL_TOLERANCE = 1.25
 
 # (group, label, ours, theirs, target ours ÷ theirs)
 PAIRS = [
