@@ -163,6 +163,24 @@ pub(crate) fn now_nanos() -> u64 {
         .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// How fast the failure score fades while a backend gets no traffic: e^(−Δt/τ) with
+/// τ = 1 s. A backend that failed k times in a row is tried again once its score falls
+/// to about log₂ of its peers' load (see the [`pick`](crate::pick) module docs).
+pub const FAILURE_DECAY: Duration = Duration::from_secs(1);
+const INV_FAILURE_DECAY_NS: f64 = 1.0 / FAILURE_DECAY.as_nanos() as f64;
+/// The score never grows past this (2^64 already outweighs any in-flight count).
+const MAX_FAILURE_SCORE: f64 = 64.0;
+/// A score halved below this is cleared, so a recovered backend's pick path is the
+/// one-load path again, and a score faded below it reads as none (about 4 s after one
+/// failure).
+const MIN_FAILURE_SCORE: f64 = 1.0 / 64.0;
+
+/// (in flight + 1) × 2^score − 1: the load of a backend with `score` recent failures.
+#[inline]
+pub(crate) fn failure_load(in_flight: f64, score: f64) -> f64 {
+    (in_flight + 1.0) * score.exp2() - 1.0
+}
+
 /// Marks "no latency sample yet" in [`BackendState::rtt_bits`]; a NaN, never a real estimate.
 const NO_SAMPLE: u64 = u64::MAX;
 
@@ -187,9 +205,12 @@ pub struct BackendState {
     rtt_bits: AtomicU64,
     /// When `rtt_bits` was last updated, in nanoseconds since the epoch.
     rtt_stamp: AtomicU64,
-    /// The decay window τ in nanoseconds.
     /// 1 / τ in nanoseconds: the pick path multiplies rather than divides.
     inv_decay_ns: f64,
+    /// Failure accrual: the recent-failure score as `f64` bits (0 = none, the common
+    /// case, which the pick path tells from one load), and when it was last updated.
+    fail_bits: AtomicU64,
+    fail_stamp: AtomicU64,
     /// Health: admin switch, outlier detection, probes, slow start.
     pub(crate) health: HealthCell,
 }
@@ -215,13 +236,17 @@ impl BackendState {
             rtt_bits: AtomicU64::new(NO_SAMPLE),
             rtt_stamp: AtomicU64::new(0),
             inv_decay_ns: 1.0 / (decay.as_nanos() as f64).max(1.0),
+            fail_bits: AtomicU64::new(0),
+            fail_stamp: AtomicU64::new(0),
             health: HealthCell::new(shared),
         }
     }
 
     /// Counts one finished request: the success or failure total, the latency sample (if
-    /// any, taken at `at`), and the consecutive-failure streak of outlier detection.
-    /// Returns whether this failure reached the pool's consecutive-failure threshold.
+    /// any, taken at `at`), the failure score the load-aware pickers read, and the
+    /// consecutive-failure streak of outlier detection. A failure's latency only ever
+    /// raises the estimate: a fast failure is not a fast answer. Returns whether this
+    /// failure reached the pool's consecutive-failure threshold.
     pub(crate) fn record_outcome(
         &self,
         success: bool,
@@ -234,10 +259,132 @@ impl BackendState {
             &self.failures
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(latency) = latency {
-            self.record_rtt_at_nanos(latency, at_ns);
+        match (latency, success) {
+            (Some(latency), true) => self.record_rtt_at_nanos(latency, at_ns),
+            (Some(latency), false) => self.raise_rtt_at_nanos(latency, at_ns),
+            (None, _) => {}
+        }
+        if success {
+            self.ease_failures();
+        } else {
+            self.accrue_failure(at_ns);
         }
         self.health.record(success)
+    }
+
+    /// A request dropped before it finished, `elapsed` after it started: its elapsed
+    /// time is a lower bound of its latency, so it raises the estimate if it is above it;
+    /// past the pool's cancellation threshold (see
+    /// [`PoolBuilder::cancelled_as_failure_after`](crate::PoolBuilder::cancelled_as_failure_after))
+    /// it also counts as a failure — a caller's time-out. Returns whether that failure
+    /// reached the consecutive-failure threshold.
+    pub(crate) fn record_cancel(&self, elapsed: Duration, at_ns: u64) -> bool {
+        if self.health.cancel_is_failure(elapsed) {
+            self.record_outcome(false, Some(elapsed), at_ns)
+        } else {
+            self.raise_rtt_at_nanos(elapsed, at_ns);
+            false
+        }
+    }
+
+    /// Adds one failure to the failure score, decayed to `now_ns` first.
+    fn accrue_failure(&self, now_ns: u64) {
+        let mut current = self.fail_bits.load(Ordering::Relaxed);
+        loop {
+            let stamp = self.fail_stamp.load(Ordering::Relaxed);
+            let decayed = f64::from_bits(current)
+                * decay_factor(now_ns.saturating_sub(stamp), INV_FAILURE_DECAY_NS);
+            let next = (decayed + 1.0).min(MAX_FAILURE_SCORE);
+            match self.fail_bits.compare_exchange_weak(
+                current,
+                next.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        self.fail_stamp.fetch_max(now_ns, Ordering::Relaxed);
+    }
+
+    /// Halves the failure score after a success; a success on a backend with no recent
+    /// failure (the common case) writes nothing.
+    #[inline]
+    fn ease_failures(&self) {
+        let mut current = self.fail_bits.load(Ordering::Relaxed);
+        while current != 0 {
+            let half = f64::from_bits(current) / 2.0;
+            let next = if half < MIN_FAILURE_SCORE {
+                0
+            } else {
+                half.to_bits()
+            };
+            match self.fail_bits.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// The failure score at `now_ns`: about the number of recent failures, each decaying
+    /// over [`FAILURE_DECAY`] and halved by every success; 0 when there is none.
+    #[inline]
+    pub(crate) fn failure_score_at(&self, now_ns: u64) -> f64 {
+        let bits = self.fail_bits.load(Ordering::Relaxed);
+        if bits == 0 {
+            return 0.0;
+        }
+        let stamp = self.fail_stamp.load(Ordering::Relaxed);
+        let score =
+            f64::from_bits(bits) * decay_factor(now_ns.saturating_sub(stamp), INV_FAILURE_DECAY_NS);
+        // A faded score is no score: the backend competes as an idle peer again (else,
+        // under sequential load where every peer has nothing in flight, it never would).
+        if score < MIN_FAILURE_SCORE {
+            0.0
+        } else {
+            score
+        }
+    }
+
+    /// The failure score now (see [`load`](Self::load)).
+    pub fn failure_score(&self) -> f64 {
+        if self.fail_bits.load(Ordering::Relaxed) == 0 {
+            return 0.0;
+        }
+        self.failure_score_at(now_nanos())
+    }
+
+    /// The load the load-aware pickers compare: the requests in flight, with recent
+    /// failures counted as load — (in flight + 1) × 2^score − 1, the score being about
+    /// the number of recent failures (see the [`pick`](crate::pick) module docs). With no
+    /// recent failure it is the in-flight count exactly.
+    pub fn load(&self) -> f64 {
+        self.load_with(|| now_nanos())
+    }
+
+    /// [`load`](Self::load), reading "now" only when there is a failure score to decay.
+    #[inline]
+    pub(crate) fn load_with(&self, now_ns: impl FnOnce() -> u64) -> f64 {
+        let in_flight = self.in_flight() as f64;
+        if self.fail_bits.load(Ordering::Relaxed) == 0 {
+            return in_flight;
+        }
+        failure_load(in_flight, self.failure_score_at(now_ns()))
+    }
+
+    /// The factor recent failures multiply a backend's cost by: 2^score (1 with none).
+    #[inline]
+    pub(crate) fn failure_factor_at(&self, now_ns: impl FnOnce() -> u64) -> f64 {
+        if self.fail_bits.load(Ordering::Relaxed) == 0 {
+            return 1.0;
+        }
+        self.failure_score_at(now_ns()).exp2()
     }
 
     /// Requests currently in flight on this backend.
@@ -275,6 +422,7 @@ impl BackendState {
         InFlight {
             state: Arc::clone(self),
             started,
+            finished: false,
         }
     }
 
@@ -343,6 +491,18 @@ impl BackendState {
     }
 }
 
+impl BackendState {
+    /// Feeds a latency that is a lower bound (a failure's, a cancelled request's): it
+    /// replaces the estimate when above it, and is ignored otherwise.
+    pub(crate) fn raise_rtt_at_nanos(&self, sample: Duration, now: u64) {
+        let bits = self.rtt_bits.load(Ordering::Relaxed);
+        let above = bits == NO_SAMPLE || sample.as_nanos() as f64 > f64::from_bits(bits);
+        if above {
+            self.record_rtt_at_nanos(sample, now);
+        }
+    }
+}
+
 /// One peak-EWMA step: the new estimate after `sample`, `elapsed_ns` after the last one.
 pub(crate) fn peak_ewma_step(
     estimate: f64,
@@ -377,13 +537,20 @@ pub(crate) fn decay_factor(elapsed_ns: u64, inv_decay_ns: f64) -> f64 {
 /// An RAII guard for one request on one backend: in flight until dropped.
 ///
 /// Dropping the guard without [`success`](Self::success) or [`failure`](Self::failure)
-/// (a cancelled request) releases the in-flight count and records nothing else.
+/// is a cancelled request: it releases the in-flight count, and its elapsed time —
+/// a lower bound of its latency — raises the latency estimate when above it. In a
+/// [`Pool`](crate::Pool), a request dropped after the pool's cancellation threshold
+/// ([`PoolBuilder::cancelled_as_failure_after`](crate::PoolBuilder::cancelled_as_failure_after),
+/// 100 ms by default) also counts as a failure: a caller's time-out is the backend's
+/// failure, or a hung backend would never be ejected.
 #[derive(Debug)]
 #[must_use = "the request counts as in flight only while the guard lives"]
 pub struct InFlight {
     state: Arc<BackendState>,
     /// Nanoseconds since the crate's epoch.
     started: u64,
+    /// Whether an outcome was recorded (else dropping is a cancellation).
+    finished: bool,
 }
 
 impl InFlight {
@@ -392,19 +559,27 @@ impl InFlight {
         instant_at_nanos(self.started)
     }
 
+    /// How long the request has been in flight, on the request clock.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(now_nanos().saturating_sub(self.started))
+    }
+
     /// The request succeeded: counts it and feeds its latency to the estimate.
     pub fn success(self) {
         self.finish_at_nanos(true, now_nanos());
     }
 
-    /// The request failed: counts it and feeds its latency to the estimate.
+    /// The request failed: counts it, adds to the backend's failure score, and raises
+    /// the latency estimate to its latency if that is higher (a fast failure is not a
+    /// fast answer).
     pub fn failure(self) {
         self.finish_at_nanos(false, now_nanos());
     }
 
     /// Ends the request now (fast clock); returns whether the outcome crossed the
     /// consecutive-failure threshold.
-    pub(crate) fn finish_at_nanos(self, success: bool, end: u64) -> bool {
+    pub(crate) fn finish_at_nanos(mut self, success: bool, end: u64) -> bool {
+        self.finished = true;
         let latency = Duration::from_nanos(end.saturating_sub(self.started));
         self.state.record_outcome(success, Some(latency), end)
     }
@@ -423,6 +598,13 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            let now = now_nanos();
+            let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
+            // A failure past the threshold signals the pool like any other; the next
+            // tick (or the tower service's next pick) publishes the ejection.
+            self.state.record_cancel(elapsed, now);
+        }
     }
 }
 

@@ -202,3 +202,42 @@ impl DiscoverError {
         DiscoverError { source }
     }
 }
+
+/// A request's attempt on one backend took longer than the balancer's per-attempt
+/// time-out ([`BalanceLayer::timeout`](crate::balance::BalanceLayer::timeout)); the
+/// attempt was cancelled and counted as a failure of that backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "balance: {backend} did not answer within the {timeout:?} attempt time-out ({elapsed:?} elapsed)"
+)]
+pub struct TimedOut {
+    /// The backend that did not answer.
+    pub backend: BackendId,
+    /// How long the attempt ran, on the request clock.
+    pub elapsed: std::time::Duration,
+    /// The configured per-attempt time-out.
+    pub timeout: std::time::Duration,
+}
+
+/// The inner service's error for a request sent to `backend`, with the backend named.
+///
+/// [`Balance`](crate::balance::Balance) wraps every error of the service behind it in
+/// one of these, so a caller (or a retry layer) knows which backend failed; the
+/// original error is its [`source`](std::error::Error::source) and is found with
+/// [`BackendError::downcast_ref`] or by walking the chain.
+#[derive(Debug, thiserror::Error)]
+#[error("balance: {backend} failed: {source}")]
+pub struct BackendError {
+    /// The backend the request was sent to.
+    pub backend: BackendId,
+    /// The inner service's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BackendError {
+    /// The inner error as a `T`, if it is one.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.source.downcast_ref::<T>()
+    }
+}

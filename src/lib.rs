@@ -74,11 +74,12 @@ mod rng;
 
 pub use affinity::AffinityKey;
 pub use backend::{
-    Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, InFlight, Snapshot, Weight,
+    Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight,
+    Snapshot, Weight,
 };
 pub use error::{
-    ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded, PickError,
-    ProbeError, SpawnError, WeightError,
+    BackendError, ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded,
+    PickError, ProbeError, SpawnError, TimedOut, WeightError,
 };
 pub use pick::hash::{BackendKey, HashPicker};
 pub use pick::{

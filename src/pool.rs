@@ -166,8 +166,12 @@ pub struct PoolBuilder<A, P> {
     health: HealthConfig,
     clock: Option<Clock>,
     seed: Option<u64>,
+    cancel_failure_after: Option<Duration>,
     _addr: PhantomData<fn() -> A>,
 }
+
+/// The default of [`PoolBuilder::cancelled_as_failure_after`]: 100 ms.
+pub const DEFAULT_CANCEL_FAILURE_AFTER: Duration = Duration::from_millis(100);
 
 impl<A, P: fmt::Debug> fmt::Debug for PoolBuilder<A, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -212,6 +216,22 @@ impl<A, P> PoolBuilder<A, P> {
         self
     }
 
+    /// A request whose [`InFlight`] guard (or the tower service's response future) is
+    /// dropped unfinished after at least `after` counts as a **failure** of its backend —
+    /// its failure score, the consecutive-failure rule, the failure total — as a
+    /// caller's time-out around the balancer would (tower's `Timeout`, a
+    /// `tokio::time::timeout`); one dropped sooner records only its elapsed time as a
+    /// latency floor. `None`: cancellations are never failures.
+    ///
+    /// Default: [`DEFAULT_CANCEL_FAILURE_AFTER`] (100 ms). A backend that accepts and
+    /// never answers produces nothing but cancellations, so without this it would never be
+    /// ejected. Raise it when callers routinely abandon slow requests for reasons of their
+    /// own (hedging past 100 ms, long polls cancelled by their users).
+    pub fn cancelled_as_failure_after(mut self, after: Option<Duration>) -> Self {
+        self.cancel_failure_after = after;
+        self
+    }
+
     /// Makes health's random choices (ejection jitter) reproducible from `seed`.
     pub fn health_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -242,7 +262,7 @@ impl<A, P> PoolBuilder<A, P> {
                     in_task: false,
                 }),
                 decay: self.decay,
-                shared: Arc::new(HealthShared::new(threshold)),
+                shared: Arc::new(HealthShared::new(threshold, self.cancel_failure_after)),
                 clock: self.clock.unwrap_or_else(Clock::system),
             }),
         }
@@ -263,6 +283,7 @@ impl<A, P: Picker<A>> Pool<A, P> {
             health: HealthConfig::default(),
             clock: None,
             seed: None,
+            cancel_failure_after: Some(DEFAULT_CANCEL_FAILURE_AFTER),
             _addr: PhantomData,
         }
     }

@@ -444,9 +444,11 @@ fn cap_op() -> impl Strategy<Value = CapOp> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
-    /// Under any pattern of outcomes, time and membership, the ejected count stays within
-    /// max(1, ⌊n × p⌋) for n ≥ 2 and is 0 for n ≤ 1 — with all three rules on and tuned
-    /// to fire easily.
+    /// Under any pattern of outcomes, time and membership, the statistical ejections stay
+    /// within max(1, ⌊n × p⌋) for n ≥ 2, the set is never ejected whole, and nothing is
+    /// ejected for n ≤ 1 — with all three rules on and tuned to fire easily. (Ejections
+    /// for consecutive failures may pass the cap while another backend answers: see
+    /// `confirmed_failures_are_ejected_beyond_the_cap_while_another_answers`.)
     #[test]
     fn ejections_never_exceed_the_cap(
         n in 1usize..12,
@@ -494,11 +496,20 @@ proptest! {
             let in_cells = ejected_count(&pool);
             let prepared = pool.snapshot();
             let snapshot = prepared.snapshot();
-            let in_snapshot = (0..snapshot.len())
-                .filter(|&i| matches!(snapshot.verdict(i), Some(Verdict::Unhealthy(Reason::Ejected(_)))))
+            let ejected_for = |kind: Option<Ejection>| (0..snapshot.len())
+                .filter(|&i| match snapshot.verdict(i) {
+                    Some(Verdict::Unhealthy(Reason::Ejected(k))) => kind.is_none_or(|kind| *k == kind),
+                    _ => false,
+                })
                 .count();
-            prop_assert!(in_cells <= cap, "{in_cells} ejected of {size}, cap {cap}");
-            prop_assert!(in_snapshot <= cap, "{in_snapshot} ejected of {size}, cap {cap}");
+            let in_snapshot = ejected_for(None);
+            let confirmed = ejected_for(Some(Ejection::ConsecutiveFailures));
+            // The statistical rules stay within the cap; only consecutive-failure
+            // ejections made while another backend answered may pass it.
+            prop_assert!(in_snapshot - confirmed <= cap, "{in_snapshot} ejected of {size} ({confirmed} for consecutive failures), cap {cap}");
+            prop_assert_eq!(in_cells, in_snapshot);
+            // Never the whole set.
+            prop_assert!(percent == 100 || size == 0 || in_cells < size, "{in_cells} ejected of {size}");
             if size <= 1 {
                 prop_assert_eq!(in_cells, 0);
             }

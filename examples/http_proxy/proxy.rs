@@ -35,7 +35,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::affinity::{AffinityKey, CookieKey, HeaderKey, PeerIpKey};
 use tower_lb::balance::{
     Balance, BalanceLayer, BoxError, Client, HttpStatus, HttpTarget, OnOverload, Sticky,
-    StickyCookie,
+    StickyCookie, find_error,
 };
 use tower_lb::health::{HttpProbe, OutlierDetection, Probe, ProbeConfig, probe_fn};
 use tower_lb::{
@@ -851,7 +851,7 @@ async fn handle(
 
 /// Whether the request failed to connect with its body still unsent.
 fn connect_failed(e: &BoxError, slot: &Arc<Mutex<Option<Incoming>>>) -> bool {
-    e.downcast_ref::<UpstreamError>().is_some_and(|u| u.connect)
+    find_error::<UpstreamError>(e).is_some_and(|u| u.connect)
         && slot.lock().map(|s| s.is_some()).unwrap_or(false)
 }
 
@@ -862,9 +862,7 @@ async fn retry(
     slot: &Arc<Mutex<Option<Incoming>>>,
     first: BoxError,
 ) -> Result<Response<Incoming>, BoxError> {
-    let failed = first
-        .downcast_ref::<UpstreamError>()
-        .and_then(|u| u.target.clone());
+    let failed = find_error::<UpstreamError>(&first).and_then(|u| u.target.clone());
     let Some((other, target)) = another_backend(&inner.balance, failed.as_ref()) else {
         return Err(first);
     };

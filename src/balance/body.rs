@@ -3,8 +3,10 @@
 //! By default a request leaves the in-flight count when its response *headers* arrive.
 //! A streaming response (a download, server-sent events, a long poll) keeps loading the
 //! backend after that, so [`TrackBody`] keeps the request in flight until the body's
-//! last frame has been read, or the body is dropped. The latency sample then spans the
-//! whole exchange, and a body that fails mid-stream counts as a failure.
+//! last frame has been read (the end of the stream, or a trailers frame), or the body is
+//! dropped. The latency sample then spans the whole exchange; a body that fails
+//! mid-stream counts as a failure, and one dropped early by its reader is recorded with
+//! the response's own outcome (the reader's choice is not the backend's failure).
 
 use std::fmt;
 use std::future::Future;
@@ -142,11 +144,15 @@ impl<B: Body> Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let ended = match &frame {
             None => Some(true),
             Some(Err(_)) => Some(false),
+            // Trailers end the body: a reader may stop here without polling for the
+            // end (tonic reads a gRPC response's trailers and drops the body).
+            Some(Ok(frame)) if frame.is_trailers() => Some(true),
+            Some(Ok(_)) if this.inner.is_end_stream() => Some(true),
             Some(Ok(_)) => None,
         };
         if let Some(body_ok) = ended

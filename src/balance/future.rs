@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
@@ -11,7 +12,29 @@ use super::BoxError;
 use super::classify::Classify;
 use super::limit::Limit;
 use crate::backend::now_nanos;
+use crate::error::{BackendError, TimedOut};
 use crate::{BackendId, InFlight};
+
+/// The timer of the per-attempt time-out: tokio's, when the `tokio` feature is on.
+#[cfg(feature = "tokio")]
+pub(crate) type Sleep = tokio::time::Sleep;
+/// Without tokio there is no per-attempt time-out; this never fires.
+#[cfg(not(feature = "tokio"))]
+pub(crate) type Sleep = std::future::Pending<()>;
+
+/// The deadline of an attempt started now, `after` from now: `None` outside a tokio
+/// runtime (a time-out needs tokio's timer; the request then runs without one).
+#[cfg(feature = "tokio")]
+pub(crate) fn deadline(after: Option<Duration>) -> Option<Sleep> {
+    let after = after?;
+    tokio::runtime::Handle::try_current().ok()?;
+    Some(tokio::time::sleep(after))
+}
+
+#[cfg(not(feature = "tokio"))]
+pub(crate) fn deadline(_: Option<Duration>) -> Option<Sleep> {
+    None
+}
 
 /// One request's bookkeeping: in flight on its backend, and a unit of the balancer's
 /// capacity when limits are set. Released on drop, whatever happens to the request.
@@ -19,6 +42,9 @@ use crate::{BackendId, InFlight};
 pub(crate) struct Tracked {
     in_flight: Option<InFlight>,
     limit: Option<Arc<Limit>>,
+    /// Set once the response has been classified and only its body remains (see
+    /// `TrackBody`): dropping then finishes with this outcome instead of cancelling.
+    on_drop: Option<bool>,
 }
 
 impl Tracked {
@@ -26,6 +52,7 @@ impl Tracked {
         Tracked {
             in_flight: Some(in_flight),
             limit,
+            on_drop: None,
         }
     }
 
@@ -36,12 +63,30 @@ impl Tracked {
             guard.finish_at_nanos(success, now_nanos());
         }
     }
+
+    /// From now on, dropping finishes the request with `success` (its response was
+    /// classified; a body dropped before its end is the reader's choice, not a failure).
+    pub(crate) fn settle(&mut self, success: bool) {
+        self.on_drop = Some(success);
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.in_flight
+            .as_ref()
+            .map_or(Duration::ZERO, InFlight::elapsed)
+    }
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        // The in-flight guard, if not finished, releases its count as it drops.
-        drop(self.in_flight.take());
+        match (self.in_flight.take(), self.on_drop) {
+            (Some(guard), Some(success)) => {
+                guard.finish_at_nanos(success, now_nanos());
+            }
+            // Unfinished: the guard records a cancellation as it drops (a failure past
+            // the pool's threshold).
+            (guard, _) => drop(guard),
+        }
         if let Some(limit) = self.limit.take() {
             limit.release();
         }
@@ -50,9 +95,17 @@ impl Drop for Tracked {
 
 pin_project! {
     /// The future of one balanced request: the inner call, then the outcome report.
+    ///
+    /// Its error is a [`BoxError`]: the inner service's error wrapped in a
+    /// [`BackendError`] naming the backend, a [`TimedOut`] when the per-attempt time-out
+    /// fired, or the balancer's own ([`PickError`](crate::PickError),
+    /// [`Overloaded`](crate::Overloaded)).
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F>,
+        #[pin]
+        deadline: Option<Sleep>,
+        timeout: Duration,
         tracked: Option<Tracked>,
         classify: C,
         backend: Option<BackendId>,
@@ -71,9 +124,17 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(future: F, tracked: Tracked, classify: C, backend: BackendId) -> Self {
+    pub(crate) fn called(
+        future: F,
+        tracked: Tracked,
+        classify: C,
+        backend: BackendId,
+        timeout: Option<Duration>,
+    ) -> Self {
         ResponseFuture {
             kind: Kind::Called { future },
+            deadline: deadline(timeout),
+            timeout: timeout.unwrap_or(Duration::MAX),
             tracked: Some(tracked),
             classify,
             backend: Some(backend),
@@ -85,6 +146,8 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn failed(error: BoxError, classify: C) -> Self {
         ResponseFuture {
             kind: Kind::Failed { error: Some(error) },
+            deadline: None,
+            timeout: Duration::MAX,
             tracked: None,
             classify,
             backend: None,
@@ -122,24 +185,67 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.kind.project() {
-            KindProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "balance: response future polled after completion".into()))),
-            KindProj::Called { future } => {
-                let result = ready!(future.poll(cx));
-                let success = this.classify.is_success(result.as_ref());
-                if let Some(tracked) = this.tracked.take() {
-                    if *this.hold && result.is_ok() {
-                        *this.held = Some((tracked, success));
-                    } else {
-                        tracked.finish(success);
+        let mut this = self.project();
+        let result = match this.kind.as_mut().project() {
+            KindProj::Failed { error } => {
+                return Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                    "balance: response future polled after completion".into()
+                })));
+            }
+            KindProj::Called { future } => match future.poll(cx) {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    let expired = this
+                        .deadline
+                        .as_mut()
+                        .as_pin_mut()
+                        .is_some_and(|sleep| sleep.poll(cx).is_ready());
+                    if !expired {
+                        return Poll::Pending;
                     }
+                    // The attempt is over: cancel it (drop the inner future) and count
+                    // the time-out as the backend's failure.
+                    this.kind.set(Kind::Failed { error: None });
+                    this.deadline.set(None);
+                    let elapsed = this
+                        .tracked
+                        .as_ref()
+                        .map_or(*this.timeout, Tracked::elapsed);
+                    if let Some(tracked) = this.tracked.take() {
+                        tracked.finish(false);
+                    }
+                    let backend = this.backend.unwrap_or(BackendId::new(u64::MAX));
+                    return Poll::Ready(Err(TimedOut {
+                        backend,
+                        elapsed,
+                        timeout: *this.timeout,
+                    }
+                    .into()));
                 }
-                Poll::Ready(result.map_err(Into::into))
+            },
+        };
+        this.kind.set(Kind::Failed { error: None });
+        this.deadline.set(None);
+        let success = this.classify.is_success(result.as_ref());
+        if let Some(mut tracked) = this.tracked.take() {
+            if *this.hold && result.is_ok() {
+                tracked.settle(success);
+                *this.held = Some((tracked, success));
+            } else {
+                tracked.finish(success);
             }
         }
+        let backend = *this.backend;
+        Poll::Ready(result.map_err(|e| {
+            match backend {
+                Some(backend) => BackendError {
+                    backend,
+                    source: e.into(),
+                }
+                .into(),
+                None => e.into(),
+            }
+        }))
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tower::Layer;
@@ -41,6 +42,7 @@ pub struct BalanceLayer<A, P: Picker<A>, K = NoAffinity, C = AnyError> {
     affinity: K,
     classify: C,
     limit: Option<(usize, OnOverload)>,
+    timeout: Option<Duration>,
 }
 
 impl<A, P: Picker<A>> BalanceLayer<A, P> {
@@ -51,6 +53,7 @@ impl<A, P: Picker<A>> BalanceLayer<A, P> {
             affinity: NoAffinity,
             classify: AnyError,
             limit: None,
+            timeout: None,
         }
     }
 }
@@ -63,6 +66,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             affinity,
             classify: self.classify,
             limit: self.limit,
+            timeout: self.timeout,
         }
     }
 
@@ -73,7 +77,24 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             affinity: self.affinity,
             classify,
             limit: self.limit,
+            timeout: self.timeout,
         }
+    }
+
+    /// A time-out for each attempt: a request whose backend has not answered `timeout`
+    /// after it was sent fails with [`TimedOut`](crate::TimedOut) (naming the backend
+    /// and the time elapsed), the request is cancelled, and the attempt counts as a
+    /// failure of that backend (its failure score, outlier detection). Unset by default.
+    /// Needs the `tokio` feature and a tokio runtime with its timer; outside one the
+    /// request runs without a time-out.
+    ///
+    /// Put it here rather than in a `Timeout` around the balancer when a retry layer
+    /// sits outside: each attempt then gets its own time-out.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// At most `max` requests in flight per backend from this balancer (at least 1).
@@ -112,6 +133,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             limit: self
                 .limit
                 .map(|(max, on_overload)| Arc::new(Limit::new(max, on_overload))),
+            timeout: self.timeout,
             discover: Mutex::new(None),
             discovering: Default::default(),
         })
@@ -133,6 +155,7 @@ impl<A, P: Picker<A>, K: Clone, C: Clone> Clone for BalanceLayer<A, P, K, C> {
             affinity: self.affinity.clone(),
             classify: self.classify.clone(),
             limit: self.limit,
+            timeout: self.timeout,
         }
     }
 }
@@ -145,6 +168,7 @@ impl<A: fmt::Debug, P: Picker<A> + fmt::Debug, K: fmt::Debug, C> fmt::Debug
             .field("pool", &self.pool)
             .field("affinity", &self.affinity)
             .field("limit", &self.limit)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }

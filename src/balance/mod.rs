@@ -30,8 +30,10 @@
 //!
 //! Errors follow tower's convention: the service's error is a [`BoxError`] that is one
 //! of [`PickError`](crate::PickError) (no backend), [`Overloaded`](crate::Overloaded),
-//! [`DiscoverError`](crate::DiscoverError), or the inner service's own error, found by
-//! `downcast_ref`.
+//! [`DiscoverError`](crate::DiscoverError), [`TimedOut`](crate::TimedOut) (the
+//! per-attempt time-out, naming the backend), or [`BackendError`](crate::BackendError):
+//! the inner service's own error with the backend it came from, found by
+//! [`find_error`] or `BackendError::downcast_ref`.
 
 #[cfg(feature = "http")]
 mod body;
@@ -45,6 +47,7 @@ pub mod future;
 mod http;
 mod layer;
 mod limit;
+pub mod retry;
 mod route;
 mod service;
 #[cfg(feature = "http")]
@@ -64,6 +67,7 @@ pub use dns::DnsDiscover;
 pub use endpoint::Endpoint;
 pub use layer::BalanceLayer;
 pub use limit::OnOverload;
+pub use retry::{Retry, RetryLayer, RetryPolicy};
 pub use route::{Client, PerBackend, Retarget, Route};
 pub use service::{Balance, NoAffinity};
 #[cfg(feature = "http")]
@@ -72,3 +76,28 @@ pub use sticky::{SameSite, Sticky, StickyCookie, StickyError, StickyLayer};
 
 /// The boxed error type of [`Balance`], as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The first error of type `T` in `error`'s chain (itself, then its sources): how to find
+/// an inner service's error under the [`BackendError`](crate::BackendError) that names
+/// its backend.
+///
+/// ```
+/// use tower_lb::balance::{BoxError, find_error};
+/// use tower_lb::{BackendError, TimedOut};
+///
+/// # fn check(error: BoxError) {
+/// if let Some(io) = find_error::<std::io::Error>(&error) {
+///     println!("transport error: {io}");
+/// }
+/// # }
+/// ```
+pub fn find_error<T: std::error::Error + 'static>(error: &BoxError) -> Option<&T> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}

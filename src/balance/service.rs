@@ -41,6 +41,8 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
     pub(crate) affinity: K,
     pub(crate) classify: C,
     pub(crate) limit: Option<Arc<Limit>>,
+    /// The per-attempt time-out.
+    pub(crate) timeout: Option<std::time::Duration>,
     pub(crate) discover: Mutex<Option<Box<dyn Driver<A>>>>,
     /// Whether a discovery stream is set: spares `poll_ready` the mutex when none is.
     pub(crate) discovering: AtomicBool,
@@ -245,8 +247,45 @@ where
         K: AffinityKey<Req>,
         C: Clone,
     {
+        self.dispatch(req, pinned, &[])
+    }
+
+    /// Calls avoiding the backends in `tried` (a retry's earlier attempts, Envoy's
+    /// `previous_hosts`): the picker chooses as usual, and when its choice was tried the
+    /// request goes to the next eligible backend that was not. Fails at once with
+    /// [`PickError::NoEligible`](crate::PickError::NoEligible) when every eligible
+    /// backend was tried.
+    pub fn call_excluding<Req>(
+        &mut self,
+        req: Req,
+        tried: &[BackendId],
+    ) -> ResponseFuture<Oneshot<R::Service, Req>, C>
+    where
+        R: Route<A, Req>,
+        K: AffinityKey<Req>,
+        C: Clone,
+    {
+        self.dispatch(req, None, tried)
+    }
+
+    fn dispatch<Req>(
+        &mut self,
+        req: Req,
+        pinned: Option<BackendId>,
+        tried: &[BackendId],
+    ) -> ResponseFuture<Oneshot<R::Service, Req>, C>
+    where
+        R: Route<A, Req>,
+        K: AffinityKey<Req>,
+        C: Clone,
+    {
         let reserved = std::mem::take(&mut self.reserved);
         let shared = &*self.shared;
+        let release = || {
+            if reserved && let Some(limit) = &shared.limit {
+                limit.release();
+            }
+        };
         let fail = |e: BoxError| ResponseFuture::failed(e, shared.classify.clone());
         // A failure that crossed the ejection threshold is published before this pick.
         shared.pool.tick_if_signalled();
@@ -261,15 +300,15 @@ where
             Some(index) => Ok(index),
             None => {
                 let ctx = shared.affinity.context(&req).with_now_nanos(now);
-                current.pick(shared.pool.picker(), &ctx)
+                current
+                    .pick(shared.pool.picker(), &ctx)
+                    .and_then(|index| untried(snapshot, index, tried))
             }
         };
         let mut index = match chosen {
             Ok(index) => index,
             Err(e) => {
-                if reserved && let Some(limit) = &shared.limit {
-                    limit.release();
-                }
+                release();
                 return fail(e.into());
             }
         };
@@ -298,8 +337,32 @@ where
             tracked,
             shared.classify.clone(),
             backend.id(),
+            shared.timeout,
         )
     }
+}
+
+/// `index`, unless its backend was tried: then the next eligible backend (in index
+/// order, wrapping) that was not.
+fn untried<A>(
+    snapshot: &Snapshot<A>,
+    index: usize,
+    tried: &[BackendId],
+) -> Result<usize, crate::PickError> {
+    let was_tried = |i: usize| snapshot.get(i).is_some_and(|b| tried.contains(&b.id()));
+    if tried.is_empty() || !was_tried(index) {
+        return Ok(index);
+    }
+    let eligible = snapshot.eligible();
+    let start = eligible.partition_point(|&i| (i as usize) <= index);
+    eligible[start..]
+        .iter()
+        .chain(&eligible[..start])
+        .map(|&i| i as usize)
+        .find(|&i| !was_tried(i))
+        .ok_or(crate::PickError::NoEligible {
+            total: snapshot.len(),
+        })
 }
 
 /// `index` if that backend is below `max` in flight, else another eligible one that is

@@ -11,7 +11,10 @@
 //!
 //! A request whose cookie is missing, garbled, forged, oversized, duplicated or stale
 //! (its backend removed, ejected or draining) is balanced normally and gets a fresh
-//! cookie: never an error response, never a panic. Tags are looked up in a map built
+//! cookie: never an error response, never a panic. A request whose backend is eligible
+//! but at its in-flight limit ([`BalanceLayer::max_in_flight`](super::BalanceLayer::max_in_flight))
+//! is served by another backend *this once* and gets no new cookie: the session stays
+//! pinned through a momentary overload and moves only when its backend leaves rotation. Tags are looked up in a map built
 //! once per snapshot version, off the per-request path.
 
 use std::collections::HashMap;
@@ -373,9 +376,11 @@ where
             .and_then(|tag| index.by_tag.get(&tag).copied())
             .filter(|&(_, i)| snapshot.is_eligible(i));
         let future = self.inner.call_pinned(req, wanted.map(|(id, _)| id));
-        // A new cookie unless the request already names the backend that serves it.
+        // A new cookie only when the request names no eligible backend. A session whose
+        // backend is eligible but momentarily at its in-flight limit is served elsewhere
+        // this once and keeps its cookie: overload is not a reason to move it for good.
         let set_cookie = match future.backend() {
-            Some(chosen) if wanted.map(|(id, _)| id) != Some(chosen) => snapshot
+            Some(chosen) if wanted.is_none() => snapshot
                 .index_of(chosen)
                 .and_then(|i| index.tags.get(i))
                 .and_then(|tag| self.cookie.set_cookie(tag)),

@@ -119,8 +119,16 @@ impl<A> Engine<A> {
             verdicts.push(verdict);
         }
 
-        let in_service = verdicts.iter().filter(|v| !v.is_draining()).count();
+        // The panic threshold (see `health::panic` for the decision table): while any
+        // backend is healthy, a backend whose failure is confirmed is out of service —
+        // neither counted nor routed to in panic; with none healthy, every backend in
+        // service counts and fail-open spreads over all of them.
         let healthy = verdicts.iter().filter(|v| v.is_healthy()).count();
+        let confirmed_out = |v: &Verdict| healthy > 0 && v.is_confirmed_failure();
+        let in_service = verdicts
+            .iter()
+            .filter(|v| !v.is_draining() && !confirmed_out(v))
+            .count();
         let threshold = self.config.panic;
         let crossed = threshold.is_crossed(healthy, in_service);
         let fail_closed = threshold.panic_mode() == PanicMode::FailClosed;
@@ -129,7 +137,7 @@ impl<A> Engine<A> {
             .iter()
             .map(|v| match (crossed, fail_closed) {
                 (false, _) => v.is_healthy(),
-                (true, false) => !v.is_draining(),
+                (true, false) => !v.is_draining() && !confirmed_out(v),
                 (true, true) => false,
             })
             .collect();
@@ -370,7 +378,18 @@ impl<A> OutlierPass<'_, A> {
         if cell.is_ejected() {
             return;
         }
-        if self.ejected + 1 > self.cap {
+        let beyond_cap = self.ejected + 1 > self.cap;
+        if beyond_cap && kind == Ejection::ConsecutiveFailures && self.another_answers(index) {
+            // A confirmed failure while another backend answers: the cap guards against
+            // a broken network or health signal that fails everyone, which this is not.
+            tracing::debug!(
+                target: TARGET,
+                backend = %self.members[index].id(),
+                ejected = self.ejected,
+                cap = self.cap,
+                "ejecting beyond the ejection cap: consecutive failures while others answer"
+            );
+        } else if beyond_cap {
             tracing::debug!(
                 target: TARGET,
                 backend = %self.members[index].id(),
@@ -410,23 +429,47 @@ impl<A> OutlierPass<'_, A> {
         );
     }
 
-    /// When the set shrank under the ejected count, returns those closest to their return.
+    /// Whether a member other than `index` answers: not ejected, its last outcome a
+    /// success. Proof that the network and the caller work, so `index`'s failures are its own.
+    fn another_answers(&self, index: usize) -> bool {
+        self.members.iter().enumerate().any(|(j, b)| {
+            let state = b.state();
+            let cell = &state.health;
+            j != index
+                && !cell.is_ejected()
+                && cell.consecutive.load(Ordering::Relaxed) == 0
+                && state.successes() > 0
+        })
+    }
+
+    /// When the set shrank under the ejected count, returns those closest to their return
+    /// — statistical ejections first; a consecutive-failure ejection only while no other
+    /// backend answers.
     fn enforce_cap(&mut self) {
         if self.ejected <= self.cap {
             return;
         }
-        let mut ejected: Vec<(u64, usize)> = self
+        let mut ejected: Vec<(bool, u64, usize)> = self
             .members
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                let until = b.state().health.ejected_until.load(Ordering::Relaxed);
-                (until != 0).then_some((until, i))
+                let cell = &b.state().health;
+                let until = cell.ejected_until.load(Ordering::Relaxed);
+                let confirmed = cell.ejection() == Some(Ejection::ConsecutiveFailures)
+                    && self.another_answers(i);
+                (until != 0).then_some((confirmed, until, i))
             })
             .collect();
         ejected.sort_unstable();
-        let excess = self.ejected - self.cap;
-        for &(_, index) in ejected.iter().take(excess) {
+        // Confirmed ejections stay; the others keep what room the cap leaves them.
+        let confirmed = ejected.iter().filter(|e| e.0).count();
+        let room = self.cap.saturating_sub(confirmed);
+        let excess = (ejected.len() - confirmed).saturating_sub(room);
+        if excess == 0 {
+            return;
+        }
+        for &(_, _, index) in ejected.iter().take(excess) {
             if let Some(cell) = self.cell(index) {
                 uneject(cell);
                 tracing::debug!(
@@ -437,7 +480,7 @@ impl<A> OutlierPass<'_, A> {
                 );
             }
         }
-        self.ejected = self.cap;
+        self.ejected -= excess;
     }
 
     /// When the next ejection ends.

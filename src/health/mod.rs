@@ -113,6 +113,18 @@ impl Verdict {
         matches!(self, Verdict::Draining(_))
     }
 
+    /// Whether this verdict reports a *confirmed* failure: a failed active probe, or an
+    /// ejection for consecutive failures. While any backend is healthy, the panic
+    /// threshold never routes to such a backend (see [`panic`]).
+    pub fn is_confirmed_failure(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Unhealthy(
+                Reason::ProbeFailed { .. } | Reason::Ejected(Ejection::ConsecutiveFailures)
+            )
+        )
+    }
+
     /// Why the backend is not healthy, if it is not.
     pub fn reason(&self) -> Option<&Reason> {
         match self {

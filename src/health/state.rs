@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -19,6 +20,9 @@ use super::{Ejection, Reason, Verdict};
 pub(crate) struct HealthShared {
     /// Failures in a row that call for an ejection; 0 when that rule is off.
     consecutive_threshold: u64,
+    /// A request dropped unfinished after this long (ns) counts as a failure;
+    /// `u64::MAX` when cancellations never do.
+    cancel_failure_ns: u64,
     /// Signals raised, and how many of them an evaluation has published: one is due
     /// while they differ. Not a flag cleared when an evaluation begins, so that a pick
     /// racing a publication in progress still sees the signal and waits for it.
@@ -32,9 +36,12 @@ pub(crate) struct HealthShared {
 }
 
 impl HealthShared {
-    pub(crate) fn new(consecutive_threshold: u64) -> Self {
+    pub(crate) fn new(consecutive_threshold: u64, cancel_failure_after: Option<Duration>) -> Self {
         HealthShared {
             consecutive_threshold,
+            cancel_failure_ns: cancel_failure_after.map_or(u64::MAX, |d| {
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+            }),
             signalled: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             task_running: AtomicBool::new(false),
@@ -201,6 +208,14 @@ impl HealthCell {
             }
             _ => false,
         }
+    }
+
+    /// Whether a request dropped unfinished after `elapsed` counts as a failure (the
+    /// pool's cancellation threshold; never for a backend outside a pool).
+    pub(crate) fn cancel_is_failure(&self, elapsed: Duration) -> bool {
+        self.link.as_ref().is_some_and(|link| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) >= link.cancel_failure_ns
+        })
     }
 
     pub(crate) fn is_ejected(&self) -> bool {

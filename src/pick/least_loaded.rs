@@ -6,9 +6,14 @@
 //! uniformly at random — one draw picks the r-th of the tied members — so the first
 //! members of the list are not favoured when every backend is idle. For large sets
 //! prefer [`PowerOfTwoChoices`](super::PowerOfTwoChoices): O(1) and nearly as balanced.
+//!
+//! Recent failures count as load ((in flight + 1) × 2^score − 1, see the
+//! [`pick`](crate::pick) module docs): a backend failing fast has nothing in flight but
+//! is not the least loaded. Loads are compared in `f64`, exact for in-flight counts and
+//! weights whose product stays below 2⁵³.
 
 use super::{PickContext, Picker};
-use crate::backend::Snapshot;
+use crate::backend::{Snapshot, now_nanos};
 use crate::rng::RandomSource;
 
 /// Picks a member with the least in-flight ÷ weight. See the [module docs](self).
@@ -39,15 +44,14 @@ impl Default for LeastLoaded {
     }
 }
 
-/// `(in-flight, weight)` of the member at `index`, each below 2³², so that cross
-/// products fit in a `u64`.
+/// `(load, weight)` of the member at `index`: its in-flight count with recent failures
+/// counted as load (see [`BackendState::load`](crate::BackendState::load)).
 #[inline]
-fn load<A>(snapshot: &Snapshot<A>, index: usize) -> (u64, u64) {
-    let in_flight = snapshot.get(index).map_or(0, |b| b.state().in_flight());
-    (
-        in_flight.min(u32::MAX as usize) as u64,
-        u64::from(snapshot.effective_weight(index).max(1)),
-    )
+fn load<A>(snapshot: &Snapshot<A>, index: usize, now: &impl Fn() -> u64) -> (f64, f64) {
+    let load = snapshot
+        .get(index)
+        .map_or(f64::INFINITY, |b| b.state().load_with(now));
+    (load, f64::from(snapshot.effective_weight(index).max(1)))
 }
 
 impl<A> Picker<A> for LeastLoaded {
@@ -55,18 +59,19 @@ impl<A> Picker<A> for LeastLoaded {
 
     fn prepare(&self, _: &Snapshot<A>, _: Option<&()>) {}
 
-    fn pick(&self, _: &(), snapshot: &Snapshot<A>, _: &PickContext) -> Option<usize> {
+    fn pick(&self, _: &(), snapshot: &Snapshot<A>, ctx: &PickContext) -> Option<usize> {
+        let now = || ctx.now_nanos().unwrap_or_else(now_nanos);
         let eligible = snapshot.eligible();
         let (&first, rest) = eligible.split_first()?;
         if rest.is_empty() {
             return Some(first as usize);
         }
         // Pass 1: the least load ratio (l/w compared as l·w' < l'·w) and how many tie.
-        let mut best = load(snapshot, first as usize);
+        let mut best = load(snapshot, first as usize, &now);
         let mut best_index = first as usize;
         let mut ties = 1usize;
         for &i in rest {
-            let (l, w) = load(snapshot, i as usize);
+            let (l, w) = load(snapshot, i as usize, &now);
             let lhs = l * best.1;
             let rhs = best.0 * w;
             if lhs < rhs {
@@ -84,7 +89,7 @@ impl<A> Picker<A> for LeastLoaded {
         // r-th is gone, the first minimum found stands.
         let mut r = self.rng.below(ties);
         for &i in eligible {
-            let (l, w) = load(snapshot, i as usize);
+            let (l, w) = load(snapshot, i as usize, &now);
             if l * best.1 == best.0 * w {
                 if r == 0 {
                     return Some(i as usize);

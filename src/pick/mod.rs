@@ -30,9 +30,9 @@
 //! | [`WeightedRoundRobin`] | NGINX smooth interleaving; every window of Σw picks holds wᵢ of backend i | O(1), one shared atomic |
 //! | [`Random`] | uniform | O(1), no shared write |
 //! | [`WeightedRandom`] | shares ∝ weights (alias method) | O(1), no shared write |
-//! | [`LeastLoaded`] | a backend with the least in-flight ÷ weight | O(n) reads |
+//! | [`LeastLoaded`] | a backend with the least load ÷ weight (load: in flight, failures counted) | O(n) reads |
 //! | [`PowerOfTwoChoices`] | max load ≤ ln ln n / ln 2 + O(1) (two distinct candidates) | O(1), no shared write |
-//! | [`PeakEwma`] | P2C over latency × load, reacts to a slowing backend at once | O(1), no shared write |
+//! | [`PeakEwma`] | P2C over latency × load, reacts to a slowing or failing backend at once | O(1), no shared write |
 //! | [`Maglev`] | same key → same backend; ≤ 1 % collateral on removal | O(1), one table read |
 //! | [`Ring`] | same key → same backend; only the changed backend's keys move | O(1) expected |
 //! | [`Rendezvous`] | same key → same backend; only the changed backend's keys move | O(n) |
@@ -40,6 +40,34 @@
 //! | [`BoundedLoad`] | a hashing picker holding each backend ≤ ⌈c · average⌉ in flight | + O(1) per backend asked |
 //!
 //! The consistent-hashing family lives in [`hash`]; see there for how to choose.
+//!
+//! # Failures are load
+//!
+//! A backend that fails in microseconds never has anything in flight, so a strategy that
+//! compares in-flight counts alone would send it every request. Every load-aware strategy
+//! ([`LeastLoaded`], [`PowerOfTwoChoices`], [`PeakEwma`], [`BoundedLoad`]'s bound check)
+//! therefore charges a backend for its recent failures. Each backend keeps a *failure
+//! score*: +1 per failure, halved by each success, fading as e^(−t/1 s)
+//! ([`FAILURE_DECAY`](crate::FAILURE_DECAY)) while the backend gets nothing. Its load
+//! is then
+//!
+//! > (in flight + 1) × 2^score − 1
+//!
+//! — the in-flight count itself with no recent failure, doubled (plus one) per recent
+//! failure. A backend that just failed loses to any peer carrying fewer than about
+//! 2^score requests, so a fast-failing backend loses traffic from its first failures on,
+//! before any ejection; as its score fades it is tried again (about every
+//! τ · ln((k + 1)/k) with k ≈ log₂ of its peers' load, a few times a second), and a
+//! success halves the score, so a recovered backend is back in rotation after a few
+//! answers. [`PeakEwma`] multiplies its cost by the same 2^score and charges a failing
+//! backend at least its rival's latency.
+//!
+//! This is Linkerd's *failure accrual* and Finagle's `FailureAccrualFactory` (both
+//! count failures per backend and back off from it) folded into the load metric, as
+//! gRPC's weighted round robin folds its error rate into the weight (gRFC A58's
+//! `error_utilization_penalty`), rather than a separate breaker: the pickers steer away
+//! at once, and ejection ([`health`](crate::health)) takes the backend out of every
+//! strategy's rotation, hashing included, once its failure is confirmed.
 
 use std::time::Instant;
 
@@ -168,8 +196,9 @@ impl Candidates {
     /// Two distinct eligible slots (positions in the eligible list); `n >= 2`.
     #[inline]
     pub(crate) fn two(&self, rng: &crate::rng::RandomSource, n: usize) -> (usize, usize) {
+        // Two members are drawn in a random order like any other pair: the first
+        // candidate wins ties, so a fixed (0, 1) would send every tie to the first.
         match self {
-            _ if n == 2 => (0, 1),
             Candidates::Weighted(alias) if alias.len() == n => {
                 let (r1, r2) = rng.next_pair();
                 let a = alias.sample(r1);

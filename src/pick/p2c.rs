@@ -13,9 +13,14 @@
 //! an Envoy issue), and weights count: with unequal weights the candidates are drawn in
 //! proportion to weight (alias method) and compared by in-flight ÷ weight, so shares
 //! follow the weights. O(1) per pick, nothing shared written.
+//!
+//! Failures are load: a backend's in-flight count is charged for its recent failures
+//! as (in flight + 1) × 2^score − 1 (see the [`pick`](crate::pick) module docs), so a
+//! backend that fails in microseconds — and so never has anything in flight — loses
+//! every comparison with a healthy one from its first failures on, before any ejection.
 
 use super::{Candidates, PickContext, Picker};
-use crate::backend::Snapshot;
+use crate::backend::{Snapshot, now_nanos};
 use crate::rng::RandomSource;
 
 /// Power of two choices over in-flight ÷ weight. See the [`pick`](crate::pick) module docs.
@@ -86,11 +91,12 @@ impl<A> Picker<A> for PowerOfTwoChoices {
     }
 
     #[inline]
-    fn pick(&self, table: &Candidates, snapshot: &Snapshot<A>, _: &PickContext) -> Option<usize> {
+    fn pick(&self, table: &Candidates, snapshot: &Snapshot<A>, ctx: &PickContext) -> Option<usize> {
+        let now = || ctx.now_nanos().unwrap_or_else(now_nanos);
         p2c_pick(table, &self.rng, snapshot, |i| {
             snapshot
                 .get(i)
-                .map_or(0u128, |b| b.state().in_flight() as u128)
+                .map_or(f64::INFINITY, |b| b.state().load_with(now))
         })
     }
 }

@@ -14,10 +14,17 @@
 //! measured cost once a request is in flight (so it is not flooded before its first
 //! answer tells how fast it is). [`PeakEwma::with_default_rtt`] replaces this with a fixed
 //! guess, as tower does.
+//!
+//! Failures are cost: the cost is multiplied by 2^score, the backend's recent-failure
+//! score (see the [`pick`](crate::pick) module docs), and a failing backend's estimate
+//! is taken to be at least its rival's — a backend that fails in microseconds would
+//! otherwise look like the fastest of all (tower's and Finagle's Peak EWMA both fall for
+//! it: a failure's latency is a sample like any other). A failure's latency only raises
+//! the estimate, never lowers it.
 
 use std::time::Duration;
 
-use super::{Candidates, PickContext, Picker, p2c::p2c_pick};
+use super::{Candidates, PickContext, Picker};
 use crate::backend::{Snapshot, now_nanos};
 use crate::rng::RandomSource;
 
@@ -55,19 +62,49 @@ impl PeakEwma {
         self
     }
 
-    /// The cost of the member at `index` at `now_ns`.
+    /// What the cost of the member at `index` at `now_ns` is made of: the latency
+    /// estimate (`None`: unmeasured), in flight, and the failure factor 2^score.
     #[inline]
-    fn cost<A>(&self, snapshot: &Snapshot<A>, index: usize, now_ns: u64) -> f64 {
-        let Some(backend) = snapshot.get(index) else {
-            return f64::INFINITY;
+    fn parts<A>(&self, snapshot: &Snapshot<A>, index: usize, now_ns: u64) -> Option<Parts> {
+        let state = snapshot.get(index)?.state();
+        Some(Parts {
+            rtt: state.rtt_nanos_at(now_ns).or(self.default_rtt),
+            in_flight: state.in_flight() as f64,
+            failures: state.failure_factor_at(|| now_ns),
+            weight: f64::from(snapshot.effective_weight(index).max(1)),
+        })
+    }
+}
+
+/// One candidate's cost, in parts.
+#[derive(Clone, Copy)]
+struct Parts {
+    rtt: Option<f64>,
+    in_flight: f64,
+    failures: f64,
+    weight: f64,
+}
+
+impl Parts {
+    /// estimate × (in flight + 1) × 2^score ÷ weight, where a failing backend's estimate
+    /// is at least its rival's (`floor`): its own latency, measured on failures that came
+    /// back in microseconds, says nothing about how fast it answers.
+    #[inline]
+    fn cost(self, floor: Option<f64>) -> f64 {
+        let rtt = match (self.rtt, floor) {
+            (Some(own), Some(floor)) if self.failures > 1.0 => own.max(floor),
+            (None, Some(floor)) if self.failures > 1.0 => floor,
+            (rtt, _) => rtt.unwrap_or(-1.0),
         };
-        let state = backend.state();
-        let in_flight = state.in_flight() as f64;
-        match state.rtt_nanos_at(now_ns).or(self.default_rtt) {
-            Some(rtt) => rtt * (in_flight + 1.0),
-            None if in_flight == 0.0 => 0.0,
-            None => PENALTY * in_flight,
+        if rtt < 0.0 {
+            // Unmeasured: Finagle's rule.
+            return if self.in_flight == 0.0 {
+                0.0
+            } else {
+                PENALTY * self.in_flight
+            };
         }
+        rtt * (self.in_flight + 1.0) * self.failures / self.weight
     }
 }
 
@@ -86,12 +123,25 @@ impl<A> Picker<A> for PeakEwma {
 
     #[inline]
     fn pick(&self, table: &Candidates, snapshot: &Snapshot<A>, ctx: &PickContext) -> Option<usize> {
-        if snapshot.eligible().len() < 2 {
-            return snapshot.eligible().first().map(|&i| i as usize);
+        let eligible = snapshot.eligible();
+        let n = eligible.len();
+        if n < 2 {
+            return eligible.first().map(|&i| i as usize);
         }
         let now_ns = ctx.now_nanos().unwrap_or_else(now_nanos);
-        p2c_pick(table, &self.rng, snapshot, |i| {
-            self.cost(snapshot, i, now_ns)
+        let (a, b) = table.two(&self.rng, n);
+        let (a, b) = (*eligible.get(a)? as usize, *eligible.get(b)? as usize);
+        let (Some(pa), Some(pb)) = (
+            self.parts(snapshot, a, now_ns),
+            self.parts(snapshot, b, now_ns),
+        ) else {
+            return Some(a);
+        };
+        // Ties go to `a`, itself a random (or weighted) draw.
+        Some(if pb.cost(pa.rtt) < pa.cost(pb.rtt) {
+            b
+        } else {
+            a
         })
     }
 }

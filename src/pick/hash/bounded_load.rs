@@ -32,6 +32,10 @@
 //! total in flight (an O(n) sum) is read only when the key's first choice is busy (a
 //! backend with nothing in flight is always below its bound).
 //!
+//! **Failures are load**: a backend's load is its in-flight count charged for its recent
+//! failures ((in flight + 1) × 2^score − 1, see the [`pick`](crate::pick) module docs),
+//! so a key whose home fails fast spills to its next choice as if the home were full.
+//!
 //! Mirrokni, Thorup & Zadimoghaddam, "Consistent Hashing with Bounded Loads", SODA 2018;
 //! HAProxy `hash-balance-factor`.
 
@@ -204,12 +208,17 @@ impl<A, H: HashPicker<A>> HashPicker<A> for BoundedLoad<H> {
         G: FnMut(usize) -> bool,
     {
         let mut bound: Option<Bound> = None;
+        let now = std::cell::OnceCell::new();
         self.inner.find(table, snapshot, hash, |i| {
-            let load = snapshot.get(i).map_or(0, |b| b.state().in_flight()) as u128;
+            // In flight, with recent failures counted as load (see `BackendState::load`).
+            let load = snapshot.get(i).map_or(f64::INFINITY, |b| {
+                b.state()
+                    .load_with(|| *now.get_or_init(crate::backend::now_nanos))
+            });
             // Nothing in flight is below any bound (every bound is at least 1).
-            let below = load == 0 || {
+            let below = load == 0.0 || {
                 let bound = bound.get_or_insert_with(|| Bound::read(snapshot));
-                load < bound.capacity(self.factor, snapshot.effective_weight(i))
+                load < bound.capacity(self.factor, snapshot.effective_weight(i)) as f64
             };
             below && accept(i)
         })
