@@ -207,10 +207,13 @@ where
                     // the time-out as the backend's failure.
                     this.kind.set(Kind::Failed { error: None });
                     this.deadline.set(None);
+                    // At least the time-out: the timer fired (on tokio's clock, which a
+                    // test may have paused while the request clock ran on).
                     let elapsed = this
                         .tracked
                         .as_ref()
-                        .map_or(*this.timeout, Tracked::elapsed);
+                        .map_or(*this.timeout, Tracked::elapsed)
+                        .max(*this.timeout);
                     if let Some(tracked) = this.tracked.take() {
                         tracked.finish(false);
                     }

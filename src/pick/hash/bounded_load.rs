@@ -30,7 +30,9 @@
 //!
 //! **Cost**: on top of the wrapped lookup, one in-flight read per backend asked; the
 //! total in flight (an O(n) sum) is read only when the key's first choice is busy (a
-//! backend with nothing in flight is always below its bound).
+//! backend with nothing in flight is always below its bound), and then an O(n) check
+//! that some backend is below its bound comes before walking the key's order — a walk
+//! that found none would visit the wrapped picker's whole table.
 //!
 //! **Failures are load**: a backend's load is its in-flight count charged for its recent
 //! failures ((in flight + 1) × 2^score − 1, see the [`pick`](crate::pick) module docs),
@@ -189,8 +191,23 @@ impl<A, H: HashPicker<A>> Picker<A> for BoundedLoad<H> {
             return self.inner.pick(table, snapshot, ctx);
         };
         self.find(table, snapshot, hash, |_| true)
-            // Every eligible backend at its bound (load from outside this picker):
-            // the key's own first choice, else the wrapped picker's fallback.
+            // Every eligible backend at its bound (load from outside this picker): the
+            // key's first choice with no recent failure, else its first choice.
+            .or_else(|| {
+                let now = crate::backend::now_nanos();
+                let sound = |i: usize| {
+                    snapshot
+                        .get(i)
+                        .is_some_and(|b| b.state().failure_score_at(now) == 0.0)
+                };
+                // (Checked first: a walk that finds none visits the whole table.)
+                snapshot
+                    .eligible()
+                    .iter()
+                    .any(|&i| sound(i as usize))
+                    .then(|| self.inner.find(table, snapshot, hash, sound))
+                    .flatten()
+            })
             .or_else(|| self.inner.pick(table, snapshot, ctx))
     }
 }
@@ -209,19 +226,34 @@ impl<A, H: HashPicker<A>> HashPicker<A> for BoundedLoad<H> {
     {
         let mut bound: Option<Bound> = None;
         let now = std::cell::OnceCell::new();
-        self.inner.find(table, snapshot, hash, |i| {
+        let mut below = |i: usize| {
             // In flight, with recent failures counted as load (see `BackendState::load`).
             let load = snapshot.get(i).map_or(f64::INFINITY, |b| {
                 b.state()
                     .load_with(|| *now.get_or_init(crate::backend::now_nanos))
             });
             // Nothing in flight is below any bound (every bound is at least 1).
-            let below = load == 0.0 || {
+            load == 0.0 || {
                 let bound = bound.get_or_insert_with(|| Bound::read(snapshot));
                 load < bound.capacity(self.factor, snapshot.effective_weight(i)) as f64
-            };
-            below && accept(i)
-        })
+            }
+        };
+        // The common case: the key's first choice is below its bound.
+        let first = self.inner.find(table, snapshot, hash, |_| true)?;
+        if below(first) && accept(first) {
+            return Some(first);
+        }
+        // Walk the key's order only if some backend can take the request: a walk that
+        // finds none would visit the wrapped picker's whole table (65 537 Maglev slots).
+        let any = snapshot
+            .eligible()
+            .iter()
+            .any(|&i| below(i as usize) && accept(i as usize));
+        if !any {
+            return None;
+        }
+        self.inner
+            .find(table, snapshot, hash, |i| below(i) && accept(i))
     }
 }
 
