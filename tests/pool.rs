@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tower_lb::{
-    MembershipError, PickContext, PickError, Pool, PowerOfTwoChoices, RoundRobin, Weight,
-    WeightError, WeightedRoundRobin,
+    MembershipError, PeakEwma, PickContext, PickError, Picker, Pool, PowerOfTwoChoices, RoundRobin,
+    Weight, WeightError, WeightedRoundRobin,
 };
 
 #[test]
@@ -133,4 +133,47 @@ fn concurrent_writers_and_readers() {
     assert_eq!(stats.len(), 1 + WRITERS * kept);
     let ids: HashSet<_> = stats.iter().map(|s| s.id).collect();
     assert_eq!(ids.len(), stats.len(), "ids are unique");
+}
+
+/// Regression: with exactly two eligible backends, P2C drew the pair (0, 1) every time
+/// and ties went to the first candidate, so sequential picks with nothing in flight all
+/// went to backend 0 (1 000 of 1 000). Now either is drawn first: each gets half,
+/// within 5 binomial σ (σ ≈ 15.8 for 1 000 picks) — also when a third backend is drained.
+#[test]
+fn p2c_with_two_eligible_backends_and_no_load_spreads_its_picks() {
+    const PICKS: usize = 1_000;
+    const SLACK: usize = 80;
+    fn shares<P: Picker<&'static str>>(pool: &Pool<&'static str, P>) -> Vec<usize> {
+        let mut counts = vec![0usize; pool.stats().len()];
+        for _ in 0..PICKS {
+            let picked = pool.pick(&PickContext::new()).unwrap();
+            counts[picked.index()] += 1;
+        }
+        counts
+    }
+    for seed in [1u64, 2, 3] {
+        let p2c = Pool::new(PowerOfTwoChoices::with_seed(seed));
+        p2c.extend([("a", Weight::ONE), ("b", Weight::ONE)])
+            .unwrap();
+        let ewma = Pool::new(PeakEwma::with_seed(seed));
+        ewma.extend([("a", Weight::ONE), ("b", Weight::ONE)])
+            .unwrap();
+        let drained = Pool::new(PowerOfTwoChoices::with_seed(seed));
+        let ids = drained
+            .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+            .unwrap();
+        drained.drain(ids[0]).unwrap();
+        for (name, counts) in [
+            ("p2c", shares(&p2c)),
+            ("peak ewma", shares(&ewma)),
+            ("p2c, one of three drained", shares(&drained)[1..].to_vec()),
+        ] {
+            for &c in &counts {
+                assert!(
+                    c.abs_diff(PICKS / 2) <= SLACK,
+                    "{name}, seed {seed}: {counts:?}"
+                );
+            }
+        }
+    }
 }
