@@ -365,7 +365,7 @@ impl BackendState {
     /// the number of recent failures (see the [`pick`](crate::pick) module docs). With no
     /// recent failure it is the in-flight count exactly.
     pub fn load(&self) -> f64 {
-        self.load_with(|| now_nanos())
+        self.load_with(now_nanos)
     }
 
     /// [`load`](Self::load), reading "now" only when there is a failure score to decay.

@@ -486,11 +486,14 @@ async fn scenario_b_a_hung_backend_behind_a_callers_timeout_is_ejected() {
         .into_iter()
         .map(|(name, fut)| (name, tokio::spawn(fut)))
         .collect();
-    println!("\nscenario B (one of 3 hangs at 0.3 s, caller time-out 300 ms):");
+    println!(
+        "\n| strategy (one of 3 hangs at 0.3 s, caller time-out 300 ms) | requests from 1.5 s | timed out | last time-out after the hang | hung backend ejected after |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
     for (name, handle) in handles {
         let seen = handle.await.unwrap();
         println!(
-            "  {name}: {} requests after 1.5 s, {} timed out; last time-out {} after the hang; hung backend ejected after {}",
+            "| {name} | {} | {} | {} | {} |",
             seen.total,
             seen.timed_out,
             ms(seen.last_failure),

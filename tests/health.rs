@@ -1347,6 +1347,48 @@ mod task {
         );
     }
 
+    /// Two of three backends fail their probes: the panic threshold (50%, fail open) no
+    /// longer puts them back — their failure is confirmed and one backend is healthy, so
+    /// every pick goes to it. When the third fails too, nothing is healthy and fail-open
+    /// spreads over all three again (the broken-health-check case the valve is for).
+    #[tokio::test(start_paused = true)]
+    async fn confirmed_probe_failures_stay_out_of_panic_while_one_backend_is_healthy() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let c_down = Arc::new(AtomicBool::new(false));
+        let flag = c_down.clone();
+        let probe = probe_fn(move |addr: &&str| {
+            let down = *addr != "c" || flag.load(Ordering::SeqCst);
+            async move {
+                if down {
+                    Err(ProbeError::new("connection refused"))
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let pool = Pool::new(RoundRobin::new());
+        let ids = pool
+            .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+            .unwrap();
+        let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1).unwrap();
+        let start = TokioInstant::now();
+        let _task = pool.spawn_health_probes(probe, config).unwrap();
+        until(start + Duration::from_millis(10)).await;
+        assert!(!is_healthy(&pool, ids[0]) && !is_healthy(&pool, ids[1]));
+        let prepared = pool.snapshot();
+        assert!(!prepared.snapshot().is_panicking());
+        assert_eq!(prepared.snapshot().eligible(), [2]);
+        for _ in 0..300 {
+            assert_eq!(pool.pick(&PickContext::new()).unwrap().id(), ids[2]);
+        }
+
+        c_down.store(true, Ordering::SeqCst);
+        until(start + Duration::from_millis(5_010)).await;
+        let prepared = pool.snapshot();
+        assert!(prepared.snapshot().is_panicking(), "none healthy: panic");
+        assert_eq!(prepared.snapshot().eligible(), [0, 1, 2], "fail open over all");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_successful_probe_ends_an_ejection_early() {
         let pool = Pool::<&str, _>::builder(RoundRobin::new())

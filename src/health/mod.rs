@@ -44,13 +44,24 @@
 //! (feature `tokio`) do it. Every transition is a `tracing` event on the target
 //! `tower_lb::health` carrying the backend, the old and the new verdict and the reason.
 //!
-//! # Guarantees (checked by `tests/health.rs`)
+//! # Guarantees (checked by `tests/health.rs` and `tests/failures.rs`)
 //!
 //! - while the panic threshold is not crossed, no pick returns a backend whose verdict is
 //!   not healthy, for every strategy;
-//! - outlier ejections never exceed the ejection cap; the only backend of a set is never
-//!   ejected;
+//! - statistical outlier ejections never exceed the ejection cap; the only backend of a
+//!   set is never ejected;
+//! - a backend whose failure is confirmed (failed probes, consecutive failures while
+//!   another backend answers) is never routed to while any backend is healthy — not by
+//!   the ejection cap, not by the panic threshold ([`panic`](mod@panic) has the decision table);
+//! - with N of M backends refusing (any N < M), every strategy fails at most 1% of
+//!   requests from 0.5 s after the failure, without retries, under
+//!   `OutlierDetection::new()`; a backend that hangs behind a caller's time-out is
+//!   ejected (cancellations past 100 ms count as failures: see
+//!   [`PoolBuilder::cancelled_as_failure_after`](crate::PoolBuilder::cancelled_as_failure_after));
 //! - a draining backend gets no new pick, not even in panic mode.
+//!
+//! Failures also count as *load* in the load-aware pickers, before any ejection: see
+//! [Failures are load](crate::pick#failures-are-load).
 
 use std::fmt;
 use std::sync::Arc;
@@ -115,7 +126,7 @@ impl Verdict {
 
     /// Whether this verdict reports a *confirmed* failure: a failed active probe, or an
     /// ejection for consecutive failures. While any backend is healthy, the panic
-    /// threshold never routes to such a backend (see [`panic`]).
+    /// threshold never routes to such a backend (see [`panic`](mod@panic)).
     pub fn is_confirmed_failure(&self) -> bool {
         matches!(
             self,

@@ -29,8 +29,18 @@
 //! there), and the only backend of a set is never ejected. When the set shrinks under
 //! the ejected count, the backends closest to their return come back first.
 //!
+//! **Confirmed failures pass the cap.** A backend that reaches the consecutive-failure
+//! threshold while another backend *answers* (is not ejected and its last outcome was a
+//! success) is ejected even past the cap: the cap exists to survive a broken network or
+//! caller that makes every backend fail, and a peer answering at the same moment proves
+//! this failure is the backend's own. So with 2 of 3 (or 9 of 10) backends refusing, all
+//! of them leave rotation within their first five failures each (`tests/failures.rs`).
+//! When everything fails, nobody answers and the cap holds as before. Such an ejection
+//! is also never ended early when the set shrinks.
+//!
 //! Guarantee (property-tested): under any sequence of outcomes, ticks and membership
-//! changes, the ejected count never exceeds the cap.
+//! changes, the success-rate and failure-percentage ejections stay within the cap, and
+//! the set is never ejected whole (unless the cap is 100%).
 //!
 //! Sources: Envoy's outlier detection (architecture overview and the `OutlierDetection`
 //! proto), gRPC's proposal A50 "Outlier Detection Support", whose interval algorithm this

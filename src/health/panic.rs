@@ -10,8 +10,38 @@
 //! routed to. A threshold of 0 disables the rule (only healthy backends are picked, down
 //! to none). Each flip into or out of panic is a `tracing` warning.
 //!
+//! **Confirmed failures stay out.** A backend whose failure is *confirmed* — it failed
+//! its active probes, or was ejected for consecutive failures (see
+//! [`Verdict::is_confirmed_failure`](super::Verdict::is_confirmed_failure)) — is, while
+//! at least one backend is healthy, neither counted by the threshold nor routed to in
+//! panic: the safety valve exists for a broken health signal (a probe path that is
+//! wrong everywhere, a flaky network marking everything down), and a signal that still
+//! calls some backends healthy is not broken for the ones it calls dead. Backends that
+//! are only *suspected* (success-rate or failure-percentage outliers, `mark_down`, your
+//! own sources' `Unhealthy`) still count and are still routed to in panic, as before.
+//!
+//! # The decision table
+//!
+//! With n backends in service (not draining), h healthy, c confirmed failed, s suspected
+//! (n = h + c + s), threshold t:
+//!
+//! | situation | tower-lb (fail open, default) | fail closed | Envoy | gRPC (A50 outlier detection) |
+//! | --- | --- | --- | --- | --- |
+//! | h ≥ t · (n − c) | the h healthy | the h healthy | panic if h < t · n: all n | the non-ejected |
+//! | 0 < h < t · (n − c) | the h healthy and the s suspected | refuse: [`PickError::PanicThreshold`](crate::PickError::PanicThreshold) | all n | the non-ejected |
+//! | h = 0 | all n, confirmed failures included | refuse, at once | all n | the non-ejected (ejections capped at 10%) |
+//!
+//! Where we differ and why: Envoy's panic counts every unhealthy host, so two of three
+//! backends that fail their health checks put both back into rotation — a third of the
+//! traffic fails for as long as they are down. We treat a confirmed failure as out of
+//! service while something healthy remains, and keep Envoy's panic for what it is for: a
+//! majority merely suspected, or nothing healthy left. gRPC has no panic threshold; its
+//! outlier detection caps ejections at `max_ejection_percent` (10%) instead, which with
+//! two of three backends down keeps one of them in rotation — we let consecutive-failure
+//! ejections pass the cap while another backend answers (see [`outlier`](super::outlier)).
+//!
 //! Sources: Envoy's "Panic threshold" (load balancing overview), Finagle's
-//! `panicMode` (`PanicMode.MajorityUnhealthy`).
+//! `panicMode` (`PanicMode.MajorityUnhealthy`), gRPC proposal A50.
 
 use crate::error::HealthConfigError;
 
