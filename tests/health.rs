@@ -1386,7 +1386,11 @@ mod task {
         until(start + Duration::from_millis(5_010)).await;
         let prepared = pool.snapshot();
         assert!(prepared.snapshot().is_panicking(), "none healthy: panic");
-        assert_eq!(prepared.snapshot().eligible(), [0, 1, 2], "fail open over all");
+        assert_eq!(
+            prepared.snapshot().eligible(),
+            [0, 1, 2],
+            "fail open over all"
+        );
     }
 
     #[tokio::test(start_paused = true)]
