@@ -887,19 +887,24 @@ async fn http_proxy_retries_a_timed_out_get_on_another_backend() -> Result<(), E
     .await
 }
 
-/// `method /` with `body` through the proxy at `addr`: the status.
-async fn send(addr: SocketAddr, method: &str, body: &'static str) -> Result<StatusCode, Error> {
+/// `method path` with `body` through the proxy at `addr`: the status and the body.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &'static str,
+) -> Result<(StatusCode, String), Error> {
     let client = Client::builder(TokioExecutor::new()).build_http();
     let request = Request::builder()
         .method(method)
-        .uri(format!("http://{addr}/"))
+        .uri(format!("http://{addr}{path}"))
         .body(http_body_util::Full::new(Bytes::from_static(
             body.as_bytes(),
         )))?;
     let response = client.request(request).await?;
     let status = response.status();
-    response.into_body().collect().await?;
-    Ok(status)
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec())?))
 }
 
 #[tokio::test]
@@ -915,8 +920,8 @@ async fn http_proxy_answers_504_and_retries_only_what_is_safe_to_repeat() -> Res
         // Round robin alternates: of each pair, one request goes to the silent backend.
         let pair = async |method: &str, body: &'static str| -> Result<Vec<u16>, Error> {
             let mut statuses = vec![
-                send(proxy.addr, method, body).await?.as_u16(),
-                send(proxy.addr, method, body).await?.as_u16(),
+                send(proxy.addr, method, "/", body).await?.0.as_u16(),
+                send(proxy.addr, method, "/", body).await?.0.as_u16(),
             ];
             statuses.sort_unstable();
             Ok(statuses)
@@ -933,6 +938,34 @@ async fn http_proxy_answers_504_and_retries_only_what_is_safe_to_repeat() -> Res
         assert_eq!(silent.connections(), 3);
         let stats = proxy.proxy.pool().stats();
         assert_eq!(stats[0].failures, 3, "{:?}", stats[0]);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_retries_a_post_whose_connect_hangs() -> Result<(), Error> {
+    bounded(async {
+        let good = HttpBackend::start("good").await?;
+        let off = PoweredOff::start().await?;
+        let proxy = HttpProxy::start_addrs(
+            &["--strategy", "round-robin", "--timeout", "1"],
+            &[off.addr, good.addr()],
+        )
+        .await?;
+        for _ in 0..2 {
+            let started = Instant::now();
+            // Nothing reached the powered-off host: the POST, body and all, goes to the
+            // other backend (which echoes the body).
+            let (status, body) = send(proxy.addr, "POST", "/echo", "the body").await?;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, "the body");
+            // The connect's time-out (3/4 of --timeout), then the other backend.
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(1), "{took:?}");
+        }
+        assert_eq!(good.requests(), 2);
+        assert_eq!(proxy.proxy.pool().stats()[0].failures, 1);
         proxy.shutdown().await
     })
     .await

@@ -2,6 +2,18 @@
 //!
 //! `main.rs` parses the command line and runs [`serve`]; `tests/examples.rs` runs the
 //! same code against backends on loopback.
+//!
+//! Failure handling (the user's view is in `main.rs`):
+//! - [`Upstream`], the client under the balancer, bounds each attempt with `--timeout`,
+//!   so a time-out is an error the balancer's classifier sees: one failure for passive
+//!   health, recorded by the balancer's own bookkeeping, like a refused connect.
+//! - `handle` sends a request once; on a connect failure, or a time-out of an idempotent
+//!   method, `retry` sends it once more to another eligible backend. The client's body
+//!   sits in a [`BodySlot`] until an attempt polls it; a new attempt may start only
+//!   while it is still there (or empty), and an earlier attempt that polls it later gets
+//!   an error, so no backend ever receives a truncated body as a whole one.
+//! - [`Watched`] wraps each client connection's stream and ends it when no request head
+//!   arrives in time (`--header-timeout`) or no request starts for `--idle-timeout`.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -653,9 +665,11 @@ impl Proxy {
 
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        // A refused or unanswered connect is a connect failure, retried for any method;
-        // within --timeout, or the attempt's time-out would come first.
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(settings.timeout)));
+        // A refused or unanswered connect is a connect failure, retried for any method
+        // (nothing was sent). So that a hanging connect is reported as one, never as
+        // the attempt's time-out, it gets at most three quarters of --timeout.
+        let connect_timeout = CONNECT_TIMEOUT.min(settings.timeout.mul_f64(0.75));
+        connector.set_connect_timeout(Some(connect_timeout));
         let client = Upstream {
             client: HyperClient::builder(TokioExecutor::new()).build(connector),
             timeout: settings.timeout,
@@ -776,7 +790,7 @@ pub async fn serve(
     }
 }
 
-/// How long one connect to a backend may take (within `--timeout`).
+/// How long one connect to a backend may take (and at most ¾ of `--timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The client connections' time-outs: `--header-timeout` and `--idle-timeout`.
@@ -814,11 +828,12 @@ struct Activity {
 }
 
 impl Activity {
+    /// A connection's activity; its first deadline is set when it is [`Watched`].
     fn new(timeouts: ClientTimeouts) -> Arc<Mutex<Activity>> {
         Arc::new(Mutex::new(Activity {
             timeouts,
             busy: 0,
-            deadline: Some((tokio::time::Instant::now() + timeouts.header, Waiting::Head)),
+            deadline: None,
             reader: None,
         }))
     }
@@ -894,10 +909,20 @@ struct Watched<T> {
 }
 
 impl<T> Watched<T> {
-    fn new(io: T, activity: Arc<Mutex<Activity>>) -> Self {
+    /// Watches `io` from now on: its first request head is due within the header
+    /// time-out.
+    fn new(io: T, shared: Arc<Mutex<Activity>>) -> Self {
+        let mut a = activity(&shared);
+        if a.busy == 0 {
+            a.deadline = Some((
+                tokio::time::Instant::now() + a.timeouts.header,
+                Waiting::Head,
+            ));
+        }
+        drop(a);
         Watched {
             io,
-            activity,
+            activity: shared,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
         }
