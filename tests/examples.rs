@@ -960,9 +960,10 @@ async fn http_proxy_retries_a_post_whose_connect_hangs() -> Result<(), Error> {
             let (status, body) = send(proxy.addr, "POST", "/echo", "the body").await?;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(body, "the body");
-            // The connect's time-out (3/4 of --timeout), then the other backend.
+            // The connect's time-out (3/4 of --timeout), then the other backend. (Had the
+            // attempt's time-out come first, the POST would have had a 504.)
             let took = started.elapsed();
-            assert!(took < Duration::from_secs(1), "{took:?}");
+            assert!(took < Duration::from_millis(1500), "{took:?}");
         }
         assert_eq!(good.requests(), 2);
         assert_eq!(proxy.proxy.pool().stats()[0].failures, 1);
