@@ -523,7 +523,8 @@ pub enum Failure {
     Connect(hyper_util::client::legacy::Error),
     /// No response head within the attempt's time-out; the request may have been sent.
     TimedOut(Duration),
-    /// The connection failed after the request was (at least partly) sent.
+    /// Any other error once connected (reset, closed, a failed request body): the
+    /// request may have been sent.
     Other(hyper_util::client::legacy::Error),
 }
 
