@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use support::backend::{HttpBackend, TcpBackend};
 
@@ -55,10 +55,16 @@ struct HttpProxy {
 impl HttpProxy {
     /// Starts the proxy with `options` and one `--backend` per backend.
     async fn start(options: &[&str], backends: &[&HttpBackend]) -> Result<Self, Error> {
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+        HttpProxy::start_addrs(options, &addrs).await
+    }
+
+    /// Starts the proxy with `options` and one `--backend` per address.
+    async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
         let mut args = vec!["http_proxy".to_owned()];
-        for backend in backends {
+        for addr in backends {
             args.push("--backend".to_owned());
-            args.push(backend.addr().to_string());
+            args.push(addr.to_string());
         }
         args.extend(options.iter().map(|s| (*s).to_owned()));
         let settings = http_proxy::Settings::parse(args)?;
@@ -139,6 +145,117 @@ async fn get(
 async fn http_backends(n: usize) -> Result<Vec<HttpBackend>, Error> {
     let names = ["a", "b", "c", "d"];
     Ok(support::backend::start_http(&names[..n]).await?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Failing hosts
+
+/// A host that is powered off, as its clients see it: a connect neither succeeds nor is
+/// refused, it hangs. A listener with a backlog of 0 that never accepts, its queue
+/// filled: Linux then drops further SYNs, and the connecting side retransmits and waits.
+struct PoweredOff {
+    addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl PoweredOff {
+    async fn start() -> Result<Self, Error> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(0)?;
+        let addr = listener.local_addr()?;
+        let mut queued = Vec::new();
+        // Connect until a connect hangs: then the queue is full, and so it stays.
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(stream) => queued.push(stream?),
+                Err(_) => {
+                    return Ok(PoweredOff {
+                        addr,
+                        _listener: listener,
+                        _queued: queued,
+                    });
+                }
+            }
+        }
+        Err(format!("connects to {addr} do not hang: its listen queue never filled").into())
+    }
+}
+
+/// A backend that accepts connections and reads what they send, and never answers.
+struct Unresponsive {
+    addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Unresponsive {
+    async fn start() -> Result<Self, Error> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) closes every connection.
+            let mut open = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut stream, _)) = accepted else { continue };
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        open.spawn(async move {
+                            let mut buf = [0u8; 4096];
+                            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                        });
+                    }
+                    Some(_) = open.join_next(), if !open.is_empty() => {}
+                }
+            }
+        });
+        Ok(Unresponsive {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    /// Connections accepted.
+    fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Unresponsive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn failing_host_fixtures_behave_as_described() -> Result<(), Error> {
+    bounded(async {
+        let off = PoweredOff::start().await?;
+        let started = Instant::now();
+        let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(off.addr));
+        assert!(
+            connect.await.is_err(),
+            "a connect to a powered-off host did not hang"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(1));
+
+        let silent = Unresponsive::start().await?;
+        let mut stream = TcpStream::connect(silent.addr).await?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf));
+        assert!(read.await.is_err(), "the unresponsive backend answered");
+        assert_eq!(silent.connections(), 1);
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -673,6 +790,289 @@ async fn http_proxy_shutdown_lets_requests_in_flight_finish() -> Result<(), Erro
     .await
 }
 
+#[tokio::test]
+async fn http_proxy_serves_every_request_with_two_of_three_hosts_powered_off() -> Result<(), Error>
+{
+    bounded(async {
+        let up = HttpBackend::start("up").await?;
+        let off = [PoweredOff::start().await?, PoweredOff::start().await?];
+        let addrs = [off[0].addr, up.addr(), off[1].addr];
+        let mut proxies = Vec::new();
+        for strategy in ["p2c", "round-robin", "peak-ewma"] {
+            let options = [
+                "--strategy",
+                strategy,
+                "--health-path",
+                "/health",
+                "--health-interval",
+                "1",
+            ];
+            proxies.push((strategy, HttpProxy::start_addrs(&options, &addrs).await?));
+        }
+        // Three failed probes (1 s apart, each timing out after 1 s) mark a host down.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let client = http_client();
+        for (strategy, proxy) in &proxies {
+            for i in 0..20 {
+                let started = Instant::now();
+                let answer = get(&client, proxy.addr, "/", &[]).await?;
+                let took = started.elapsed();
+                assert_eq!(answer.status, StatusCode::OK, "{strategy}, request {i}");
+                assert!(
+                    took < Duration::from_secs(1),
+                    "{strategy}, request {i}: {took:?}; stats {:?}",
+                    proxy.proxy.pool().stats()
+                );
+            }
+        }
+        for (_, proxy) in proxies {
+            proxy.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_retries_a_timed_out_get_on_another_backend() -> Result<(), Error> {
+    bounded(async {
+        let good = http_backends(2).await?;
+        let silent = Unresponsive::start().await?;
+        let addrs = [good[0].addr(), silent.addr, good[1].addr()];
+        // Round robin sends every third request to the silent backend.
+        let proxy =
+            HttpProxy::start_addrs(&["--strategy", "round-robin", "--timeout", "2"], &addrs)
+                .await?;
+        let client = http_client();
+        let wave = |n: usize| {
+            let mut requests = JoinSet::new();
+            for _ in 0..n {
+                let client = client.clone();
+                let addr = proxy.addr;
+                requests.spawn(async move {
+                    let started = Instant::now();
+                    let answer = get(&client, addr, "/", &[]).await?;
+                    Ok::<_, Error>((answer.status, started.elapsed()))
+                });
+            }
+            requests
+        };
+        let mut first = wave(30);
+        let mut slowest = Duration::ZERO;
+        while let Some(done) = first.join_next().await {
+            let (status, took) = done??;
+            assert_eq!(status, StatusCode::OK);
+            // The time-out (2 s), then the retry on another backend.
+            assert!(took < Duration::from_secs(4), "{took:?}");
+            slowest = slowest.max(took);
+        }
+        assert!(
+            slowest >= Duration::from_secs(2),
+            "no request waited: {slowest:?}"
+        );
+        assert!(silent.connections() >= 5, "{}", silent.connections());
+        // Each time-out was a failure for passive health: five in a row ejected it.
+        let stats = proxy.proxy.pool().stats();
+        assert!(stats[1].failures >= 5, "{:?}", stats[1]);
+        assert_eq!(stats[1].ejections, 1);
+        // From then on no request waits.
+        let mut second = wave(30);
+        while let Some(done) = second.join_next().await {
+            let (status, took) = done??;
+            assert_eq!(status, StatusCode::OK);
+            assert!(took < Duration::from_secs(1), "{took:?}");
+        }
+        proxy.shutdown().await
+    })
+    .await
+}
+
+/// `method path` with `body` through the proxy at `addr`: the status and the body.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &'static str,
+) -> Result<(StatusCode, String), Error> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::new(Bytes::from_static(
+            body.as_bytes(),
+        )))?;
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec())?))
+}
+
+#[tokio::test]
+async fn http_proxy_answers_504_and_retries_only_what_is_safe_to_repeat() -> Result<(), Error> {
+    bounded(async {
+        let good = HttpBackend::start("good").await?;
+        let silent = Unresponsive::start().await?;
+        let proxy = HttpProxy::start_addrs(
+            &["--strategy", "round-robin", "--timeout", "1"],
+            &[silent.addr, good.addr()],
+        )
+        .await?;
+        // Round robin alternates: of each pair, one request goes to the silent backend.
+        let pair = async |method: &str, body: &'static str| -> Result<Vec<u16>, Error> {
+            let mut statuses = vec![
+                send(proxy.addr, method, "/", body).await?.0.as_u16(),
+                send(proxy.addr, method, "/", body).await?.0.as_u16(),
+            ];
+            statuses.sort_unstable();
+            Ok(statuses)
+        };
+        // A POST may have been acted upon: 504, not sent again.
+        assert_eq!(pair("POST", "").await?, [200, 504]);
+        assert_eq!(good.requests(), 1);
+        // A PUT is idempotent, but its body went to the silent backend: 504 too.
+        assert_eq!(pair("PUT", "the body").await?, [200, 504]);
+        assert_eq!(good.requests(), 2);
+        // A GET (no body) is sent again, to the other backend.
+        assert_eq!(pair("GET", "").await?, [200, 200]);
+        assert_eq!(good.requests(), 4);
+        assert_eq!(silent.connections(), 3);
+        let stats = proxy.proxy.pool().stats();
+        assert_eq!(stats[0].failures, 3, "{:?}", stats[0]);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_retries_a_post_whose_connect_hangs() -> Result<(), Error> {
+    bounded(async {
+        let good = HttpBackend::start("good").await?;
+        let off = PoweredOff::start().await?;
+        let proxy = HttpProxy::start_addrs(
+            &["--strategy", "round-robin", "--timeout", "1"],
+            &[off.addr, good.addr()],
+        )
+        .await?;
+        for _ in 0..2 {
+            let started = Instant::now();
+            // Nothing reached the powered-off host: the POST, body and all, goes to the
+            // other backend (which echoes the body).
+            let (status, body) = send(proxy.addr, "POST", "/echo", "the body").await?;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, "the body");
+            // The connect's time-out (3/4 of --timeout), then the other backend. (Had the
+            // attempt's time-out come first, the POST would have had a 504.)
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(1500), "{took:?}");
+        }
+        assert_eq!(good.requests(), 2);
+        assert_eq!(proxy.proxy.pool().stats()[0].failures, 1);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_closes_slowloris_connections_and_keeps_serving() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(1).await?;
+        let proxy = HttpProxy::start(&["--header-timeout", "2"], &[&backends[0]]).await?;
+        let addr = proxy.addr;
+        // 200 clients, each sending a request head one byte a second: it never ends.
+        let mut slow = JoinSet::new();
+        for _ in 0..200 {
+            slow.spawn(async move {
+                let started = Instant::now();
+                let mut stream = TcpStream::connect(addr).await?;
+                let head = b"GET / HTTP/1.1\r\nhost: slow\r\nx-slow: ";
+                let mut buf = [0u8; 1024];
+                for byte in head.iter().cycle() {
+                    if stream.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::select! {
+                        read = stream.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => return Err::<Duration, Error>("the proxy answered".into()),
+                        },
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    if started.elapsed() > Duration::from_secs(15) {
+                        return Err("a slow client is still connected after 15 s".into());
+                    }
+                }
+                Ok(started.elapsed())
+            });
+        }
+        // Meanwhile, normal requests are served.
+        let client = http_client();
+        let mut served = 0;
+        let mut closed_after = Vec::new();
+        while !slow.is_empty() {
+            let started = Instant::now();
+            let answer = get(&client, addr, "/", &[]).await?;
+            assert_eq!(answer.status, StatusCode::OK);
+            assert!(started.elapsed() < Duration::from_secs(1));
+            served += 1;
+            while let Some(done) = slow.try_join_next() {
+                closed_after.push(done??);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(closed_after.len(), 200);
+        let (first, last) = (
+            closed_after.iter().min().copied().unwrap_or_default(),
+            closed_after.iter().max().copied().unwrap_or_default(),
+        );
+        // Closed at the header time-out, not before, and not much after.
+        assert!(first >= Duration::from_millis(1900), "{first:?}");
+        assert!(last < Duration::from_secs(4), "{last:?}");
+        assert!(served >= 10, "{served}");
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_closes_idle_connections_but_not_busy_ones() -> Result<(), Error> {
+    bounded(async {
+        let slow = HttpBackend::start_with_delay("slow", Duration::from_millis(1500)).await?;
+        let proxy = HttpProxy::start(
+            &["--header-timeout", "0.5", "--idle-timeout", "1"],
+            &[&slow],
+        )
+        .await?;
+        let tcp = TcpStream::connect(proxy.addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        let mut connection = tokio::spawn(connection);
+        let request = || {
+            Request::get("/")
+                .header("host", "test")
+                .body(Empty::<Bytes>::new())
+        };
+        // A request in progress longer than both time-outs is not cut short.
+        let response = sender.send_request(request()?).await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await?;
+        // Idle for longer than the header time-out: the connection is still open.
+        tokio::time::sleep(Duration::from_millis(750)).await;
+        let response = sender.send_request(request()?).await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await?;
+        let idle = Instant::now();
+        // Idle for the idle time-out: closed.
+        tokio::time::timeout(Duration::from_secs(3), &mut connection).await???;
+        let after = idle.elapsed();
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(2),
+            "{after:?}"
+        );
+        proxy.shutdown().await
+    })
+    .await
+}
+
 #[test]
 fn http_proxy_rejects_bad_options_with_exit_code_2() {
     let cases: &[(&[&str], &str)] = &[
@@ -681,6 +1081,15 @@ fn http_proxy_rejects_bad_options_with_exit_code_2() {
         (&["--backend", "127.0.0.1:9000=x"], "--backend"),
         (&["--backend", "http://"], "--backend"),
         (&["--backend", "https://127.0.0.1:9000"], "--backend"),
+        (&["--backend", "not-an-address"], "not-an-address"),
+        (&["--backend", "not-an-address"], "--backend"),
+        (&["--backend", "127.0.0.1"], "'127.0.0.1'"),
+        (&["--backend", "127.0.0.1"], "no port"),
+        (&["--backend", "not an address:80"], "not an address:80"),
+        (&["--timeout", "0"], "--timeout"),
+        (&["--timeout", "soon"], "--timeout"),
+        (&["--header-timeout", "0.0001"], "--header-timeout"),
+        (&["--idle-timeout", "inf"], "--idle-timeout"),
         (
             &["--backend", "127.0.0.1:9000", "--backend", "127.0.0.1:9000"],
             "--backend",
@@ -766,6 +1175,10 @@ fn http_proxy_rejects_bad_options_with_exit_code_2() {
     assert!(ok.random_secret, "no --cookie-secret: a random one");
     assert_eq!(ok.max_in_flight, Some(8));
     assert_eq!(ok.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+    // The time-outs' defaults.
+    assert_eq!(ok.timeout, Duration::from_secs(30));
+    assert_eq!(ok.client.header, Duration::from_secs(10));
+    assert_eq!(ok.client.idle, Duration::from_secs(60));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -781,14 +1194,17 @@ struct RunningTcp {
 
 impl RunningTcp {
     async fn start(strategy: &str, backends: &[&TcpBackend]) -> Result<Self, Error> {
-        let mut args = vec![
-            "tcp_proxy".to_owned(),
-            "--strategy".to_owned(),
-            strategy.to_owned(),
-        ];
-        for backend in backends {
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+        RunningTcp::start_addrs(&["--strategy", strategy], &addrs).await
+    }
+
+    /// Starts the proxy with `options` and one `--backend` per address.
+    async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
+        let mut args = vec!["tcp_proxy".to_owned()];
+        args.extend(options.iter().map(|s| (*s).to_owned()));
+        for addr in backends {
             args.push("--backend".to_owned());
-            args.push(backend.addr().to_string());
+            args.push(addr.to_string());
         }
         let settings = tcp_proxy::Settings::parse(args)?;
         let proxy = tcp_proxy::TcpProxy::start(&settings).map_err(|e| e.to_string())?;
@@ -968,6 +1384,45 @@ async fn tcp_proxy_copies_both_ways_until_close() -> Result<(), Error> {
     .await
 }
 
+#[tokio::test]
+async fn tcp_proxy_fails_over_from_a_host_whose_connects_hang() -> Result<(), Error> {
+    bounded(async {
+        let backends = tcp_backends(2).await?;
+        let off = PoweredOff::start().await?;
+        let addrs = [backends[0].addr(), off.addr, backends[1].addr()];
+        let proxy = RunningTcp::start_addrs(
+            &["--strategy", "round-robin", "--connect-timeout", "0.5"],
+            &addrs,
+        )
+        .await?;
+        let mut counts = BTreeMap::<String, usize>::new();
+        let mut slow = 0;
+        for _ in 0..15 {
+            let started = Instant::now();
+            // Every connection gets a greeting and its echo: none sees the hanging host.
+            let name = tcp_round_trip(proxy.addr, [127, 0, 0, 1]).await?;
+            let took = started.elapsed();
+            // At most one connect time-out, then the next backend.
+            assert!(took < Duration::from_millis(1000), "{took:?}");
+            if took >= Duration::from_millis(500) {
+                slow += 1;
+            }
+            *counts.entry(name).or_default() += 1;
+        }
+        assert_eq!(counts.values().sum::<usize>(), 15);
+        // Three time-outs in a row ejected the hanging host: no more waiting after them.
+        assert_eq!(slow, 3, "{counts:?}");
+        let pool = proxy.proxy.pool().clone();
+        assert_eq!(pool.stats()[1].failures, 3, "{:?}", pool.stats()[1]);
+        while pool.stats()[1].ejections == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!pool.stats()[1].eligible);
+        proxy.shutdown().await
+    })
+    .await
+}
+
 #[test]
 fn tcp_proxy_rejects_bad_options_with_exit_code_2() {
     let cases: &[(&[&str], &str)] = &[
@@ -979,6 +1434,7 @@ fn tcp_proxy_rejects_bad_options_with_exit_code_2() {
             "--backend",
         ),
         (&["--listen", "nowhere"], "--listen"),
+        (&["--connect-timeout", "0"], "--connect-timeout"),
     ];
     for (options, names) in cases {
         let args = std::iter::once("tcp_proxy").chain(options.iter().copied());
@@ -993,4 +1449,5 @@ fn tcp_proxy_rejects_bad_options_with_exit_code_2() {
     assert_eq!(ok.listen, SocketAddr::from(([127, 0, 0, 1], 9090)));
     assert_eq!(ok.strategy.name(), "round-robin");
     assert_eq!(ok.backends[0].1.get(), 2);
+    assert_eq!(ok.connect_timeout, Duration::from_secs(3));
 }

@@ -8,10 +8,29 @@
 //! Without `--backend` it starts three demo backends on loopback (each answers with its
 //! name), so `cargo run --example http_proxy` then `curl -i localhost:8080/` works as is.
 //! The proxy adds `x-forwarded-for`, `x-forwarded-proto` and `forwarded`, strips
-//! hop-by-hop headers, streams bodies both ways, answers 502 when a backend fails and 503
-//! (with `Retry-After`) when no backend is eligible or all are at `--max-in-flight`, and
-//! retries once on another backend a request whose connection failed. Ctrl-C stops
-//! accepting and lets requests in flight finish. Logs: `RUST_LOG` (default `info`).
+//! hop-by-hop headers, streams bodies both ways, and answers 503 (with `Retry-After`)
+//! when no backend is eligible or all are at `--max-in-flight`. Ctrl-C stops accepting
+//! and lets requests in flight finish. Logs: `RUST_LOG` (default `info`).
+//!
+//! # Failures
+//!
+//! - **Backends.** One attempt gets `--timeout` seconds (default 30) to produce the
+//!   response head, a connect at most 3 s of them (and at most ¾ of `--timeout`). A
+//!   refused or hanging connect is retried once on another backend, whatever the
+//!   method: nothing was sent. A time-out is retried once on another backend for an
+//!   idempotent method (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose body, if any, was
+//!   not yet sent; otherwise the client gets 504. Other backend errors are 502. Every
+//!   failed attempt — refused, timed out, 5xx — counts as a failure for the backend's
+//!   passive health (five in a row eject it); `--health-path` adds active probes.
+//! - **Clients.** A client has `--header-timeout` seconds (default 10) to send a
+//!   request head, counted from the connection's start (after the TLS handshake, itself
+//!   bounded by 10 s) for the first request and from the head's first byte for the next
+//!   ones, so slowloris connections are closed. A connection with no request in progress
+//!   is closed after `--idle-timeout` seconds (default 60). Neither cuts a request whose
+//!   head has arrived: a slow backend or a long download is bounded by `--timeout` (up
+//!   to the response head) and by the client alone (for the body).
+//! - **Options.** A bad value (a `--backend` without a port, say) is a usage error:
+//!   the message names it, the exit code is 2.
 //!
 //! The core lives in `proxy.rs`, which `tests/examples.rs` runs on loopback.
 

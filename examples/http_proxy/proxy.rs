@@ -2,6 +2,18 @@
 //!
 //! `main.rs` parses the command line and runs [`serve`]; `tests/examples.rs` runs the
 //! same code against backends on loopback.
+//!
+//! Failure handling (the user's view is in `main.rs`):
+//! - [`Upstream`], the client under the balancer, bounds each attempt with `--timeout`,
+//!   so a time-out is an error the balancer's classifier sees: one failure for passive
+//!   health, recorded by the balancer's own bookkeeping, like a refused connect.
+//! - `handle` sends a request once; on a connect failure, or a time-out of an idempotent
+//!   method, `retry` sends it once more to another eligible backend. The client's body
+//!   sits in a [`BodySlot`] until an attempt polls it; a new attempt may start only
+//!   while it is still there (or empty), and an earlier attempt that polls it later gets
+//!   an error, so no backend ever receives a truncated body as a whole one.
+//! - [`Watched`] wraps each client connection's stream and ends it when no request head
+//!   arrives in time (`--header-timeout`) or no request starts for `--idle-timeout`.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -35,7 +47,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::affinity::{AffinityKey, CookieKey, HeaderKey, PeerIpKey};
 use tower_lb::balance::{
     Balance, BalanceLayer, BoxError, Client, HttpStatus, HttpTarget, OnOverload, Sticky,
-    StickyCookie, find_error,
+    StickyCookie,
 };
 use tower_lb::health::{HttpProbe, OutlierDetection, Probe, ProbeConfig, probe_fn};
 use tower_lb::{
@@ -97,6 +109,20 @@ pub struct Args {
     /// At most N requests in flight per backend; beyond, 503 with Retry-After.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: Option<u32>,
+
+    /// Seconds one attempt may wait for a backend's response head (connect included);
+    /// then 504, or a retry on another backend for an idempotent request.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub timeout: Duration,
+
+    /// Seconds a client has to send a request's head, from the connection's start or
+    /// from the head's first byte (against slowloris).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub header_timeout: Duration,
+
+    /// Seconds a client connection may stay open with no request in progress.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
 
     /// Terminate TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(
@@ -176,6 +202,13 @@ fn parse_backend(s: &str) -> Result<(HttpTarget, Weight), String> {
         None => (s, Weight::ONE),
     };
     let target = HttpTarget::from_str(addr).map_err(|e| e.to_string())?;
+    // Without a port, `http://name` would mean port 80: most likely a typo, and today's
+    // answer would be 502s much later. Say so now.
+    if target.authority().port_u16().is_none() {
+        return Err(format!(
+            "{addr:?} has no port: a backend is `host:port` (`127.0.0.1:9001`)"
+        ));
+    }
     if target.scheme() != &http::uri::Scheme::HTTP {
         return Err(format!(
             "{addr:?}: backends are reached over plain HTTP (TLS ends at the proxy)"
@@ -238,6 +271,10 @@ pub struct Settings {
     pub health: Option<(HttpProbe, Duration)>,
     /// Per-backend limit.
     pub max_in_flight: Option<u32>,
+    /// How long one attempt may wait for a backend's response head.
+    pub timeout: Duration,
+    /// The client connections' time-outs.
+    pub client: ClientTimeouts,
     /// The TLS configuration, when terminating TLS.
     pub tls: Option<Arc<ServerConfig>>,
     /// The generated certificate, with `--tls-self-signed` (DER and PEM).
@@ -348,6 +385,11 @@ impl Settings {
             random_secret,
             health,
             max_in_flight: args.max_in_flight,
+            timeout: args.timeout,
+            client: ClientTimeouts {
+                header: args.header_timeout,
+                idle: args.idle_timeout,
+            },
             tls,
             self_signed,
         })
@@ -403,46 +445,58 @@ fn self_signed_tls() -> Result<(Arc<ServerConfig>, CertificateDer<'static>, Stri
     Ok((config, der, cert.pem()))
 }
 
-/// The request body sent to a backend: the client's body, taken from a shared slot on
-/// the first poll. While no backend has polled it, it is still in the slot, so a
-/// request whose connection failed can be sent again, body and all.
-pub struct Deferred {
-    slot: Arc<Mutex<Option<Incoming>>>,
+/// The client's request body, shared by the attempts to send it: the first attempt
+/// whose body is polled takes it. A later attempt may start only while nobody took it
+/// (or when it is empty), and from then on an earlier attempt that polls its body gets
+/// an error, never a silently empty body.
+struct BodySlot {
     body: Option<Incoming>,
+    /// The attempt the body belongs to (1, 2, …).
+    attempt: u32,
+    /// Whether the body was empty from the start: then any attempt may send "it".
+    empty: bool,
+    hint: SizeHint,
+}
+
+/// The request body sent to a backend: the client's body, taken from its [`BodySlot`]
+/// on the first poll. While no backend has polled it, it is still in the slot, so a
+/// request whose connection failed or timed out can be sent again, body and all.
+pub struct Deferred {
+    slot: Arc<Mutex<BodySlot>>,
+    attempt: u32,
+    body: Option<Incoming>,
+    taken: bool,
     end: bool,
     hint: SizeHint,
 }
 
-impl Deferred {
-    fn new(slot: &Arc<Mutex<Option<Incoming>>>) -> Self {
-        let guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-        let (end, hint) = guard.as_ref().map_or((true, SizeHint::with_exact(0)), |b| {
-            (b.is_end_stream(), b.size_hint())
-        });
-        drop(guard);
-        Deferred {
-            slot: Arc::clone(slot),
-            body: None,
-            end,
-            hint,
-        }
-    }
+fn lock(slot: &Mutex<BodySlot>) -> std::sync::MutexGuard<'_, BodySlot> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Body for Deferred {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if self.body.is_none() {
-            let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            self.body = taken;
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.taken {
+            self.taken = true;
+            let mut slot = lock(&self.slot);
+            if slot.attempt != self.attempt {
+                return Poll::Ready(Some(Err("the request body went to a later attempt".into())));
+            }
+            let (body, empty) = (slot.body.take(), slot.empty);
+            drop(slot);
+            if body.is_none() && !empty {
+                return Poll::Ready(Some(Err("the request body was already sent".into())));
+            }
+            self.body = body;
         }
         match self.body.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
+            Some(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
             None => Poll::Ready(None),
         }
     }
@@ -450,7 +504,7 @@ impl Body for Deferred {
     fn is_end_stream(&self) -> bool {
         match &self.body {
             Some(body) => body.is_end_stream(),
-            None => self.end,
+            None => self.taken || self.end,
         }
     }
 
@@ -462,28 +516,51 @@ impl Body for Deferred {
     }
 }
 
-/// A backend request that failed: where it went, and whether the connection failed
-/// (nothing was sent).
+/// Why a backend request failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection: nothing was sent.
+    Connect(hyper_util::client::legacy::Error),
+    /// No response head within the attempt's time-out; the request may have been sent.
+    TimedOut(Duration),
+    /// Any other error once connected (reset, closed, a failed request body): the
+    /// request may have been sent.
+    Other(hyper_util::client::legacy::Error),
+}
+
+/// A backend request that failed: where it went, and how.
 #[derive(Debug)]
 pub struct UpstreamError {
     target: Option<Authority>,
-    connect: bool,
-    source: hyper_util::client::legacy::Error,
+    failure: Failure,
+}
+
+impl UpstreamError {
+    /// How it failed.
+    pub fn failure(&self) -> &Failure {
+        &self.failure
+    }
 }
 
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let target = self.target.as_ref().map_or("?", |t| t.as_str());
-        match self.connect {
-            true => write!(f, "backend {target}: connect failed: {:?}", self.source),
-            false => write!(f, "backend {target}: {:?}", self.source),
+        match &self.failure {
+            Failure::Connect(e) => write!(f, "backend {target}: connect failed: {e:?}"),
+            Failure::TimedOut(after) => {
+                write!(f, "backend {target}: no response within {after:?}")
+            }
+            Failure::Other(e) => write!(f, "backend {target}: {e:?}"),
         }
     }
 }
 
 impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        match &self.failure {
+            Failure::Connect(e) | Failure::Other(e) => Some(e),
+            Failure::TimedOut(_) => None,
+        }
     }
 }
 
@@ -491,10 +568,15 @@ impl std::error::Error for UpstreamError {
 #[derive(Debug, Clone)]
 struct ServedBy(Authority);
 
-/// The HTTP client under the balancer: hyper-util's pooled client, which reports which
-/// backend a failure came from.
+/// The HTTP client under the balancer: hyper-util's pooled client, each attempt bounded
+/// by `--timeout`, reporting which backend a failure came from. Being under the
+/// balancer, a time-out is an error the balancer's classifier sees: a failure for the
+/// backend's passive health, counted once, like a refused connection.
 #[derive(Clone)]
-pub struct Upstream(HyperClient<HttpConnector, Deferred>);
+pub struct Upstream {
+    client: HyperClient<HttpConnector, Deferred>,
+    timeout: Duration,
+}
 
 type UpstreamFuture =
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
@@ -511,21 +593,22 @@ impl Service<Request<Deferred>> for Upstream {
 
     fn call(&mut self, req: Request<Deferred>) -> UpstreamFuture {
         let target = req.uri().authority().cloned();
-        let sent = self.0.request(req);
+        let sent = self.client.request(req);
+        let timeout = self.timeout;
         Box::pin(async move {
-            match sent.await {
-                Ok(mut response) => {
+            // On time-out the request is dropped: its connection, if any, is closed.
+            let failure = match tokio::time::timeout(timeout, sent).await {
+                Ok(Ok(mut response)) => {
                     if let Some(target) = target {
                         response.extensions_mut().insert(ServedBy(target));
                     }
-                    Ok(response)
+                    return Ok(response);
                 }
-                Err(source) => Err(UpstreamError {
-                    target,
-                    connect: source.is_connect(),
-                    source,
-                }),
-            }
+                Ok(Err(e)) if e.is_connect() => Failure::Connect(e),
+                Ok(Err(e)) => Failure::Other(e),
+                Err(_) => Failure::TimedOut(timeout),
+            };
+            Err(UpstreamError { target, failure })
         })
     }
 }
@@ -540,6 +623,7 @@ struct Inner {
     sticky: Option<Sticky<Balancer>>,
     /// The sticky cookie, and whether it is `Secure` (with TLS).
     cookie: Option<(StickyCookie, bool)>,
+    client: ClientTimeouts,
 }
 
 /// A running proxy: the backend pool, its health task, the balancer.
@@ -582,8 +666,15 @@ impl Proxy {
 
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let client = HyperClient::builder(TokioExecutor::new()).build(connector);
+        // A refused or unanswered connect is a connect failure, retried for any method
+        // (nothing was sent). So that a hanging connect is reported as one, never as
+        // the attempt's time-out, it gets at most three quarters of --timeout.
+        let connect_timeout = CONNECT_TIMEOUT.min(settings.timeout.mul_f64(0.75));
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Upstream {
+            client: HyperClient::builder(TokioExecutor::new()).build(connector),
+            timeout: settings.timeout,
+        };
         let mut layer = BalanceLayer::new(pool.clone())
             .affinity(settings.key.clone())
             .classify(HttpStatus::new());
@@ -592,7 +683,7 @@ impl Proxy {
                 .max_in_flight(max as usize)
                 .on_overload(OnOverload::Shed);
         }
-        let balance = layer.build(Client(Upstream(client)));
+        let balance = layer.build(Client(client));
         let sticky = settings
             .sticky
             .clone()
@@ -602,6 +693,7 @@ impl Proxy {
                 balance,
                 sticky,
                 cookie: settings.sticky.clone().map(|c| (c, settings.tls.is_some())),
+                client: settings.client,
             }),
         })
     }
@@ -642,9 +734,18 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let https = acceptor.is_some();
-            let service = hyper::service::service_fn(move |req| {
-                let inner = Arc::clone(&inner);
-                async move { Ok::<_, Infallible>(handle(&inner, req, peer, https).await) }
+            let activity = Activity::new(inner.client);
+            let service = hyper::service::service_fn({
+                let activity = Arc::clone(&activity);
+                move |req| {
+                    let inner = Arc::clone(&inner);
+                    // In progress from the parsed head to the response's last byte.
+                    let busy = Busy::begin(&activity);
+                    async move {
+                        let response = handle(&inner, req, peer, https).await;
+                        Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
+                    }
+                }
             });
             let http = hyper::server::conn::http1::Builder::new();
             let served = match acceptor {
@@ -653,8 +754,9 @@ pub async fn serve(
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(tls)) => {
+                            let io = Watched::new(tls, activity);
                             watcher
-                                .watch(http.serve_connection(TokioIo::new(tls), service))
+                                .watch(http.serve_connection(TokioIo::new(io), service))
                                 .await
                         }
                         Ok(Err(e)) => {
@@ -668,8 +770,9 @@ pub async fn serve(
                     }
                 }
                 None => {
+                    let io = Watched::new(stream, activity);
                     watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .watch(http.serve_connection(TokioIo::new(io), service))
                         .await
                 }
             };
@@ -685,6 +788,220 @@ pub async fn serve(
         () = tokio::time::sleep(Duration::from_secs(30)) => {
             tracing::warn!("requests still in flight after 30 s; closing");
         }
+    }
+}
+
+/// How long one connect to a backend may take (and at most ¾ of `--timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The client connections' time-outs: `--header-timeout` and `--idle-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// To send a request's head: from the connection's start (after the TLS handshake)
+    /// for its first request, from the head's first byte for the next ones.
+    pub header: Duration,
+    /// With no request in progress, between two requests.
+    pub idle: Duration,
+}
+
+/// What a client connection is waiting for when it has no request in progress.
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    /// The rest of a request head (or the first one): closed with an error after the
+    /// header time-out.
+    Head,
+    /// The next request: closed quietly (an end of stream) after the idle time-out.
+    Idle,
+}
+
+/// One client connection's progress, shared by its reader ([`Watched`]) and its
+/// requests ([`Busy`]). hyper's own `header_read_timeout` cannot serve here: its clock
+/// runs from the moment it waits for a head, idle time included, so it would close
+/// idle keep-alive connections after the header time-out.
+struct Activity {
+    timeouts: ClientTimeouts,
+    /// Requests whose head was read and whose response is not yet sent in full.
+    busy: usize,
+    /// With no request in progress: until when, and for what.
+    deadline: Option<(tokio::time::Instant, Waiting)>,
+    /// The reader's task, woken when the deadline moves.
+    reader: Option<std::task::Waker>,
+}
+
+impl Activity {
+    /// A connection's activity; its first deadline is set when it is [`Watched`].
+    fn new(timeouts: ClientTimeouts) -> Arc<Mutex<Activity>> {
+        Arc::new(Mutex::new(Activity {
+            timeouts,
+            busy: 0,
+            deadline: None,
+            reader: None,
+        }))
+    }
+}
+
+fn activity(activity: &Mutex<Activity>) -> std::sync::MutexGuard<'_, Activity> {
+    activity.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request in progress on its connection; when the last one ends, the idle time-out
+/// starts.
+struct Busy(Arc<Mutex<Activity>>);
+
+impl Busy {
+    fn begin(shared: &Arc<Mutex<Activity>>) -> Busy {
+        let mut a = activity(shared);
+        a.busy += 1;
+        a.deadline = None;
+        drop(a);
+        Busy(Arc::clone(shared))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut a = activity(&self.0);
+        a.busy -= 1;
+        if a.busy == 0 {
+            a.deadline = Some((tokio::time::Instant::now() + a.timeouts.idle, Waiting::Idle));
+            // The reader may be asleep on no deadline at all: let it arm this one.
+            if let Some(reader) = a.reader.take() {
+                reader.wake();
+            }
+        }
+    }
+}
+
+/// A response body that keeps its request in progress until it is dropped (hyper drops
+/// it once sent, or when the connection ends).
+pub struct BusyBody {
+    body: ProxyBody,
+    _busy: Busy,
+}
+
+impl Body for BusyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client connection's stream, ending it when the client is too slow to send a
+/// request head or stays idle too long (see [`ClientTimeouts`]). It learns of
+/// requests through the [`Activity`] their [`Busy`] guards update.
+struct Watched<T> {
+    io: T,
+    activity: Arc<Mutex<Activity>>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<tokio::time::Instant>,
+}
+
+impl<T> Watched<T> {
+    /// Watches `io` from now on: its first request head is due within the header
+    /// time-out.
+    fn new(io: T, shared: Arc<Mutex<Activity>>) -> Self {
+        let mut a = activity(&shared);
+        if a.busy == 0 {
+            a.deadline = Some((
+                tokio::time::Instant::now() + a.timeouts.header,
+                Waiting::Head,
+            ));
+        }
+        drop(a);
+        Watched {
+            io,
+            activity: shared,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let mut a = activity(&self.activity);
+        if let Poll::Ready(read) = polled {
+            // The first byte of a request after an idle spell: the head's clock starts.
+            if read.is_ok()
+                && buf.filled().len() > before
+                && let Some((_, Waiting::Idle)) = a.deadline
+            {
+                let at = tokio::time::Instant::now() + a.timeouts.header;
+                a.deadline = Some((at, Waiting::Head));
+            }
+            return Poll::Ready(read);
+        }
+        if !a.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            a.reader = Some(cx.waker().clone());
+        }
+        let Some((at, waiting)) = a.deadline else {
+            return Poll::Pending;
+        };
+        drop(a);
+        if self.armed != Some(at) {
+            self.timer.as_mut().reset(at);
+            self.armed = Some(at);
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match waiting {
+            // hyper closes a connection that ends between requests without a fuss.
+            Waiting::Idle => Poll::Ready(Ok(())),
+            Waiting::Head => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete request head within --header-timeout",
+            ))),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -767,18 +1084,62 @@ fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, https: bool) {
     }
 }
 
-/// What is needed to send a request again.
+/// What is needed to send a request again: its head, and its body's slot.
 struct Resend {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
     peer: SocketAddr,
+    slot: Arc<Mutex<BodySlot>>,
 }
 
 impl Resend {
-    fn request(&self, slot: &Arc<Mutex<Option<Incoming>>>) -> Request<Deferred> {
-        let mut req = Request::new(Deferred::new(slot));
+    fn new(parts: http::request::Parts, body: Incoming, peer: SocketAddr) -> Self {
+        let (empty, hint) = (body.is_end_stream(), body.size_hint());
+        Resend {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            peer,
+            slot: Arc::new(Mutex::new(BodySlot {
+                body: Some(body),
+                attempt: 1,
+                empty,
+                hint,
+            })),
+        }
+    }
+
+    /// The request of the first attempt.
+    fn first(&self) -> Request<Deferred> {
+        let slot = lock(&self.slot);
+        self.request(&slot)
+    }
+
+    /// The request of another attempt; `None` when an earlier attempt has (partly) sent
+    /// the body, which cannot be sent again.
+    fn again(&self) -> Option<Request<Deferred>> {
+        let mut slot = lock(&self.slot);
+        if slot.body.is_none() && !slot.empty {
+            return None;
+        }
+        // From now on, an earlier attempt's body finds the slot taken.
+        slot.attempt += 1;
+        Some(self.request(&slot))
+    }
+
+    fn request(&self, slot: &BodySlot) -> Request<Deferred> {
+        let body = Deferred {
+            slot: Arc::clone(&self.slot),
+            attempt: slot.attempt,
+            body: None,
+            taken: false,
+            end: slot.empty,
+            hint: slot.hint,
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
@@ -799,20 +1160,13 @@ async fn handle(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, peer, https);
-    let resend = Resend {
-        method: parts.method,
-        uri: parts.uri,
-        version: parts.version,
-        headers: parts.headers,
-        peer,
-    };
-    let slot = Arc::new(Mutex::new(Some(body)));
+    let resend = Resend::new(parts, body, peer);
     let first = match &inner.sticky {
-        Some(sticky) => sticky.clone().oneshot(resend.request(&slot)).await,
-        None => inner.balance.clone().oneshot(resend.request(&slot)).await,
+        Some(sticky) => sticky.clone().oneshot(resend.first()).await,
+        None => inner.balance.clone().oneshot(resend.first()).await,
     };
     let result = match first {
-        Err(e) if connect_failed(&e, &slot) => retry(inner, &resend, &slot, e).await,
+        Err(e) if may_retry(&e, &resend.method) => retry(inner, &resend, e).await,
         other => other,
     };
     match result {
@@ -841,6 +1195,7 @@ async fn handle(
                 method = %resend.method,
                 path = %resend.uri.path(),
                 status = response.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64,
                 error = %e,
                 "not proxied"
             );
@@ -849,33 +1204,54 @@ async fn handle(
     }
 }
 
-/// Whether the request failed to connect with its body still unsent.
-fn connect_failed(e: &BoxError, slot: &Arc<Mutex<Option<Incoming>>>) -> bool {
-    find_error::<UpstreamError>(e).is_some_and(|u| u.connect)
-        && slot.lock().map(|s| s.is_some()).unwrap_or(false)
+/// The first error of type `T` in `e`'s chain: itself, then its sources. The balancer
+/// may wrap the upstream's error in one naming the backend, with it as the source.
+fn find<T: std::error::Error + 'static>(e: &BoxError) -> Option<&T> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// Whether a failed attempt may be repeated on another backend: after a connect
+/// failure (nothing was sent), or after a time-out when the method is idempotent
+/// (sending it twice does what sending it once does: GET, HEAD, OPTIONS, TRACE, PUT,
+/// DELETE). Whether the body can still be sent is for [`Resend::again`] to say.
+fn may_retry(e: &BoxError, method: &Method) -> bool {
+    match find::<UpstreamError>(e).map(UpstreamError::failure) {
+        Some(Failure::Connect(_)) => true,
+        Some(Failure::TimedOut(_)) => method.is_idempotent(),
+        Some(Failure::Other(_)) | None => false,
+    }
 }
 
 /// Sends the request once more, to another eligible backend than the one that failed.
 async fn retry(
     inner: &Inner,
     resend: &Resend,
-    slot: &Arc<Mutex<Option<Incoming>>>,
     first: BoxError,
 ) -> Result<Response<Incoming>, BoxError> {
-    let failed = find_error::<UpstreamError>(&first).and_then(|u| u.target.clone());
+    let failed = find::<UpstreamError>(&first).and_then(|u| u.target.clone());
     let Some((other, target)) = another_backend(&inner.balance, failed.as_ref()) else {
+        return Err(first);
+    };
+    let Some(req) = resend.again() else {
+        tracing::debug!(error = %first, "the body is (partly) sent: no retry");
         return Err(first);
     };
     tracing::info!(
         failed = failed.as_ref().map_or("?", |f| f.as_str()),
         retry = %target,
-        "connect failed; retrying on another backend"
+        error = %first,
+        "retrying on another backend"
     );
     let mut balance = inner.balance.clone();
     balance.ready().await?;
-    let mut response = balance
-        .call_pinned(resend.request(slot), Some(other))
-        .await?;
+    let mut response = balance.call_pinned(req, Some(other)).await?;
     // With sticky sessions, the client now belongs to the backend that answered.
     if let Some((cookie, secure)) = &inner.cookie
         && let Ok(value) = HeaderValue::from_str(&format!(
@@ -908,7 +1284,7 @@ fn another_backend(
 
 /// 503 with `Retry-After` when no backend may take the request, 502 when one failed.
 fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
-    let (status, retry_after, text) = if let Some(overloaded) = e.downcast_ref::<Overloaded>() {
+    let (status, retry_after, text) = if let Some(overloaded) = find::<Overloaded>(e) {
         let secs = overloaded
             .retry_after
             .map_or(1, |d| d.as_secs_f64().ceil() as u64)
@@ -918,7 +1294,7 @@ fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
             Some(secs),
             "every backend is at its limit of requests in flight\n",
         )
-    } else if e.downcast_ref::<PickError>().is_some() {
+    } else if find::<PickError>(e).is_some() {
         // When the first ejected backend comes back, at the latest.
         let secs = inner
             .balance
@@ -933,6 +1309,13 @@ fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
             StatusCode::SERVICE_UNAVAILABLE,
             Some(secs),
             "no backend is available\n",
+        )
+    } else if let Some(Failure::TimedOut(_)) = find::<UpstreamError>(e).map(UpstreamError::failure)
+    {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            None,
+            "the backend did not answer in time\n",
         )
     } else {
         (StatusCode::BAD_GATEWAY, None, "the backend failed\n")

@@ -7,11 +7,14 @@
 //!
 //! Each accepted connection goes to a backend chosen from the connection's addresses
 //! alone (no byte of it is read), then bytes are copied both ways until both sides have
-//! closed. A backend that refuses the connection is reported as failed (three failures
-//! in a row eject it for a while) and the next backend is tried before any byte flows,
-//! so the client never sees the failure. Without `--backend` it starts three demo HTTP
-//! backends on loopback, so `curl localhost:9090/` works as is. Ctrl-C stops accepting
-//! and waits for open connections. Logs: `RUST_LOG` (default `info`).
+//! closed. A backend that refuses the connection, or does not accept it within
+//! `--connect-timeout` (default 3 s: a powered-off host drops connects rather than
+//! refusing them), is reported as failed (three failures in a row eject it for a while)
+//! and the next backend is tried before any byte flows, so the client never sees the
+//! failure; only when every eligible backend failed is the client's connection closed.
+//! Without `--backend` it starts three demo HTTP backends on loopback, so
+//! `curl localhost:9090/` works as is. Ctrl-C stops accepting and waits for open
+//! connections. Logs: `RUST_LOG` (default `info`).
 //!
 //! The core lives in `proxy.rs`, which `tests/examples.rs` runs on loopback.
 

@@ -22,9 +22,6 @@ use tower_lb::{
 
 use crate::support::strategy::Strategy;
 
-/// How long a connection to a backend may take before the next backend is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// The proxy's command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +41,11 @@ pub struct Args {
     /// How to choose a backend for each connection.
     #[arg(long, value_enum, default_value_t = StrategyName::RoundRobin)]
     pub strategy: StrategyName,
+
+    /// Seconds a connect to a backend may take before the next backend is tried (a
+    /// powered-off host drops connects rather than refusing them).
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
 }
 
 /// `--strategy`'s values.
@@ -97,6 +99,14 @@ fn parse_backend(s: &str) -> Result<(SocketAddr, Weight), String> {
     Ok((resolved, weight))
 }
 
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.001 && *secs <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds from 0.001 to 86400"))
+}
+
 /// What a connection is keyed by.
 #[derive(Debug, Clone, Copy)]
 enum Key {
@@ -114,6 +124,8 @@ pub struct Settings {
     pub backends: Vec<(SocketAddr, Weight)>,
     /// The strategy.
     pub strategy: StrategyName,
+    /// How long a connect to a backend may take.
+    pub connect_timeout: Duration,
 }
 
 impl Settings {
@@ -136,6 +148,7 @@ impl Settings {
             listen: args.listen,
             backends: args.backends,
             strategy: args.strategy,
+            connect_timeout: args.connect_timeout,
         })
     }
 }
@@ -145,12 +158,14 @@ impl Settings {
 pub struct TcpProxy {
     pool: Pool<SocketAddr, Strategy>,
     key: Key,
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for TcpProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpProxy")
             .field("key", &self.key)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -192,7 +207,11 @@ impl TcpProxy {
             pool.insert(*addr, *weight)?;
         }
         drop(pool.spawn_health()?);
-        Ok(TcpProxy { pool, key })
+        Ok(TcpProxy {
+            pool,
+            key,
+            connect_timeout: settings.connect_timeout,
+        })
     }
 
     /// The backend pool: stats, health, membership.
@@ -219,8 +238,9 @@ impl TcpProxy {
     }
 
     /// Connects to a backend for a client at `peer`. A backend that refuses (or does not
-    /// answer within 3 s) is reported as failed and the next one is tried, until every
-    /// eligible backend was tried once: the client sees an error only when all fail.
+    /// answer within `--connect-timeout`) is reported as failed and the next one is
+    /// tried, until every eligible backend was tried once: the client sees an error only
+    /// when all fail.
     pub async fn connect(&self, peer: SocketAddr) -> io::Result<Upstream> {
         let ctx = self.context(&peer);
         let mut tried: Vec<BackendId> = Vec::new();
@@ -231,7 +251,7 @@ impl TcpProxy {
                     io::Error::new(io::ErrorKind::NotConnected, "no backend is available")
                 }));
             };
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(Upstream {
