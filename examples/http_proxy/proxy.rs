@@ -47,7 +47,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::affinity::{AffinityKey, CookieKey, HeaderKey, PeerIpKey};
 use tower_lb::balance::{
     Balance, BalanceLayer, BoxError, Client, HttpStatus, HttpTarget, OnOverload, Sticky,
-    StickyCookie,
+    StickyCookie, find_error,
 };
 use tower_lb::health::{HttpProbe, OutlierDetection, Probe, ProbeConfig, probe_fn};
 use tower_lb::{
@@ -1204,25 +1204,12 @@ async fn handle(
     }
 }
 
-/// The first error of type `T` in `e`'s chain: itself, then its sources. The balancer
-/// may wrap the upstream's error in one naming the backend, with it as the source.
-fn find<T: std::error::Error + 'static>(e: &BoxError) -> Option<&T> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
-    while let Some(error) = next {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        next = error.source();
-    }
-    None
-}
-
 /// Whether a failed attempt may be repeated on another backend: after a connect
 /// failure (nothing was sent), or after a time-out when the method is idempotent
 /// (sending it twice does what sending it once does: GET, HEAD, OPTIONS, TRACE, PUT,
 /// DELETE). Whether the body can still be sent is for [`Resend::again`] to say.
 fn may_retry(e: &BoxError, method: &Method) -> bool {
-    match find::<UpstreamError>(e).map(UpstreamError::failure) {
+    match find_error::<UpstreamError>(e).map(UpstreamError::failure) {
         Some(Failure::Connect(_)) => true,
         Some(Failure::TimedOut(_)) => method.is_idempotent(),
         Some(Failure::Other(_)) | None => false,
@@ -1235,7 +1222,7 @@ async fn retry(
     resend: &Resend,
     first: BoxError,
 ) -> Result<Response<Incoming>, BoxError> {
-    let failed = find::<UpstreamError>(&first).and_then(|u| u.target.clone());
+    let failed = find_error::<UpstreamError>(&first).and_then(|u| u.target.clone());
     let Some((other, target)) = another_backend(&inner.balance, failed.as_ref()) else {
         return Err(first);
     };
@@ -1284,7 +1271,7 @@ fn another_backend(
 
 /// 503 with `Retry-After` when no backend may take the request, 502 when one failed.
 fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
-    let (status, retry_after, text) = if let Some(overloaded) = find::<Overloaded>(e) {
+    let (status, retry_after, text) = if let Some(overloaded) = find_error::<Overloaded>(e) {
         let secs = overloaded
             .retry_after
             .map_or(1, |d| d.as_secs_f64().ceil() as u64)
@@ -1294,7 +1281,7 @@ fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
             Some(secs),
             "every backend is at its limit of requests in flight\n",
         )
-    } else if find::<PickError>(e).is_some() {
+    } else if find_error::<PickError>(e).is_some() {
         // When the first ejected backend comes back, at the latest.
         let secs = inner
             .balance
@@ -1310,7 +1297,8 @@ fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
             Some(secs),
             "no backend is available\n",
         )
-    } else if let Some(Failure::TimedOut(_)) = find::<UpstreamError>(e).map(UpstreamError::failure)
+    } else if let Some(Failure::TimedOut(_)) =
+        find_error::<UpstreamError>(e).map(UpstreamError::failure)
     {
         (
             StatusCode::GATEWAY_TIMEOUT,
