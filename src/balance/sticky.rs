@@ -402,6 +402,13 @@ pin_project! {
     }
 }
 
+impl<F, C> StickyFuture<ResponseFuture<F, C>> {
+    /// The backend the request went to; `None` when it failed before one was chosen.
+    pub fn backend(&self) -> Option<BackendId> {
+        self.inner.backend()
+    }
+}
+
 impl<F: fmt::Debug> fmt::Debug for StickyFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StickyFuture")
