@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use super::BoxError;
 use super::classify::Classify;
 use super::limit::Limit;
-use crate::backend::now_nanos;
+use crate::clock::now_nanos;
 use crate::error::{BackendError, TimedOut};
 use crate::{BackendId, InFlight};
 

@@ -20,7 +20,7 @@ use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
 use super::route::{PerBackend, Route};
 use crate::affinity::AffinityKey;
-use crate::backend::now_nanos;
+use crate::clock::now_nanos;
 use crate::error::{DiscoverError, Overloaded};
 use crate::{BackendId, MembershipError, Picker, Pool, Snapshot, Weight};
 

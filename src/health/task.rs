@@ -19,8 +19,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::probe::{Probe, ProbeConfig};
-use super::state::HealthShared;
 use crate::backend::BackendId;
+use crate::backend::HealthShared;
 use crate::error::SpawnError;
 use crate::pick::Picker;
 use crate::pool::{Inner, Pool};
