@@ -54,6 +54,9 @@ pub struct Snapshot<A> {
     total_weight: u64,
     uniform_weights: bool,
     version: u64,
+    /// The version at which the members (ids, in order) last changed; health and weight
+    /// changes keep it.
+    members_version: u64,
 }
 
 impl<A> Snapshot<A> {
@@ -129,7 +132,20 @@ impl<A> Snapshot<A> {
             total_weight,
             uniform_weights,
             version,
+            members_version: version,
         }
+    }
+
+    /// The same snapshot, its members last changed at `version`.
+    pub(crate) fn with_members_version(mut self, version: u64) -> Self {
+        self.members_version = version;
+        self
+    }
+
+    /// The version at which the members (their ids, in order) last changed: an index
+    /// built over the members stays valid while this does not move.
+    pub(crate) fn members_version(&self) -> u64 {
+        self.members_version
     }
 
     /// Whether `other` has the same members with the same health, eligibility and weights.
@@ -202,7 +218,8 @@ impl<A> Snapshot<A> {
     where
         A: Clone,
     {
-        let mut next = Self::from_members(self.backends.to_vec(), self.version);
+        let mut next = Self::from_members(self.backends.to_vec(), self.version)
+            .with_members_version(self.members_version);
         let mask: Box<[bool]> = (0..next.backends.len()).map(&eligible).collect();
         next.eligible = (0..next.backends.len())
             .filter(|&i| mask[i])

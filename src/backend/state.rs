@@ -134,22 +134,15 @@ impl BackendState {
 
     /// Adds one failure to the failure score, decayed to `now_ns` first.
     fn accrue_failure(&self, now_ns: u64) {
-        let mut current = self.fail_bits.load(Ordering::Relaxed);
-        loop {
-            let stamp = self.fail_stamp.load(Ordering::Relaxed);
-            let decayed = f64::from_bits(current)
-                * decay_factor(now_ns.saturating_sub(stamp), INV_FAILURE_DECAY_NS);
-            let next = (decayed + 1.0).min(MAX_FAILURE_SCORE);
-            match self.fail_bits.compare_exchange_weak(
-                current,
-                next.to_bits(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
+        // `fetch_update` retries on contention, so concurrent failures are never lost.
+        let _ = self
+            .fail_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                let stamp = self.fail_stamp.load(Ordering::Relaxed);
+                let decayed = f64::from_bits(current)
+                    * decay_factor(now_ns.saturating_sub(stamp), INV_FAILURE_DECAY_NS);
+                Some((decayed + 1.0).min(MAX_FAILURE_SCORE).to_bits())
+            });
         self.fail_stamp.fetch_max(now_ns, Ordering::Relaxed);
     }
 
@@ -157,24 +150,19 @@ impl BackendState {
     /// failure (the common case) writes nothing.
     #[inline]
     fn ease_failures(&self) {
-        let mut current = self.fail_bits.load(Ordering::Relaxed);
-        while current != 0 {
-            let half = f64::from_bits(current) / 2.0;
-            let next = if half < MIN_FAILURE_SCORE {
-                0
-            } else {
-                half.to_bits()
-            };
-            match self.fail_bits.compare_exchange_weak(
-                current,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
+        // One load and no write when there is no score (the closure declines).
+        let _ = self
+            .fail_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                (current != 0).then(|| {
+                    let half = f64::from_bits(current) / 2.0;
+                    if half < MIN_FAILURE_SCORE {
+                        0
+                    } else {
+                        half.to_bits()
+                    }
+                })
+            });
     }
 
     /// The failure score at `now_ns`: about the number of recent failures, each decaying
@@ -306,32 +294,24 @@ impl BackendState {
 
     pub(crate) fn record_rtt_at_nanos(&self, sample: Duration, now: u64) {
         let sample = sample.as_nanos() as f64;
-        let mut current = self.rtt_bits.load(Ordering::Relaxed);
-        loop {
-            let next = if current == NO_SAMPLE {
-                sample
-            } else {
-                let estimate = f64::from_bits(current);
-                let stamp = self.rtt_stamp.load(Ordering::Relaxed);
-                peak_ewma_step(
-                    estimate,
-                    sample,
-                    now.saturating_sub(stamp),
-                    self.inv_decay_ns,
-                )
-            };
-            // A CAS loop so concurrent samples are never lost; the stamp is a separate
-            // atomic and may briefly lag, which only shortens one decay step.
-            match self.rtt_bits.compare_exchange_weak(
-                current,
-                next.to_bits(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
+        // `fetch_update` retries on contention, so concurrent samples are never lost; the
+        // stamp is a separate atomic and may briefly lag, which only shortens one decay step.
+        let _ = self
+            .rtt_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                let next = if current == NO_SAMPLE {
+                    sample
+                } else {
+                    let stamp = self.rtt_stamp.load(Ordering::Relaxed);
+                    peak_ewma_step(
+                        f64::from_bits(current),
+                        sample,
+                        now.saturating_sub(stamp),
+                        self.inv_decay_ns,
+                    )
+                };
+                Some(next.to_bits())
+            });
         self.rtt_stamp.fetch_max(now, Ordering::Relaxed);
     }
 }

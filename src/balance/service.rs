@@ -207,7 +207,8 @@ where
         if self.reserved {
             return Poll::Ready(Ok(()));
         }
-        let capacity = Self::capacity(self.shared.pool.snapshot().snapshot(), limit);
+        // A guard, not an `Arc` clone: no shared reference count written per request.
+        let capacity = Self::capacity(self.shared.pool.load().snapshot(), limit);
         if capacity == 0 {
             // No eligible backend: `call` fails at once with the reason; never hang.
             return Poll::Ready(Ok(()));
@@ -349,27 +350,23 @@ fn untried<A>(
     index: usize,
     tried: &[BackendId],
 ) -> Result<usize, crate::PickError> {
-    let was_tried = |i: usize| snapshot.get(i).is_some_and(|b| tried.contains(&b.id()));
-    if tried.is_empty() || !was_tried(index) {
+    if tried.is_empty() {
         return Ok(index);
     }
-    let eligible = snapshot.eligible();
-    let start = eligible.partition_point(|&i| (i as usize) <= index);
-    eligible[start..]
-        .iter()
-        .chain(&eligible[..start])
-        .map(|&i| i as usize)
-        .find(|&i| !was_tried(i))
-        .ok_or(crate::PickError::NoEligible {
-            total: snapshot.len(),
-        })
+    let untried = |i: usize| snapshot.get(i).is_some_and(|b| !tried.contains(&b.id()));
+    first_from(snapshot, index, untried).ok_or(crate::PickError::NoEligible {
+        total: snapshot.len(),
+    })
 }
 
-/// `index` if that backend is below `max` in flight, else another eligible one that is
-/// (scanning from `index` on, so the detour spreads), else `None`.
-fn below_limit<A>(snapshot: &Snapshot<A>, index: usize, max: usize) -> Option<usize> {
-    let room = |i: usize| snapshot.get(i).is_some_and(|b| b.state().in_flight() < max);
-    if room(index) {
+/// `index` if `ok(index)`, else the next eligible member after it (in index order,
+/// wrapping, so detours spread) for which `ok` holds.
+fn first_from<A>(
+    snapshot: &Snapshot<A>,
+    index: usize,
+    ok: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    if ok(index) {
         return Some(index);
     }
     let eligible = snapshot.eligible();
@@ -378,7 +375,15 @@ fn below_limit<A>(snapshot: &Snapshot<A>, index: usize, max: usize) -> Option<us
         .iter()
         .chain(&eligible[..start])
         .map(|&i| i as usize)
-        .find(|&i| room(i))
+        .find(|&i| ok(i))
+}
+
+/// `index` if that backend is below `max` in flight, else another eligible one that is
+/// (scanning from `index` on, so the detour spreads), else `None`.
+fn below_limit<A>(snapshot: &Snapshot<A>, index: usize, max: usize) -> Option<usize> {
+    first_from(snapshot, index, |i| {
+        snapshot.get(i).is_some_and(|b| b.state().in_flight() < max)
+    })
 }
 
 fn overloaded<A>(snapshot: &Snapshot<A>, limit: &Limit) -> Overloaded {

@@ -15,7 +15,8 @@
 //! but at its in-flight limit ([`BalanceLayer::max_in_flight`](super::BalanceLayer::max_in_flight))
 //! is served by another backend *this once* and gets no new cookie: the session stays
 //! pinned through a momentary overload and moves only when its backend leaves rotation. Tags are looked up in a map built
-//! once per snapshot version, off the per-request path.
+//! once per change of the members (not at health or weight changes), off the per-request
+//! path.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -269,7 +270,7 @@ impl fmt::Debug for StickyCookie {
 
 /// Tags of one snapshot's members.
 struct TagIndex {
-    version: u64,
+    members_version: u64,
     by_tag: HashMap<Tag, (BackendId, usize)>,
     tags: Vec<Tag>,
 }
@@ -320,10 +321,11 @@ impl<S> Sticky<S> {
 }
 
 impl<S> Sticky<S> {
-    /// The tag index for `snapshot`, rebuilt when its version moved on.
+    /// The tag index for `snapshot`'s members, rebuilt when they changed (health, weight
+    /// and slow-start republications keep it).
     fn index_for<A: BackendKey>(&self, snapshot: &Snapshot<A>) -> Arc<TagIndex> {
         if let Some(index) = self.index.load_full()
-            && index.version == snapshot.version()
+            && index.members_version == snapshot.members_version()
         {
             return index;
         }
@@ -339,7 +341,7 @@ impl<S> Sticky<S> {
             .map(|(i, (tag, b))| (*tag, (b.id(), i)))
             .collect();
         let index = Arc::new(TagIndex {
-            version: snapshot.version(),
+            members_version: snapshot.members_version(),
             by_tag,
             tags,
         });
@@ -367,7 +369,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let prepared = self.inner.pool().snapshot();
+        let prepared = self.inner.pool().load();
         let snapshot = prepared.snapshot();
         let index = self.index_for(snapshot);
         let wanted = self

@@ -145,7 +145,33 @@ struct Writer<A> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Pool<A, P: Picker<A>> {
-    pub(crate) inner: Arc<Inner<A, P>>,
+    inner: Arc<Inner<A, P>>,
+}
+
+/// A pool that does not keep its set alive: the background health task holds one, so
+/// the task stops when the last [`Pool`] is dropped.
+pub(crate) struct WeakPool<A, P: Picker<A>>(std::sync::Weak<Inner<A, P>>);
+
+impl<A, P: Picker<A>> WeakPool<A, P> {
+    /// The pool, while a [`Pool`] still holds it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn upgrade(&self) -> Option<Pool<A, P>> {
+        self.0.upgrade().map(|inner| Pool { inner })
+    }
+}
+
+impl<A, P: Picker<A>> Pool<A, P> {
+    /// The pool-wide health signal (and the background task's flag and wake-up).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn health_shared(&self) -> &Arc<HealthShared> {
+        &self.inner.shared
+    }
+
+    /// A handle that does not keep the pool alive.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakPool<A, P> {
+        WeakPool(Arc::downgrade(&self.inner))
+    }
 }
 
 impl<A, P: Picker<A>> Clone for Pool<A, P> {

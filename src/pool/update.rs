@@ -106,9 +106,22 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
         let now = self.now();
         let evaluation = writer.engine.evaluate(&members, now);
         let next = evaluation.next;
+        let old = &current.snapshot;
+        let same_members = old.len() == members.len()
+            && old
+                .backends()
+                .iter()
+                .zip(&members)
+                .all(|(a, b)| a.id() == b.id());
+        let members_version = if same_members {
+            old.members_version()
+        } else {
+            writer.version + 1
+        };
         let snapshot =
-            Snapshot::from_evaluation(members, writer.version + 1, evaluation.eligibility);
-        if !force && snapshot.same_as(&current.snapshot) {
+            Snapshot::from_evaluation(members, writer.version + 1, evaluation.eligibility)
+                .with_members_version(members_version);
+        if !force && snapshot.same_as(old) {
             return next;
         }
         writer.version += 1;
