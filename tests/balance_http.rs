@@ -111,7 +111,11 @@ async fn every_strategy_distributes_over_real_servers() {
     // (a third, less 5σ). Round robin, the control, sends the busy server its third.
     const SEQUENTIAL: usize = 150;
     let (busy, hits) = run_beside_a_held_request(RoundRobin::new(), SEQUENTIAL).await;
-    assert_eq!(hits[busy], SEQUENTIAL / 3, "round robin ignores load: {hits:?}");
+    assert_eq!(
+        hits[busy],
+        SEQUENTIAL / 3,
+        "round robin ignores load: {hits:?}"
+    );
     for (name, (busy, hits)) in [
         (
             "LeastLoaded",
@@ -126,7 +130,10 @@ async fn every_strategy_distributes_over_real_servers() {
             run_beside_a_held_request(PeakEwma::with_seed(4), SEQUENTIAL).await,
         ),
     ] {
-        assert_eq!(hits[busy], 0, "{name} sent requests to the busy server: {hits:?}");
+        assert_eq!(
+            hits[busy], 0,
+            "{name} sent requests to the busy server: {hits:?}"
+        );
         assert_eq!(hits.iter().sum::<usize>(), SEQUENTIAL, "{name}: {hits:?}");
         for (i, &h) in hits.iter().enumerate() {
             assert!(i == busy || h >= 20, "{name}: {hits:?}");
