@@ -370,3 +370,149 @@ async fn the_http_probe_treats_2xx_3xx_as_healthy() {
     assert!(first.starts_with("GET /healthz HTTP/1.1\r\n"), "{first:?}");
     assert!(first.contains("\r\nHost: api.test\r\n"), "{first:?}");
 }
+
+/// Probe start times, per backend, in time since `start`.
+type Log = Arc<Mutex<HashMap<&'static str, Vec<Duration>>>>;
+
+/// A probe that logs when each probe starts; probes of `slow` take `slow_for`.
+fn logging_probe(
+    log: Log,
+    start: TokioInstant,
+    slow: &'static str,
+    slow_for: Duration,
+) -> impl tower_lb::health::Probe<&'static str> {
+    probe_fn(move |addr: &&'static str| {
+        let addr = *addr;
+        log.lock()
+            .unwrap()
+            .entry(addr)
+            .or_default()
+            .push(TokioInstant::now() - start);
+        async move {
+            if addr == slow {
+                tokio::time::sleep(slow_for).await;
+            }
+            Ok::<(), ProbeError>(())
+        }
+    })
+}
+
+/// "The next probe of a backend is due one interval after the previous one began": a
+/// backend whose probes take 3 s of a 5 s interval is probed at 0, 5, 10, 15 s — not at
+/// 0, 8, 16 as it would be counting from the end — and "a slow backend delays no other":
+/// the fast backends beside it are probed at exactly the same times.
+#[tokio::test(start_paused = true)]
+async fn probes_are_due_an_interval_after_the_previous_start_and_a_slow_one_delays_no_other() {
+    let log: Log = Arc::default();
+    let start = TokioInstant::now();
+    let pool = Pool::new(RoundRobin::new());
+    pool.extend([
+        ("slow", Weight::ONE),
+        ("fast", Weight::ONE),
+        ("quick", Weight::ONE),
+    ])
+    .unwrap();
+    let config = ProbeConfig::new()
+        .interval(Duration::from_secs(5))
+        .timeout(Duration::from_secs(4))
+        .jitter(Duration::ZERO);
+    let probe = logging_probe(log.clone(), start, "slow", Duration::from_secs(3));
+    let _task = pool.spawn_health_probes(probe, config).unwrap();
+    until(start + Duration::from_millis(17_500)).await;
+    let want: Vec<Duration> = [0u64, 5, 10, 15].map(Duration::from_secs).to_vec();
+    let log = log.lock().unwrap();
+    for name in ["slow", "fast", "quick"] {
+        assert_eq!(log[name], want, "{name}");
+    }
+    for id in pool.stats().iter().map(|s| s.id) {
+        assert!(is_healthy(&pool, id), "3 s of a 4 s timeout is a success");
+    }
+}
+
+/// Slow start re-enters after a recovery from failed probes too: a backend that failed
+/// its probes (fall 1) and passes again (rise 1) ramps from the minimum.
+#[tokio::test(start_paused = true)]
+async fn slow_start_reenters_after_failed_probes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let down = Arc::new(AtomicBool::new(false));
+    let flag = down.clone();
+    let probe = probe_fn(move |addr: &&str| {
+        let fails = *addr == "b" && flag.load(Ordering::SeqCst);
+        async move {
+            if fails {
+                Err(ProbeError::new("connection refused"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let window = Duration::from_secs(100);
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .slow_start(SlowStart::new(window).unwrap())
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+        .unwrap();
+    let config = ProbeConfig::new()
+        .jitter(Duration::ZERO)
+        .rise(1)
+        .unwrap()
+        .fall(1)
+        .unwrap();
+    let start = TokioInstant::now();
+    let _task = pool.spawn_health_probes(probe, config).unwrap();
+    // The joins' ramps end; then b fails its probe at 105 s and passes at 110 s.
+    until(start + window + Duration::from_millis(100)).await;
+    assert!(stat(&pool, ids[1]).ramp.is_none());
+    down.store(true, Ordering::SeqCst);
+    until(start + Duration::from_millis(105_100)).await;
+    assert!(!is_healthy(&pool, ids[1]));
+    down.store(false, Ordering::SeqCst);
+    until(start + Duration::from_millis(110_100)).await;
+    assert!(is_healthy(&pool, ids[1]));
+    let ramp = stat(&pool, ids[1])
+        .ramp
+        .expect("ramping after the probes passed");
+    assert!((ramp - 0.1).abs() <= 0.005, "{ramp}");
+    assert!(stat(&pool, ids[0]).ramp.is_none());
+}
+
+/// Under the background task, a ramp moves one step per update interval: over a 10 s
+/// window with a 1 s interval, the pool is republished once a second — ten steps — and
+/// the effective weight follows the ramp without anyone calling `tick`.
+#[tokio::test(start_paused = true)]
+async fn the_task_steps_a_ramp_once_per_update_interval() {
+    let window = Duration::from_secs(10);
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .slow_start(
+            SlowStart::new(window)
+                .unwrap()
+                .min_weight_percent(1)
+                .unwrap()
+                .update_interval(Duration::from_secs(1)),
+        )
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
+    let _task = pool.spawn_health().unwrap();
+    let start = TokioInstant::now();
+    until(start + window + Duration::from_millis(500)).await;
+    pool.mark_down(ids[1]).unwrap();
+    pool.mark_up(ids[1]).unwrap();
+    let t0 = TokioInstant::now();
+    let mut versions = vec![pool.snapshot().snapshot().version()];
+    for tenth in 1..=130u64 {
+        until(t0 + Duration::from_millis(100 * tenth)).await;
+        versions.push(pool.snapshot().snapshot().version());
+    }
+    let steps = versions.windows(2).filter(|w| w[1] != w[0]).count();
+    assert_eq!(
+        steps, 10,
+        "one republication per second of the 10 s ramp: {versions:?}"
+    );
+    assert!(
+        stat(&pool, ids[1]).ramp.is_none(),
+        "the ramp ended on its own"
+    );
+}
