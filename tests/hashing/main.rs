@@ -45,6 +45,11 @@ fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
         rng_seed: RngSeed::Fixed(SEED),
+        // Beside each file of this folder (proptest's default would look for them in
+        // tests/proptest-regressions/, named after the file alone).
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
         ..ProptestConfig::default()
     }
 }

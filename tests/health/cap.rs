@@ -59,7 +59,7 @@ fn cap_op() -> impl Strategy<Value = CapOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(config(96))]
 
     /// Under any pattern of outcomes, time and membership, the statistical ejections stay
     /// within max(1, ⌊n × p⌋) for n ≥ 2, the set is never ejected whole, and nothing is

@@ -140,7 +140,7 @@ fn run_ops<P: Picker<String>>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(config(40))]
 
     /// While the panic threshold is not crossed, no strategy returns a backend that is not
     /// healthy, and no strategy ever returns a draining one.

@@ -59,6 +59,19 @@ where
 
 const MS: Duration = Duration::from_millis(1);
 
+/// The property tests' settings: `cases`, a fixed seed (every run explores the same
+/// cases), failures persisted beside the test's file.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x4EA1_7400),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 mod admin;
 mod cap;
 mod eligibility;
