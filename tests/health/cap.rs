@@ -134,3 +134,58 @@ proptest! {
         }
     }
 }
+
+/// "When the set shrinks under the ejected count, the backends closest to their return
+/// come back first": two statistical ejections (success rate) 10 s apart under a 50%
+/// cap of 6; removing members until the cap is 1 returns the one ejected first — due
+/// back 10 s earlier — and keeps the other out.
+#[test]
+fn when_the_set_shrinks_the_ejection_closest_to_its_end_returns_first() {
+    let clock = ManualClock::new();
+    let pool = Pool::<String, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .success_rate(None)
+                .failure_percentage(Some(
+                    FailurePercentage::new().minimum_hosts(1).request_volume(10),
+                ))
+                .ejection_jitter(Duration::ZERO)
+                .max_ejection_percent(50)
+                .unwrap(),
+        )
+        .build();
+    let ids = pool
+        .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
+        .unwrap();
+    let (first, second) = (ids[4], ids[1]);
+    for victim in [first, second] {
+        for &id in &ids {
+            let outcome = if id == victim {
+                Outcome::failure()
+            } else {
+                Outcome::success()
+            };
+            for _ in 0..10 {
+                pool.report(id, outcome).unwrap();
+            }
+        }
+        clock.advance(Duration::from_secs(10));
+        pool.tick();
+        assert!(!is_healthy(&pool, victim));
+    }
+    assert_eq!(ejected_count(&pool), 2);
+    assert_eq!(stat(&pool, first).returns_in, Some(Duration::from_secs(20)));
+    assert_eq!(
+        stat(&pool, second).returns_in,
+        Some(Duration::from_secs(30))
+    );
+    // 6 → 3 members: the cap falls to max(1, ⌊3 × 50%⌋) = 1.
+    for &id in &[ids[0], ids[2], ids[3]] {
+        pool.remove(id).unwrap();
+    }
+    assert_eq!(ejected_count(&pool), 1);
+    assert!(is_healthy(&pool, first), "the one due back first returned");
+    assert!(!is_healthy(&pool, second));
+}

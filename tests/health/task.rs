@@ -516,3 +516,28 @@ async fn the_task_steps_a_ramp_once_per_update_interval() {
         "the ramp ended on its own"
     );
 }
+
+/// `uneject_on_probe_success(false)`: a probe that succeeds after an ejection began no
+/// longer ends it — the backend serves its ejection in full (30 s), as a TCP probe that
+/// passes while requests fail must not bring it back.
+#[tokio::test(start_paused = true)]
+async fn a_successful_probe_leaves_an_ejection_alone_when_told_to() {
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .outlier_detection(consecutive_only().uneject_on_probe_success(false))
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
+    let probe = probe_fn(|_: &&str| async { Ok(()) });
+    let start = TokioInstant::now();
+    let _task = pool
+        .spawn_health_probes(probe, ProbeConfig::new().jitter(Duration::ZERO))
+        .unwrap();
+    until(start + Duration::from_secs(1)).await;
+    fail(&pool, ids[0], 5);
+    // Probes at 5, 10, … 30 s succeed; the ejection (from 1 s, for 30 s) stands.
+    until(start + Duration::from_millis(30_900)).await;
+    assert!(!is_healthy(&pool, ids[0]), "a probe ended the ejection");
+    until(start + Duration::from_millis(31_100)).await;
+    assert!(is_healthy(&pool, ids[0]), "back when its time was up");
+}
