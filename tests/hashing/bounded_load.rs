@@ -196,14 +196,14 @@ fn check_weighted_bounds<H: HashPicker<String>>(
             weights
         );
         held.push(s.backends()[got.unwrap()].state().start());
-        for i in 0..s.len() {
+        for (i, &w) in weights.iter().enumerate() {
             prop_assert!(
-                load(i) <= bound(m + 1, weights[i]),
+                load(i) <= bound(m + 1, w),
                 "backend {} of weight {} holds {} > {}",
                 i,
-                weights[i],
+                w,
                 load(i),
-                bound(m + 1, weights[i])
+                bound(m + 1, w)
             );
         }
     }
