@@ -373,7 +373,14 @@ fn schedule_error(weights: &[u64]) -> (f64, bool) {
     )
     .unwrap();
     let schedule = WeightedRoundRobin::new().prepare(&snapshot, None);
-    let len = schedule.order().len() as f64;
+    // "At most MAX_SCHEDULE + n entries", and a cycle holds every member.
+    let len = schedule.order().len();
+    assert!(
+        (weights.len()..=MAX_SCHEDULE as usize + weights.len()).contains(&len),
+        "a schedule of {len} entries for {} members",
+        weights.len()
+    );
+    let len = len as f64;
     let total: f64 = weights.iter().map(|&w| w as f64).sum();
     let mut counts = vec![0f64; weights.len()];
     for &i in schedule.order() {
@@ -402,6 +409,8 @@ fn smooth_wrr_scaled_shares_stay_close_to_the_weights() {
         (0..200).map(|i| 1_000_000 + i * 7919).collect(),
         std::iter::once(4_000_000_000).chain(1_000..1_100).collect(),
         vec![big, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        // Scaled to 44 815 and 20 720, which still share a factor of 5.
+        vec![1_095_583_148, 506_526_969],
     ];
     for weights in cases {
         let (error, exact) = schedule_error(&weights);
@@ -492,4 +501,165 @@ fn weighted_p2c_idle_shares_follow_the_weights() {
             "{weights:?}: {counts:?} (χ² {stat:.1} > {critical:.1})"
         );
     }
+}
+
+// ---------------------------------------------------------------- Peak EWMA's cost, part by part
+
+/// `PickContext` carries what it is given: the affinity hash, and the caller's "now"
+/// (to the nanosecond), which Peak EWMA reads instead of the clock — estimates decay to
+/// *that* time. Backend 0 answered in 100 ms at t₀, backend 1 in 1 ms at t₀ + 60 s:
+/// seen from t₀ + 60 s, backend 0's estimate has decayed by e^(−6) to 0.25 ms and wins;
+/// a picker that read its own clock (≈ t₀) would see 100 ms against 1 ms.
+#[test]
+fn peak_ewma_reads_the_callers_now() {
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_secs(60);
+    let ctx = PickContext::new().with_hash(7).with_now(later);
+    assert_eq!(ctx.hash(), Some(7));
+    let now = ctx.now().expect("a now");
+    assert!(
+        now.max(later) - now.min(later) < Duration::from_micros(1),
+        "{now:?}"
+    );
+    assert_eq!(PickContext::new().hash(), None);
+    assert_eq!(PickContext::new().now(), None);
+
+    let snapshot = uniform(2);
+    snapshot.backends()[0]
+        .state()
+        .record_rtt(Duration::from_millis(100), t0);
+    snapshot.backends()[1]
+        .state()
+        .record_rtt(Duration::from_millis(1), later);
+    let picker = PeakEwma::with_seed(4);
+    let prepared = Prepared::new(&picker, snapshot);
+    for _ in 0..50 {
+        assert_eq!(prepared.pick(&picker, &ctx), Ok(0));
+    }
+}
+
+/// Peak EWMA's cost is estimate × (in flight + 1) × 2^score ÷ weight, each part checked
+/// where it decides a comparison (equal latencies unless said):
+/// - ÷ weight: weights 1 and 4, two requests in flight on the heavy one: 3/4 < 1;
+/// - × 2^score: three recent failures (×8) on an idle backend lose to 2 in flight (×3);
+/// - a failing backend's estimate is at least its rival's: failing at 1 ms (×2 for one
+///   failure) loses to a healthy 10 ms, measured or not;
+/// - a measured 0 ns (an in-process backend) is a measurement, not "unmeasured": with one
+///   in flight it costs 0, not the penalty;
+/// - among unmeasured backends the penalty grows with each request in flight.
+#[test]
+fn peak_ewma_cost_weighs_latency_load_failures_and_weight() {
+    let now = Instant::now();
+    let ctx = PickContext::new().with_now(now);
+    let rtt = |s: &Snapshot<usize>, i: usize, ms: u64| {
+        s.backends()[i]
+            .state()
+            .record_rtt(Duration::from_millis(ms), now)
+    };
+    let fail = |s: &Snapshot<usize>, i: usize, times: usize| {
+        for _ in 0..times {
+            s.backends()[i].state().start().failure();
+        }
+    };
+    let always = |s: Snapshot<usize>, want: usize, what: &str| {
+        let picker = PeakEwma::with_seed(5);
+        let prepared = Prepared::new(&picker, s);
+        for _ in 0..100 {
+            assert_eq!(prepared.pick(&picker, &ctx), Ok(want), "{what}");
+        }
+    };
+
+    let s = snapshot(&[1, 4]);
+    rtt(&s, 0, 10);
+    rtt(&s, 1, 10);
+    let _held = hold(&s, &[0, 2]);
+    always(s, 1, "÷ weight");
+
+    let s = uniform(2);
+    rtt(&s, 0, 10);
+    rtt(&s, 1, 10);
+    let _held = hold(&s, &[0, 2]);
+    fail(&s, 0, 3);
+    always(s, 1, "× 2^score");
+
+    let s = uniform(2);
+    rtt(&s, 0, 1);
+    rtt(&s, 1, 10);
+    fail(&s, 0, 1);
+    always(s, 1, "a failing backend's estimate is at least its rival's");
+    // Unmeasured and failing (a failure reported with no latency): not tried "at once".
+    let pool = Pool::new(PeakEwma::with_seed(6));
+    let ids = pool
+        .extend([(0usize, Weight::ONE), (1, Weight::ONE)])
+        .unwrap();
+    rtt(pool.snapshot().snapshot(), 1, 10);
+    pool.report(ids[0], tower_lb::health::Outcome::failure())
+        .unwrap();
+    for _ in 0..100 {
+        assert_eq!(
+            pool.pick(&ctx).unwrap().id(),
+            ids[1],
+            "unmeasured and failing"
+        );
+    }
+
+    let s = uniform(2);
+    s.backends()[0].state().record_rtt(Duration::ZERO, now);
+    rtt(&s, 1, 1);
+    let _held = hold(&s, &[1, 0]);
+    always(s, 0, "a measured 0 ns");
+
+    let s = uniform(2);
+    let _held = hold(&s, &[2, 1]);
+    always(s, 1, "the penalty grows with the requests in flight");
+}
+
+/// Peak EWMA with unequal weights and nothing measured yet (every cost 0, every
+/// comparison a tie): shares follow the weights, as weighted P2C's do.
+#[test]
+fn peak_ewma_idle_shares_follow_the_weights() {
+    const PICKS: usize = 40_000;
+    let weights = [1u32, 2, 3, 4];
+    let picker = PeakEwma::with_seed(8);
+    let prepared = Prepared::new(&picker, snapshot(&weights));
+    let counts = histogram(&picks(&picker, &prepared, PICKS), weights.len());
+    let shares: Vec<f64> = weights.iter().map(|&w| f64::from(w) / 10.0).collect();
+    let stat = chi_square(&counts, &shares);
+    let critical = chi_square_critical_p001(weights.len() - 1);
+    assert!(
+        stat <= critical,
+        "{counts:?} (χ² {stat:.1} > {critical:.1})"
+    );
+}
+
+// ---------------------------------------------------------------- stale tables
+
+/// A picker handed a table prepared for another snapshot (a caller driving `Picker`
+/// by hand) stays correct: it returns an eligible member of the snapshot it is given,
+/// never `None` while one exists, never a panic — for tables longer and shorter than the
+/// snapshot's eligible list.
+#[test]
+fn a_table_from_another_snapshot_still_gives_an_eligible_member() {
+    fn check<P: Picker<usize>>(name: &str, picker: P) {
+        let five = snapshot(&[1, 2, 3, 4, 5]);
+        let two_of_five = snapshot(&[3, 1, 4, 1, 5]).with_eligibility(|i| i == 1 || i == 4);
+        let three = snapshot(&[2, 7, 1]);
+        for (from, to) in [(&five, &two_of_five), (&three, &five), (&five, &three)] {
+            let stale = picker.prepare(from, None);
+            for _ in 0..200 {
+                let got = picker.pick(&stale, to, &PickContext::new());
+                assert!(
+                    got.is_some_and(|i| to.is_eligible(i)),
+                    "{name}: {got:?} from a stale table"
+                );
+            }
+        }
+    }
+    check("RoundRobin", RoundRobin::new());
+    check("WeightedRoundRobin", WeightedRoundRobin::new());
+    check("Random", Random::with_seed(1));
+    check("WeightedRandom", tower_lb::WeightedRandom::with_seed(1));
+    check("LeastLoaded", LeastLoaded::with_seed(1));
+    check("PowerOfTwoChoices", PowerOfTwoChoices::with_seed(1));
+    check("PeakEwma", PeakEwma::with_seed(1));
 }
