@@ -241,3 +241,24 @@ impl BackendError {
         self.source.downcast_ref::<T>()
     }
 }
+
+/// A strategy name that [`AnyPicker`](crate::AnyPicker) does not know; the message lists
+/// the names it knows ([`AnyPicker::NAMES`](crate::AnyPicker::NAMES)).
+///
+/// ```
+/// use tower_lb::AnyPicker;
+///
+/// let err = "fastest".parse::<AnyPicker>().unwrap_err();
+/// assert_eq!(err.name, "fastest");
+/// assert!(err.to_string().starts_with("any picker: unknown strategy \"fastest\""));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "any picker: unknown strategy {name:?}, expected one of: {names}",
+    names = crate::AnyPicker::NAMES.join(", ")
+)]
+#[non_exhaustive]
+pub struct UnknownStrategy {
+    /// The name as given.
+    pub name: String,
+}

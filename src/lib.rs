@@ -81,11 +81,22 @@ pub use error::{
     BackendError, ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded,
     PickError, ProbeError, SpawnError, TimedOut, WeightError,
 };
+pub use error::UnknownStrategy;
+pub use pick::any::AnyPicker;
+pub use pick::hash::bounded_load::BoundedLoad;
+pub use pick::hash::jump::Jump;
+pub use pick::hash::maglev::Maglev;
+pub use pick::hash::rendezvous::Rendezvous;
+pub use pick::hash::ring::Ring;
 pub use pick::hash::{BackendKey, HashPicker};
-pub use pick::{
-    BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, PowerOfTwoChoices,
-    Random, Rendezvous, Ring, RoundRobin, WeightedRandom, WeightedRoundRobin,
-};
+pub use pick::least_loaded::LeastLoaded;
+pub use pick::p2c::PowerOfTwoChoices;
+pub use pick::peak_ewma::PeakEwma;
+pub use pick::random::Random;
+pub use pick::round_robin::RoundRobin;
+pub use pick::weighted_random::WeightedRandom;
+pub use pick::weighted_round_robin::WeightedRoundRobin;
+pub use pick::{PickContext, Picker};
 pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
 
 /// The README's examples, compiled and run as doctests.

@@ -17,7 +17,7 @@ use crate::backend::{Snapshot, now_nanos};
 use crate::rng::RandomSource;
 
 /// Picks a member with the least in-flight ÷ weight. See the [module docs](self).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LeastLoaded {
     rng: RandomSource,
 }
@@ -31,6 +31,9 @@ impl LeastLoaded {
     }
 
     /// A least-loaded picker whose tie-breaking is reproducible from `seed`.
+    ///
+    /// A clone of a seeded picker continues from the original's state: it makes the
+    /// same draws the original would make next, then each advances on its own.
     pub fn with_seed(seed: u64) -> Self {
         LeastLoaded {
             rng: RandomSource::seeded(seed),

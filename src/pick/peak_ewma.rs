@@ -24,7 +24,8 @@
 
 use std::time::Duration;
 
-use super::{Candidates, PickContext, Picker};
+use super::p2c::Candidates;
+use super::{PickContext, Picker};
 use crate::backend::{Snapshot, now_nanos};
 use crate::rng::RandomSource;
 
@@ -32,7 +33,7 @@ use crate::rng::RandomSource;
 const PENALTY: f64 = 1e30;
 
 /// P2C over peak-EWMA latency × (in-flight + 1). See the [`pick`](crate::pick) module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PeakEwma {
     rng: RandomSource,
     default_rtt: Option<f64>,
@@ -48,6 +49,9 @@ impl PeakEwma {
     }
 
     /// A Peak-EWMA picker whose draws are reproducible from `seed`.
+    ///
+    /// A clone of a seeded picker continues from the original's state: it makes the
+    /// same draws the original would make next, then each advances on its own.
     pub fn with_seed(seed: u64) -> Self {
         PeakEwma {
             rng: RandomSource::seeded(seed),

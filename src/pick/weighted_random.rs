@@ -80,7 +80,7 @@ impl AliasTable {
 
 /// Picks an eligible member with probability proportional to its weight.
 /// See the [`pick`](crate::pick) module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WeightedRandom {
     rng: RandomSource,
 }
@@ -94,6 +94,9 @@ impl WeightedRandom {
     }
 
     /// A reproducible picker: the same seed gives the same picks.
+    ///
+    /// A clone of a seeded picker continues from the original's state: it makes the
+    /// same draws the original would make next, then each advances on its own.
     pub fn with_seed(seed: u64) -> Self {
         WeightedRandom {
             rng: RandomSource::seeded(seed),

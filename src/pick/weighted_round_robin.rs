@@ -29,7 +29,7 @@ use crate::backend::Snapshot;
 pub const MAX_SCHEDULE: u64 = 1 << 16;
 
 /// Smooth weighted round robin. See the [`pick`](crate::pick) module docs.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct WeightedRoundRobin {
     _private: (),
 }

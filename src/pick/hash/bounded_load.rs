@@ -83,7 +83,7 @@ const FACTOR_ONE: u64 = 1 << 16;
 /// assert!(max <= 32); // ⌈1.25 · 100 / 4⌉
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BoundedLoad<H> {
     inner: H,
     /// c in units of 1/2¹⁶.
@@ -127,6 +127,13 @@ impl<H> BoundedLoad<H> {
     /// The wrapped picker.
     pub fn inner(&self) -> &H {
         &self.inner
+    }
+}
+
+/// Bounded loads over `H`'s default with the balance factor [`DEFAULT_BALANCE_FACTOR`].
+impl<H: Default> Default for BoundedLoad<H> {
+    fn default() -> Self {
+        BoundedLoad::new(H::default())
     }
 }
 

@@ -34,7 +34,8 @@ use std::fmt;
 
 use super::{BackendKey, HashPicker, MAX_PROBES, WithFallback, key_hash, members, next_probe};
 use crate::backend::Snapshot;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
 
 /// Jump consistent hashing over the members in key order. See the [module docs](self).
 ///
@@ -56,7 +57,7 @@ use crate::pick::{PickContext, Picker, RoundRobin};
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Jump<F = RoundRobin> {
     fallback: F,
 }

@@ -39,7 +39,8 @@ use super::{
 use crate::affinity::seeded;
 use crate::backend::Snapshot;
 use crate::error::ConfigError;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
 
 /// The default table size M: the prime 65 537, as Envoy and the paper's evaluation
 /// use; good for the 1 % disruption bound up to ≈ 650 backends.
@@ -72,7 +73,7 @@ const EMPTY: u32 = u32::MAX;
 /// assert_eq!(maglev.pick(&table, &snapshot, &ctx), home); // same key, same backend
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Maglev<F = RoundRobin> {
     size: u32,
     fallback: F,

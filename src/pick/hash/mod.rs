@@ -42,6 +42,12 @@
 //! weighted), so it is slower than the ring from about 4 members on and slower than
 //! Maglev at any size — choose it for small sets or where no table may be kept; jump
 //! is for numbered shards that only grow or shrink at the end.
+//!
+//! [`Maglev`]: crate::Maglev
+//! [`Ring`]: crate::Ring
+//! [`Rendezvous`]: crate::Rendezvous
+//! [`Jump`]: crate::Jump
+//! [`BoundedLoad`]: crate::BoundedLoad
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,11 +64,6 @@ pub mod rendezvous;
 pub mod ring;
 
 pub use backend_key::BackendKey;
-pub use bounded_load::{BoundedLoad, DEFAULT_BALANCE_FACTOR};
-pub use jump::{Jump, JumpTable};
-pub use maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, Maglev, MaglevTable};
-pub use rendezvous::{Rendezvous, RendezvousTable};
-pub use ring::{DEFAULT_MAX_POINTS, DEFAULT_POINTS_PER_WEIGHT, Ring, RingTable};
 
 /// A consistent-hashing picker whose preference order for a key can be walked.
 ///

@@ -32,7 +32,8 @@ use std::fmt;
 use super::{BackendKey, HashPicker, WithFallback, key_hash, members};
 use crate::affinity::mix;
 use crate::backend::Snapshot;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
 
 /// Weighted rendezvous hashing. See the [module docs](self).
 ///
@@ -49,7 +50,7 @@ use crate::pick::{PickContext, Picker, RoundRobin};
 /// assert!(hrw.pick(&table, &snapshot, &ctx).is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Rendezvous<F = RoundRobin> {
     fallback: F,
 }

@@ -48,7 +48,8 @@ use super::{
 };
 use crate::affinity::seeded;
 use crate::backend::Snapshot;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
 
 /// The default number of points per unit of weight: 160, as Ketama and NGINX.
 pub const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
@@ -75,7 +76,7 @@ const MAX_DIRECTORY_BITS: u32 = 24;
 /// assert!(ring.pick(&table, &snapshot, &ctx).is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ring<F = RoundRobin> {
     points_per_weight: u32,
     max_points: u32,
