@@ -51,11 +51,9 @@ use tower_lb::balance::{
 };
 use tower_lb::health::{HttpProbe, OutlierDetection, Probe, ProbeConfig, probe_fn};
 use tower_lb::{
-    BackendId, LeastLoaded, Maglev, Overloaded, PeakEwma, PickError, Pool, PowerOfTwoChoices,
-    Random, Rendezvous, Ring, RoundRobin, Weight, WeightedRoundRobin,
+    AnyPicker, BackendId, LeastLoaded, Maglev, Overloaded, PeakEwma, PickError, Pool,
+    PowerOfTwoChoices, Random, Rendezvous, Ring, RoundRobin, Weight, WeightedRoundRobin,
 };
-
-use crate::support::strategy::Strategy;
 
 /// The proxy's command line.
 #[derive(Debug, Parser)]
@@ -166,17 +164,18 @@ pub enum StrategyName {
 }
 
 impl StrategyName {
-    fn build(self) -> Strategy {
+    /// The library's strategy of this name, as a picker chosen at run time.
+    fn build(self) -> AnyPicker {
         match self {
-            StrategyName::RoundRobin => Strategy::RoundRobin(RoundRobin::new()),
-            StrategyName::Weighted => Strategy::Weighted(WeightedRoundRobin::new()),
-            StrategyName::Random => Strategy::Random(Random::new()),
-            StrategyName::LeastLoaded => Strategy::LeastLoaded(LeastLoaded::new()),
-            StrategyName::P2c => Strategy::P2c(PowerOfTwoChoices::new()),
-            StrategyName::PeakEwma => Strategy::PeakEwma(PeakEwma::new()),
-            StrategyName::Ring => Strategy::Ring(Ring::new()),
-            StrategyName::Maglev => Strategy::Maglev(Maglev::new()),
-            StrategyName::Rendezvous => Strategy::Rendezvous(Rendezvous::new()),
+            StrategyName::RoundRobin => RoundRobin::new().into(),
+            StrategyName::Weighted => WeightedRoundRobin::new().into(),
+            StrategyName::Random => Random::new().into(),
+            StrategyName::LeastLoaded => LeastLoaded::new().into(),
+            StrategyName::P2c => PowerOfTwoChoices::new().into(),
+            StrategyName::PeakEwma => PeakEwma::new().into(),
+            StrategyName::Ring => Ring::new().into(),
+            StrategyName::Maglev => Maglev::new().into(),
+            StrategyName::Rendezvous => Rendezvous::new().into(),
         }
     }
 
@@ -613,7 +612,7 @@ impl Service<Request<Deferred>> for Upstream {
     }
 }
 
-type Balancer = Balance<HttpTarget, Strategy, Client<Upstream>, HashKey, HttpStatus>;
+type Balancer = Balance<HttpTarget, AnyPicker, Client<Upstream>, HashKey, HttpStatus>;
 
 /// The body of the proxy's responses.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -699,7 +698,7 @@ impl Proxy {
     }
 
     /// The backend pool: stats, health, membership.
-    pub fn pool(&self) -> &Pool<HttpTarget, Strategy> {
+    pub fn pool(&self) -> &Pool<HttpTarget, AnyPicker> {
         self.inner.balance.pool()
     }
 }

@@ -2,4 +2,3 @@
 #![allow(dead_code)] // each program uses a part of it
 
 pub mod backend;
-pub mod strategy;

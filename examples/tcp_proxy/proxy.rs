@@ -16,11 +16,9 @@ use tokio::task::JoinSet;
 use tower_lb::affinity::{AffinityKey, PeerAddrKey, PeerIpKey};
 use tower_lb::health::OutlierDetection;
 use tower_lb::{
-    BackendId, InFlight, LeastLoaded, Maglev, PickContext, PickError, Pool, PowerOfTwoChoices,
-    Random, Ring, RoundRobin, Weight, WeightedRoundRobin,
+    AnyPicker, BackendId, InFlight, LeastLoaded, Maglev, PickContext, PickError, Pool,
+    PowerOfTwoChoices, Random, Ring, RoundRobin, Weight, WeightedRoundRobin,
 };
-
-use crate::support::strategy::Strategy;
 
 /// The proxy's command line.
 #[derive(Debug, Parser)]
@@ -156,7 +154,7 @@ impl Settings {
 /// The proxy: the backend pool with its strategy and passive health.
 #[derive(Clone)]
 pub struct TcpProxy {
-    pool: Pool<SocketAddr, Strategy>,
+    pool: Pool<SocketAddr, AnyPicker>,
     key: Key,
     connect_timeout: Duration,
 }
@@ -185,19 +183,14 @@ impl TcpProxy {
     /// Builds the pool over `settings.backends` and starts its health task (in a tokio
     /// runtime): passive outlier detection, ejections ending on time.
     pub fn start(settings: &Settings) -> Result<TcpProxy, Box<dyn std::error::Error>> {
-        let (strategy, key) = match settings.strategy {
-            StrategyName::RoundRobin => (Strategy::RoundRobin(RoundRobin::new()), Key::None),
-            StrategyName::Weighted => (Strategy::Weighted(WeightedRoundRobin::new()), Key::None),
-            StrategyName::Random => (Strategy::Random(Random::new()), Key::None),
-            StrategyName::LeastLoaded => (Strategy::LeastLoaded(LeastLoaded::new()), Key::None),
-            StrategyName::P2c => (Strategy::P2c(PowerOfTwoChoices::new()), Key::None),
-            StrategyName::SourceIpHash => {
-                (Strategy::Ring(Ring::new()), Key::ClientIp(PeerIpKey::new()))
-            }
-            StrategyName::Maglev => (
-                Strategy::Maglev(Maglev::new()),
-                Key::ClientAddr(PeerAddrKey::new()),
-            ),
+        let (strategy, key): (AnyPicker, _) = match settings.strategy {
+            StrategyName::RoundRobin => (RoundRobin::new().into(), Key::None),
+            StrategyName::Weighted => (WeightedRoundRobin::new().into(), Key::None),
+            StrategyName::Random => (Random::new().into(), Key::None),
+            StrategyName::LeastLoaded => (LeastLoaded::new().into(), Key::None),
+            StrategyName::P2c => (PowerOfTwoChoices::new().into(), Key::None),
+            StrategyName::SourceIpHash => (Ring::new().into(), Key::ClientIp(PeerIpKey::new())),
+            StrategyName::Maglev => (Maglev::new().into(), Key::ClientAddr(PeerAddrKey::new())),
         };
         let pool = Pool::<SocketAddr, _>::builder(strategy)
             // A refused connection is a failure; three in a row eject the backend.
@@ -215,7 +208,7 @@ impl TcpProxy {
     }
 
     /// The backend pool: stats, health, membership.
-    pub fn pool(&self) -> &Pool<SocketAddr, Strategy> {
+    pub fn pool(&self) -> &Pool<SocketAddr, AnyPicker> {
         &self.pool
     }
 
