@@ -77,11 +77,11 @@ pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight,
     Snapshot, Weight,
 };
+pub use error::UnknownStrategy;
 pub use error::{
     BackendError, ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded,
     PickError, ProbeError, SpawnError, TimedOut, WeightError,
 };
-pub use error::UnknownStrategy;
 pub use pick::any::AnyPicker;
 pub use pick::hash::bounded_load::BoundedLoad;
 pub use pick::hash::jump::Jump;

@@ -208,9 +208,9 @@ impl AnyPicker {
             "least-loaded" => {
                 Kind::LeastLoaded(seed.map_or_else(LeastLoaded::new, LeastLoaded::with_seed))
             }
-            "p2c" => Kind::P2c(
-                seed.map_or_else(PowerOfTwoChoices::new, PowerOfTwoChoices::with_seed),
-            ),
+            "p2c" => {
+                Kind::P2c(seed.map_or_else(PowerOfTwoChoices::new, PowerOfTwoChoices::with_seed))
+            }
             "peak-ewma" => Kind::PeakEwma(seed.map_or_else(PeakEwma::new, PeakEwma::with_seed)),
             "ring" => Kind::Ring(Ring::new()),
             "maglev" => Kind::Maglev(Maglev::new()),
@@ -218,9 +218,7 @@ impl AnyPicker {
             "jump" => Kind::Jump(Jump::new()),
             "ring-bounded" => Kind::RingBounded(BoundedLoad::new(Ring::new())),
             "maglev-bounded" => Kind::MaglevBounded(BoundedLoad::new(Maglev::new())),
-            "rendezvous-bounded" => {
-                Kind::RendezvousBounded(BoundedLoad::new(Rendezvous::new()))
-            }
+            "rendezvous-bounded" => Kind::RendezvousBounded(BoundedLoad::new(Rendezvous::new())),
             // Every name of NAMES has its arm (the unit tests check it).
             _ => return Err(unknown()),
         };

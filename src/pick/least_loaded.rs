@@ -5,7 +5,7 @@
 //! whose in-flight count is the minimum (the property tests check this). Ties are broken
 //! uniformly at random — one draw picks the r-th of the tied members — so the first
 //! members of the list are not favoured when every backend is idle. For large sets
-//! prefer [`PowerOfTwoChoices`](super::PowerOfTwoChoices): O(1) and nearly as balanced.
+//! prefer [`PowerOfTwoChoices`](crate::PowerOfTwoChoices): O(1) and nearly as balanced.
 //!
 //! Recent failures count as load ((in flight + 1) × 2^score − 1, see the
 //! [`pick`](crate::pick) module docs): a backend failing fast has nothing in flight but

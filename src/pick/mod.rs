@@ -41,6 +41,17 @@
 //!
 //! The consistent-hashing family lives in [`hash`]; see there for how to choose.
 //!
+//! [`AnyPicker`](crate::AnyPicker) is any of them, chosen at run time by name (a
+//! command-line flag, a configuration file): `"maglev".parse::<AnyPicker>()`.
+//!
+//! # Pickers as values
+//!
+//! Every picker is `Clone`, and `Default` (its `new()`) where it has no required
+//! setting. A clone is configured as the original and carries on from its state, then
+//! goes its own way: a seeded picker's clone makes the draws the original would make
+//! next, a round robin's clone has a counter of its own starting at the original's
+//! position. Tables are not `Clone`: each pool prepares its own.
+//!
 //! # Failures are load
 //!
 //! A backend that fails in microseconds never has anything in flight, so a strategy that

@@ -5,7 +5,7 @@
 //! estimate replaces it at once, a sample below is blended in, and the estimate decays
 //! towards zero while no sample arrives, over a window τ (default 10 s, set per pool with
 //! [`PoolBuilder::ewma_decay`](crate::PoolBuilder::ewma_decay)). A pick draws two distinct
-//! candidates as [`PowerOfTwoChoices`](super::PowerOfTwoChoices) does and takes the one
+//! candidates as [`PowerOfTwoChoices`](crate::PowerOfTwoChoices) does and takes the one
 //! with the lower cost = estimate × (in-flight + 1) ÷ weight. This is the balancer of
 //! Finagle, Linkerd and tower's `load::PeakEwma`.
 //!

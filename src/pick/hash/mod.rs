@@ -69,8 +69,9 @@ pub use backend_key::BackendKey;
 ///
 /// Every key has a preference order over the members; the picker places the key on the
 /// first eligible member of it. [`find`](Self::find) walks that order and stops at the
-/// first eligible member `accept` takes: [`BoundedLoad`] passes a capacity test, a retry
-/// policy can pass "not tried yet" to fail over the way the key's own failover would.
+/// first eligible member `accept` takes: [`BoundedLoad`](crate::BoundedLoad) passes a
+/// capacity test, a retry policy can pass "not tried yet" to fail over the way the key's
+/// own failover would.
 pub trait HashPicker<A>: Picker<A> {
     /// The first eligible member in `hash`'s preference order that `accept` takes, or
     /// `None` when the walk finds none. Calls `accept` only on eligible members, in
