@@ -139,7 +139,7 @@ impl AnyPicker {
     /// ```
     /// use tower_lb::{AnyPicker, PickContext, Picker, Snapshot, Weight};
     ///
-    /// let snapshot = Snapshot::build((0..8).map(|i| (i, Weight::ONE)))?;
+    /// let snapshot = Snapshot::build((0u64..8).map(|i| (i, Weight::ONE)))?;
     /// let (a, b) = (AnyPicker::with_seed("random", 7)?, AnyPicker::with_seed("random", 7)?);
     /// let (ta, tb) = (a.prepare(&snapshot, None), b.prepare(&snapshot, None));
     /// for _ in 0..10 {
