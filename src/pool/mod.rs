@@ -80,6 +80,16 @@ impl<A, T> Prepared<A, T> {
     }
 }
 
+/// A prepared snapshot reads as its snapshot: `pool.snapshot().len()`,
+/// `pool.snapshot().eligible()`.
+impl<A, T> std::ops::Deref for Prepared<A, T> {
+    type Target = Snapshot<A>;
+
+    fn deref(&self) -> &Snapshot<A> {
+        &self.snapshot
+    }
+}
+
 impl<A: fmt::Debug, T> fmt::Debug for Prepared<A, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Prepared")
