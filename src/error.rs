@@ -93,17 +93,54 @@ impl HealthConfigError {
 }
 
 /// An active health probe failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("probe: {message}")]
+///
+/// Equal when their messages are; the underlying error, when there is one (an
+/// `io::Error` from the connect, a probing service's error), is its
+/// [`source`](std::error::Error::source).
+#[derive(Debug, Clone)]
 pub struct ProbeError {
     message: Arc<str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "probe: {}", self.message)
+    }
+}
+
+impl std::error::Error for ProbeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The error itself, not the `Arc` around it, so that callers can downcast it.
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for ProbeError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for ProbeError {}
 
 impl ProbeError {
     /// A probe failure described by `message`.
     pub fn new(message: impl fmt::Display) -> Self {
         ProbeError {
             message: message.to_string().into(),
+            source: None,
+        }
+    }
+
+    /// A probe failure caused by `source`, described by its message.
+    pub fn from_source(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let source: Box<dyn std::error::Error + Send + Sync> = source.into();
+        ProbeError {
+            message: source.to_string().into(),
+            source: Some(Arc::from(source)),
         }
     }
 
@@ -119,8 +156,9 @@ impl ProbeError {
 }
 
 impl From<std::io::Error> for ProbeError {
+    /// Keeps the `io::Error` as the source.
     fn from(e: std::io::Error) -> Self {
-        ProbeError::new(e)
+        ProbeError::from_source(e)
     }
 }
 
@@ -261,4 +299,23 @@ impl BackendError {
 pub struct UnknownStrategy {
     /// The name as given.
     pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_probe_error_keeps_its_io_source() {
+        let e = ProbeError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let source = e.source().expect("the io error is the source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(e.to_string().starts_with("probe: "));
+        assert_eq!(e, ProbeError::new(io.to_string()), "equal by message");
+        assert!(ProbeError::new("x").source().is_none());
+    }
 }

@@ -66,16 +66,19 @@ mod backend;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod balance;
+pub mod clock;
 mod error;
 pub mod health;
 pub mod pick;
 pub mod pool;
 mod rng;
+mod snapshot;
+mod verdict;
 
 pub use affinity::AffinityKey;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight,
-    Snapshot, Weight,
+    Weight,
 };
 pub use error::UnknownStrategy;
 pub use error::{
@@ -98,6 +101,7 @@ pub use pick::weighted_random::WeightedRandom;
 pub use pick::weighted_round_robin::WeightedRoundRobin;
 pub use pick::{PickContext, Picker};
 pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
+pub use snapshot::Snapshot;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

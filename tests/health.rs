@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use tower_lb::clock::ManualClock;
 use tower_lb::health::{
     Ejection, FailurePercentage, Outcome, OutlierDetection, PanicMode, PanicThreshold, Reason,
     SlowStart, SuccessRate, Verdict,
@@ -21,26 +22,6 @@ use tower_lb::{
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// A clock the test moves by hand.
-#[derive(Clone)]
-struct ManualClock(Arc<Mutex<Instant>>);
-
-impl ManualClock {
-    fn new() -> Self {
-        ManualClock(Arc::new(Mutex::new(Instant::now())))
-    }
-    fn now(&self) -> Instant {
-        *self.0.lock().unwrap()
-    }
-    fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
-    }
-    fn reader(&self) -> impl Fn() -> Instant + Send + Sync + 'static {
-        let inner = Arc::clone(&self.0);
-        move || *inner.lock().unwrap()
-    }
-}
 
 fn stat<A: Clone, P: Picker<A>>(pool: &Pool<A, P>, id: BackendId) -> BackendStats<A> {
     pool.stats()

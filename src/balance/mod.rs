@@ -50,6 +50,7 @@ mod limit;
 pub mod retry;
 mod route;
 mod service;
+pub mod steer;
 #[cfg(feature = "http")]
 pub mod sticky;
 
@@ -58,7 +59,7 @@ pub mod sticky;
 pub use self::http::{HttpStatus, HttpTarget, InvalidTarget};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use body::{TrackBody, TrackBodyFuture, TrackedBody};
+pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody};
 pub use classify::{AnyError, Classify};
 pub use discover::Change;
 #[cfg(feature = "tokio")]
@@ -70,6 +71,7 @@ pub use limit::OnOverload;
 pub use retry::{Retry, RetryLayer, RetryPolicy};
 pub use route::{Client, PerBackend, Retarget, Route};
 pub use service::{Balance, NoAffinity};
+pub use steer::{Steer, Steering};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use sticky::{SameSite, Sticky, StickyCookie, StickyError, StickyLayer};

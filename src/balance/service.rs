@@ -19,8 +19,9 @@ use super::future::{ResponseFuture, Tracked};
 use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
 use super::route::{PerBackend, Route};
+use super::steer::{Steer, Steering};
 use crate::affinity::AffinityKey;
-use crate::backend::now_nanos;
+use crate::clock::now_nanos;
 use crate::error::{DiscoverError, Overloaded};
 use crate::{BackendId, MembershipError, Picker, Pool, Snapshot, Weight};
 
@@ -178,6 +179,7 @@ where
     K: AffinityKey<Req>,
     C: Classify<<R::Service as Service<Req>>::Response, <R::Service as Service<Req>>::Error>
         + Clone,
+    Req: Steer,
 {
     type Response = <R::Service as Service<Req>>::Response;
     type Error = BoxError;
@@ -207,7 +209,8 @@ where
         if self.reserved {
             return Poll::Ready(Ok(()));
         }
-        let capacity = Self::capacity(self.shared.pool.snapshot().snapshot(), limit);
+        // A guard, not an `Arc` clone: no shared reference count written per request.
+        let capacity = Self::capacity(self.shared.pool.load().snapshot(), limit);
         if capacity == 0 {
             // No eligible backend: `call` fails at once with the reason; never hang.
             return Poll::Ready(Ok(()));
@@ -246,6 +249,7 @@ where
         R: Route<A, Req>,
         K: AffinityKey<Req>,
         C: Clone,
+        Req: Steer,
     {
         self.dispatch(req, pinned, &[])
     }
@@ -264,6 +268,7 @@ where
         R: Route<A, Req>,
         K: AffinityKey<Req>,
         C: Clone,
+        Req: Steer,
     {
         self.dispatch(req, None, tried)
     }
@@ -278,6 +283,7 @@ where
         R: Route<A, Req>,
         K: AffinityKey<Req>,
         C: Clone,
+        Req: Steer,
     {
         let reserved = std::mem::take(&mut self.reserved);
         let shared = &*self.shared;
@@ -293,7 +299,13 @@ where
         let now = now_nanos();
         let current = shared.pool.load();
         let snapshot = current.snapshot();
+        // The layers' hints travel with the request (see `steer`).
+        let hints = req.steering();
+        let also = hints.map_or(&[][..], Steering::tried);
+        // A pinned backend that this request already tried (a retry) is not pinned.
         let pinned = pinned
+            .or_else(|| hints.and_then(Steering::pinned))
+            .filter(|id| !tried.contains(id) && !also.contains(id))
             .and_then(|id| snapshot.index_of(id))
             .filter(|&i| snapshot.is_eligible(i));
         let chosen = match pinned {
@@ -302,7 +314,7 @@ where
                 let ctx = shared.affinity.context(&req).with_now_nanos(now);
                 current
                     .pick(shared.pool.picker(), &ctx)
-                    .and_then(|index| untried(snapshot, index, tried))
+                    .and_then(|index| untried(snapshot, index, tried, also))
             }
         };
         let mut index = match chosen {
@@ -330,6 +342,10 @@ where
         };
         let state = backend.state();
         state.count_pick();
+        let hold = req.steering().and_then(|s| {
+            s.report(backend.id());
+            s.held_slot().cloned()
+        });
         let tracked = Tracked::new(state.start_at_nanos(now), shared.limit.clone());
         let (service, req) = shared.router.route(backend.addr(), req);
         ResponseFuture::called(
@@ -338,6 +354,7 @@ where
             shared.classify.clone(),
             backend.id(),
             shared.timeout,
+            hold,
         )
     }
 }
@@ -348,28 +365,29 @@ fn untried<A>(
     snapshot: &Snapshot<A>,
     index: usize,
     tried: &[BackendId],
+    also: &[BackendId],
 ) -> Result<usize, crate::PickError> {
-    let was_tried = |i: usize| snapshot.get(i).is_some_and(|b| tried.contains(&b.id()));
-    if tried.is_empty() || !was_tried(index) {
+    if tried.is_empty() && also.is_empty() {
         return Ok(index);
     }
-    let eligible = snapshot.eligible();
-    let start = eligible.partition_point(|&i| (i as usize) <= index);
-    eligible[start..]
-        .iter()
-        .chain(&eligible[..start])
-        .map(|&i| i as usize)
-        .find(|&i| !was_tried(i))
-        .ok_or(crate::PickError::NoEligible {
-            total: snapshot.len(),
-        })
+    let untried = |i: usize| {
+        snapshot
+            .get(i)
+            .is_some_and(|b| !tried.contains(&b.id()) && !also.contains(&b.id()))
+    };
+    first_from(snapshot, index, untried).ok_or(crate::PickError::NoEligible {
+        total: snapshot.len(),
+    })
 }
 
-/// `index` if that backend is below `max` in flight, else another eligible one that is
-/// (scanning from `index` on, so the detour spreads), else `None`.
-fn below_limit<A>(snapshot: &Snapshot<A>, index: usize, max: usize) -> Option<usize> {
-    let room = |i: usize| snapshot.get(i).is_some_and(|b| b.state().in_flight() < max);
-    if room(index) {
+/// `index` if `ok(index)`, else the next eligible member after it (in index order,
+/// wrapping, so detours spread) for which `ok` holds.
+fn first_from<A>(
+    snapshot: &Snapshot<A>,
+    index: usize,
+    ok: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    if ok(index) {
         return Some(index);
     }
     let eligible = snapshot.eligible();
@@ -378,7 +396,15 @@ fn below_limit<A>(snapshot: &Snapshot<A>, index: usize, max: usize) -> Option<us
         .iter()
         .chain(&eligible[..start])
         .map(|&i| i as usize)
-        .find(|&i| room(i))
+        .find(|&i| ok(i))
+}
+
+/// `index` if that backend is below `max` in flight, else another eligible one that is
+/// (scanning from `index` on, so the detour spreads), else `None`.
+fn below_limit<A>(snapshot: &Snapshot<A>, index: usize, max: usize) -> Option<usize> {
+    first_from(snapshot, index, |i| {
+        snapshot.get(i).is_some_and(|b| b.state().in_flight() < max)
+    })
 }
 
 fn overloaded<A>(snapshot: &Snapshot<A>, limit: &Limit) -> Overloaded {

@@ -14,8 +14,13 @@
 //! cookie: never an error response, never a panic. A request whose backend is eligible
 //! but at its in-flight limit ([`BalanceLayer::max_in_flight`](super::BalanceLayer::max_in_flight))
 //! is served by another backend *this once* and gets no new cookie: the session stays
-//! pinned through a momentary overload and moves only when its backend leaves rotation. Tags are looked up in a map built
-//! once per snapshot version, off the per-request path.
+//! pinned through a momentary overload and moves only when its backend leaves rotation.
+//! Tags are looked up in a map built once per change of the members (not at health or
+//! weight changes), off the per-request path.
+//!
+//! [`StickyLayer`] stacks anywhere above a [`Balance`] — time-outs, retries, body
+//! tracking in between, in any order: the pin and the chosen backend travel in the
+//! request's [`Steering`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,18 +41,11 @@ use sha2::Sha256;
 use tower::Layer;
 use tower_service::Service;
 
-use std::hash::Hash;
-
-use tower::util::Oneshot;
-
 use super::BoxError;
-use super::classify::Classify;
-use super::future::ResponseFuture;
-use super::route::Route;
 use super::service::Balance;
-use crate::affinity::AffinityKey;
+use super::steer::{Steer, Steering};
 use crate::pick::hash::BackendKey;
-use crate::{BackendId, Picker, Snapshot};
+use crate::{BackendId, Picker, Pool, Snapshot};
 
 /// The tag length in bytes (128 bits of the MAC).
 const TAG_LEN: usize = 16;
@@ -267,21 +265,92 @@ impl fmt::Debug for StickyCookie {
     }
 }
 
-/// Tags of one snapshot's members.
+/// Tags of one set of members.
 struct TagIndex {
-    version: u64,
-    by_tag: HashMap<Tag, (BackendId, usize)>,
-    tags: Vec<Tag>,
+    members_version: u64,
+    by_tag: HashMap<Tag, BackendId>,
+    /// `(id, tag)` in id order, for a binary search by id.
+    by_id: Vec<(BackendId, Tag)>,
 }
 
-/// Sticky sessions over a [`Balance`]: honours and issues the [`StickyCookie`].
+/// Where a [`Sticky`] layer reads the backend set: the pool of the balancer below it,
+/// type-erased so that `Sticky<S>` names only the service it wraps.
+trait Tags: Send + Sync {
+    /// The eligible backend `tag` names, if any.
+    fn lookup(&self, tag: &Tag) -> Option<BackendId>;
+    /// The tag of `backend`.
+    fn tag_of(&self, backend: BackendId) -> Option<Tag>;
+}
+
+/// The tags of a pool's members, rebuilt when the members change (health, weight and
+/// slow-start republications keep them).
+struct PoolTags<A, P: Picker<A>> {
+    pool: Pool<A, P>,
+    cookie: Arc<StickyCookie>,
+    index: ArcSwapOption<TagIndex>,
+}
+
+impl<A: BackendKey, P: Picker<A>> PoolTags<A, P> {
+    fn index_for(&self, snapshot: &Snapshot<A>) -> Arc<TagIndex> {
+        if let Some(index) = self.index.load_full()
+            && index.members_version == snapshot.members_version()
+        {
+            return index;
+        }
+        let by_id: Vec<(BackendId, Tag)> = snapshot
+            .backends()
+            .iter()
+            .map(|b| (b.id(), self.cookie.tag(b.addr())))
+            .collect();
+        let by_tag = by_id.iter().map(|&(id, tag)| (tag, id)).collect();
+        let index = Arc::new(TagIndex {
+            members_version: snapshot.members_version(),
+            by_tag,
+            by_id,
+        });
+        self.index.store(Some(Arc::clone(&index)));
+        index
+    }
+}
+
+impl<A, P> Tags for PoolTags<A, P>
+where
+    A: BackendKey + Send + Sync,
+    P: Picker<A>,
+    P::Table: Send + Sync,
+{
+    fn lookup(&self, tag: &Tag) -> Option<BackendId> {
+        let current = self.pool.load();
+        let snapshot = current.snapshot();
+        let id = *self.index_for(snapshot).by_tag.get(tag)?;
+        snapshot
+            .index_of(id)
+            .filter(|&i| snapshot.is_eligible(i))
+            .map(|_| id)
+    }
+
+    fn tag_of(&self, backend: BackendId) -> Option<Tag> {
+        let current = self.pool.load();
+        let index = self.index_for(current.snapshot());
+        let at = index.by_id.binary_search_by_key(&backend, |e| e.0).ok()?;
+        Some(index.by_id[at].1)
+    }
+}
+
+/// Sticky sessions: honours and issues the [`StickyCookie`], over any service with a
+/// [`Balance`] below it (directly, or under time-outs, retries, body tracking — in any
+/// order).
 ///
-/// Made by [`StickyLayer`] or [`Sticky::new`]; requests and responses are
-/// `http::Request` / `http::Response`.
+/// A request whose cookie names an eligible backend carries it as its
+/// [`Steering`]'s pin, which the balancer honours when that backend is
+/// below its limit; the balancer reports the backend it chose the same way, and a
+/// response gets a new cookie exactly when the request named no eligible backend. Made by
+/// [`StickyLayer`] or [`Sticky::new`]; requests and responses are `http::Request` /
+/// `http::Response`.
 pub struct Sticky<S> {
     inner: S,
     cookie: Arc<StickyCookie>,
-    index: Arc<ArcSwapOption<TagIndex>>,
+    tags: Arc<dyn Tags>,
 }
 
 impl<S: Clone> Clone for Sticky<S> {
@@ -289,7 +358,7 @@ impl<S: Clone> Clone for Sticky<S> {
         Sticky {
             inner: self.inner.clone(),
             cookie: Arc::clone(&self.cookie),
-            index: Arc::clone(&self.index),
+            tags: Arc::clone(&self.tags),
         }
     }
 }
@@ -303,92 +372,92 @@ impl<S: fmt::Debug> fmt::Debug for Sticky<S> {
     }
 }
 
-impl<S> Sticky<S> {
-    /// Sticky sessions with `cookie` over the balancer `inner`.
-    pub fn new(inner: S, cookie: StickyCookie) -> Self {
+fn pool_tags<A, P>(pool: &Pool<A, P>, cookie: &Arc<StickyCookie>) -> Arc<dyn Tags>
+where
+    A: BackendKey + Send + Sync + 'static,
+    P: Picker<A> + 'static,
+    P::Table: Send + Sync,
+{
+    Arc::new(PoolTags {
+        pool: pool.clone(),
+        cookie: Arc::clone(cookie),
+        index: ArcSwapOption::empty(),
+    })
+}
+
+impl<A, P, R, K, C> Sticky<Balance<A, P, R, K, C>>
+where
+    A: BackendKey + Send + Sync + 'static,
+    P: Picker<A> + 'static,
+    P::Table: Send + Sync,
+{
+    /// Sticky sessions with `cookie` directly over the balancer `inner`.
+    pub fn new(inner: Balance<A, P, R, K, C>, cookie: StickyCookie) -> Self {
+        let cookie = Arc::new(cookie);
+        let tags = pool_tags(inner.pool(), &cookie);
         Sticky {
             inner,
-            cookie: Arc::new(cookie),
-            index: Arc::new(ArcSwapOption::empty()),
+            cookie,
+            tags,
+        }
+    }
+}
+
+impl<S> Sticky<S> {
+    /// Sticky sessions with `cookie` over `inner`, a service with a balancer over `pool`
+    /// below it.
+    pub fn over<A, P>(inner: S, cookie: StickyCookie, pool: &Pool<A, P>) -> Self
+    where
+        A: BackendKey + Send + Sync + 'static,
+        P: Picker<A> + 'static,
+        P::Table: Send + Sync,
+    {
+        let cookie = Arc::new(cookie);
+        let tags = pool_tags(pool, &cookie);
+        Sticky {
+            inner,
+            cookie,
+            tags,
         }
     }
 
-    /// The balancer.
+    /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 }
 
-impl<S> Sticky<S> {
-    /// The tag index for `snapshot`, rebuilt when its version moved on.
-    fn index_for<A: BackendKey>(&self, snapshot: &Snapshot<A>) -> Arc<TagIndex> {
-        if let Some(index) = self.index.load_full()
-            && index.version == snapshot.version()
-        {
-            return index;
-        }
-        let tags: Vec<Tag> = snapshot
-            .backends()
-            .iter()
-            .map(|b| self.cookie.tag(b.addr()))
-            .collect();
-        let by_tag = tags
-            .iter()
-            .zip(snapshot.backends())
-            .enumerate()
-            .map(|(i, (tag, b))| (*tag, (b.id(), i)))
-            .collect();
-        let index = Arc::new(TagIndex {
-            version: snapshot.version(),
-            by_tag,
-            tags,
-        });
-        self.index.store(Some(Arc::clone(&index)));
-        index
-    }
-}
-
-impl<A, P, R, K, C, B, RB> Service<http::Request<B>> for Sticky<Balance<A, P, R, K, C>>
+impl<S, B, RB> Service<http::Request<B>> for Sticky<S>
 where
-    A: BackendKey + Clone + Eq + Hash,
-    P: Picker<A>,
-    R: Route<A, http::Request<B>>,
-    R::Service: Service<http::Request<B>, Response = http::Response<RB>>,
-    <R::Service as Service<http::Request<B>>>::Error: Into<BoxError>,
-    K: AffinityKey<http::Request<B>>,
-    C: Classify<http::Response<RB>, <R::Service as Service<http::Request<B>>>::Error> + Clone,
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
 {
     type Response = http::Response<RB>;
     type Error = BoxError;
-    type Future = StickyFuture<ResponseFuture<Oneshot<R::Service, http::Request<B>>, C>>;
+    type Future = StickyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let prepared = self.inner.pool().snapshot();
-        let snapshot = prepared.snapshot();
-        let index = self.index_for(snapshot);
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let wanted = self
             .cookie
             .read(req.headers())
-            .and_then(|tag| index.by_tag.get(&tag).copied())
-            .filter(|&(_, i)| snapshot.is_eligible(i));
-        let future = self.inner.call_pinned(req, wanted.map(|(id, _)| id));
-        // A new cookie only when the request names no eligible backend. A session whose
-        // backend is eligible but momentarily at its in-flight limit is served elsewhere
-        // this once and keeps its cookie: overload is not a reason to move it for good.
-        let set_cookie = match future.backend() {
-            Some(chosen) if wanted.is_none() => snapshot
-                .index_of(chosen)
-                .and_then(|i| index.tags.get(i))
-                .and_then(|tag| self.cookie.set_cookie(tag)),
-            _ => None,
-        };
+            .and_then(|tag| self.tags.lookup(&tag));
+        let answer = req.steering_mut().map(|steering| {
+            steering.pin(wanted);
+            steering.clone()
+        });
         StickyFuture {
-            inner: future,
-            set_cookie,
+            inner: self.inner.call(req),
+            answer,
+            // A new cookie only when the request names no eligible backend. A session
+            // whose backend is eligible but momentarily at its in-flight limit is served
+            // elsewhere this once and keeps its cookie: overload is no reason to move it.
+            issue: wanted
+                .is_none()
+                .then(|| (Arc::clone(&self.cookie), Arc::clone(&self.tags))),
         }
     }
 }
@@ -398,7 +467,16 @@ pin_project! {
     pub struct StickyFuture<F> {
         #[pin]
         inner: F,
-        set_cookie: Option<HeaderValue>,
+        answer: Option<Steering>,
+        issue: Option<(Arc<StickyCookie>, Arc<dyn Tags>)>,
+    }
+}
+
+impl<F> StickyFuture<F> {
+    /// The backend the request went to, once the balancer chose it; `None` before, or
+    /// when it failed before one was chosen.
+    pub fn backend(&self) -> Option<BackendId> {
+        self.answer.as_ref().and_then(Steering::served_by)
     }
 }
 
@@ -406,37 +484,57 @@ impl<F: fmt::Debug> fmt::Debug for StickyFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StickyFuture")
             .field("inner", &self.inner)
-            .field("set_cookie", &self.set_cookie)
-            .finish()
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
     }
 }
 
-impl<F, RB> Future for StickyFuture<F>
+impl<F, RB, E> Future for StickyFuture<F>
 where
-    F: Future<Output = Result<http::Response<RB>, BoxError>>,
+    F: Future<Output = Result<http::Response<RB>, E>>,
+    E: Into<BoxError>,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<RB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
-        if let Some(value) = this.set_cookie.take() {
+        let mut response = ready!(this.inner.poll(cx)).map_err(Into::into)?;
+        let served = this.answer.as_ref().and_then(Steering::served_by);
+        if let (Some((cookie, tags)), Some(served)) = (this.issue.take(), served)
+            && let Some(value) = tags.tag_of(served).and_then(|tag| cookie.set_cookie(&tag))
+        {
             response.headers_mut().append(SET_COOKIE, value);
         }
         Poll::Ready(Ok(response))
     }
 }
 
-/// A tower `Layer` adding [`Sticky`] sessions over a [`Balance`].
-#[derive(Debug, Clone)]
+/// A tower `Layer` adding [`Sticky`] sessions over a service with a [`Balance`] below it.
+#[derive(Clone)]
 pub struct StickyLayer {
-    cookie: StickyCookie,
+    cookie: Arc<StickyCookie>,
+    tags: Arc<dyn Tags>,
 }
 
 impl StickyLayer {
-    /// Sticky sessions with `cookie`.
-    pub fn new(cookie: StickyCookie) -> Self {
-        StickyLayer { cookie }
+    /// Sticky sessions with `cookie`, over the balancer of `pool`.
+    pub fn new<A, P>(cookie: StickyCookie, pool: &Pool<A, P>) -> Self
+    where
+        A: BackendKey + Send + Sync + 'static,
+        P: Picker<A> + 'static,
+        P::Table: Send + Sync,
+    {
+        let cookie = Arc::new(cookie);
+        let tags = pool_tags(pool, &cookie);
+        StickyLayer { cookie, tags }
+    }
+}
+
+impl fmt::Debug for StickyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StickyLayer")
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
     }
 }
 
@@ -444,6 +542,10 @@ impl<S> Layer<S> for StickyLayer {
     type Service = Sticky<S>;
 
     fn layer(&self, inner: S) -> Sticky<S> {
-        Sticky::new(inner, self.cookie.clone())
+        Sticky {
+            inner,
+            cookie: Arc::clone(&self.cookie),
+            tags: Arc::clone(&self.tags),
+        }
     }
 }

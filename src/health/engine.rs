@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::outlier::{Sample, failure_percentage_outliers, success_rate_outliers};
-use super::state::HealthCell;
 use super::{
     Ejection, HealthSource, OutlierDetection, PanicMode, PanicThreshold, SlowStart, Verdict,
 };
-use crate::backend::{Backend, nanos_since_epoch};
+use crate::backend::{Backend, HealthCell};
+use crate::clock::nanos_since_epoch;
 use crate::rng::RandomSource;
+use crate::snapshot::Eligibility;
 
 /// Where health events go.
 pub(crate) const TARGET: &str = "tower_lb::health";
@@ -28,16 +29,11 @@ pub(crate) struct HealthConfig {
     pub(crate) slow_start: Option<SlowStart>,
 }
 
-/// What a snapshot takes from health.
+/// What an evaluation gives: the snapshot's eligibility, and when health next has
+/// time-driven work (an interval, a return, a ramp step).
 #[derive(Debug)]
 pub(crate) struct Evaluation {
-    pub(crate) verdicts: Vec<Verdict>,
-    pub(crate) eligible: Vec<bool>,
-    pub(crate) effective: Vec<u32>,
-    pub(crate) weight_scale: u32,
-    /// `(healthy, in service, fail closed)` while the panic threshold is crossed.
-    pub(crate) panic: Option<(usize, usize, bool)>,
-    /// When evaluation next has time-driven work (an interval, a return, a ramp step).
+    pub(crate) eligibility: Eligibility,
     pub(crate) next: Option<Instant>,
 }
 
@@ -167,11 +163,13 @@ impl<A> Engine<A> {
         }
 
         Evaluation {
-            verdicts,
-            eligible,
-            effective,
-            weight_scale,
-            panic: crossed.then_some((healthy, in_service, fail_closed)),
+            eligibility: Eligibility {
+                verdicts,
+                eligible,
+                effective,
+                weight_scale,
+                panic: crossed.then_some((healthy, in_service, fail_closed)),
+            },
             next,
         }
     }

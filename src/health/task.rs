@@ -11,19 +11,19 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::probe::{Probe, ProbeConfig};
-use super::state::HealthShared;
 use crate::backend::BackendId;
+use crate::backend::HealthShared;
 use crate::error::SpawnError;
 use crate::pick::Picker;
-use crate::pool::{Inner, Pool};
+use crate::pool::{Pool, WeakPool};
 use crate::rng::RandomSource;
 
 /// A handle on a pool's background health task.
@@ -104,7 +104,7 @@ where
 
     fn spawn_task(&self, probing: Option<Probing<A>>) -> Result<HealthTask, SpawnError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
-        let shared = Arc::clone(&self.inner.shared);
+        let shared = Arc::clone(self.health_shared());
         // AcqRel: the flag guards the one-task rule; the winner's later writes need no
         // ordering through it, but a loser must see the winner's claim.
         if shared
@@ -114,7 +114,7 @@ where
         {
             return Err(SpawnError::AlreadyRunning);
         }
-        let weak = Arc::downgrade(&self.inner);
+        let weak = self.downgrade();
         let running = Running(Arc::clone(&shared));
         let handle = runtime.spawn(async move {
             let _running = running;
@@ -155,7 +155,7 @@ type ProbeResult = (
     Result<(), std::sync::Arc<str>>,
 );
 
-async fn run<A, P>(weak: Weak<Inner<A, P>>, shared: Arc<HealthShared>, probing: Option<Probing<A>>)
+async fn run<A, P>(weak: WeakPool<A, P>, shared: Arc<HealthShared>, probing: Option<Probing<A>>)
 where
     A: Clone + Send + Sync + 'static,
     P: Picker<A> + 'static,
@@ -170,10 +170,9 @@ where
     loop {
         // The strong reference lives only in this block, never across an await.
         {
-            let Some(inner) = weak.upgrade() else {
+            let Some(pool) = weak.upgrade() else {
                 return;
             };
-            let pool = Pool { inner };
             let now = Instant::now();
             if woken || tick_due.is_some_and(|due| due <= now) {
                 woken = false;
@@ -231,13 +230,13 @@ where
                     },
                 };
                 probing_ids.retain(|_, b| *b != id);
-                let Some(inner) = weak.upgrade() else {
+                let Some(pool) = weak.upgrade() else {
                     return;
                 };
                 if let (Some(probing), Some(slot)) = (&probing, slots.get_mut(&id)) {
                     let config = &probing.config;
                     if let Some(result) = result {
-                        Pool { inner }.record_probe(
+                        pool.record_probe(
                             id,
                             result,
                             began,

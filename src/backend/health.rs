@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{Ejection, Reason, Verdict};
+use crate::verdict::{Ejection, Reason, Verdict};
 
 /// Pool-wide: the consecutive-failure threshold and the "something needs evaluating" signal.
 #[derive(Debug)]

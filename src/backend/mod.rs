@@ -1,0 +1,75 @@
+//! The backend model: ids, weights and per-backend live state.
+//!
+//! What changes on every request — in-flight count, totals, the latency estimate, the
+//! failure score, health's counters — lives in [`BackendState`], a block of atomics
+//! shared by every [`Snapshot`](crate::Snapshot) the backend appears in, so a backend
+//! that survives a membership change keeps it. This module is a leaf: it knows nothing
+//! of health's rules, pickers or pools.
+
+use std::sync::Arc;
+
+mod health;
+mod id;
+mod state;
+mod stats;
+mod weight;
+
+pub(crate) use health::{ADMIN_DOWN, ADMIN_DRAIN, ADMIN_UP, HealthCell, HealthShared};
+pub use id::BackendId;
+pub use state::{BackendState, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight};
+pub use stats::BackendStats;
+pub use weight::Weight;
+
+// Paths the pickers use (until they import `crate::snapshot` and `crate::clock`).
+pub(crate) use crate::clock::{instant_at_nanos, nanos_since_epoch, now_nanos};
+pub(crate) use crate::snapshot::Snapshot;
+
+/// One member of a backend set.
+#[derive(Debug, Clone)]
+pub struct Backend<A> {
+    id: BackendId,
+    addr: A,
+    weight: Weight,
+    state: Arc<BackendState>,
+}
+
+impl<A> Backend<A> {
+    pub(crate) fn new(id: BackendId, addr: A, weight: Weight, state: Arc<BackendState>) -> Self {
+        Backend {
+            id,
+            addr,
+            weight,
+            state,
+        }
+    }
+
+    /// The backend's id.
+    pub fn id(&self) -> BackendId {
+        self.id
+    }
+
+    /// The backend's address (whatever the user keyed it by).
+    pub fn addr(&self) -> &A {
+        &self.addr
+    }
+
+    /// The configured weight.
+    pub fn weight(&self) -> Weight {
+        self.weight
+    }
+
+    /// The live state shared across snapshots.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+
+    pub(crate) fn with_weight(&self, weight: Weight) -> Self
+    where
+        A: Clone,
+    {
+        Backend {
+            weight,
+            ..self.clone()
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! Per-backend live state: the hot atomics every request touches, and the RAII guard of
+//! one request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::health::{HealthCell, HealthShared};
+use crate::clock::{instant_at_nanos, nanos_since_epoch, now_nanos};
+
+/// How fast the failure score fades while a backend gets no traffic: e^(−Δt/τ) with
+/// τ = 1 s. A backend that failed k times in a row is tried again once its score falls
+/// to about log₂ of its peers' load (see the [`pick`](crate::pick) module docs).
+pub const FAILURE_DECAY: Duration = Duration::from_secs(1);
+const INV_FAILURE_DECAY_NS: f64 = 1.0 / FAILURE_DECAY.as_nanos() as f64;
+/// The score never grows past this (2^64 already outweighs any in-flight count).
+const MAX_FAILURE_SCORE: f64 = 64.0;
+/// A score halved below this is cleared, so a recovered backend's pick path is the
+/// one-load path again, and a score faded below it reads as none (about 4 s after one
+/// failure).
+const MIN_FAILURE_SCORE: f64 = 1.0 / 64.0;
+
+/// (in flight + 1) × 2^score − 1: the load of a backend with `score` recent failures.
+#[inline]
+pub(crate) fn failure_load(in_flight: f64, score: f64) -> f64 {
+    (in_flight + 1.0) * score.exp2() - 1.0
+}
+
+/// Marks "no latency sample yet" in [`BackendState::rtt_bits`]; a NaN, never a real estimate.
+const NO_SAMPLE: u64 = u64::MAX;
+
+/// The default decay window of the latency estimate (as Finagle, Linkerd and tower's examples).
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// Live, per-backend state shared by every snapshot the backend is part of.
+///
+/// All fields are atomics updated with `Relaxed` ordering: each is an independent
+/// statistic, no other memory is published through them, and readers tolerate a value
+/// that is a moment old. The struct is aligned to 128 bytes so that two backends' counters
+/// never share a cache line (adjacent-line prefetch pairs 64-byte lines on x86).
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct BackendState {
+    in_flight: AtomicUsize,
+    picks: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    /// The peak-EWMA latency estimate in nanoseconds, as `f64` bits; `NO_SAMPLE` before
+    /// the first sample.
+    rtt_bits: AtomicU64,
+    /// When `rtt_bits` was last updated, in nanoseconds since the epoch.
+    rtt_stamp: AtomicU64,
+    /// 1 / τ in nanoseconds: the pick path multiplies rather than divides.
+    inv_decay_ns: f64,
+    /// Failure accrual: the recent-failure score as `f64` bits (0 = none, the common
+    /// case, which the pick path tells from one load), and when it was last updated.
+    fail_bits: AtomicU64,
+    fail_stamp: AtomicU64,
+    /// Health: admin switch, outlier detection, probes, slow start.
+    pub(crate) health: HealthCell,
+}
+
+impl BackendState {
+    /// Fresh state: nothing in flight, no sample, latency decaying over `decay`.
+    pub fn new(decay: Duration) -> Self {
+        Self::with_health(decay, None)
+    }
+
+    /// Fresh state of a pool's backend: outcomes reaching the pool's consecutive-failure
+    /// threshold signal `shared`.
+    pub(crate) fn linked(decay: Duration, shared: Arc<HealthShared>) -> Self {
+        Self::with_health(decay, Some(shared))
+    }
+
+    fn with_health(decay: Duration, shared: Option<Arc<HealthShared>>) -> Self {
+        BackendState {
+            in_flight: AtomicUsize::new(0),
+            picks: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rtt_bits: AtomicU64::new(NO_SAMPLE),
+            rtt_stamp: AtomicU64::new(0),
+            inv_decay_ns: 1.0 / (decay.as_nanos() as f64).max(1.0),
+            fail_bits: AtomicU64::new(0),
+            fail_stamp: AtomicU64::new(0),
+            health: HealthCell::new(shared),
+        }
+    }
+
+    /// Counts one finished request: the success or failure total, the latency sample (if
+    /// any, taken at `at`), the failure score the load-aware pickers read, and the
+    /// consecutive-failure streak of outlier detection. A failure's latency only ever
+    /// raises the estimate: a fast failure is not a fast answer. Returns whether this
+    /// failure reached the pool's consecutive-failure threshold.
+    pub(crate) fn record_outcome(
+        &self,
+        success: bool,
+        latency: Option<Duration>,
+        at_ns: u64,
+    ) -> bool {
+        let counter = if success {
+            &self.successes
+        } else {
+            &self.failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match (latency, success) {
+            (Some(latency), true) => self.record_rtt_at_nanos(latency, at_ns),
+            (Some(latency), false) => self.raise_rtt_at_nanos(latency, at_ns),
+            (None, _) => {}
+        }
+        if success {
+            self.ease_failures();
+        } else {
+            self.accrue_failure(at_ns);
+        }
+        self.health.record(success)
+    }
+
+    /// A request dropped before it finished, `elapsed` after it started: its elapsed
+    /// time is a lower bound of its latency, so it raises the estimate if it is above it;
+    /// past the pool's cancellation threshold (see
+    /// [`PoolBuilder::cancelled_as_failure_after`](crate::PoolBuilder::cancelled_as_failure_after))
+    /// it also counts as a failure — a caller's time-out. Returns whether that failure
+    /// reached the consecutive-failure threshold.
+    pub(crate) fn record_cancel(&self, elapsed: Duration, at_ns: u64) -> bool {
+        if self.health.cancel_is_failure(elapsed) {
+            self.record_outcome(false, Some(elapsed), at_ns)
+        } else {
+            self.raise_rtt_at_nanos(elapsed, at_ns);
+            false
+        }
+    }
+
+    /// Adds one failure to the failure score, decayed to `now_ns` first.
+    fn accrue_failure(&self, now_ns: u64) {
+        // `fetch_update` retries on contention, so concurrent failures are never lost.
+        let _ = self
+            .fail_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                let stamp = self.fail_stamp.load(Ordering::Relaxed);
+                let decayed = f64::from_bits(current)
+                    * decay_factor(now_ns.saturating_sub(stamp), INV_FAILURE_DECAY_NS);
+                Some((decayed + 1.0).min(MAX_FAILURE_SCORE).to_bits())
+            });
+        self.fail_stamp.fetch_max(now_ns, Ordering::Relaxed);
+    }
+
+    /// Halves the failure score after a success; a success on a backend with no recent
+    /// failure (the common case) writes nothing.
+    #[inline]
+    fn ease_failures(&self) {
+        // One load and no write when there is no score (the closure declines).
+        let _ = self
+            .fail_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                (current != 0).then(|| {
+                    let half = f64::from_bits(current) / 2.0;
+                    if half < MIN_FAILURE_SCORE {
+                        0
+                    } else {
+                        half.to_bits()
+                    }
+                })
+            });
+    }
+
+    /// The failure score at `now_ns`: about the number of recent failures, each decaying
+    /// over [`FAILURE_DECAY`] and halved by every success; 0 when there is none.
+    #[inline]
+    pub(crate) fn failure_score_at(&self, now_ns: u64) -> f64 {
+        let bits = self.fail_bits.load(Ordering::Relaxed);
+        if bits == 0 {
+            return 0.0;
+        }
+        let stamp = self.fail_stamp.load(Ordering::Relaxed);
+        let score =
+            f64::from_bits(bits) * decay_factor(now_ns.saturating_sub(stamp), INV_FAILURE_DECAY_NS);
+        // A faded score is no score: the backend competes as an idle peer again (else,
+        // under sequential load where every peer has nothing in flight, it never would).
+        if score < MIN_FAILURE_SCORE {
+            0.0
+        } else {
+            score
+        }
+    }
+
+    /// The failure score now (see [`load`](Self::load)).
+    pub fn failure_score(&self) -> f64 {
+        if self.fail_bits.load(Ordering::Relaxed) == 0 {
+            return 0.0;
+        }
+        self.failure_score_at(now_nanos())
+    }
+
+    /// The load the load-aware pickers compare: the requests in flight, with recent
+    /// failures counted as load — (in flight + 1) × 2^score − 1, the score being about
+    /// the number of recent failures (see the [`pick`](crate::pick) module docs). With no
+    /// recent failure it is the in-flight count exactly.
+    pub fn load(&self) -> f64 {
+        self.load_with(now_nanos)
+    }
+
+    /// [`load`](Self::load), reading "now" only when there is a failure score to decay.
+    #[inline]
+    pub(crate) fn load_with(&self, now_ns: impl FnOnce() -> u64) -> f64 {
+        let in_flight = self.in_flight() as f64;
+        if self.fail_bits.load(Ordering::Relaxed) == 0 {
+            return in_flight;
+        }
+        failure_load(in_flight, self.failure_score_at(now_ns()))
+    }
+
+    /// The factor recent failures multiply a backend's cost by: 2^score (1 with none).
+    #[inline]
+    pub(crate) fn failure_factor_at(&self, now_ns: impl FnOnce() -> u64) -> f64 {
+        if self.fail_bits.load(Ordering::Relaxed) == 0 {
+            return 1.0;
+        }
+        self.failure_score_at(now_ns()).exp2()
+    }
+
+    /// Requests currently in flight on this backend.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How many times this backend was picked through a [`Pool`](crate::Pool).
+    pub fn picks(&self) -> u64 {
+        self.picks.load(Ordering::Relaxed)
+    }
+
+    /// Requests that finished successfully.
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    /// Requests that finished with a failure.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_pick(&self) {
+        self.picks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts tracking one request: in flight + 1 until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.start_at_nanos(now_nanos())
+    }
+
+    /// [`start`](Self::start) with the time already read (nanoseconds since the epoch).
+    pub(crate) fn start_at_nanos(self: &Arc<Self>, started: u64) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            state: Arc::clone(self),
+            started,
+            finished: false,
+        }
+    }
+
+    /// The peak-EWMA latency estimate at `at`, decayed for the time since the last
+    /// sample; `None` before the first sample.
+    pub fn rtt_estimate(&self, at: Instant) -> Option<Duration> {
+        self.rtt_nanos_at(nanos_since_epoch(at))
+            .map(|ns| Duration::from_nanos(ns as u64))
+    }
+
+    /// The decayed estimate in nanoseconds at `now_ns`: the pick-path form of
+    /// [`rtt_estimate`](Self::rtt_estimate).
+    #[inline]
+    pub(crate) fn rtt_nanos_at(&self, now_ns: u64) -> Option<f64> {
+        let bits = self.rtt_bits.load(Ordering::Relaxed);
+        if bits == NO_SAMPLE {
+            return None;
+        }
+        let estimate = f64::from_bits(bits);
+        let stamp = self.rtt_stamp.load(Ordering::Relaxed);
+        Some(estimate * decay_factor(now_ns.saturating_sub(stamp), self.inv_decay_ns))
+    }
+
+    /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
+    ///
+    /// A sample above the estimate (as last updated) replaces it at once — the "peak"
+    /// that makes the estimate react to a slowing backend immediately; a sample below it
+    /// is blended in with weight `1 − e^(−Δt/τ)`, Δt the time since the last sample, so
+    /// the estimate falls back gradually. Reads ([`rtt_estimate`](Self::rtt_estimate))
+    /// additionally decay it towards zero while no sample arrives, so an idle backend is
+    /// tried again. This is the estimator of Finagle's `PeakEwma` and tower's
+    /// `load::PeakEwma`.
+    pub fn record_rtt(&self, sample: Duration, at: Instant) {
+        self.record_rtt_at_nanos(sample, nanos_since_epoch(at));
+    }
+
+    pub(crate) fn record_rtt_at_nanos(&self, sample: Duration, now: u64) {
+        let sample = sample.as_nanos() as f64;
+        // `fetch_update` retries on contention, so concurrent samples are never lost; the
+        // stamp is a separate atomic and may briefly lag, which only shortens one decay step.
+        let _ = self
+            .rtt_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                let next = if current == NO_SAMPLE {
+                    sample
+                } else {
+                    let stamp = self.rtt_stamp.load(Ordering::Relaxed);
+                    peak_ewma_step(
+                        f64::from_bits(current),
+                        sample,
+                        now.saturating_sub(stamp),
+                        self.inv_decay_ns,
+                    )
+                };
+                Some(next.to_bits())
+            });
+        self.rtt_stamp.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+impl BackendState {
+    /// Feeds a latency that is a lower bound (a failure's, a cancelled request's): it
+    /// replaces the estimate when above it, and is ignored otherwise.
+    pub(crate) fn raise_rtt_at_nanos(&self, sample: Duration, now: u64) {
+        let bits = self.rtt_bits.load(Ordering::Relaxed);
+        let above = bits == NO_SAMPLE || sample.as_nanos() as f64 > f64::from_bits(bits);
+        if above {
+            self.record_rtt_at_nanos(sample, now);
+        }
+    }
+}
+
+/// One peak-EWMA step: the new estimate after `sample`, `elapsed_ns` after the last one.
+pub(crate) fn peak_ewma_step(
+    estimate: f64,
+    sample: f64,
+    elapsed_ns: u64,
+    inv_decay_ns: f64,
+) -> f64 {
+    if sample > estimate {
+        sample
+    } else {
+        let w = decay_factor(elapsed_ns, inv_decay_ns);
+        estimate * w + sample * (1.0 - w)
+    }
+}
+
+/// Below this x = Δt/τ, e^(−x) is taken as 1 − x: the error, under x²/2, is below 1.2e-7
+/// of the estimate. A busy backend (samples milliseconds apart, τ = 10 s) stays on this
+/// path, which spares the pick path an `exp` per candidate.
+const LINEAR_DECAY_BELOW: f64 = 1.0 / 2048.0;
+
+/// e^(−Δt/τ), the weight the old estimate keeps after `elapsed_ns`.
+#[inline]
+pub(crate) fn decay_factor(elapsed_ns: u64, inv_decay_ns: f64) -> f64 {
+    let x = elapsed_ns as f64 * inv_decay_ns;
+    if x < LINEAR_DECAY_BELOW {
+        1.0 - x
+    } else {
+        (-x).exp()
+    }
+}
+
+/// An RAII guard for one request on one backend: in flight until dropped.
+///
+/// Dropping the guard without [`success`](Self::success) or [`failure`](Self::failure)
+/// is a cancelled request: it releases the in-flight count, and its elapsed time —
+/// a lower bound of its latency — raises the latency estimate when above it. In a
+/// [`Pool`](crate::Pool), a request dropped after the pool's cancellation threshold
+/// ([`PoolBuilder::cancelled_as_failure_after`](crate::PoolBuilder::cancelled_as_failure_after),
+/// 100 ms by default) also counts as a failure: a caller's time-out is the backend's
+/// failure, or a hung backend would never be ejected.
+#[derive(Debug)]
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct InFlight {
+    state: Arc<BackendState>,
+    /// Nanoseconds since the crate's epoch.
+    started: u64,
+    /// Whether an outcome was recorded (else dropping is a cancellation).
+    finished: bool,
+}
+
+impl InFlight {
+    /// When tracking started.
+    pub fn started(&self) -> Instant {
+        instant_at_nanos(self.started)
+    }
+
+    /// How long the request has been in flight, on the request clock.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(now_nanos().saturating_sub(self.started))
+    }
+
+    /// The request succeeded: counts it and feeds its latency to the estimate.
+    pub fn success(self) {
+        self.finish_at_nanos(true, now_nanos());
+    }
+
+    /// The request failed: counts it, adds to the backend's failure score, and raises
+    /// the latency estimate to its latency if that is higher (a fast failure is not a
+    /// fast answer).
+    pub fn failure(self) {
+        self.finish_at_nanos(false, now_nanos());
+    }
+
+    /// Ends the request now (fast clock); returns whether the outcome crossed the
+    /// consecutive-failure threshold.
+    pub(crate) fn finish_at_nanos(mut self, success: bool, end: u64) -> bool {
+        self.finished = true;
+        let latency = Duration::from_nanos(end.saturating_sub(self.started));
+        self.state.record_outcome(success, Some(latency), end)
+    }
+
+    /// Ends the request with the given outcome at `at` (a clock of the caller's).
+    ///
+    /// The outcome also feeds the pool's passive outlier detection: a failure that
+    /// reaches the consecutive-failure threshold gets the backend ejected by the
+    /// background health task at once, or at the next [`Pool::tick`](crate::Pool::tick)
+    /// (use [`Pool::report`](crate::Pool::report) to eject synchronously).
+    pub fn finish(self, success: bool, at: Instant) {
+        self.finish_at_nanos(success, nanos_since_epoch(at));
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            let now = now_nanos();
+            let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
+            // A failure past the threshold signals the pool like any other; the next
+            // tick (or the tower service's next pick) publishes the ejection.
+            self.state.record_cancel(elapsed, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_guard_releases_on_drop_and_finish() {
+        let state = Arc::new(BackendState::new(DEFAULT_EWMA_DECAY));
+        let a = state.start();
+        let b = state.start();
+        assert_eq!(state.in_flight(), 2);
+        drop(a);
+        assert_eq!(state.in_flight(), 1);
+        b.failure();
+        assert_eq!(state.in_flight(), 0);
+        assert_eq!(state.failures(), 1);
+        assert_eq!(state.successes(), 0);
+        assert!(state.rtt_estimate(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn ewma_decays_towards_zero_when_idle() {
+        let state = BackendState::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        state.record_rtt(Duration::from_millis(100), t0);
+        let at0 = state.rtt_estimate(t0).unwrap();
+        let later = state.rtt_estimate(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(at0, Duration::from_millis(100));
+        // e^-1 of the estimate after one decay window, within rounding.
+        let expected = 100e6 * (-1.0f64).exp();
+        assert!(
+            (later.as_nanos() as f64 - expected).abs() < 1e3,
+            "{later:?}"
+        );
+    }
+
+    #[test]
+    fn decay_factor_is_close_to_exp_on_both_paths() {
+        let tau = 10e9;
+        let inv = 1.0 / tau;
+        for elapsed in [
+            0u64,
+            1,
+            1_000_000,
+            4_882_000,
+            4_883_000,
+            10_000_000,
+            10_000_000_000,
+        ] {
+            let exact = (-(elapsed as f64) / tau).exp();
+            let got = decay_factor(elapsed, inv);
+            assert!((got - exact).abs() < 2e-7, "{elapsed}: {got} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn a_cancellation_raises_the_estimate_and_past_the_threshold_is_a_failure() {
+        let shared = Arc::new(HealthShared::new(5, Some(Duration::from_millis(100))));
+        let state = BackendState::linked(DEFAULT_EWMA_DECAY, shared);
+        state.record_rtt_at_nanos(Duration::from_millis(10), 1_000);
+        // Cancelled after 5 ms: below the estimate, so nothing changes but the count.
+        assert!(!state.record_cancel(Duration::from_millis(5), 2_000));
+        assert_eq!((state.successes(), state.failures()), (0, 0));
+        assert_eq!(f64::from_bits(state.rtt_bits.load(Ordering::Relaxed)), 10e6);
+        // Cancelled after 50 ms: a latency floor above the estimate, not a failure.
+        assert!(!state.record_cancel(Duration::from_millis(50), 3_000));
+        assert_eq!(state.failures(), 0);
+        assert_eq!(f64::from_bits(state.rtt_bits.load(Ordering::Relaxed)), 50e6);
+        assert_eq!(state.failure_score_at(3_000), 0.0);
+        // Cancelled after 300 ms (a caller's time-out): a failure, scored.
+        assert!(!state.record_cancel(Duration::from_millis(300), 4_000));
+        assert_eq!(state.failures(), 1);
+        assert_eq!(
+            f64::from_bits(state.rtt_bits.load(Ordering::Relaxed)),
+            300e6
+        );
+        assert!((state.failure_score_at(4_000) - 1.0).abs() < 1e-9);
+        // Outside a pool (no threshold), a cancellation is never a failure.
+        let alone = BackendState::new(DEFAULT_EWMA_DECAY);
+        assert!(!alone.record_cancel(Duration::from_secs(60), 1_000));
+        assert_eq!(alone.failures(), 0);
+    }
+
+    #[test]
+    fn the_failure_score_adds_halves_fades_and_doubles_the_load() {
+        let state = BackendState::new(DEFAULT_EWMA_DECAY);
+        let t = 10_000_000_000u64;
+        for _ in 0..3 {
+            state.record_outcome(false, None, t);
+        }
+        assert!((state.failure_score_at(t) - 3.0).abs() < 1e-9);
+        // (0 in flight + 1) × 2³ − 1
+        assert!((state.load_with(|| t) - 7.0).abs() < 1e-9);
+        state.record_outcome(true, None, t);
+        assert!((state.failure_score_at(t) - 1.5).abs() < 1e-9);
+        // Fades as e^(−Δt / 1 s): one second later, 1.5 / e.
+        let later = t + 1_000_000_000;
+        let expected = 1.5 * (-1.0f64).exp();
+        assert!((state.failure_score_at(later) - expected).abs() < 1e-6);
+        // Faded below 1/64: none, and the load is the in-flight count again.
+        let much_later = t + 6_000_000_000;
+        assert_eq!(state.failure_score_at(much_later), 0.0);
+        assert_eq!(state.load_with(|| much_later), 0.0);
+        // Successes halve it away: cleared below 1/64.
+        for _ in 0..7 {
+            state.record_outcome(true, None, t);
+        }
+        assert_eq!(state.fail_bits.load(Ordering::Relaxed), 0);
+    }
+}

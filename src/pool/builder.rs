@@ -1,0 +1,142 @@
+//! [`PoolBuilder`]: a pool's configuration.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use super::{Inner, Pool, Prepared, Writer};
+use crate::backend::{DEFAULT_EWMA_DECAY, HealthShared};
+use crate::clock::Clock;
+use crate::health::engine::{Engine, HealthConfig};
+use crate::health::{OutlierDetection, PanicThreshold, SlowStart};
+use crate::pick::Picker;
+use crate::snapshot::Snapshot;
+
+/// Configures a [`Pool`]. The address type `A` is inferred from how the pool is used.
+pub struct PoolBuilder<A, P> {
+    picker: P,
+    decay: Duration,
+    health: HealthConfig,
+    clock: Option<Clock>,
+    seed: Option<u64>,
+    cancel_failure_after: Option<Duration>,
+    _addr: PhantomData<fn() -> A>,
+}
+
+/// The default of [`PoolBuilder::cancelled_as_failure_after`]: 100 ms.
+pub const DEFAULT_CANCEL_FAILURE_AFTER: Duration = Duration::from_millis(100);
+
+impl<A, P: fmt::Debug> fmt::Debug for PoolBuilder<A, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("picker", &self.picker)
+            .field("decay", &self.decay)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, P> PoolBuilder<A, P> {
+    /// The decay window τ of every backend's peak-EWMA latency estimate (default 10 s).
+    pub fn ewma_decay(mut self, decay: Duration) -> Self {
+        self.decay = decay;
+        self
+    }
+
+    /// Turns on passive outlier detection (off by default).
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.health.outlier = Some(detection);
+        self
+    }
+
+    /// The panic threshold (default: 50%, fail open).
+    pub fn panic_threshold(mut self, threshold: PanicThreshold) -> Self {
+        self.health.panic = threshold;
+        self
+    }
+
+    /// Turns on slow start (off by default).
+    pub fn slow_start(mut self, slow_start: SlowStart) -> Self {
+        self.health.slow_start = Some(slow_start);
+        self
+    }
+
+    /// The clock health runs on (ejection times, intervals, ramps, probe schedules).
+    /// Default: `Instant::now`, read through tokio's clock when the `tokio` feature is on,
+    /// so that tests with a paused tokio clock control it. Never read on the pick path.
+    pub fn clock(mut self, clock: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        self.clock = Some(Clock::new(clock));
+        self
+    }
+
+    /// A request whose [`InFlight`](crate::InFlight) guard (or the tower service's response future) is
+    /// dropped unfinished after at least `after` counts as a **failure** of its backend —
+    /// its failure score, the consecutive-failure rule, the failure total — as a
+    /// caller's time-out around the balancer would (tower's `Timeout`, a
+    /// `tokio::time::timeout`); one dropped sooner records only its elapsed time as a
+    /// latency floor. `None`: cancellations are never failures.
+    ///
+    /// Default: [`DEFAULT_CANCEL_FAILURE_AFTER`] (100 ms). A backend that accepts and
+    /// never answers produces nothing but cancellations, so without this it would never be
+    /// ejected. Raise it when callers routinely abandon slow requests for reasons of their
+    /// own (hedging past 100 ms, long polls cancelled by their users).
+    pub fn cancelled_as_failure_after(mut self, after: Option<Duration>) -> Self {
+        self.cancel_failure_after = after;
+        self
+    }
+
+    /// Makes health's random choices (ejection jitter) reproducible from `seed`.
+    pub fn health_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Builds an empty pool.
+    pub fn build(self) -> Pool<A, P>
+    where
+        P: Picker<A>,
+    {
+        let snapshot = Snapshot::from_members(Vec::new(), 0);
+        let table = self.picker.prepare(&snapshot, None);
+        let threshold = self
+            .health
+            .outlier
+            .as_ref()
+            .and_then(|o| o.consecutive_failures)
+            .map_or(0, |n| u64::from(n.get()));
+        Pool {
+            inner: Arc::new(Inner {
+                picker: self.picker,
+                current: ArcSwap::from_pointee(Prepared { snapshot, table }),
+                writer: Mutex::new(Writer {
+                    next_id: 0,
+                    version: 0,
+                    engine: Engine::new(self.health, self.seed),
+                    in_task: false,
+                }),
+                decay: self.decay,
+                shared: Arc::new(HealthShared::new(threshold, self.cancel_failure_after)),
+                clock: self.clock.unwrap_or_else(Clock::system),
+            }),
+        }
+    }
+}
+
+impl<A, P: Picker<A>> Pool<A, P> {
+    /// A builder for a pool picking with `picker`.
+    pub fn builder(picker: P) -> PoolBuilder<A, P> {
+        PoolBuilder {
+            picker,
+            decay: DEFAULT_EWMA_DECAY,
+            health: HealthConfig::default(),
+            clock: None,
+            seed: None,
+            cancel_failure_after: Some(DEFAULT_CANCEL_FAILURE_AFTER),
+            _addr: PhantomData,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The change path: edits, batches, and the publication of a new snapshot.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Pool, Prepared, Writer};
+use crate::backend::{Backend, BackendId, BackendState, HealthShared, Weight};
+use crate::error::MembershipError;
+use crate::pick::Picker;
+use crate::snapshot::Snapshot;
+
+impl<A, P> Pool<A, P>
+where
+    A: Clone + Eq + Hash,
+    P: Picker<A>,
+{
+    /// Applies several changes as one: either all of them are published in one new
+    /// snapshot, or — when `change` returns an error — none is and the set is untouched.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_lb::{Pool, RoundRobin, Weight};
+    ///
+    /// let pool = Pool::new(RoundRobin::new());
+    /// let ids = pool.update(|set| {
+    ///     let a = set.insert("a", Weight::ONE)?;
+    ///     let b = set.insert("b", Weight::ONE)?;
+    ///     Ok::<_, tower_lb::MembershipError>([a, b])
+    /// })?;
+    /// assert_eq!(pool.snapshot().snapshot().len(), 2);
+    ///
+    /// // A failing batch changes nothing.
+    /// let err = pool.update(|set| {
+    ///     set.remove(ids[0])?;
+    ///     set.insert("b", Weight::ONE) // duplicate address
+    /// });
+    /// assert!(err.is_err());
+    /// assert_eq!(pool.snapshot().snapshot().len(), 2);
+    /// # Ok::<(), tower_lb::MembershipError>(())
+    /// ```
+    pub fn update<R, E>(&self, change: impl FnOnce(&mut Edit<A>) -> Result<R, E>) -> Result<R, E> {
+        let mut writer = self.inner.writer.lock();
+        let current = self.inner.current.load_full();
+        let members = current.snapshot.backends().to_vec();
+        let mut edit = Edit {
+            index: members.iter().map(|b| (b.addr().clone(), b.id())).collect(),
+            members,
+            next_id: writer.next_id,
+            decay: self.inner.decay,
+            shared: Arc::clone(&self.inner.shared),
+            changed: false,
+        };
+        let result = change(&mut edit)?;
+        if edit.changed {
+            writer.next_id = edit.next_id;
+            // Wakes the background task: new members get their first probe at once.
+            self.publish(&mut writer, edit.members, &current, true);
+        }
+        Ok(result)
+    }
+
+    /// Adds a backend; fails on a duplicate address.
+    pub fn insert(&self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
+        self.update(|set| set.insert(addr, weight))
+    }
+
+    /// Adds several backends at once; on any error none is added.
+    pub fn extend<I>(&self, members: I) -> Result<Vec<BackendId>, MembershipError>
+    where
+        I: IntoIterator<Item = (A, Weight)>,
+    {
+        self.update(|set| {
+            members
+                .into_iter()
+                .map(|(addr, weight)| set.insert(addr, weight))
+                .collect()
+        })
+    }
+
+    /// Removes a backend, returning its address. Requests in flight on it finish normally.
+    pub fn remove(&self, id: BackendId) -> Result<A, MembershipError> {
+        self.update(|set| set.remove(id))
+    }
+
+    /// Changes a backend's weight; its live state is kept.
+    pub fn set_weight(&self, id: BackendId, weight: Weight) -> Result<(), MembershipError> {
+        self.update(|set| set.set_weight(id, weight))
+    }
+}
+
+/// Publication, shared by membership and health changes.
+impl<A: Clone, P: Picker<A>> Pool<A, P> {
+    /// Builds the snapshot of `members` with health evaluated now and publishes it —
+    /// unless `force` is false and nothing differs from `current`. Returns when health
+    /// next has time-driven work.
+    pub(super) fn publish(
+        &self,
+        writer: &mut Writer<A>,
+        members: Vec<Backend<A>>,
+        current: &Prepared<A, P::Table>,
+        force: bool,
+    ) -> Option<Instant> {
+        let now = self.now();
+        let evaluation = writer.engine.evaluate(&members, now);
+        let next = evaluation.next;
+        let old = &current.snapshot;
+        let same_members = old.len() == members.len()
+            && old
+                .backends()
+                .iter()
+                .zip(&members)
+                .all(|(a, b)| a.id() == b.id());
+        let members_version = if same_members {
+            old.members_version()
+        } else {
+            writer.version + 1
+        };
+        let snapshot =
+            Snapshot::from_evaluation(members, writer.version + 1, evaluation.eligibility)
+                .with_members_version(members_version);
+        if !force && snapshot.same_as(old) {
+            return next;
+        }
+        writer.version += 1;
+        let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
+        // Writers are serialised by the mutex, so a plain store cannot lose an update.
+        self.inner
+            .current
+            .store(Arc::new(Prepared { snapshot, table }));
+        if !writer.in_task {
+            // The background task, if any, recomputes when health next has work (a new
+            // ejection's return, a ramp that began) and probes new members at once.
+            self.inner.shared.wake();
+        }
+        next
+    }
+
+    /// Re-evaluates health with the current members and publishes if anything changed.
+    pub(super) fn republish(&self, writer: &mut Writer<A>) -> Option<Instant> {
+        let current = self.inner.current.load_full();
+        let members = current.snapshot.backends().to_vec();
+        self.publish(writer, members, &current, false)
+    }
+}
+
+/// A pending change to a pool's set, inside [`Pool::update`].
+#[derive(Debug)]
+pub struct Edit<A> {
+    members: Vec<Backend<A>>,
+    /// Address → id of every member, for duplicate checks in O(1).
+    index: HashMap<A, BackendId>,
+    next_id: u64,
+    decay: Duration,
+    shared: Arc<HealthShared>,
+    changed: bool,
+}
+
+impl<A: Clone + Eq + Hash> Edit<A> {
+    /// Adds a backend with fresh live state; fails on a duplicate address.
+    pub fn insert(&mut self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
+        if let Some(&existing) = self.index.get(&addr) {
+            return Err(MembershipError::Duplicate { existing });
+        }
+        let id = BackendId::new(self.next_id);
+        self.next_id += 1;
+        self.index.insert(addr.clone(), id);
+        let state = Arc::new(BackendState::linked(self.decay, Arc::clone(&self.shared)));
+        self.members.push(Backend::new(id, addr, weight, state));
+        self.changed = true;
+        Ok(id)
+    }
+
+    /// Removes a backend, returning its address.
+    pub fn remove(&mut self, id: BackendId) -> Result<A, MembershipError> {
+        let index = self.position(id)?;
+        self.changed = true;
+        let removed = self.members.remove(index);
+        self.index.remove(removed.addr());
+        Ok(removed.addr().clone())
+    }
+
+    /// Changes a backend's weight, keeping its live state.
+    pub fn set_weight(&mut self, id: BackendId, weight: Weight) -> Result<(), MembershipError> {
+        let index = self.position(id)?;
+        if self.members[index].weight() != weight {
+            self.members[index] = self.members[index].with_weight(weight);
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    /// The members as the edit stands.
+    pub fn members(&self) -> &[Backend<A>] {
+        &self.members
+    }
+
+    fn position(&self, id: BackendId) -> Result<usize, MembershipError> {
+        self.members
+            .iter()
+            .position(|b| b.id() == id)
+            .ok_or(MembershipError::Unknown(id))
+    }
+}
