@@ -1,24 +1,15 @@
 //! The crate's error types.
 //!
 //! Each error is small, names the component in its message and carries the data a caller
-//! can act on (the bad value, the backend, how many backends were considered).
+//! can act on (the bad value, the backend, how many backends were considered). Two live
+//! beside the one type that makes them, so that no module depends back on this one:
+//! [`WeightError`](crate::WeightError) (with `Weight`) and
+//! [`UnknownStrategy`](crate::UnknownStrategy) (with `AnyPicker`).
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::backend::{BackendId, Weight};
-
-/// A weight outside `1..=Weight::MAX` was refused.
-///
-/// Zero is refused because a backend that should get no traffic is a *health* state
-/// (draining or down), not a weight; values past `u32::MAX` are refused so that the sum
-/// of any set's weights fits in a `u64` without overflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("weight: {value} is out of range, a weight must be between 1 and {max}", max = Weight::MAX)]
-pub struct WeightError {
-    /// The refused value.
-    pub value: u64,
-}
+use crate::backend::{BackendId, WeightError};
 
 /// A change to the backend set was refused; the set is left exactly as it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -278,27 +269,6 @@ impl BackendError {
     pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
         self.source.downcast_ref::<T>()
     }
-}
-
-/// A strategy name that [`AnyPicker`](crate::AnyPicker) does not know; the message lists
-/// the names it knows ([`AnyPicker::NAMES`](crate::AnyPicker::NAMES)).
-///
-/// ```
-/// use tower_lb::AnyPicker;
-///
-/// let err = "fastest".parse::<AnyPicker>().unwrap_err();
-/// assert_eq!(err.name, "fastest");
-/// assert!(err.to_string().starts_with("any picker: unknown strategy \"fastest\""));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "any picker: unknown strategy {name:?}, expected one of: {names}",
-    names = crate::AnyPicker::NAMES.join(", ")
-)]
-#[non_exhaustive]
-pub struct UnknownStrategy {
-    /// The name as given.
-    pub name: String,
 }
 
 #[cfg(test)]

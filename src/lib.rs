@@ -12,6 +12,7 @@
 //! - [`Picker`] — the strategy: [`RoundRobin`], [`WeightedRoundRobin`] (NGINX's smooth
 //!   interleaving), [`Random`], [`WeightedRandom`] (alias method), [`LeastLoaded`],
 //!   [`PowerOfTwoChoices`] and [`PeakEwma`]; each documents its guarantee and cost;
+//!   [`AnyPicker`] chooses one of them at run time, by name;
 //! - [`Snapshot`] — an immutable view of the set, for calling pickers directly;
 //! - [`health`] — which backends may receive traffic: passive outlier ejection, active
 //!   probes, the panic threshold, slow start, drain and admin, your own
@@ -73,19 +74,19 @@ pub mod pick;
 pub mod pool;
 mod rng;
 mod snapshot;
+mod stable_hash;
 mod verdict;
 
 pub use affinity::AffinityKey;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight,
-    Weight,
+    Weight, WeightError,
 };
-pub use error::UnknownStrategy;
 pub use error::{
     BackendError, ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded,
-    PickError, ProbeError, SpawnError, TimedOut, WeightError,
+    PickError, ProbeError, SpawnError, TimedOut,
 };
-pub use pick::any::AnyPicker;
+pub use pick::any::{AnyPicker, UnknownStrategy};
 pub use pick::hash::bounded_load::BoundedLoad;
 pub use pick::hash::jump::Jump;
 pub use pick::hash::maglev::Maglev;

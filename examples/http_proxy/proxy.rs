@@ -46,7 +46,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 use tower_lb::affinity::{AffinityKey, CookieKey, HeaderKey, PeerIpKey};
 use tower_lb::balance::{
-    Balance, BalanceLayer, BoxError, Client, HttpStatus, HttpTarget, OnOverload, Sticky,
+    BalanceLayer, BoxError, Client, HttpBalance, HttpStatus, HttpTarget, OnOverload, Sticky,
     StickyCookie, find_error,
 };
 use tower_lb::health::{HttpProbe, OutlierDetection, Probe, ProbeConfig, probe_fn};
@@ -612,7 +612,7 @@ impl Service<Request<Deferred>> for Upstream {
     }
 }
 
-type Balancer = Balance<HttpTarget, AnyPicker, Client<Upstream>, HashKey, HttpStatus>;
+type Balancer = HttpBalance<Upstream, AnyPicker, HashKey>;
 
 /// The body of the proxy's responses.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;

@@ -56,7 +56,7 @@ pub mod sticky;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use self::http::{HttpStatus, HttpTarget, InvalidTarget};
+pub use self::http::{HttpBalance, HttpStatus, HttpTarget, InvalidTarget};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody};

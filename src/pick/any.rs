@@ -52,9 +52,8 @@ use super::round_robin::RoundRobin;
 use super::weighted_random::{AliasTable, WeightedRandom};
 use super::weighted_round_robin::{Schedule, WeightedRoundRobin};
 use super::{PickContext, Picker, eligible_at};
-use crate::backend::Snapshot;
-use crate::error::UnknownStrategy;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// Any of the crate's strategies, chosen at run time. See the [module docs](self).
 ///
@@ -378,6 +377,27 @@ fn mismatched<A>(snapshot: &Snapshot<A>) -> Option<usize> {
         0 => None,
         n => eligible_at(snapshot, RandomSource::Thread.below(n)),
     }
+}
+
+/// A strategy name that [`AnyPicker`] does not know; the message lists
+/// the names it knows ([`AnyPicker::NAMES`](crate::AnyPicker::NAMES)).
+///
+/// ```
+/// use tower_lb::AnyPicker;
+///
+/// let err = "fastest".parse::<AnyPicker>().unwrap_err();
+/// assert_eq!(err.name, "fastest");
+/// assert!(err.to_string().starts_with("any picker: unknown strategy \"fastest\""));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "any picker: unknown strategy {name:?}, expected one of: {names}",
+    names = crate::AnyPicker::NAMES.join(", ")
+)]
+#[non_exhaustive]
+pub struct UnknownStrategy {
+    /// The name as given.
+    pub name: String,
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@
 //! weights whose product stays below 2⁵³.
 
 use super::{PickContext, Picker};
-use crate::backend::{Snapshot, now_nanos};
+use crate::clock::now_nanos;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// Picks a member with the least in-flight ÷ weight. See the [module docs](self).
 #[derive(Debug, Clone)]

@@ -95,7 +95,7 @@
 
 use std::time::Instant;
 
-use crate::backend::Snapshot;
+use crate::snapshot::Snapshot;
 
 pub mod any;
 pub mod hash;
@@ -135,7 +135,7 @@ impl PickContext {
 
     /// The current time, when the caller has already read the clock.
     pub fn with_now(mut self, now: Instant) -> Self {
-        self.now = Some(crate::backend::nanos_since_epoch(now));
+        self.now = Some(crate::clock::nanos_since_epoch(now));
         self
     }
 
@@ -158,7 +158,7 @@ impl PickContext {
 
     /// The caller's "now", if given.
     pub fn now(&self) -> Option<Instant> {
-        self.now.map(crate::backend::instant_at_nanos)
+        self.now.map(crate::clock::instant_at_nanos)
     }
 }
 

@@ -21,8 +21,9 @@
 
 use super::weighted_random::AliasTable;
 use super::{PickContext, Picker};
-use crate::backend::{Snapshot, now_nanos};
+use crate::clock::now_nanos;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// Power of two choices over in-flight ÷ weight. See the [`pick`](crate::pick) module docs.
 #[derive(Debug, Clone)]

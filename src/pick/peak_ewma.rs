@@ -26,8 +26,9 @@ use std::time::Duration;
 
 use super::p2c::Candidates;
 use super::{PickContext, Picker};
-use crate::backend::{Snapshot, now_nanos};
+use crate::clock::now_nanos;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// The cost of an unmeasured backend with requests in flight, per request in flight.
 const PENALTY: f64 = 1e30;

@@ -5,8 +5,8 @@
 //! (at the cost of one shared atomic per pick).
 
 use super::{PickContext, Picker, eligible_at};
-use crate::backend::Snapshot;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// Picks an eligible member uniformly at random. See the [`pick`](crate::pick) module docs.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{PickContext, Picker, eligible_at};
-use crate::backend::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Picks the eligible members in turn. See the [module docs](self).
 ///

@@ -13,8 +13,8 @@
 //! numbers with a given distribution", IEEE TSE 1991.
 
 use super::{PickContext, Picker};
-use crate::backend::Snapshot;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// An alias table over a snapshot's eligible members: O(1) weighted sampling.
 #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{PickContext, Picker, eligible_at};
-use crate::backend::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// The longest cycle a schedule holds before weights are scaled down to fit.
 pub const MAX_SCHEDULE: u64 = 1 << 16;

@@ -33,9 +33,9 @@
 use std::fmt;
 
 use super::{BackendKey, HashPicker, MAX_PROBES, WithFallback, key_hash, members, next_probe};
-use crate::backend::Snapshot;
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
 
 /// Jump consistent hashing over the members in key order. See the [module docs](self).
 ///
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn grows_only_onto_the_new_bucket() {
-        for key in (0..5000u64).map(crate::affinity::mix) {
+        for key in (0..5000u64).map(crate::stable_hash::mix) {
             let mut previous = jump(key, 1);
             assert_eq!(previous, 0);
             for n in 2..64 {

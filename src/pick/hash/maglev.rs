@@ -36,11 +36,11 @@ use super::{
     BackendKey, Fingerprint, HashPicker, MAX_PROBES, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
     WithFallback, key_hash, next_probe, reduce, reuse_or_build,
 };
-use crate::affinity::seeded;
-use crate::backend::Snapshot;
 use crate::error::ConfigError;
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
+use crate::stable_hash::seeded;
 
 /// The default table size M: the prime 65 537, as Envoy and the paper's evaluation
 /// use; good for the 1 % disruption bound up to ≈ 650 backends.

@@ -53,8 +53,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::Picker;
-use crate::affinity::{mix, seeded};
-use crate::backend::Snapshot;
+use crate::snapshot::Snapshot;
+use crate::stable_hash::{mix, seeded};
 
 mod backend_key;
 pub mod bounded_load;

@@ -30,10 +30,10 @@
 use std::fmt;
 
 use super::{BackendKey, HashPicker, WithFallback, key_hash, members};
-use crate::affinity::mix;
-use crate::backend::Snapshot;
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
+use crate::stable_hash::mix;
 
 /// Weighted rendezvous hashing. See the [module docs](self).
 ///

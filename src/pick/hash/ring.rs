@@ -46,10 +46,10 @@ use std::sync::Arc;
 use super::{
     BackendKey, Fingerprint, HashPicker, Member, SEED_RING, WithFallback, key_hash, reuse_or_build,
 };
-use crate::affinity::seeded;
-use crate::backend::Snapshot;
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
+use crate::stable_hash::seeded;
 
 /// The default number of points per unit of weight: 160, as Ketama and NGINX.
 pub const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
@@ -412,7 +412,7 @@ mod tests {
             let ring = table.table();
             let hashes: Vec<u64> = ring.points().map(|(h, _)| h).collect();
             let probes = (0..2000u64)
-                .map(crate::affinity::mix)
+                .map(crate::stable_hash::mix)
                 .chain([0, 1, u64::MAX, hashes[0], hashes[hashes.len() - 1]])
                 .chain(hashes.iter().map(|h| h.wrapping_add(1)));
             for h in probes {
