@@ -77,6 +77,14 @@ impl HealthConfigError {
         }
     }
 
+    /// `percent` when it is at most 100, else the error naming `setting`.
+    pub(crate) fn percent(setting: &'static str, percent: u8) -> Result<u8, Self> {
+        if percent > 100 {
+            return Err(HealthConfigError::new(setting, "at most 100", percent));
+        }
+        Ok(percent)
+    }
+
     /// The setting that was refused.
     pub fn setting(&self) -> &'static str {
         self.setting

@@ -33,8 +33,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{
-    BackendKey, Fingerprint, HashPicker, MAX_PROBES, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
-    WithFallback, key_hash, next_probe, reduce, reuse_or_build,
+    BackendKey, Fingerprint, HashPicker, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
+    WithFallback, key_hash, probe_then_scan, reduce, reuse_or_build,
 };
 use crate::error::ConfigError;
 use crate::pick::round_robin::RoundRobin;
@@ -270,12 +270,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
             |core| &core.fingerprint,
             |members, fingerprint| build(members, fingerprint, size),
         );
-        WithFallback {
-            table: MaglevTable { core },
-            fallback: self
-                .fallback
-                .prepare(snapshot, previous.map(|p| &p.fallback)),
-        }
+        WithFallback::prepare(MaglevTable { core }, &self.fallback, snapshot, previous)
     }
 
     #[inline]
@@ -285,9 +280,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
         snapshot: &Snapshot<A>,
         ctx: &PickContext,
     ) -> Option<usize> {
-        ctx.hash()
-            .and_then(|hash| self.find(table, snapshot, hash, |_| true))
-            .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
+        table.pick(&self.fallback, snapshot, ctx, |hash| {
+            self.find(table, snapshot, hash, |_| true)
+        })
     }
 }
 
@@ -300,28 +295,18 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Maglev<F> {
         table: &Self::Table,
         snapshot: &Snapshot<A>,
         hash: u64,
-        mut accept: G,
+        accept: G,
     ) -> Option<usize>
     where
         G: FnMut(usize) -> bool,
     {
-        let entries = &table.table.core.entries;
-        let m = entries.len();
-        let mut h = key_hash(hash);
-        let mut slot = 0;
-        for _ in 0..MAX_PROBES {
-            slot = reduce(h, m);
-            let index = *entries.get(slot)? as usize;
-            if snapshot.is_eligible(index) && accept(index) {
-                return Some(index);
-            }
-            h = next_probe(h);
-        }
-        let (tail, head) = entries.split_at_checked(slot)?;
-        head.iter()
-            .chain(tail)
-            .map(|&e| e as usize)
-            .find(|&index| snapshot.is_eligible(index) && accept(index))
+        probe_then_scan(
+            &table.table.core.entries,
+            key_hash(hash),
+            reduce,
+            snapshot,
+            accept,
+        )
     }
 }
 

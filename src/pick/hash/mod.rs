@@ -52,7 +52,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::Picker;
+use super::{PickContext, Picker};
 use crate::snapshot::Snapshot;
 use crate::stable_hash::{mix, seeded};
 
@@ -104,6 +104,74 @@ impl<T, U> WithFallback<T, U> {
     pub fn fallback(&self) -> &U {
         &self.fallback
     }
+
+    /// `table` beside the table `fallback` prepares for `snapshot` (from its previous one).
+    pub(crate) fn prepare<A, F>(
+        table: T,
+        fallback: &F,
+        snapshot: &Snapshot<A>,
+        previous: Option<&Self>,
+    ) -> Self
+    where
+        F: Picker<A, Table = U>,
+    {
+        WithFallback {
+            table,
+            fallback: fallback.prepare(snapshot, previous.map(|p| &p.fallback)),
+        }
+    }
+
+    /// Every hashing picker's pick: `by_key` for a request with a key, else — or when it
+    /// finds no backend — the fallback picker's.
+    #[inline]
+    pub(crate) fn pick<A, F>(
+        &self,
+        fallback: &F,
+        snapshot: &Snapshot<A>,
+        ctx: &PickContext,
+        by_key: impl FnOnce(u64) -> Option<usize>,
+    ) -> Option<usize>
+    where
+        F: Picker<A, Table = U>,
+    {
+        ctx.hash()
+            .and_then(by_key)
+            .or_else(|| fallback.pick(&self.fallback, snapshot, ctx))
+    }
+}
+
+/// The preference order of the table pickers (Maglev's slots, Jump's buckets): the
+/// entry of the key, then of up to [`MAX_PROBES`] − 1 rehashed keys, then every entry
+/// from the last one on, wrapping — so every member holding an entry is reached.
+/// `entry_of(h, n)` is the entry of key hash `h` among `n`.
+#[inline]
+pub(crate) fn probe_then_scan<A>(
+    entries: &[u32],
+    key: u64,
+    entry_of: impl Fn(u64, usize) -> usize,
+    snapshot: &Snapshot<A>,
+    mut accept: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    let n = entries.len();
+    if n == 0 {
+        return None;
+    }
+    let mut h = key;
+    let mut slot = 0;
+    for _ in 0..MAX_PROBES {
+        slot = entry_of(h, n);
+        let index = *entries.get(slot)? as usize;
+        if snapshot.is_eligible(index) && accept(index) {
+            return Some(index);
+        }
+        h = next_probe(h);
+    }
+    let (before, after) = entries.split_at_checked(slot)?;
+    after
+        .iter()
+        .chain(before)
+        .map(|&i| i as usize)
+        .find(|&index| snapshot.is_eligible(index) && accept(index))
 }
 
 impl<T: fmt::Debug, U> fmt::Debug for WithFallback<T, U> {

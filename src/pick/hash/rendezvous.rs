@@ -255,12 +255,12 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
             .collect();
         // (A zero weight gives an infinite inverse, hence a score of −∞: last place.)
         let uniform = members.windows(2).all(|w| w[0].1 == w[1].1);
-        WithFallback {
-            table: RendezvousTable { members, uniform },
-            fallback: self
-                .fallback
-                .prepare(snapshot, previous.map(|p| &p.fallback)),
-        }
+        WithFallback::prepare(
+            RendezvousTable { members, uniform },
+            &self.fallback,
+            snapshot,
+            previous,
+        )
     }
 
     #[inline]
@@ -270,9 +270,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
         snapshot: &Snapshot<A>,
         ctx: &PickContext,
     ) -> Option<usize> {
-        ctx.hash()
-            .and_then(|hash| table.table.best(snapshot, key_hash(hash)))
-            .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
+        table.pick(&self.fallback, snapshot, ctx, |hash| {
+            table.table.best(snapshot, key_hash(hash))
+        })
     }
 }
 

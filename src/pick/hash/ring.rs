@@ -335,12 +335,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
             |core| &core.fingerprint,
             |members, fingerprint| build(members, fingerprint, per_weight, max, scale),
         );
-        WithFallback {
-            table: RingTable { core },
-            fallback: self
-                .fallback
-                .prepare(snapshot, previous.map(|p| &p.fallback)),
-        }
+        WithFallback::prepare(RingTable { core }, &self.fallback, snapshot, previous)
     }
 
     #[inline]
@@ -350,9 +345,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
         snapshot: &Snapshot<A>,
         ctx: &PickContext,
     ) -> Option<usize> {
-        ctx.hash()
-            .and_then(|hash| self.find(table, snapshot, hash, |_| true))
-            .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
+        table.pick(&self.fallback, snapshot, ctx, |hash| {
+            self.find(table, snapshot, hash, |_| true)
+        })
     }
 }
 
