@@ -60,7 +60,9 @@ pub use self::http::{HttpBalance, HttpStatus, HttpTarget, InvalidTarget};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody};
-pub use classify::{AnyError, Classify};
+#[allow(deprecated)]
+pub use classify::AnyError;
+pub use classify::{Classify, ErrorsAsFailures};
 pub use discover::Change;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

@@ -12,7 +12,7 @@ use tower::util::Oneshot;
 use tower_service::Service;
 
 use super::BoxError;
-use super::classify::{AnyError, Classify};
+use super::classify::{Classify, ErrorsAsFailures};
 use super::discover::{Change, Driver, Membership, StreamDriver};
 use super::endpoint::Endpoint;
 use super::future::{ResponseFuture, Tracked};
@@ -77,7 +77,7 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
 /// # Ok(())
 /// # }
 /// ```
-pub struct Balance<A, P: Picker<A>, R, K = NoAffinity, C = AnyError> {
+pub struct Balance<A, P: Picker<A>, R, K = NoAffinity, C = ErrorsAsFailures> {
     shared: Arc<Shared<A, P, R, K, C>>,
     /// A unit of capacity reserved by `poll_ready` for the next `call`.
     reserved: bool,
