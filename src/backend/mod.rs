@@ -10,13 +10,15 @@ use std::sync::Arc;
 
 mod health;
 mod id;
+mod in_flight;
 mod state;
 mod stats;
 mod weight;
 
 pub(crate) use health::{ADMIN_DOWN, ADMIN_DRAIN, ADMIN_UP, HealthCell, HealthShared};
 pub use id::BackendId;
-pub use state::{BackendState, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight};
+pub use in_flight::InFlight;
+pub use state::{BackendState, DEFAULT_EWMA_DECAY, FAILURE_DECAY};
 pub use stats::BackendStats;
 pub use weight::{Weight, WeightError};
 
