@@ -2,3 +2,5 @@
 #![allow(dead_code)] // each program uses a part of it
 
 pub mod backend;
+pub mod options;
+pub mod program;

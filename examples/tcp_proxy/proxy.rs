@@ -20,6 +20,8 @@ use tower_lb::{
     PowerOfTwoChoices, Random, Ring, RoundRobin, Weight, WeightedRoundRobin,
 };
 
+use crate::support::options::{self, parse_secs};
+
 /// The proxy's command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -69,25 +71,12 @@ pub enum StrategyName {
 impl StrategyName {
     /// The name as given on the command line.
     pub fn name(self) -> String {
-        self.to_possible_value()
-            .map_or_else(String::new, |v| v.get_name().to_owned())
+        options::value_name(self)
     }
 }
 
 fn parse_backend(s: &str) -> Result<(SocketAddr, Weight), String> {
-    let (addr, weight) = match s.rsplit_once('=') {
-        Some((addr, weight)) => {
-            let weight = weight
-                .parse::<u64>()
-                .ok()
-                .and_then(|w| Weight::new(w).ok())
-                .ok_or_else(|| {
-                    format!("the weight {weight:?} is not a whole number from 1 to 4294967295")
-                })?;
-            (addr, weight)
-        }
-        None => (s, Weight::ONE),
-    };
+    let (addr, weight) = options::split_weight(s)?;
     // A host name is resolved once, at start.
     let resolved = addr
         .to_socket_addrs()
@@ -95,14 +84,6 @@ fn parse_backend(s: &str) -> Result<(SocketAddr, Weight), String> {
         .next()
         .ok_or_else(|| format!("{addr:?} resolves to no address"))?;
     Ok((resolved, weight))
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|secs| secs.is_finite() && *secs >= 0.001 && *secs <= 86_400.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a number of seconds from 0.001 to 86400"))
 }
 
 /// What a connection is keyed by.
@@ -134,13 +115,11 @@ impl Settings {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args = Args::try_parse_from(args)?;
-        for (i, (addr, _)) in args.backends.iter().enumerate() {
-            if args.backends[..i].iter().any(|(a, _)| a == addr) {
-                return Err(Args::command().error(
-                    ErrorKind::ValueValidation,
-                    format!("--backend {addr} is given twice"),
-                ));
-            }
+        if let Some(addr) = options::repeated(&args.backends) {
+            return Err(Args::command().error(
+                ErrorKind::ValueValidation,
+                format!("--backend {addr} is given twice"),
+            ));
         }
         Ok(Settings {
             listen: args.listen,
