@@ -75,6 +75,7 @@ impl Steering {
 
     /// Asks the balancer to keep the request tracked past its response head, for a body
     /// tracking layer to take with [`take_held`](Self::take_held).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn hold(&mut self) -> Arc<HeldSlot> {
         Arc::clone(self.hold.get_or_insert_with(Arc::default))
     }
@@ -136,6 +137,7 @@ impl HeldSlot {
         *self.0.lock() = Some(held);
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn take(&self) -> Option<(Tracked, bool)> {
         self.0.lock().take()
     }
@@ -143,7 +145,7 @@ impl HeldSlot {
 
 /// A request type that can carry a [`Steering`].
 ///
-/// Implemented for `http::Request` (feature `http`: in its extensions) and for the
+/// Implemented for `http::Request` (in its extensions) and for the
 /// standard library's plain value types (which carry none). For a request type of your
 /// own, return a `Steering` you keep in it — or write `impl Steer for MyRequest {}`:
 /// the balancer then reads no hints (no sticky pin, no retry exclusion), and works as
@@ -160,7 +162,6 @@ pub trait Steer {
     }
 }
 
-#[cfg(feature = "http")]
 impl<B> Steer for http::Request<B> {
     fn steering(&self) -> Option<&Steering> {
         self.extensions().get::<Steering>()
