@@ -54,12 +54,28 @@ fn cookie_header() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+fn regex(pattern: &str) -> proptest::string::RegexGeneratorStrategy<String> {
+    proptest::string::string_regex(pattern).expect("a valid pattern")
+}
+
+/// The names `key_name` favours, so that cookies and query parameters are often found.
+const NAMES: &str = "(sid|lb|a)";
+
 fn header_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     prop_oneof![
         ("[a-z-]{1,12}", "[ -~]{0,40}").prop_map(|(n, v)| (n.into_bytes(), v.into_bytes())),
         (
             Just("cookie".to_owned()),
             "([a-z]{1,4}=[ -~]{0,12}; ?){0,4}"
+        )
+            .prop_map(|(n, v)| (n.into_bytes(), v.into_bytes())),
+        // Cookie pairs under the favoured names: spaces, tabs, quotes, `=` in values,
+        // empty values and pairs, duplicates.
+        (
+            Just("cookie".to_owned()),
+            regex(&format!(
+                "(( ?\t?({NAMES}|{NAMES}|[a-z]{{1,2}}) ?= ?(\"[ -!#-:<-~]{{0,6}}\"|[ -:<-~]{{0,8}})|[a-z]{{1,3}}|) ?;){{0,5}}"
+            ))
         )
             .prop_map(|(n, v)| (n.into_bytes(), v.into_bytes())),
         (
@@ -73,6 +89,12 @@ fn uri() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         4 => "(/[a-z0-9%+.*]{0,8}){0,5}(\\?([a-z]{1,4}(=[a-z0-9%+]{0,6})?&?){0,4})?"
             .prop_map(String::into_bytes),
+        // Queries under the favoured names, escaped (%73id is sid), with `+`, bad escapes,
+        // empty parts and duplicates.
+        3 => regex(&format!(
+            "/p\\?((%73id|{NAMES}|[a-z]{{1,2}})(=([a-z0-9+]|%[0-9A-Fa-f]{{2}}|%[g-z]?){{0,5}})?&{{0,2}}){{0,5}}"
+        ))
+        .prop_map(String::into_bytes),
         1 => "https?://[a-z.]{1,10}(:[0-9]{1,5})?(/[a-z]{0,5}){0,3}".prop_map(String::into_bytes),
         1 => prop::collection::vec(any::<u8>(), 0..40),
     ]
@@ -80,6 +102,7 @@ fn uri() -> impl Strategy<Value = Vec<u8>> {
 
 fn key_name() -> impl Strategy<Value = String> {
     prop_oneof![
+        4 => NAMES,
         3 => "[a-z]{1,4}",
         1 => "[A-Za-z0-9 :;=\\-]{0,8}",
         1 => any::<String>(),
@@ -139,13 +162,13 @@ proptest! {
     /// Every setting with a range refuses the values outside it, naming them.
     #[test]
     fn settings_out_of_range_are_refused_with_their_value(
-        percent in any::<u8>(),
+        percent in prop_oneof![any::<u8>(), Just(0u8), Just(1), Just(100), Just(101), Just(255)],
         count in 0u32..4,
         factor in prop_oneof![any::<f64>(), -2.0f64..70_000.0],
         millis in 0u64..3,
         size in prop_oneof![0u64..200, 65_530u64..65_540, any::<u64>()],
-        v4 in any::<u8>(),
-        v6 in any::<u8>(),
+        v4 in prop_oneof![any::<u8>(), 31u8..=33],
+        v6 in prop_oneof![any::<u8>(), 127u8..=129],
     ) {
         let named = |e: &dyn std::fmt::Display, v: &dyn std::fmt::Display| {
             let text = e.to_string();
@@ -165,7 +188,7 @@ proptest! {
         let ramp = SlowStart::new(Duration::from_secs(1)).unwrap();
         match ramp.min_weight_percent(percent) {
             Ok(_) => prop_assert!((1..=100).contains(&percent)),
-            Err(e) => prop_assert!(named(&e, &percent), "{}", e),
+            Err(e) => prop_assert!(!(1..=100).contains(&percent) && named(&e, &percent), "{}", e),
         }
         match SlowStart::new(Duration::from_millis(millis)) {
             Ok(_) => prop_assert!(millis > 0),
@@ -173,11 +196,11 @@ proptest! {
         }
         match ramp.aggression(factor) {
             Ok(_) => prop_assert!(factor.is_finite() && factor > 0.0),
-            Err(e) => prop_assert!(named(&e, &factor), "{}", e),
+            Err(e) => prop_assert!(!(factor.is_finite() && factor > 0.0) && named(&e, &factor), "{}", e),
         }
         match SuccessRate::new().stdev_factor(factor) {
             Ok(_) => prop_assert!(factor.is_finite() && factor >= 0.0),
-            Err(e) => prop_assert!(named(&e, &factor), "{}", e),
+            Err(e) => prop_assert!(!(factor.is_finite() && factor >= 0.0) && named(&e, &factor), "{}", e),
         }
         match BoundedLoad::new(Maglev::new()).with_balance_factor(factor) {
             Ok(b) => prop_assert!(factor >= 1.0 && (b.balance_factor() - factor).abs() < 1e-3),
@@ -204,6 +227,7 @@ proptest! {
         match PeerIpKey::with_prefix(v4, v6) {
             Ok(_) => prop_assert!(v4 <= 32 && v6 <= 128),
             Err(e) => {
+                prop_assert!(v4 > 32 || v6 > 128, "refused /{} and /{}: {}", v4, v6, e);
                 let bad = if v4 > 32 { v4 } else { v6 };
                 prop_assert!(named(&e, &bad), "{}", e);
             }
@@ -217,7 +241,11 @@ proptest! {
         name in prop_oneof!["[a-z]{1,8}", any::<String>()],
         secret in prop::collection::vec(any::<u8>(), 0..40),
         path in prop_oneof!["/[a-z/]{0,8}", any::<String>()],
-        target in prop_oneof!["(http://)?[a-z0-9.]{1,12}(:[0-9]{1,5})?/?", any::<String>()],
+        target in prop_oneof![
+            "(http://)?[a-z0-9.]{1,12}(:[0-9]{1,5})?/?",
+            "(http://)?[a-z][a-z0-9]{0,8}(\\.[a-z]{1,5})?(:[1-9][0-9]{0,3})?/?",
+            any::<String>(),
+        ],
     ) {
         let token = !name.is_empty()
             && name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
@@ -241,9 +269,26 @@ proptest! {
                 prop_assert!(text.contains(&quoted) || text.contains(&secret.len().to_string()), "{}", text);
             }
         }
-        if let Err(e) = target.parse::<HttpTarget>() {
-            let quoted = format!("{target:?}");
-            prop_assert!(e.to_string().contains(&quoted), "{}", e);
+        // A plain host (and port below 10 000), with or without `http://` and a final
+        // `/`, is a valid target: it must parse, to exactly that host and port.
+        let bare = target.strip_prefix("http://").unwrap_or(&target);
+        let bare = bare.strip_suffix('/').unwrap_or(bare);
+        let (host, port) = bare.split_once(':').unwrap_or((bare, ""));
+        let plain_host = host.split('.').count() <= 2
+            && host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+            && host.starts_with(|c: char| c.is_ascii_lowercase());
+        let plain_port = port.is_empty() || (port.len() <= 4 && !port.starts_with('0') && port.bytes().all(|b| b.is_ascii_digit()));
+        match target.parse::<HttpTarget>() {
+            Ok(t) => {
+                if plain_host && plain_port {
+                    prop_assert_eq!(t.to_string(), format!("http://{}", bare));
+                }
+            }
+            Err(e) => {
+                prop_assert!(!(plain_host && plain_port), "refused the plain target {:?}: {}", target, e);
+                let quoted = format!("{target:?}");
+                prop_assert!(e.to_string().contains(&quoted), "{}", e);
+            }
         }
     }
 }

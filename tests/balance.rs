@@ -321,19 +321,38 @@ async fn a_not_ready_backend_completes_without_new_requests() {
     assert_eq!(pool.stats()[0].in_flight, 0);
 }
 
+/// Keys stick and spread: each of 64 keys is served by one backend every time, that
+/// backend is the one the pool's Maglev table gives the key's hash (the service passes
+/// the key through, unchanged), every backend serves some keys and none more than twice
+/// its share. A balancer that ignored the key and pinned every request to one backend
+/// would pass the first check only.
 #[tokio::test(start_paused = true)]
 async fn affinity_keys_stick_with_a_hashing_picker() {
-    let (pool, _) = pool_of(Maglev::new(), &["a", "b", "c", "d"]);
-    let balance = BalanceLayer::new(pool)
-        .affinity(KeyFn::new(|req: &u64| {
-            Some(tower_lb::affinity::hash_key(&(req % 7).to_be_bytes()))
-        }))
+    const KEYS: u64 = 64;
+    let names = ["a", "b", "c", "d"];
+    let (pool, _) = pool_of(Maglev::new(), &names);
+    let hash = |req: &u64| tower_lb::affinity::hash_key(&(req % KEYS).to_be_bytes());
+    let balance = BalanceLayer::new(pool.clone())
+        .affinity(KeyFn::new(move |req: &u64| Some(hash(req))))
         .build(tower_lb::balance::PerBackend);
     let mut seen = std::collections::HashMap::new();
-    for req in 0..200u64 {
+    for req in 0..4 * KEYS {
         let name = balance.clone().oneshot(req).await.unwrap();
-        let first = *seen.entry(req % 7).or_insert(name);
-        assert_eq!(first, name, "key {} moved", req % 7);
+        let first = *seen.entry(req % KEYS).or_insert(name);
+        assert_eq!(first, name, "key {} moved", req % KEYS);
+    }
+    let mut keys_per_backend = std::collections::HashMap::new();
+    for (&key, &name) in &seen {
+        let ctx = tower_lb::PickContext::new().with_hash(hash(&key));
+        assert_eq!(*pool.pick(&ctx).unwrap().addr().key(), name, "key {key}");
+        *keys_per_backend.entry(name).or_insert(0u64) += 1;
+    }
+    for name in names {
+        let keys = keys_per_backend.get(name).copied().unwrap_or(0);
+        assert!(
+            (1..=2 * KEYS / 4).contains(&keys),
+            "{name} holds {keys} of {KEYS} keys: {keys_per_backend:?}"
+        );
     }
 }
 

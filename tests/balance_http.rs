@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use proptest::prelude::*;
-use support::servers::TestServer;
+use support::servers::{HOLD, TestServer};
 use tower::ServiceExt;
 use tower_lb::balance::{
     Balance, BalanceLayer, BoxError, Client as OneClient, HttpStatus, HttpTarget, OnOverload,
@@ -96,22 +96,95 @@ async fn every_strategy_distributes_over_real_servers() {
         run(WeightedRoundRobin::new(), &[1, 2, 3], 300).await,
         [50, 100, 150]
     );
-    // Seeded random families: shares within a generous band of the expected ones.
+    // Seeded random families: shares within a generous band of the expected ones (their
+    // distributions are checked by chi-square in tests/pickers.rs and tests/proptests.rs).
     let hits = run(Random::with_seed(4), &[1, 1, 1], 300).await;
     assert!(hits.iter().all(|&h| (70..=130).contains(&h)), "{hits:?}");
     let hits = run(WeightedRandom::with_seed(4), &[1, 2, 3], 300).await;
     for (h, want) in hits.iter().zip([50, 100, 150]) {
         assert!(h.abs_diff(want) <= 35, "{hits:?}");
     }
-    // Load-aware ones, with sequential requests, still use every backend.
-    for hits in [
-        run(LeastLoaded::with_seed(4), &[1, 1, 1], 150).await,
-        run(PowerOfTwoChoices::with_seed(4), &[1, 1, 1], 150).await,
-        run(PeakEwma::with_seed(4), &[1, 1, 1], 150).await,
+    // Load-aware ones: one request held in flight on a server, then sequential requests.
+    // Each load-aware strategy sends none of them to the busy server (it loses every
+    // comparison: 1 in flight against 0; for Peak EWMA, unmeasured with one in flight),
+    // and each idle server gets at least the picks where it is compared with the busy one
+    // (a third, less 5σ). Round robin, the control, sends the busy server its third.
+    const SEQUENTIAL: usize = 150;
+    let (busy, hits) = run_beside_a_held_request(RoundRobin::new(), SEQUENTIAL).await;
+    assert_eq!(
+        hits[busy],
+        SEQUENTIAL / 3,
+        "round robin ignores load: {hits:?}"
+    );
+    for (name, (busy, hits)) in [
+        (
+            "LeastLoaded",
+            run_beside_a_held_request(LeastLoaded::with_seed(4), SEQUENTIAL).await,
+        ),
+        (
+            "PowerOfTwoChoices",
+            run_beside_a_held_request(PowerOfTwoChoices::with_seed(4), SEQUENTIAL).await,
+        ),
+        (
+            "PeakEwma",
+            run_beside_a_held_request(PeakEwma::with_seed(4), SEQUENTIAL).await,
+        ),
     ] {
-        assert!(hits.iter().all(|&h| h > 0), "{hits:?}");
-        assert_eq!(hits.iter().sum::<usize>(), 150);
+        assert_eq!(
+            hits[busy], 0,
+            "{name} sent requests to the busy server: {hits:?}"
+        );
+        assert_eq!(hits.iter().sum::<usize>(), SEQUENTIAL, "{name}: {hits:?}");
+        for (i, &h) in hits.iter().enumerate() {
+            assert!(i == busy || h >= 20, "{name}: {hits:?}");
+        }
     }
+}
+
+/// A `GET` that its server holds in flight until released.
+fn held() -> Request<Empty<Bytes>> {
+    Request::get("/hello")
+        .header(HOLD, "1")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Waits until `cond` holds, yielding to the runtime in between: a wait measured in
+/// turns, not in time; only a hang fails it.
+async fn until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the condition never held");
+}
+
+/// One request held in flight on whichever server `picker` chooses, then `requests`
+/// sequential ones; returns the busy server's index and every server's hits from the
+/// sequential requests (a held request counts as a hit only once released).
+async fn run_beside_a_held_request<P: Picker<HttpTarget> + 'static>(
+    picker: P,
+    requests: usize,
+) -> (usize, Vec<usize>) {
+    let servers = servers(&["a", "b", "c"]).await;
+    let pool = Pool::new(picker);
+    add(&pool, &servers, &[1, 1, 1]);
+    let lb = balance(&pool);
+    let first = tokio::spawn(lb.clone().oneshot(held()));
+    until(|| pool.stats().iter().any(|s| s.in_flight == 1)).await;
+    let busy = pool.stats().iter().position(|s| s.in_flight == 1).unwrap();
+    for _ in 0..requests {
+        let resp = lb.clone().oneshot(get(None)).await.expect("a response");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    }
+    let hits = servers.iter().map(TestServer::hits).collect();
+    assert_eq!(pool.stats()[busy].in_flight, 1, "still held");
+    servers.iter().for_each(TestServer::release);
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    (busy, hits)
 }
 
 #[tokio::test]
@@ -242,13 +315,15 @@ async fn recovers_through_active_probes() {
     task.abort();
 }
 
+/// Both servers hold a request at their limit of one: a third request is shed at its
+/// first poll with the numbers, or waits — and cannot finish while both are held,
+/// however long it is given — and is served once they are released. No wall-clock
+/// bound: the servers hold their requests until the test releases them.
 #[tokio::test]
 async fn sheds_or_waits_when_every_server_is_at_its_limit() {
-    let servers = servers(&["a", "b"]).await;
-    for s in &servers {
-        s.set_delay_ms(300);
-    }
+    use futures::FutureExt;
     for mode in [OnOverload::Shed, OnOverload::Wait] {
+        let servers = servers(&["a", "b"]).await;
         let pool = Pool::new(RoundRobin::new());
         add(&pool, &servers, &[1, 1]);
         let lb = BalanceLayer::new(pool.clone())
@@ -257,30 +332,33 @@ async fn sheds_or_waits_when_every_server_is_at_its_limit() {
             .on_overload(mode)
             .build(OneClient(client()));
         let slow: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(lb.clone().oneshot(get(None))))
+            .map(|_| tokio::spawn(lb.clone().oneshot(held())))
             .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(lb.committed(), Some(2));
-        let started = tokio::time::Instant::now();
-        let third = lb.clone().oneshot(get(None)).await;
+        until(|| lb.committed() == Some(2)).await;
         match mode {
             OnOverload::Shed => {
+                let third = lb
+                    .clone()
+                    .oneshot(get(None))
+                    .now_or_never()
+                    .expect("shed at the first poll, not queued");
                 let err: BoxError = third.unwrap_err();
                 let o = err.downcast_ref::<Overloaded>().expect("Overloaded");
                 assert_eq!((o.in_flight, o.max_in_flight, o.backends), (2, 1, 2));
-                assert!(
-                    started.elapsed() < Duration::from_millis(100),
-                    "shed at once"
-                );
             }
             OnOverload::Wait => {
-                assert_eq!(third.unwrap().status(), 200);
-                assert!(
-                    started.elapsed() >= Duration::from_millis(150),
-                    "waited for a slot"
-                );
+                let third = tokio::spawn(lb.clone().oneshot(get(None)));
+                for _ in 0..1_000 {
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert!(!third.is_finished(), "served while both servers were full");
+                assert_eq!(lb.committed(), Some(2));
+                servers.iter().for_each(TestServer::release);
+                assert_eq!(third.await.unwrap().unwrap().status(), 200);
             }
         }
+        servers.iter().for_each(TestServer::release);
         for s in slow {
             assert_eq!(s.await.unwrap().unwrap().status(), 200);
         }

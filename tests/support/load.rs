@@ -263,19 +263,3 @@ impl<Req: Replay, Res: Answer, E> Policy<Req, Res, E> for RetryIdempotent {
         req.replay()
     }
 }
-
-/// CPU time consumed by the calling thread so far.
-pub fn thread_cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `getrusage` fills the struct it is handed; `RUSAGE_THREAD` (Linux) reports
-    // on the calling thread only. The struct is zero-initialised, valid for any bytes.
-    let usage = unsafe {
-        let rc = libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
-        assert_eq!(rc, 0, "getrusage(RUSAGE_THREAD) failed");
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}

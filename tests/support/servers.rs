@@ -18,6 +18,9 @@ use tokio::task::JoinSet;
 
 /// The request header whose number a server remembers the largest of ([`TestServer::max_stamp`]).
 pub const STAMP: &str = "x-stamp";
+/// A request carrying this header is held by the server, in flight, until
+/// [`TestServer::release`]: a slow request whose length is the test's choice, not the clock's.
+pub const HOLD: &str = "x-hold";
 
 /// One demo backend: answers every request with its name (body and `x-backend`),
 /// `GET /health` with 200, and, while `status` is set, with that status instead.
@@ -29,7 +32,30 @@ pub struct TestServer {
     delay_ms: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
     max_stamp: Arc<AtomicU64>,
+    gate: Arc<Gate>,
     tasks: Option<JoinSet<()>>,
+}
+
+/// Holds [`HOLD`] requests until opened.
+#[derive(Default)]
+struct Gate {
+    open: AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            // Registered before the check: an `open` between the two is not missed.
+            opened.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
+    }
 }
 
 /// What a connection task needs to answer.
@@ -41,6 +67,7 @@ struct Knobs {
     delay_ms: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
     max_stamp: Arc<AtomicU64>,
+    gate: Arc<Gate>,
 }
 
 impl TestServer {
@@ -58,6 +85,7 @@ impl TestServer {
             delay_ms: Arc::default(),
             down: Arc::default(),
             max_stamp: Arc::default(),
+            gate: Arc::default(),
             tasks: None,
         };
         server.serve(listener);
@@ -72,6 +100,7 @@ impl TestServer {
             delay_ms: self.delay_ms.clone(),
             down: self.down.clone(),
             max_stamp: self.max_stamp.clone(),
+            gate: self.gate.clone(),
         };
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
@@ -129,6 +158,12 @@ impl TestServer {
         self.down.store(down, Ordering::SeqCst);
     }
 
+    /// Lets every held ([`HOLD`]) request through, and those that come later.
+    pub fn release(&self) {
+        self.gate.open.store(true, Ordering::SeqCst);
+        self.gate.opened.notify_waiters();
+    }
+
     /// The largest [`STAMP`] header value a served request carried (0: none did).
     pub fn max_stamp(&self) -> u64 {
         self.max_stamp.load(Ordering::SeqCst)
@@ -157,6 +192,9 @@ impl Knobs {
         &self,
         req: Request<hyper::body::Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        if req.headers().contains_key(HOLD) {
+            self.gate.pass().await;
+        }
         let wait = self.delay_ms.load(Ordering::SeqCst);
         if wait > 0 {
             tokio::time::sleep(Duration::from_millis(wait)).await;

@@ -1,0 +1,88 @@
+//! Robustness: picks are total, keyless requests use the fallback, empty sets give none.
+
+use super::*;
+
+// ---------------------------------------------------------------- robustness
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    /// Whatever the snapshot and table (even a table prepared for another snapshot), a
+    /// pick never panics and returns an eligible member or none.
+    #[test]
+    fn picks_are_total(
+        a in ids(0..=20),
+        b in ids(0..=20),
+        mask in any::<u32>(),
+        hashes in prop::collection::vec(any::<u64>(), 1..50),
+    ) {
+        let (sa, sb) = (snapshot(&a, true), snapshot(&b, true).with_eligibility(|i| mask >> (i % 32) & 1 == 1));
+        fn check<P: Picker<String>>(p: &P, sa: &Snapshot<String>, sb: &Snapshot<String>, hashes: &[u64]) -> Result<(), TestCaseError> {
+            let table = p.prepare(sa, None);
+            for &h in hashes {
+                for c in [ctx(h), PickContext::new()] {
+                    if let Some(i) = p.pick(&table, sb, &c) {
+                        prop_assert!(sb.is_eligible(i));
+                    }
+                }
+            }
+            let own = p.prepare(sb, None);
+            for &h in hashes {
+                let got = p.pick(&own, sb, &ctx(h));
+                prop_assert_eq!(got.is_some(), !sb.eligible().is_empty());
+            }
+            Ok(())
+        }
+        check(&Maglev::new().with_table_size(509).unwrap(), &sa, &sb, &hashes)?;
+        check(&Ring::new(), &sa, &sb, &hashes)?;
+        check(&Rendezvous::new(), &sa, &sb, &hashes)?;
+        check(&Jump::new(), &sa, &sb, &hashes)?;
+        check(&BoundedLoad::new(Ring::new()), &sa, &sb, &hashes)?;
+    }
+}
+
+/// A request without a key goes to the fallback: round robin by default, or the one given.
+#[test]
+fn requests_without_a_key_use_the_fallback() {
+    let s = snapshot(&[1, 2, 3], false);
+    let maglev = Maglev::new();
+    let table = maglev.prepare(&s, None);
+    let picks: Vec<usize> = (0..6)
+        .map(|_| maglev.pick(&table, &s, &PickContext::new()).unwrap())
+        .collect();
+    assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+
+    struct Last;
+    impl Picker<String> for Last {
+        type Table = ();
+        fn prepare(&self, _: &Snapshot<String>, _: Option<&()>) {}
+        fn pick(&self, _: &(), s: &Snapshot<String>, _: &PickContext) -> Option<usize> {
+            s.eligible().last().map(|&i| i as usize)
+        }
+    }
+    let ring = Ring::new().with_fallback(Last);
+    let table = ring.prepare(&s, None);
+    assert_eq!(ring.pick(&table, &s, &PickContext::new()), Some(2));
+    let _: &RoundRobin = Rendezvous::new().fallback();
+}
+
+/// Empty sets and sets with nothing eligible give no pick, never a panic.
+#[test]
+fn empty_and_all_down_sets_give_none() {
+    let empty = snapshot(&[], false);
+    let down = snapshot(&[1, 2], false).with_eligibility(|_| false);
+    for s in [&empty, &down] {
+        for c in [ctx(42), PickContext::new()] {
+            let m = Maglev::new();
+            assert_eq!(m.pick(&m.prepare(s, None), s, &c), None);
+            let r = Ring::new();
+            assert_eq!(r.pick(&r.prepare(s, None), s, &c), None);
+            let h = Rendezvous::new();
+            assert_eq!(h.pick(&h.prepare(s, None), s, &c), None);
+            let j = Jump::new();
+            assert_eq!(j.pick(&j.prepare(s, None), s, &c), None);
+            let b = BoundedLoad::new(Maglev::new());
+            assert_eq!(b.pick(&b.prepare(s, None), s, &c), None);
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Passive outlier detection: consecutive failures (ejection, return after base × k,
+//! growth to the cap, k coming down), success rate and failure percentage.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// Consecutive failures: ejection, return after base × k, growth to the cap, k coming down
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn five_consecutive_failures_eject_for_base_times_k_up_to_the_cap() {
+    let clock = ManualClock::new();
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(consecutive_only())
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+        .unwrap();
+    let bad = ids[1];
+    let ctx = PickContext::new();
+
+    // k = 1..=12: 30 s, 60 s, ... 300 s, then held at the 300 s cap.
+    let expected: Vec<u64> = (1..=12u64).map(|k| (30 * k).min(300)).collect();
+    for (round, &secs) in expected.iter().enumerate() {
+        fail(&pool, bad, 4);
+        assert!(
+            is_healthy(&pool, bad),
+            "round {round}: 4 failures must not eject"
+        );
+        fail(&pool, bad, 1);
+        let s = stat(&pool, bad);
+        assert_eq!(
+            s.health,
+            Verdict::Unhealthy(Reason::Ejected(Ejection::ConsecutiveFailures))
+        );
+        assert_eq!(
+            s.returns_in,
+            Some(Duration::from_secs(secs)),
+            "round {round}"
+        );
+        assert_eq!(s.ejections, round as u64 + 1);
+
+        for _ in 0..60 {
+            assert_ne!(
+                pool.pick(&ctx).unwrap().id(),
+                bad,
+                "an ejected backend was picked"
+            );
+        }
+
+        clock.advance(Duration::from_secs(secs) - MS);
+        pool.tick();
+        assert!(!is_healthy(&pool, bad), "round {round}: returned early");
+        clock.advance(MS);
+        pool.tick();
+        assert!(
+            is_healthy(&pool, bad),
+            "round {round}: not back after {secs} s"
+        );
+    }
+}
+
+#[test]
+fn the_multiplier_comes_down_after_clean_intervals() {
+    let clock = ManualClock::new();
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(consecutive_only())
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+        .unwrap();
+    let bad = ids[0];
+    let interval = Duration::from_secs(10);
+
+    // Three ejections back to back: k = 3, out for 90 s.
+    for secs in [30, 60, 90] {
+        fail(&pool, bad, 5);
+        assert_eq!(stat(&pool, bad).returns_in, Some(Duration::from_secs(secs)));
+        clock.advance(Duration::from_secs(secs));
+        pool.tick();
+        assert!(is_healthy(&pool, bad));
+    }
+
+    // Two clean intervals: k = 1. The next ejection is k = 2: 60 s, not 120 s.
+    for _ in 0..2 {
+        clock.advance(interval);
+        pool.report(bad, Outcome::success()).unwrap();
+        pool.tick();
+    }
+    fail(&pool, bad, 5);
+    assert_eq!(stat(&pool, bad).returns_in, Some(Duration::from_secs(60)));
+
+    // Many clean intervals bring k to 0: the next ejection is the base again.
+    clock.advance(Duration::from_secs(60));
+    pool.tick();
+    for _ in 0..5 {
+        clock.advance(interval);
+        pool.tick();
+    }
+    fail(&pool, bad, 5);
+    assert_eq!(stat(&pool, bad).returns_in, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn a_success_breaks_the_streak() {
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .outlier_detection(consecutive_only())
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
+    for _ in 0..10 {
+        fail(&pool, ids[0], 4);
+        pool.report(ids[0], Outcome::success()).unwrap();
+    }
+    assert!(is_healthy(&pool, ids[0]));
+    assert_eq!(stat(&pool, ids[0]).failures, 40);
+}
+
+#[test]
+fn guard_failures_eject_at_the_next_tick() {
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .outlier_detection(consecutive_only())
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
+    let ctx = PickContext::new();
+    let mut failed = 0;
+    while failed < 5 {
+        let picked = pool.pick(&ctx).unwrap();
+        let guard = picked.start();
+        if picked.id() == ids[0] {
+            guard.failure();
+            failed += 1;
+        } else {
+            guard.success();
+        }
+    }
+    // The guard has no pool to publish through: it signals, and the tick ejects.
+    assert!(is_healthy(&pool, ids[0]));
+    pool.tick();
+    assert!(!is_healthy(&pool, ids[0]));
+    assert_eq!(stat(&pool, ids[0]).in_flight, 0);
+}
+
+#[test]
+fn jitter_spreads_returns_of_backends_ejected_together() {
+    let clock = ManualClock::new();
+    let base = Duration::from_secs(30);
+    let jitter = Duration::from_secs(3);
+    let pool = Pool::<String, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .health_seed(11)
+        .outlier_detection(
+            OutlierDetection::new()
+                .ejection_jitter(jitter)
+                .max_ejection_percent(100)
+                .unwrap(),
+        )
+        .build();
+    let ids = pool
+        .extend((0..8).map(|i| (format!("10.0.0.{i}:80"), Weight::ONE)))
+        .unwrap();
+    for &id in &ids[..6] {
+        fail(&pool, id, 5);
+    }
+    let returns: Vec<Duration> = ids[..6]
+        .iter()
+        .map(|&id| stat(&pool, id).returns_in.expect("ejected"))
+        .collect();
+    assert!(
+        returns.iter().all(|r| (base..=base + jitter).contains(r)),
+        "{returns:?}"
+    );
+    let mut distinct = returns.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() >= 5, "returns bunch together: {returns:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Success rate
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn success_rate_ejects_the_outlier_and_only_the_outlier() {
+    use rand::{Rng, SeedableRng};
+    let interval = Duration::from_secs(10);
+    // One interval per seed: once the outlier is out, the remaining population is
+    // homogeneous and its σ tiny, so by design of the rule (Envoy's, A50's) an ordinary
+    // backend may then dip below mean − 1.9σ; what is checked is the interval that
+    // contains the outlier.
+    for seed in 0..24u64 {
+        let clock = ManualClock::new();
+        let pool = Pool::<String, _>::builder(RoundRobin::new())
+            .clock(clock.reader())
+            .outlier_detection(
+                OutlierDetection::new()
+                    .consecutive_failures(0)
+                    .ejection_jitter(Duration::ZERO)
+                    // The cap must not be what keeps the others in.
+                    .max_ejection_percent(50)
+                    .unwrap(),
+            )
+            .build();
+        let ids = pool
+            .extend((0..10).map(|i| (format!("10.0.0.{i}:80"), Weight::ONE)))
+            .unwrap();
+        let outlier = ids[7];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        {
+            for &id in &ids {
+                let p_success = if id == outlier { 0.80 } else { 0.99 };
+                for _ in 0..200 {
+                    let outcome = if rng.random_bool(p_success) {
+                        Outcome::success()
+                    } else {
+                        Outcome::failure()
+                    };
+                    pool.report(id, outcome).unwrap();
+                }
+            }
+            clock.advance(interval);
+            pool.tick();
+            let ejected: Vec<BackendId> = pool
+                .stats()
+                .iter()
+                .filter(|s| s.returns_in.is_some())
+                .map(|s| s.id)
+                .collect();
+            assert_eq!(ejected, vec![outlier], "seed {seed}");
+            assert_eq!(
+                stat(&pool, outlier).health,
+                Verdict::Unhealthy(Reason::Ejected(Ejection::SuccessRate))
+            );
+        }
+    }
+}
+
+#[test]
+fn success_rate_waits_for_enough_backends_and_volume() {
+    let clock = ManualClock::new();
+    let pool = Pool::<String, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .max_ejection_percent(50)
+                .unwrap(),
+        )
+        .build();
+    // Four backends: below the default minimum of five judged hosts.
+    let ids = pool
+        .extend((0..4).map(|i| (format!("h{i}"), Weight::ONE)))
+        .unwrap();
+    for &id in &ids {
+        let bad = id == ids[0];
+        for i in 0..200 {
+            let ok = if bad { i % 2 == 0 } else { true };
+            let outcome = if ok {
+                Outcome::success()
+            } else {
+                Outcome::failure()
+            };
+            pool.report(id, outcome).unwrap();
+        }
+    }
+    clock.advance(Duration::from_secs(10));
+    pool.tick();
+    assert_eq!(ejected_count(&pool), 0);
+}
+
+#[test]
+fn failure_percentage_ejects_above_the_threshold_when_enabled() {
+    let clock = ManualClock::new();
+    let pool = Pool::<String, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .success_rate(None)
+                .failure_percentage(Some(FailurePercentage::new()))
+                .max_ejection_percent(50)
+                .unwrap(),
+        )
+        .build();
+    let ids = pool
+        .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
+        .unwrap();
+    for (n, &id) in ids.iter().enumerate() {
+        // h0 fails 90%, h1 80%, the others 0%.
+        let failures = [45, 40, 0, 0, 0, 0][n];
+        for i in 0..50 {
+            let outcome = if i < failures {
+                Outcome::failure()
+            } else {
+                Outcome::success()
+            };
+            pool.report(id, outcome).unwrap();
+        }
+    }
+    clock.advance(Duration::from_secs(10));
+    pool.tick();
+    assert_eq!(
+        stat(&pool, ids[0]).health,
+        Verdict::Unhealthy(Reason::Ejected(Ejection::FailurePercentage))
+    );
+    assert_eq!(ejected_count(&pool), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// k after the cap, worst first, minimum hosts and volume
+// ---------------------------------------------------------------------------------------
+
+/// Ejects `id` `times` times back to back: five failures, then the time it is out.
+fn eject_back_to_back<P: Picker<&'static str>>(
+    pool: &Pool<&'static str, P>,
+    clock: &ManualClock,
+    id: BackendId,
+    times: usize,
+) {
+    for _ in 0..times {
+        fail(pool, id, 5);
+        let out = stat(pool, id).returns_in.expect("ejected");
+        clock.advance(out);
+        pool.tick();
+        assert!(is_healthy(pool, id));
+    }
+}
+
+/// "k stops growing once the cap is reached, so coming back down does not take longer
+/// than going up": 12 ejections at base 30 s, cap 300 s leave k at 10, not 12; each
+/// clean interval (10 s) takes one off; the next ejection is k + 1. After j clean
+/// intervals it lasts 30 s × (10 − j + 1) — computed here from the rule, not from
+/// `ejection_time` — where a k that kept growing would still say 300 s for j < 3.
+#[test]
+fn the_ejection_time_comes_back_down_after_the_cap() {
+    for clean in [1u64, 3, 6, 9, 12] {
+        let clock = ManualClock::new();
+        let pool = Pool::<&str, _>::builder(RoundRobin::new())
+            .clock(clock.reader())
+            .outlier_detection(consecutive_only())
+            .build();
+        let ids = pool
+            .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+            .unwrap();
+        eject_back_to_back(&pool, &clock, ids[1], 12);
+        for _ in 0..clean {
+            clock.advance(Duration::from_secs(10));
+            pool.tick();
+        }
+        fail(&pool, ids[1], 5);
+        let k = (10 - clean.min(10)) + 1;
+        assert_eq!(
+            stat(&pool, ids[1]).returns_in,
+            Some(Duration::from_secs(30 * k)),
+            "{clean} clean intervals after 12 ejections"
+        );
+    }
+}
+
+/// Reports `successes` successes and `failures` failures for `id`.
+fn outcomes<P: Picker<String>>(
+    pool: &Pool<String, P>,
+    id: BackendId,
+    successes: usize,
+    failures: usize,
+) {
+    for _ in 0..successes {
+        pool.report(id, Outcome::success()).unwrap();
+    }
+    for _ in 0..failures {
+        pool.report(id, Outcome::failure()).unwrap();
+    }
+}
+
+/// Twenty backends at 100%, two outliers (rates 60% at index 3 and 50% at index 15, both
+/// below mean − 1.9σ ≈ 70%), a cap of one: the worst is ejected, though it comes later
+/// in the set. Then, with room for two, both.
+#[test]
+fn success_rate_ejects_the_worst_first_within_the_cap() {
+    for (percent, want) in [(5u8, vec![15usize]), (10, vec![3, 15])] {
+        let clock = ManualClock::new();
+        let pool = Pool::<String, _>::builder(RoundRobin::new())
+            .clock(clock.reader())
+            .outlier_detection(
+                OutlierDetection::new()
+                    .consecutive_failures(0)
+                    .ejection_jitter(Duration::ZERO)
+                    .max_ejection_percent(percent)
+                    .unwrap(),
+            )
+            .build();
+        let ids = pool
+            .extend((0..20).map(|i| (format!("h{i}"), Weight::ONE)))
+            .unwrap();
+        for (i, &id) in ids.iter().enumerate() {
+            let failures = match i {
+                3 => 40,
+                15 => 50,
+                _ => 0,
+            };
+            outcomes(&pool, id, 100 - failures, failures);
+        }
+        clock.advance(Duration::from_secs(10));
+        pool.tick();
+        let ejected: Vec<usize> = (0..20)
+            .filter(|&i| stat(&pool, ids[i]).returns_in.is_some())
+            .collect();
+        assert_eq!(ejected, want, "cap {percent}%");
+        for &i in &want {
+            assert_eq!(
+                stat(&pool, ids[i]).health,
+                Verdict::Unhealthy(Reason::Ejected(Ejection::SuccessRate))
+            );
+        }
+    }
+}
+
+/// The failure-percentage rule, worst first: failing 90% (index 4) goes before failing
+/// 86% (index 1) when the cap leaves room for one.
+#[test]
+fn failure_percentage_ejects_the_worst_first_within_the_cap() {
+    let clock = ManualClock::new();
+    let pool = Pool::<String, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .success_rate(None)
+                .failure_percentage(Some(FailurePercentage::new()))
+                .ejection_jitter(Duration::ZERO),
+        )
+        .build();
+    let ids = pool
+        .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
+        .unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        let failures = [0, 86, 0, 0, 90, 0][i];
+        outcomes(&pool, id, 100 - failures, failures);
+    }
+    clock.advance(Duration::from_secs(10));
+    pool.tick();
+    let ejected: Vec<usize> = (0..6)
+        .filter(|&i| stat(&pool, ids[i]).returns_in.is_some())
+        .collect();
+    assert_eq!(ejected, [4]);
+}
+
+/// The failure-percentage rule judges only backends with at least 50 requests in the
+/// interval, and only when at least 5 such exist: a backend failing every request is
+/// ejected with exactly 5 judged (itself included) and exactly 50 requests, not with 4
+/// judged, nor with 49 requests.
+#[test]
+fn failure_percentage_waits_for_enough_backends_and_volume() {
+    // (requests of the bad backend, requests of each of the five others) → ejected?
+    for (bad, others, want) in [
+        (50usize, [50usize, 50, 50, 50, 49], true),
+        (50, [50, 50, 50, 49, 49], false),
+        (49, [50, 50, 50, 50, 50], false),
+        (50, [90, 90, 90, 90, 90], true),
+    ] {
+        let clock = ManualClock::new();
+        let pool = Pool::<String, _>::builder(RoundRobin::new())
+            .clock(clock.reader())
+            .outlier_detection(
+                OutlierDetection::new()
+                    .consecutive_failures(0)
+                    .success_rate(None)
+                    .failure_percentage(Some(FailurePercentage::new()))
+                    .max_ejection_percent(50)
+                    .unwrap(),
+            )
+            .build();
+        let ids = pool
+            .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
+            .unwrap();
+        outcomes(&pool, ids[0], 0, bad);
+        for (&id, &n) in ids[1..].iter().zip(&others) {
+            outcomes(&pool, id, n, 0);
+        }
+        clock.advance(Duration::from_secs(10));
+        pool.tick();
+        assert_eq!(
+            !is_healthy(&pool, ids[0]),
+            want,
+            "bad with {bad} requests, others {others:?}"
+        );
+        assert_eq!(ejected_count(&pool), usize::from(want));
+    }
+}
+
+/// The success-rate rule's volume: a backend failing half its requests is judged — and
+/// ejected — with 100 requests in the interval, not with 99 (five judged backends each
+/// time: the others have 100).
+#[test]
+fn success_rate_waits_for_request_volume() {
+    for (bad, want) in [(100usize, true), (99, false)] {
+        let clock = ManualClock::new();
+        let pool = Pool::<String, _>::builder(RoundRobin::new())
+            .clock(clock.reader())
+            .outlier_detection(
+                OutlierDetection::new()
+                    .consecutive_failures(0)
+                    .max_ejection_percent(50)
+                    .unwrap(),
+            )
+            .build();
+        let ids = pool
+            .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
+            .unwrap();
+        outcomes(&pool, ids[0], bad / 2, bad - bad / 2);
+        for &id in &ids[1..] {
+            outcomes(&pool, id, 100, 0);
+        }
+        clock.advance(Duration::from_secs(10));
+        pool.tick();
+        assert_eq!(!is_healthy(&pool, ids[0]), want, "{bad} requests");
+    }
+}
