@@ -9,7 +9,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use tower_lb::affinity::hash_key;
 use tower_lb::{
-    BoundedLoad, Jump, Maglev, PickContext, Picker, Rendezvous, Ring, Snapshot, Weight,
+    AnyPicker, BoundedLoad, Jump, Maglev, PickContext, Picker, Rendezvous, Ring, Snapshot, Weight,
 };
 
 const SIZES: [usize; 3] = [8, 64, 1024];
@@ -97,6 +97,9 @@ pub fn register(c: &mut Criterion) {
             })
         });
         lookup(&mut group, "maglev", &Maglev::new(), &equal);
+        // A strategy chosen by name: the difference is the run-time choice's `match`.
+        let any_maglev: AnyPicker = "maglev".parse().unwrap();
+        lookup(&mut group, "AnyPicker(maglev)", &any_maglev, &equal);
         lookup(&mut group, "maglev weighted", &Maglev::new(), &weighted);
         lookup(&mut group, "ring", &Ring::new(), &equal);
         lookup(&mut group, "jump", &Jump::new(), &equal);

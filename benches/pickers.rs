@@ -1,7 +1,8 @@
 //! ns per pick for every core strategy at N ∈ {8, 64, 1024}, single thread and two
 //! threads sharing one picker. Baselines in the same groups: the atomic round-robin
 //! floor (`fetch_add(1, Relaxed) % n`) and a fast RNG draw (`SmallRng`, owned and
-//! thread-local).
+//! thread-local). `AnyPicker(…)` rows run a strategy chosen by name beside the same
+//! picker called directly: their difference is the run-time choice's `match`.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -13,8 +14,8 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tower_lb::{
-    LeastLoaded, PeakEwma, PickContext, Picker, Pool, PowerOfTwoChoices, Prepared, Random,
-    RoundRobin, Snapshot, Weight, WeightedRandom, WeightedRoundRobin,
+    AnyPicker, LeastLoaded, PeakEwma, PickContext, Picker, Pool, PowerOfTwoChoices, Prepared,
+    Random, RoundRobin, Snapshot, Weight, WeightedRandom, WeightedRoundRobin,
 };
 
 const SIZES: [usize; 3] = [8, 64, 1024];
@@ -101,6 +102,15 @@ pub fn register(c: &mut Criterion) {
         floors(&mut group, n);
         let plain = PickContext::new();
         bench_picker(&mut group, "RoundRobin", n, RoundRobin::new(), false, plain);
+        let any = |name: &str| name.parse::<AnyPicker>().unwrap();
+        bench_picker(
+            &mut group,
+            "AnyPicker(RoundRobin)",
+            n,
+            any("round-robin"),
+            false,
+            plain,
+        );
         bench_picker(
             &mut group,
             "WeightedRoundRobin",
@@ -120,9 +130,25 @@ pub fn register(c: &mut Criterion) {
         );
         bench_picker(
             &mut group,
+            "AnyPicker(WeightedRandom)",
+            n,
+            any("weighted-random"),
+            true,
+            plain,
+        );
+        bench_picker(
+            &mut group,
             "PowerOfTwoChoices",
             n,
             PowerOfTwoChoices::new(),
+            false,
+            plain,
+        );
+        bench_picker(
+            &mut group,
+            "AnyPicker(PowerOfTwoChoices)",
+            n,
+            any("p2c"),
             false,
             plain,
         );

@@ -1,24 +1,15 @@
 //! The crate's error types.
 //!
 //! Each error is small, names the component in its message and carries the data a caller
-//! can act on (the bad value, the backend, how many backends were considered).
+//! can act on (the bad value, the backend, how many backends were considered). Two live
+//! beside the one type that makes them, so that no module depends back on this one:
+//! [`WeightError`](crate::WeightError) (with `Weight`) and
+//! [`UnknownStrategy`](crate::UnknownStrategy) (with `AnyPicker`).
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::backend::{BackendId, Weight};
-
-/// A weight outside `1..=Weight::MAX` was refused.
-///
-/// Zero is refused because a backend that should get no traffic is a *health* state
-/// (draining or down), not a weight; values past `u32::MAX` are refused so that the sum
-/// of any set's weights fits in a `u64` without overflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("weight: {value} is out of range, a weight must be between 1 and {max}", max = Weight::MAX)]
-pub struct WeightError {
-    /// The refused value.
-    pub value: u64,
-}
+use crate::backend::{BackendId, WeightError};
 
 /// A change to the backend set was refused; the set is left exactly as it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +77,14 @@ impl HealthConfigError {
         }
     }
 
+    /// `percent` when it is at most 100, else the error naming `setting`.
+    pub(crate) fn percent(setting: &'static str, percent: u8) -> Result<u8, Self> {
+        if percent > 100 {
+            return Err(HealthConfigError::new(setting, "at most 100", percent));
+        }
+        Ok(percent)
+    }
+
     /// The setting that was refused.
     pub fn setting(&self) -> &'static str {
         self.setting
@@ -93,17 +92,54 @@ impl HealthConfigError {
 }
 
 /// An active health probe failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("probe: {message}")]
+///
+/// Equal when their messages are; the underlying error, when there is one (an
+/// `io::Error` from the connect, a probing service's error), is its
+/// [`source`](std::error::Error::source).
+#[derive(Debug, Clone)]
 pub struct ProbeError {
     message: Arc<str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "probe: {}", self.message)
+    }
+}
+
+impl std::error::Error for ProbeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The error itself, not the `Arc` around it, so that callers can downcast it.
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for ProbeError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for ProbeError {}
 
 impl ProbeError {
     /// A probe failure described by `message`.
     pub fn new(message: impl fmt::Display) -> Self {
         ProbeError {
             message: message.to_string().into(),
+            source: None,
+        }
+    }
+
+    /// A probe failure caused by `source`, described by its message.
+    pub fn from_source(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let source: Box<dyn std::error::Error + Send + Sync> = source.into();
+        ProbeError {
+            message: source.to_string().into(),
+            source: Some(Arc::from(source)),
         }
     }
 
@@ -119,8 +155,9 @@ impl ProbeError {
 }
 
 impl From<std::io::Error> for ProbeError {
+    /// Keeps the `io::Error` as the source.
     fn from(e: std::io::Error) -> Self {
-        ProbeError::new(e)
+        ProbeError::from_source(e)
     }
 }
 
@@ -239,5 +276,24 @@ impl BackendError {
     /// The inner error as a `T`, if it is one.
     pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
         self.source.downcast_ref::<T>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_probe_error_keeps_its_io_source() {
+        let e = ProbeError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let source = e.source().expect("the io error is the source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(e.to_string().starts_with("probe: "));
+        assert_eq!(e, ProbeError::new(io.to_string()), "equal by message");
+        assert!(ProbeError::new("x").source().is_none());
     }
 }

@@ -12,6 +12,7 @@
 //! - [`Picker`] — the strategy: [`RoundRobin`], [`WeightedRoundRobin`] (NGINX's smooth
 //!   interleaving), [`Random`], [`WeightedRandom`] (alias method), [`LeastLoaded`],
 //!   [`PowerOfTwoChoices`] and [`PeakEwma`]; each documents its guarantee and cost;
+//!   [`AnyPicker`] chooses one of them at run time, by name;
 //! - [`Snapshot`] — an immutable view of the set, for calling pickers directly;
 //! - [`health`] — which backends may receive traffic: passive outlier ejection, active
 //!   probes, the panic threshold, slow start, drain and admin, your own
@@ -73,22 +74,33 @@ pub mod pick;
 pub mod pool;
 mod rng;
 mod snapshot;
+mod stable_hash;
 mod verdict;
 
 pub use affinity::AffinityKey;
 pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight,
-    Weight,
+    Weight, WeightError,
 };
 pub use error::{
     BackendError, ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded,
-    PickError, ProbeError, SpawnError, TimedOut, WeightError,
+    PickError, ProbeError, SpawnError, TimedOut,
 };
+pub use pick::any::{AnyPicker, UnknownStrategy};
+pub use pick::hash::bounded_load::BoundedLoad;
+pub use pick::hash::jump::Jump;
+pub use pick::hash::maglev::Maglev;
+pub use pick::hash::rendezvous::Rendezvous;
+pub use pick::hash::ring::Ring;
 pub use pick::hash::{BackendKey, HashPicker};
-pub use pick::{
-    BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, PowerOfTwoChoices,
-    Random, Rendezvous, Ring, RoundRobin, WeightedRandom, WeightedRoundRobin,
-};
+pub use pick::least_loaded::LeastLoaded;
+pub use pick::p2c::PowerOfTwoChoices;
+pub use pick::peak_ewma::PeakEwma;
+pub use pick::random::Random;
+pub use pick::round_robin::RoundRobin;
+pub use pick::weighted_random::WeightedRandom;
+pub use pick::weighted_round_robin::WeightedRoundRobin;
+pub use pick::{PickContext, Picker};
 pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
 pub use snapshot::Snapshot;
 

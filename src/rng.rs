@@ -91,6 +91,20 @@ fn fallback() -> u64 {
     mix(FALLBACK.fetch_add(GAMMA, Ordering::Relaxed))
 }
 
+/// A seeded source's clone continues from the original's state (the same draws follow,
+/// each source then advancing on its own); a per-thread source's clone is per-thread.
+impl Clone for RandomSource {
+    fn clone(&self) -> Self {
+        match self {
+            RandomSource::Thread => RandomSource::Thread,
+            // Relaxed: a snapshot of the counter; it orders no other memory.
+            RandomSource::Seeded(state) => {
+                RandomSource::Seeded(AtomicU64::new(state.load(Ordering::Relaxed)))
+            }
+        }
+    }
+}
+
 impl fmt::Debug for RandomSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -112,6 +126,15 @@ mod tests {
         let ys: Vec<u64> = (0..8).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert_ne!(xs[0], xs[1]);
+    }
+
+    #[test]
+    fn a_clone_continues_from_the_state() {
+        let a = RandomSource::seeded(7);
+        a.next_u64();
+        let b = a.clone();
+        assert_eq!(a.next_u64(), b.next_u64());
+        assert_eq!(a.next_pair(), b.next_pair());
     }
 
     #[test]

@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, BackendId, BackendState, DEFAULT_EWMA_DECAY, Weight};
+use crate::backend::{Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, Weight};
+use crate::clock::nanos_since_epoch;
 use crate::error::MembershipError;
 use crate::verdict::Verdict;
 
@@ -330,6 +332,44 @@ impl<A> Snapshot<A> {
                 total: self.backends.len(),
             }
         }
+    }
+}
+
+impl<A: Clone> Snapshot<A> {
+    /// Reads the member at `index`; `now` is the latency clock, `health_now` the pool's.
+    pub(crate) fn stats(
+        &self,
+        index: usize,
+        now: Instant,
+        health_now: Instant,
+    ) -> Option<BackendStats<A>> {
+        let snapshot = self;
+        let b = snapshot.get(index)?;
+        let s = b.state();
+        let h = &s.health;
+        let until = h.ejected_until.load(Ordering::Relaxed);
+        let now_ns = nanos_since_epoch(health_now);
+        let effective_weight = snapshot.effective_weight(index);
+        let full = f64::from(b.weight().get()) * f64::from(snapshot.weight_scale());
+        let ramping =
+            h.ramp_start.load(Ordering::Relaxed) != 0 && f64::from(effective_weight) < full;
+        Some(BackendStats {
+            id: b.id(),
+            addr: b.addr().clone(),
+            weight: b.weight(),
+            eligible: snapshot.is_eligible(index),
+            in_flight: s.in_flight(),
+            picks: s.picks(),
+            successes: s.successes(),
+            failures: s.failures(),
+            ewma: s.rtt_estimate(now),
+            health: snapshot.verdict(index).cloned().unwrap_or_default(),
+            effective_weight,
+            ramp: ramping.then(|| f64::from(effective_weight) / full),
+            ejections: h.ejections.load(Ordering::Relaxed),
+            returns_in: (until != 0).then(|| Duration::from_nanos(until.saturating_sub(now_ns))),
+            probes: h.probe.lock().completed,
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use tower_lb::balance::{Balance, BoxError, Endpoint, HttpTarget, Sticky, StickyC
 use tower_lb::health::{
     FailurePercentage, OutlierDetection, PanicThreshold, ProbeConfig, SlowStart, SuccessRate,
 };
-use tower_lb::pick::hash::MAX_TABLE_SIZE;
+use tower_lb::pick::hash::maglev::MAX_TABLE_SIZE;
 use tower_lb::{
     BackendId, BoundedLoad, Jump, LeastLoaded, Maglev, MembershipError, PeakEwma, PickContext,
     PickError, Picker, Pool, PowerOfTwoChoices, Random, Rendezvous, Ring, RoundRobin, Weight,

@@ -642,8 +642,12 @@ async fn an_inner_error_names_its_backend() {
 // ---------------------------------------------------------------------------------------
 
 /// Counts the calls each backend received.
-fn counting(i: usize, fail: bool, calls: Arc<AtomicU64>) -> Ep {
-    let svc = tower::service_fn(move |_req: u64| {
+/// A backend taking HTTP requests (which carry the retry's exclusions in their
+/// extensions), counting the calls it receives.
+type HttpEp = Endpoint<usize, BoxCloneSyncService<http::Request<u64>, usize, BoxError>>;
+
+fn counting(i: usize, fail: bool, calls: Arc<AtomicU64>) -> HttpEp {
+    let svc = tower::service_fn(move |_req: http::Request<u64>| {
         calls.fetch_add(1, Ordering::SeqCst);
         async move {
             if fail {
@@ -672,7 +676,7 @@ async fn a_retry_goes_to_another_backend() {
         .layer(RetryLayer::new().policy(Always))
         .service(Balance::new(pool.clone()));
     for req in 0..300 {
-        let answer = svc.clone().oneshot(req).await.unwrap();
+        let answer = svc.clone().oneshot(http::Request::new(req)).await.unwrap();
         assert_ne!(answer, 1);
     }
     // Each request was answered once by 0 or 2; every call to backend 1 failed and was
@@ -706,7 +710,7 @@ async fn retries_stay_within_the_budget() {
         .service(Balance::new(pool.clone()));
     const REQUESTS: u64 = 1_000;
     for req in 0..REQUESTS {
-        assert!(svc.clone().oneshot(req).await.is_err());
+        assert!(svc.clone().oneshot(http::Request::new(req)).await.is_err());
     }
     let attempts: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
     let retries = attempts - REQUESTS;
@@ -723,7 +727,13 @@ async fn retries_stay_within_the_budget() {
         .layer(RetryLayer::new().policy(Always).max_retries(5))
         .service(Balance::new(pool.clone()));
     let before: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
-    assert!(generous.clone().oneshot(0).await.is_err());
+    assert!(
+        generous
+            .clone()
+            .oneshot(http::Request::new(0))
+            .await
+            .is_err()
+    );
     let after: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
     assert_eq!(after - before, 3, "each backend once");
 }

@@ -32,68 +32,34 @@
 //! - **Options.** A bad value (a `--backend` without a port, say) is a usage error:
 //!   the message names it, the exit code is 2.
 //!
-//! The core lives in `proxy.rs`, which `tests/examples.rs` runs on loopback.
+//! The core lives in `proxy.rs` and the files it declares beside it (`cli.rs`, `tls.rs`,
+//! `upstream.rs`, `forward.rs`, `serve.rs`); `tests/examples.rs` runs it on loopback.
 
+// With `#[path]` (as in tests/examples.rs) a module file finds its own modules beside
+// it: `proxy.rs`'s `mod cli;` is `cli.rs` in this folder, in both builds.
+#[path = "proxy.rs"]
 mod proxy;
 #[path = "../support/mod.rs"]
 mod support;
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
+use tower_lb::balance::HttpTarget;
 
 use proxy::{Proxy, Settings};
-use support::backend::HttpBackend;
+use support::program;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A bad option: clap prints the message naming it, and exits with code 2.
-    let mut settings = Settings::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    program::main(Settings::parse, run).await
+}
 
+/// Runs the proxy until Ctrl-C; an error says why it could not start.
+async fn run(mut settings: Settings) -> Result<(), String> {
     // No --backend: three demo backends on loopback, kept until the proxy stops.
-    let mut demo = Vec::new();
-    if settings.backends.is_empty() {
-        for name in ["backend-1", "backend-2", "backend-3"] {
-            match HttpBackend::start(name).await {
-                Ok(backend) => {
-                    tracing::info!(name, addr = %backend.addr(), "demo backend started");
-                    settings.backends.push((
-                        tower_lb::balance::HttpTarget::http(backend.addr()),
-                        tower_lb::Weight::ONE,
-                    ));
-                    demo.push(backend);
-                }
-                Err(e) => {
-                    eprintln!("error: cannot start a demo backend: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    }
-
-    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!(
-                "error: cannot listen on {} (--listen): {e}",
-                settings.listen
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let proxy = match Proxy::start(&settings) {
-        Ok(proxy) => proxy,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let _demo = program::demo_backends(&mut settings.backends, HttpTarget::http).await?;
+    let listener = program::listen(settings.listen).await?;
+    let proxy = Proxy::start(&settings).map_err(|e| e.to_string())?;
     if let Some((_, pem)) = &settings.self_signed {
         let path = std::env::temp_dir().join("tower-lb-http-proxy-localhost.pem");
         match std::fs::write(&path, pem) {
@@ -115,29 +81,13 @@ async fn main() -> ExitCode {
     } else {
         "http"
     };
-    tracing::info!(
-        "listening on {scheme}://{}, strategy {}, {} backends",
-        settings.listen,
-        settings.strategy.name(),
-        settings.backends.len()
+    program::log_listening(
+        format_args!("{scheme}://{}", settings.listen),
+        &settings.strategy.name(),
+        settings.backends.len(),
     );
     let pool = proxy.pool().clone();
-    proxy::serve(listener, proxy, settings.tls.clone(), async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("Ctrl-C");
-    })
-    .await;
-    for s in pool.stats() {
-        tracing::info!(
-            backend = %s.addr,
-            picks = s.picks,
-            successes = s.successes,
-            failures = s.failures,
-            ejections = s.ejections,
-            health = %s.health,
-            "final stats"
-        );
-    }
-    drop(demo);
-    ExitCode::SUCCESS
+    proxy::serve(listener, proxy, settings.tls.clone(), program::ctrl_c()).await;
+    program::log_final_stats(&pool.stats(), true);
+    Ok(())
 }

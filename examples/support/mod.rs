@@ -2,4 +2,5 @@
 #![allow(dead_code)] // each program uses a part of it
 
 pub mod backend;
-pub mod strategy;
+pub mod options;
+pub mod program;

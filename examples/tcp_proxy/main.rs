@@ -24,81 +24,27 @@ mod support;
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
-
 use proxy::{Settings, TcpProxy};
-use support::backend::HttpBackend;
+use support::program;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A bad option: clap prints the message naming it, and exits with code 2.
-    let mut settings = Settings::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    program::main(Settings::parse, run).await
+}
 
+/// Runs the proxy until Ctrl-C; an error says why it could not start.
+async fn run(mut settings: Settings) -> Result<(), String> {
     // No --backend: three demo backends on loopback, kept until the proxy stops.
-    let mut demo = Vec::new();
-    if settings.backends.is_empty() {
-        for name in ["backend-1", "backend-2", "backend-3"] {
-            match HttpBackend::start(name).await {
-                Ok(backend) => {
-                    tracing::info!(name, addr = %backend.addr(), "demo backend started");
-                    settings
-                        .backends
-                        .push((backend.addr(), tower_lb::Weight::ONE));
-                    demo.push(backend);
-                }
-                Err(e) => {
-                    eprintln!("error: cannot start a demo backend: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    }
-
-    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!(
-                "error: cannot listen on {} (--listen): {e}",
-                settings.listen
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let proxy = match TcpProxy::start(&settings) {
-        Ok(proxy) => proxy,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!(
-        "listening on {}, strategy {}, {} backends",
+    let _demo = program::demo_backends(&mut settings.backends, |addr| addr).await?;
+    let listener = program::listen(settings.listen).await?;
+    let proxy = TcpProxy::start(&settings).map_err(|e| e.to_string())?;
+    program::log_listening(
         settings.listen,
-        settings.strategy.name(),
-        settings.backends.len()
+        &settings.strategy.name(),
+        settings.backends.len(),
     );
     let pool = proxy.pool().clone();
-    proxy::serve(listener, proxy, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("Ctrl-C");
-    })
-    .await;
-    for s in pool.stats() {
-        tracing::info!(
-            backend = %s.addr,
-            picks = s.picks,
-            failures = s.failures,
-            ejections = s.ejections,
-            health = %s.health,
-            "final stats"
-        );
-    }
-    drop(demo);
-    ExitCode::SUCCESS
+    proxy::serve(listener, proxy, program::ctrl_c()).await;
+    program::log_final_stats(&pool.stats(), false);
+    Ok(())
 }

@@ -16,11 +16,11 @@ use tokio::task::JoinSet;
 use tower_lb::affinity::{AffinityKey, PeerAddrKey, PeerIpKey};
 use tower_lb::health::OutlierDetection;
 use tower_lb::{
-    BackendId, InFlight, LeastLoaded, Maglev, PickContext, PickError, Pool, PowerOfTwoChoices,
-    Random, Ring, RoundRobin, Weight, WeightedRoundRobin,
+    AnyPicker, BackendId, InFlight, LeastLoaded, Maglev, PickContext, PickError, Pool,
+    PowerOfTwoChoices, Random, Ring, RoundRobin, Weight, WeightedRoundRobin,
 };
 
-use crate::support::strategy::Strategy;
+use crate::support::options::{self, parse_secs};
 
 /// The proxy's command line.
 #[derive(Debug, Parser)]
@@ -71,25 +71,12 @@ pub enum StrategyName {
 impl StrategyName {
     /// The name as given on the command line.
     pub fn name(self) -> String {
-        self.to_possible_value()
-            .map_or_else(String::new, |v| v.get_name().to_owned())
+        options::value_name(self)
     }
 }
 
 fn parse_backend(s: &str) -> Result<(SocketAddr, Weight), String> {
-    let (addr, weight) = match s.rsplit_once('=') {
-        Some((addr, weight)) => {
-            let weight = weight
-                .parse::<u64>()
-                .ok()
-                .and_then(|w| Weight::new(w).ok())
-                .ok_or_else(|| {
-                    format!("the weight {weight:?} is not a whole number from 1 to 4294967295")
-                })?;
-            (addr, weight)
-        }
-        None => (s, Weight::ONE),
-    };
+    let (addr, weight) = options::split_weight(s)?;
     // A host name is resolved once, at start.
     let resolved = addr
         .to_socket_addrs()
@@ -97,14 +84,6 @@ fn parse_backend(s: &str) -> Result<(SocketAddr, Weight), String> {
         .next()
         .ok_or_else(|| format!("{addr:?} resolves to no address"))?;
     Ok((resolved, weight))
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|secs| secs.is_finite() && *secs >= 0.001 && *secs <= 86_400.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a number of seconds from 0.001 to 86400"))
 }
 
 /// What a connection is keyed by.
@@ -136,13 +115,11 @@ impl Settings {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args = Args::try_parse_from(args)?;
-        for (i, (addr, _)) in args.backends.iter().enumerate() {
-            if args.backends[..i].iter().any(|(a, _)| a == addr) {
-                return Err(Args::command().error(
-                    ErrorKind::ValueValidation,
-                    format!("--backend {addr} is given twice"),
-                ));
-            }
+        if let Some(addr) = options::repeated(&args.backends) {
+            return Err(Args::command().error(
+                ErrorKind::ValueValidation,
+                format!("--backend {addr} is given twice"),
+            ));
         }
         Ok(Settings {
             listen: args.listen,
@@ -156,7 +133,7 @@ impl Settings {
 /// The proxy: the backend pool with its strategy and passive health.
 #[derive(Clone)]
 pub struct TcpProxy {
-    pool: Pool<SocketAddr, Strategy>,
+    pool: Pool<SocketAddr, AnyPicker>,
     key: Key,
     connect_timeout: Duration,
 }
@@ -185,19 +162,14 @@ impl TcpProxy {
     /// Builds the pool over `settings.backends` and starts its health task (in a tokio
     /// runtime): passive outlier detection, ejections ending on time.
     pub fn start(settings: &Settings) -> Result<TcpProxy, Box<dyn std::error::Error>> {
-        let (strategy, key) = match settings.strategy {
-            StrategyName::RoundRobin => (Strategy::RoundRobin(RoundRobin::new()), Key::None),
-            StrategyName::Weighted => (Strategy::Weighted(WeightedRoundRobin::new()), Key::None),
-            StrategyName::Random => (Strategy::Random(Random::new()), Key::None),
-            StrategyName::LeastLoaded => (Strategy::LeastLoaded(LeastLoaded::new()), Key::None),
-            StrategyName::P2c => (Strategy::P2c(PowerOfTwoChoices::new()), Key::None),
-            StrategyName::SourceIpHash => {
-                (Strategy::Ring(Ring::new()), Key::ClientIp(PeerIpKey::new()))
-            }
-            StrategyName::Maglev => (
-                Strategy::Maglev(Maglev::new()),
-                Key::ClientAddr(PeerAddrKey::new()),
-            ),
+        let (strategy, key): (AnyPicker, _) = match settings.strategy {
+            StrategyName::RoundRobin => (RoundRobin::new().into(), Key::None),
+            StrategyName::Weighted => (WeightedRoundRobin::new().into(), Key::None),
+            StrategyName::Random => (Random::new().into(), Key::None),
+            StrategyName::LeastLoaded => (LeastLoaded::new().into(), Key::None),
+            StrategyName::P2c => (PowerOfTwoChoices::new().into(), Key::None),
+            StrategyName::SourceIpHash => (Ring::new().into(), Key::ClientIp(PeerIpKey::new())),
+            StrategyName::Maglev => (Maglev::new().into(), Key::ClientAddr(PeerAddrKey::new())),
         };
         let pool = Pool::<SocketAddr, _>::builder(strategy)
             // A refused connection is a failure; three in a row eject the backend.
@@ -215,7 +187,7 @@ impl TcpProxy {
     }
 
     /// The backend pool: stats, health, membership.
-    pub fn pool(&self) -> &Pool<SocketAddr, Strategy> {
+    pub fn pool(&self) -> &Pool<SocketAddr, AnyPicker> {
         &self.pool
     }
 

@@ -51,7 +51,6 @@ use crate::pick::PickContext;
 mod closure;
 #[cfg(feature = "http")]
 mod cookie;
-mod hash;
 #[cfg(feature = "http")]
 mod header;
 #[cfg(feature = "http")]
@@ -60,11 +59,11 @@ mod peer;
 #[cfg(feature = "http")]
 mod query;
 
+pub use crate::stable_hash::{MAX_KEY_LEN, hash_key};
 pub use closure::KeyFn;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use cookie::CookieKey;
-pub use hash::{MAX_KEY_LEN, hash_key};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use header::HeaderKey;
@@ -75,8 +74,6 @@ pub use peer::{PeerAddr, PeerAddrKey, PeerIpKey};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use query::QueryKey;
-
-pub(crate) use hash::{mix, seeded};
 
 /// Extracts a request's session key, as a stable 64-bit hash.
 ///

@@ -10,19 +10,17 @@ use std::sync::Arc;
 
 mod health;
 mod id;
+mod in_flight;
 mod state;
 mod stats;
 mod weight;
 
 pub(crate) use health::{ADMIN_DOWN, ADMIN_DRAIN, ADMIN_UP, HealthCell, HealthShared};
 pub use id::BackendId;
-pub use state::{BackendState, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight};
+pub use in_flight::InFlight;
+pub use state::{BackendState, DEFAULT_EWMA_DECAY, FAILURE_DECAY};
 pub use stats::BackendStats;
-pub use weight::Weight;
-
-// Paths the pickers use (until they import `crate::snapshot` and `crate::clock`).
-pub(crate) use crate::clock::{instant_at_nanos, nanos_since_epoch, now_nanos};
-pub(crate) use crate::snapshot::Snapshot;
+pub use weight::{Weight, WeightError};
 
 /// One member of a backend set.
 #[derive(Debug, Clone)]

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::InFlight;
 use super::health::{HealthCell, HealthShared};
-use crate::clock::{instant_at_nanos, nanos_since_epoch, now_nanos};
+use crate::clock::{nanos_since_epoch, now_nanos};
 
 /// How fast the failure score fades while a backend gets no traffic: e^(−Δt/τ) with
 /// τ = 1 s. A backend that failed k times in a row is tried again once its score falls
@@ -41,7 +42,7 @@ pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 #[repr(align(128))]
 pub struct BackendState {
-    in_flight: AtomicUsize,
+    pub(super) in_flight: AtomicUsize,
     picks: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
@@ -252,11 +253,7 @@ impl BackendState {
     /// [`start`](Self::start) with the time already read (nanoseconds since the epoch).
     pub(crate) fn start_at_nanos(self: &Arc<Self>, started: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            state: Arc::clone(self),
-            started,
-            finished: false,
-        }
+        InFlight::new(Arc::clone(self), started)
     }
 
     /// The peak-EWMA latency estimate at `at`, decayed for the time since the last
@@ -356,80 +353,6 @@ pub(crate) fn decay_factor(elapsed_ns: u64, inv_decay_ns: f64) -> f64 {
         1.0 - x
     } else {
         (-x).exp()
-    }
-}
-
-/// An RAII guard for one request on one backend: in flight until dropped.
-///
-/// Dropping the guard without [`success`](Self::success) or [`failure`](Self::failure)
-/// is a cancelled request: it releases the in-flight count, and its elapsed time —
-/// a lower bound of its latency — raises the latency estimate when above it. In a
-/// [`Pool`](crate::Pool), a request dropped after the pool's cancellation threshold
-/// ([`PoolBuilder::cancelled_as_failure_after`](crate::PoolBuilder::cancelled_as_failure_after),
-/// 100 ms by default) also counts as a failure: a caller's time-out is the backend's
-/// failure, or a hung backend would never be ejected.
-#[derive(Debug)]
-#[must_use = "the request counts as in flight only while the guard lives"]
-pub struct InFlight {
-    state: Arc<BackendState>,
-    /// Nanoseconds since the crate's epoch.
-    started: u64,
-    /// Whether an outcome was recorded (else dropping is a cancellation).
-    finished: bool,
-}
-
-impl InFlight {
-    /// When tracking started.
-    pub fn started(&self) -> Instant {
-        instant_at_nanos(self.started)
-    }
-
-    /// How long the request has been in flight, on the request clock.
-    pub fn elapsed(&self) -> Duration {
-        Duration::from_nanos(now_nanos().saturating_sub(self.started))
-    }
-
-    /// The request succeeded: counts it and feeds its latency to the estimate.
-    pub fn success(self) {
-        self.finish_at_nanos(true, now_nanos());
-    }
-
-    /// The request failed: counts it, adds to the backend's failure score, and raises
-    /// the latency estimate to its latency if that is higher (a fast failure is not a
-    /// fast answer).
-    pub fn failure(self) {
-        self.finish_at_nanos(false, now_nanos());
-    }
-
-    /// Ends the request now (fast clock); returns whether the outcome crossed the
-    /// consecutive-failure threshold.
-    pub(crate) fn finish_at_nanos(mut self, success: bool, end: u64) -> bool {
-        self.finished = true;
-        let latency = Duration::from_nanos(end.saturating_sub(self.started));
-        self.state.record_outcome(success, Some(latency), end)
-    }
-
-    /// Ends the request with the given outcome at `at` (a clock of the caller's).
-    ///
-    /// The outcome also feeds the pool's passive outlier detection: a failure that
-    /// reaches the consecutive-failure threshold gets the backend ejected by the
-    /// background health task at once, or at the next [`Pool::tick`](crate::Pool::tick)
-    /// (use [`Pool::report`](crate::Pool::report) to eject synchronously).
-    pub fn finish(self, success: bool, at: Instant) {
-        self.finish_at_nanos(success, nanos_since_epoch(at));
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if !self.finished {
-            let now = now_nanos();
-            let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
-            // A failure past the threshold signals the pool like any other; the next
-            // tick (or the tower service's next pick) publishes the ejection.
-            self.state.record_cancel(elapsed, now);
-        }
     }
 }
 

@@ -3,7 +3,17 @@
 use std::fmt;
 use std::num::NonZeroU32;
 
-use crate::error::WeightError;
+/// A weight outside `1..=Weight::MAX` was refused.
+///
+/// Zero is refused because a backend that should get no traffic is a *health* state
+/// (draining or down), not a weight; values past `u32::MAX` are refused so that the sum
+/// of any set's weights fits in a `u64` without overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("weight: {value} is out of range, a weight must be between 1 and {max}", max = Weight::MAX)]
+pub struct WeightError {
+    /// The refused value.
+    pub value: u64,
+}
 
 /// A backend's share of traffic relative to the others: an integer in `1..=Weight::MAX`.
 ///

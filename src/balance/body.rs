@@ -7,28 +7,56 @@
 //! dropped. The latency sample then spans the whole exchange; a body that fails
 //! mid-stream counts as a failure, and one dropped early by its reader is recorded with
 //! the response's own outcome (the reader's choice is not the backend's failure).
+//!
+//! [`TrackBodyLayer`] stacks anywhere above a [`Balance`] (time-outs, retries and sticky
+//! sessions in between, in any order): the tracking travels through the request's
+//! [`Steering`](super::Steering).
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tower::util::Oneshot;
+use tower::Layer;
 use tower_service::Service;
 
 use super::BoxError;
-use super::classify::Classify;
-use super::future::{ResponseFuture, Tracked};
-use super::route::Route;
+use super::future::Tracked;
 use super::service::Balance;
+use super::steer::{HeldSlot, Steer};
 use crate::Picker;
-use crate::affinity::AffinityKey;
 
-/// A [`Balance`] whose HTTP responses stay in flight until their bodies end.
+/// Keeps each request in flight until its HTTP response's body ends: a layer over any
+/// service with a [`Balance`] somewhere below it. Body tracking is described
+/// with [`TrackBody`].
 ///
-/// Made by [`Balance::track_body`].
+/// It asks the balancer, through the request's [`Steering`](super::Steering), to hand
+/// over the request's tracking when the response head arrives, and moves it into the
+/// response body. Without a balancer below (or one the request never reached) the body
+/// passes through untracked.
+#[derive(Clone, Debug, Default)]
+pub struct TrackBodyLayer;
+
+impl TrackBodyLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        TrackBodyLayer
+    }
+}
+
+impl<S> Layer<S> for TrackBodyLayer {
+    type Service = TrackBody<S>;
+
+    fn layer(&self, inner: S) -> TrackBody<S> {
+        TrackBody { inner }
+    }
+}
+
+/// A service whose HTTP responses stay in flight until their bodies end. Made by
+/// [`TrackBodyLayer`] or [`Balance::track_body`].
 #[derive(Clone, Debug)]
 pub struct TrackBody<S> {
     inner: S,
@@ -42,34 +70,31 @@ impl<A, P: Picker<A>, R, K, C> Balance<A, P, R, K, C> {
 }
 
 impl<S> TrackBody<S> {
-    /// The balancer.
+    /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 }
 
-impl<A, P, R, K, C, Req, B> Service<Req> for TrackBody<Balance<A, P, R, K, C>>
+impl<S, ReqB, B> Service<http::Request<ReqB>> for TrackBody<S>
 where
-    A: Clone + Eq + std::hash::Hash,
-    P: Picker<A>,
-    R: Route<A, Req>,
-    R::Service: Service<Req, Response = http::Response<B>>,
-    <R::Service as Service<Req>>::Error: Into<BoxError>,
-    K: AffinityKey<Req>,
-    C: Classify<http::Response<B>, <R::Service as Service<Req>>::Error> + Clone,
+    S: Service<http::Request<ReqB>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
     B: Body,
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = BoxError;
-    type Future = TrackBodyFuture<ResponseFuture<Oneshot<R::Service, Req>, C>>;
+    type Future = TrackBodyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
+        let slot = req.steering_mut().map(|s| s.hold());
         TrackBodyFuture {
-            inner: self.inner.call_pinned(req, None).hold(),
+            inner: self.inner.call(req),
+            slot,
         }
     }
 }
@@ -79,6 +104,7 @@ pin_project! {
     pub struct TrackBodyFuture<F> {
         #[pin]
         inner: F,
+        slot: Option<Arc<HeldSlot>>,
     }
 }
 
@@ -88,19 +114,18 @@ impl<F> fmt::Debug for TrackBodyFuture<F> {
     }
 }
 
-impl<Fut, C, B, E> Future for TrackBodyFuture<ResponseFuture<Fut, C>>
+impl<F, B, E> Future for TrackBodyFuture<F>
 where
-    Fut: Future<Output = Result<http::Response<B>, E>>,
+    F: Future<Output = Result<http::Response<B>, E>>,
     E: Into<BoxError>,
-    C: Classify<http::Response<B>, E>,
     B: Body,
 {
     type Output = Result<http::Response<TrackedBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut inner = self.project().inner;
-        let response = ready!(inner.as_mut().poll(cx))?;
-        let mut held = inner.take_held();
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx)).map_err(Into::into)?;
+        let mut held = this.slot.take().and_then(|slot| slot.take());
         if response.body().is_end_stream() {
             // Nothing to stream: the exchange is over now.
             if let Some((tracked, success)) = held.take() {

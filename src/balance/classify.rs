@@ -7,11 +7,12 @@ pub trait Classify<T, E> {
     fn is_success(&self, result: Result<&T, &E>) -> bool;
 }
 
-/// Every response is a success, every error a failure: the default.
+/// Every response is a success, every error a failure: the default classifier (named as
+/// tower-http names its `ServerErrorsAsFailures`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AnyError;
+pub struct ErrorsAsFailures;
 
-impl<T, E> Classify<T, E> for AnyError {
+impl<T, E> Classify<T, E> for ErrorsAsFailures {
     fn is_success(&self, result: Result<&T, &E>) -> bool {
         result.is_ok()
     }
@@ -25,3 +26,10 @@ where
         self(result)
     }
 }
+
+/// The former name of [`ErrorsAsFailures`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `ErrorsAsFailures`: it classifies, it is not an error"
+)]
+pub type AnyError = ErrorsAsFailures;

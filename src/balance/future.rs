@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use super::BoxError;
 use super::classify::Classify;
 use super::limit::Limit;
+use super::steer::HeldSlot;
 use crate::clock::now_nanos;
 use crate::error::{BackendError, TimedOut};
 use crate::{BackendId, InFlight};
@@ -109,9 +110,9 @@ pin_project! {
         tracked: Option<Tracked>,
         classify: C,
         backend: Option<BackendId>,
-        // Keep the request in flight past the response (until its body ends).
-        hold: bool,
-        held: Option<(Tracked, bool)>,
+        // Where to leave the request's tracking past a successful response (until its
+        // body ends), for the body tracking layer.
+        hold: Option<Arc<HeldSlot>>,
     }
 }
 
@@ -130,6 +131,7 @@ impl<F, C> ResponseFuture<F, C> {
         classify: C,
         backend: BackendId,
         timeout: Option<Duration>,
+        hold: Option<Arc<HeldSlot>>,
     ) -> Self {
         ResponseFuture {
             kind: Kind::Called { future },
@@ -138,8 +140,7 @@ impl<F, C> ResponseFuture<F, C> {
             tracked: Some(tracked),
             classify,
             backend: Some(backend),
-            hold: false,
-            held: None,
+            hold,
         }
     }
 
@@ -151,23 +152,8 @@ impl<F, C> ResponseFuture<F, C> {
             tracked: None,
             classify,
             backend: None,
-            hold: false,
-            held: None,
+            hold: None,
         }
-    }
-
-    /// Keeps the request tracked after a successful response arrives, for the caller to
-    /// take with [`take_held`](Self::take_held) (the body-tracking wrapper does).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn hold(mut self) -> Self {
-        self.hold = true;
-        self
-    }
-
-    /// The tracking kept by [`hold`](Self::hold), with the response's classification.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn take_held(self: Pin<&mut Self>) -> Option<(Tracked, bool)> {
-        self.project().held.take()
     }
 
     /// The backend the request went to; `None` when it failed before one was chosen.
@@ -231,11 +217,14 @@ where
         this.deadline.set(None);
         let success = this.classify.is_success(result.as_ref());
         if let Some(mut tracked) = this.tracked.take() {
-            if *this.hold && result.is_ok() {
-                tracked.settle(success);
-                *this.held = Some((tracked, success));
-            } else {
-                tracked.finish(success);
+            match this.hold.take() {
+                Some(slot) if result.is_ok() => {
+                    // Dropped with the slot if no layer takes it: finished then, with
+                    // this outcome.
+                    tracked.settle(success);
+                    slot.put((tracked, success));
+                }
+                _ => tracked.finish(success),
             }
         }
         let backend = *this.backend;

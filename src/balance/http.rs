@@ -158,6 +158,41 @@ impl<B, E> Classify<http::Response<B>, E> for HttpStatus {
     }
 }
 
+/// A balanced HTTP client, as most users store one: one client `S` (hyper-util's legacy
+/// client, say) for every backend, each request retargeted at the picked [`HttpTarget`],
+/// transport errors and 5xx responses counted as failures ([`HttpStatus`]). Build it
+/// with `BalanceLayer::new(pool).classify(HttpStatus::new()).layer(client)`.
+///
+/// ```
+/// use tower::Layer;
+/// use tower_lb::balance::{BalanceLayer, HttpBalance, HttpStatus, HttpTarget};
+/// use tower_lb::{AnyPicker, Pool};
+///
+/// struct Api<S> {
+///     upstream: HttpBalance<S, AnyPicker>,
+/// }
+///
+/// let pool = Pool::<HttpTarget, _>::new("p2c".parse::<AnyPicker>()?);
+/// let client = tower::service_fn(|_: http::Request<String>| async {
+///     Ok::<_, std::io::Error>(http::Response::new(String::new()))
+/// });
+/// let api = Api {
+///     upstream: BalanceLayer::new(pool).classify(HttpStatus::new()).layer(client),
+/// };
+/// # let _ = api;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub type HttpBalance<S, P = crate::PowerOfTwoChoices, K = super::NoAffinity> =
+    super::Balance<HttpTarget, P, super::Client<S>, K, HttpStatus>;
+
+/// Probes an [`HttpTarget`] at its authority (plain HTTP).
+#[cfg(feature = "tokio")]
+impl crate::health::Probe<HttpTarget> for crate::health::HttpProbe {
+    fn probe(&self, target: &HttpTarget) -> crate::health::ProbeFuture {
+        self.probe_authority(target.authority().to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

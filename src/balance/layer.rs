@@ -7,7 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tower::Layer;
 
-use super::classify::AnyError;
+use super::classify::ErrorsAsFailures;
 use super::limit::{Limit, OnOverload};
 use super::route::Client;
 use super::service::{Balance, NoAffinity, Shared};
@@ -37,7 +37,7 @@ use crate::{Picker, Pool};
 ///     .service(client);
 /// # let _ = balanced;
 /// ```
-pub struct BalanceLayer<A, P: Picker<A>, K = NoAffinity, C = AnyError> {
+pub struct BalanceLayer<A, P: Picker<A>, K = NoAffinity, C = ErrorsAsFailures> {
     pool: Pool<A, P>,
     affinity: K,
     classify: C,
@@ -51,7 +51,7 @@ impl<A, P: Picker<A>> BalanceLayer<A, P> {
         BalanceLayer {
             pool,
             affinity: NoAffinity,
-            classify: AnyError,
+            classify: ErrorsAsFailures,
             limit: None,
             timeout: None,
         }

@@ -50,16 +50,19 @@ mod limit;
 pub mod retry;
 mod route;
 mod service;
+pub mod steer;
 #[cfg(feature = "http")]
 pub mod sticky;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use self::http::{HttpStatus, HttpTarget, InvalidTarget};
+pub use self::http::{HttpBalance, HttpStatus, HttpTarget, InvalidTarget};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use body::{TrackBody, TrackBodyFuture, TrackedBody};
-pub use classify::{AnyError, Classify};
+pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody};
+#[allow(deprecated)]
+pub use classify::AnyError;
+pub use classify::{Classify, ErrorsAsFailures};
 pub use discover::Change;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -70,6 +73,7 @@ pub use limit::OnOverload;
 pub use retry::{Retry, RetryLayer, RetryPolicy};
 pub use route::{Client, PerBackend, Retarget, Route};
 pub use service::{Balance, NoAffinity};
+pub use steer::{Steer, Steering};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use sticky::{SameSite, Sticky, StickyCookie, StickyError, StickyLayer};

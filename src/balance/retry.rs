@@ -2,8 +2,11 @@
 //!
 //! [`Retry`] sends a failed request again, to a backend it has not tried yet (Envoy's
 //! `previous_hosts` predicate, NGINX's `proxy_next_upstream`): the picker chooses as
-//! usual and a tried backend is skipped for the next untried eligible one
-//! ([`Balance::call_excluding`]). Three things bound it:
+//! usual and a tried backend is skipped for the next untried eligible one. It is a
+//! `Layer<S>` for any `S` with a [`Balance`](super::Balance) below it: the backends
+//! already tried travel in the request's [`Steering`] (an `http::Request` carries it; a
+//! request type that carries none is retried without the exclusion). Three things bound
+//! it:
 //!
 //! - **which requests**: a [`RetryPolicy`] decides from the request and the error. The
 //!   default, [`Idempotent`], retries an HTTP request with an idempotent method (GET,
@@ -25,7 +28,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,17 +36,12 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tower::Layer;
 use tower::retry::budget::{Budget, TpsBudget};
-use tower::util::Oneshot;
 use tower_service::Service;
 
-use super::BoxError;
-use super::classify::Classify;
-use super::future::ResponseFuture;
-use super::route::Route;
-use super::service::Balance;
-use crate::affinity::AffinityKey;
+use super::steer::{Steer, Steering};
+use super::{BoxError, find_error};
+use crate::BackendId;
 use crate::error::{BackendError, TimedOut};
-use crate::{BackendId, Picker};
 
 /// Decides whether a failed attempt may be sent again, to another backend.
 ///
@@ -131,7 +128,8 @@ pub fn default_budget() -> TpsBudget {
     TpsBudget::new(Duration::from_secs(10), 10, 0.2)
 }
 
-/// A tower `Layer` adding [`Retry`] over a [`Balance`].
+/// A tower `Layer` adding [`Retry`] over a service with a
+/// [`Balance`](super::Balance) below it.
 ///
 /// ```
 /// use tower::ServiceBuilder;
@@ -226,7 +224,8 @@ impl<S, Pol: Clone> Layer<S> for RetryLayer<Pol> {
     }
 }
 
-/// Retries on another backend over a [`Balance`]. Made by [`RetryLayer`]; see the
+/// Retries on another backend over a service with a [`Balance`](super::Balance) below
+/// it. Made by [`RetryLayer`]; see the
 /// [module docs](self).
 pub struct Retry<S, Pol = Idempotent> {
     inner: S,
@@ -256,43 +255,44 @@ impl<S: fmt::Debug, Pol: fmt::Debug> fmt::Debug for Retry<S, Pol> {
     }
 }
 
-impl<S> Retry<S> {
-    /// The wrapped balancer.
+impl<S, Pol> Retry<S, Pol> {
+    /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 }
 
-type Attempt<A, R, C, Req> = ResponseFuture<Oneshot<<R as Route<A, Req>>::Service, Req>, C>;
-
-impl<A, P, R, K, C, Req, Pol> Service<Req> for Retry<Balance<A, P, R, K, C>, Pol>
+impl<S, Req, Pol> Service<Req> for Retry<S, Pol>
 where
-    A: Clone + Eq + Hash,
-    P: Picker<A>,
-    R: Route<A, Req>,
-    <R::Service as Service<Req>>::Error: Into<BoxError>,
-    K: AffinityKey<Req>,
-    C: Classify<<R::Service as Service<Req>>::Response, <R::Service as Service<Req>>::Error>
-        + Clone,
-    Req: Clone,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    Req: Steer + Clone,
     Pol: RetryPolicy<Req> + Clone,
 {
-    type Response = <R::Service as Service<Req>>::Response;
+    type Response = S::Response;
     type Error = BoxError;
-    type Future = RetryFuture<Balance<A, P, R, K, C>, Attempt<A, R, C, Req>, Req, Pol>;
+    type Future = RetryFuture<S, Req, Pol>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         self.budget.deposit();
+        let answer = req.steering_mut().map(|s| {
+            s.clear_served();
+            s.clone()
+        });
         let copy = (self.max_retries > 0).then(|| req.clone());
-        let attempt = self.inner.call(req);
+        // The service we were made ready for takes the first attempt; a clone, made
+        // ready in turn, takes each retry.
+        let service = self.inner.clone();
+        let attempt = std::mem::replace(&mut self.inner, service).call(req);
         RetryFuture {
-            attempt,
-            balance: self.inner.clone(),
+            state: State::Calling { attempt },
+            service: self.inner.clone(),
             req: copy,
+            answer,
             tried: Vec::new(),
             retries_left: self.max_retries,
             policy: self.policy.clone(),
@@ -302,12 +302,24 @@ where
 }
 
 pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] attempt: F },
+        Readying,
+    }
+}
+
+pin_project! {
     /// The response future of [`Retry`].
-    pub struct RetryFuture<S, F, Req, Pol> {
+    pub struct RetryFuture<S, Req, Pol>
+    where
+        S: Service<Req>,
+    {
         #[pin]
-        attempt: F,
-        balance: S,
+        state: State<S::Future>,
+        service: S,
         req: Option<Req>,
+        answer: Option<Steering>,
         tried: Vec<BackendId>,
         retries_left: usize,
         policy: Pol,
@@ -315,7 +327,7 @@ pin_project! {
     }
 }
 
-impl<S, F, Req, Pol> fmt::Debug for RetryFuture<S, F, Req, Pol> {
+impl<S: Service<Req>, Req, Pol> fmt::Debug for RetryFuture<S, Req, Pol> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryFuture")
             .field("tried", &self.tried)
@@ -324,60 +336,79 @@ impl<S, F, Req, Pol> fmt::Debug for RetryFuture<S, F, Req, Pol> {
     }
 }
 
-impl<A, P, R, K, C, Req, Pol, T> Future
-    for RetryFuture<Balance<A, P, R, K, C>, Attempt<A, R, C, Req>, Req, Pol>
+/// The backend a failed attempt went to: as the balancer reported it in the request's
+/// steering, else as its error names it.
+fn failed_backend(answer: Option<&Steering>, error: &BoxError) -> Option<BackendId> {
+    answer.and_then(Steering::served_by).or_else(|| {
+        find_error::<BackendError>(error)
+            .map(|e| e.backend)
+            .or_else(|| find_error::<TimedOut>(error).map(|e| e.backend))
+    })
+}
+
+impl<S, Req, Pol> Future for RetryFuture<S, Req, Pol>
 where
-    A: Clone + Eq + Hash,
-    P: Picker<A>,
-    R: Route<A, Req>,
-    R::Service: Service<Req, Response = T>,
-    <R::Service as Service<Req>>::Error: Into<BoxError>,
-    K: AffinityKey<Req>,
-    C: Classify<T, <R::Service as Service<Req>>::Error> + Clone,
-    Req: Clone,
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Steer + Clone,
     Pol: RetryPolicy<Req>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let backend = this.attempt.backend();
-            let error = match std::task::ready!(this.attempt.as_mut().poll(cx)) {
-                Ok(response) => return Poll::Ready(Ok(response)),
-                Err(error) => error,
-            };
-            let Some(req) = this.req.as_ref() else {
-                return Poll::Ready(Err(error));
-            };
-            if let Some(id) = backend {
-                this.tried.push(id);
-            }
-            let retry = *this.retries_left > 0
-                && backend.is_some()
-                && this.policy.may_retry(req, &error)
-                && this.budget.withdraw();
-            if !retry {
-                return Poll::Ready(Err(error));
-            }
-            *this.retries_left -= 1;
-            let next = if *this.retries_left > 0 {
-                req.clone()
-            } else {
-                // The last attempt: no copy needed after it.
-                match this.req.take() {
-                    Some(req) => req,
-                    None => return Poll::Ready(Err(error)),
+            match this.state.as_mut().project() {
+                StateProj::Calling { attempt } => {
+                    let error: BoxError = match std::task::ready!(attempt.poll(cx)) {
+                        Ok(response) => return Poll::Ready(Ok(response)),
+                        Err(e) => e.into(),
+                    };
+                    let Some(req) = this.req.as_ref() else {
+                        return Poll::Ready(Err(error));
+                    };
+                    let backend = failed_backend(this.answer.as_ref(), &error);
+                    if let Some(id) = backend {
+                        this.tried.push(id);
+                    }
+                    let retry = *this.retries_left > 0
+                        && backend.is_some()
+                        && this.policy.may_retry(req, &error)
+                        && this.budget.withdraw();
+                    if !retry {
+                        return Poll::Ready(Err(error));
+                    }
+                    *this.retries_left -= 1;
+                    tracing::debug!(
+                        target: "tower_lb::balance",
+                        failed = ?backend,
+                        error = %error,
+                        "retrying on another backend"
+                    );
+                    this.state.set(State::Readying);
                 }
-            };
-            tracing::debug!(
-                target: "tower_lb::balance",
-                failed = ?backend,
-                error = %error,
-                "retrying on another backend"
-            );
-            let attempt = this.balance.call_excluding(next, this.tried);
-            this.attempt.set(attempt);
+                StateProj::Readying => {
+                    if let Err(e) = std::task::ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let mut next = if *this.retries_left > 0 {
+                        this.req.clone()
+                    } else {
+                        // The last attempt: no copy needed after it.
+                        this.req.take()
+                    }
+                    .ok_or("retry: the request was already sent")?;
+                    *this.answer = next.steering_mut().map(|s| {
+                        s.clear_served();
+                        for &id in this.tried.iter() {
+                            s.exclude(id);
+                        }
+                        s.clone()
+                    });
+                    let attempt = this.service.call(next);
+                    this.state.set(State::Calling { attempt });
+                }
+            }
         }
     }
 }

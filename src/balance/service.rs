@@ -12,13 +12,14 @@ use tower::util::Oneshot;
 use tower_service::Service;
 
 use super::BoxError;
-use super::classify::{AnyError, Classify};
+use super::classify::{Classify, ErrorsAsFailures};
 use super::discover::{Change, Driver, Membership, StreamDriver};
 use super::endpoint::Endpoint;
 use super::future::{ResponseFuture, Tracked};
 use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
 use super::route::{PerBackend, Route};
+use super::steer::{Steer, Steering};
 use crate::affinity::AffinityKey;
 use crate::clock::now_nanos;
 use crate::error::{DiscoverError, Overloaded};
@@ -76,7 +77,7 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
 /// # Ok(())
 /// # }
 /// ```
-pub struct Balance<A, P: Picker<A>, R, K = NoAffinity, C = AnyError> {
+pub struct Balance<A, P: Picker<A>, R, K = NoAffinity, C = ErrorsAsFailures> {
     shared: Arc<Shared<A, P, R, K, C>>,
     /// A unit of capacity reserved by `poll_ready` for the next `call`.
     reserved: bool,
@@ -178,6 +179,7 @@ where
     K: AffinityKey<Req>,
     C: Classify<<R::Service as Service<Req>>::Response, <R::Service as Service<Req>>::Error>
         + Clone,
+    Req: Steer,
 {
     type Response = <R::Service as Service<Req>>::Response;
     type Error = BoxError;
@@ -247,6 +249,7 @@ where
         R: Route<A, Req>,
         K: AffinityKey<Req>,
         C: Clone,
+        Req: Steer,
     {
         self.dispatch(req, pinned, &[])
     }
@@ -265,6 +268,7 @@ where
         R: Route<A, Req>,
         K: AffinityKey<Req>,
         C: Clone,
+        Req: Steer,
     {
         self.dispatch(req, None, tried)
     }
@@ -279,6 +283,7 @@ where
         R: Route<A, Req>,
         K: AffinityKey<Req>,
         C: Clone,
+        Req: Steer,
     {
         let reserved = std::mem::take(&mut self.reserved);
         let shared = &*self.shared;
@@ -294,7 +299,13 @@ where
         let now = now_nanos();
         let current = shared.pool.load();
         let snapshot = current.snapshot();
+        // The layers' hints travel with the request (see `steer`).
+        let hints = req.steering();
+        let also = hints.map_or(&[][..], Steering::tried);
+        // A pinned backend that this request already tried (a retry) is not pinned.
         let pinned = pinned
+            .or_else(|| hints.and_then(Steering::pinned))
+            .filter(|id| !tried.contains(id) && !also.contains(id))
             .and_then(|id| snapshot.index_of(id))
             .filter(|&i| snapshot.is_eligible(i));
         let chosen = match pinned {
@@ -303,7 +314,7 @@ where
                 let ctx = shared.affinity.context(&req).with_now_nanos(now);
                 current
                     .pick(shared.pool.picker(), &ctx)
-                    .and_then(|index| untried(snapshot, index, tried))
+                    .and_then(|index| untried(snapshot, index, tried, also))
             }
         };
         let mut index = match chosen {
@@ -331,6 +342,10 @@ where
         };
         let state = backend.state();
         state.count_pick();
+        let hold = req.steering().and_then(|s| {
+            s.report(backend.id());
+            s.held_slot().cloned()
+        });
         let tracked = Tracked::new(state.start_at_nanos(now), shared.limit.clone());
         let (service, req) = shared.router.route(backend.addr(), req);
         ResponseFuture::called(
@@ -339,6 +354,7 @@ where
             shared.classify.clone(),
             backend.id(),
             shared.timeout,
+            hold,
         )
     }
 }
@@ -349,11 +365,16 @@ fn untried<A>(
     snapshot: &Snapshot<A>,
     index: usize,
     tried: &[BackendId],
+    also: &[BackendId],
 ) -> Result<usize, crate::PickError> {
-    if tried.is_empty() {
+    if tried.is_empty() && also.is_empty() {
         return Ok(index);
     }
-    let untried = |i: usize| snapshot.get(i).is_some_and(|b| !tried.contains(&b.id()));
+    let untried = |i: usize| {
+        snapshot
+            .get(i)
+            .is_some_and(|b| !tried.contains(&b.id()) && !also.contains(&b.id()))
+    };
     first_from(snapshot, index, untried).ok_or(crate::PickError::NoEligible {
         total: snapshot.len(),
     })

@@ -255,11 +255,18 @@ fn ramp_factor(cell: &HealthCell, slow_start: Option<&SlowStart>, now_ns: u64) -
     if start == 0 {
         return 1.0;
     }
-    let factor = ramp.factor(Duration::from_nanos(now_ns.saturating_sub(start)));
-    if factor >= 1.0 {
+    let elapsed = now_ns.saturating_sub(start);
+    if ramp.factor(Duration::from_nanos(elapsed)) >= 1.0 {
         cell.ramp_start.store(0, Ordering::Relaxed);
+        return 1.0;
     }
-    factor
+    // The ramp moves in steps of the update interval: between two steps the weights do
+    // not change, so a tick in between publishes nothing (at most one publication per
+    // interval, however often `tick` runs).
+    let step = u64::try_from(ramp.interval().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    ramp.factor(Duration::from_nanos(elapsed - elapsed % step))
 }
 
 /// `at + by`, or as late as representable: durations come from the user's settings.

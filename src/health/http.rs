@@ -80,11 +80,10 @@ where
     }
 }
 
-/// Probes an [`HttpTarget`](crate::balance::HttpTarget) at its authority (plain HTTP).
-#[cfg(feature = "tower")]
-impl Probe<crate::balance::HttpTarget> for HttpProbe {
-    fn probe(&self, target: &crate::balance::HttpTarget) -> ProbeFuture {
-        let authority = target.authority().to_string();
+impl HttpProbe {
+    /// A probe of the backend at `authority` (`host:port`), plain HTTP.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn probe_authority(&self, authority: String) -> ProbeFuture {
         let host = self
             .host
             .clone()

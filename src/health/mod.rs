@@ -78,9 +78,6 @@ pub mod http;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod probe;
-#[cfg(feature = "tokio")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub mod task;
 
 pub use crate::error::{HealthConfigError, ProbeError, SpawnError};
 pub use crate::verdict::{Ejection, Reason, Verdict};
@@ -93,8 +90,6 @@ pub use probe::ServiceProbe;
 #[cfg(feature = "tokio")]
 pub use probe::{Probe, ProbeConfig, ProbeFn, ProbeFuture, TcpProbe, probe_fn};
 pub use slow_start::SlowStart;
-#[cfg(feature = "tokio")]
-pub use task::HealthTask;
 
 /// Anything with an opinion on backends' health: a service registry, a circuit breaker,
 /// a readiness file.

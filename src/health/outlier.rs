@@ -135,13 +135,7 @@ impl OutlierDetection {
     /// The most backends ejected at once, in percent of the set, counted after the
     /// ejection; a set of n ≥ 2 may always eject one (default 10).
     pub fn max_ejection_percent(mut self, percent: u8) -> Result<Self, HealthConfigError> {
-        if percent > 100 {
-            return Err(HealthConfigError::new(
-                "max ejection percent",
-                "at most 100",
-                percent,
-            ));
-        }
+        let percent = HealthConfigError::percent("max ejection percent", percent)?;
         self.max_ejection_percent = percent;
         Ok(self)
     }
@@ -284,13 +278,7 @@ impl FailurePercentage {
 
     /// Eject at this failure percentage or above (default 85).
     pub fn threshold(mut self, percent: u8) -> Result<Self, HealthConfigError> {
-        if percent > 100 {
-            return Err(HealthConfigError::new(
-                "failure percentage threshold",
-                "at most 100",
-                percent,
-            ));
-        }
+        let percent = HealthConfigError::percent("failure percentage threshold", percent)?;
         self.threshold = percent;
         Ok(self)
     }

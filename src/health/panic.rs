@@ -86,13 +86,7 @@ impl Default for PanicThreshold {
 impl PanicThreshold {
     /// Panic when fewer than `percent`% of the backends in service are healthy; fail open.
     pub fn new(percent: u8) -> Result<Self, HealthConfigError> {
-        if percent > 100 {
-            return Err(HealthConfigError::new(
-                "panic threshold percent",
-                "at most 100",
-                percent,
-            ));
-        }
+        let percent = HealthConfigError::percent("panic threshold percent", percent)?;
         Ok(PanicThreshold {
             percent,
             mode: PanicMode::FailOpen,

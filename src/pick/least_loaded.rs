@@ -5,7 +5,7 @@
 //! whose in-flight count is the minimum (the property tests check this). Ties are broken
 //! uniformly at random — one draw picks the r-th of the tied members — so the first
 //! members of the list are not favoured when every backend is idle. For large sets
-//! prefer [`PowerOfTwoChoices`](super::PowerOfTwoChoices): O(1) and nearly as balanced.
+//! prefer [`PowerOfTwoChoices`](crate::PowerOfTwoChoices): O(1) and nearly as balanced.
 //!
 //! Recent failures count as load ((in flight + 1) × 2^score − 1, see the
 //! [`pick`](crate::pick) module docs): a backend failing fast has nothing in flight but
@@ -13,11 +13,12 @@
 //! weights whose product stays below 2⁵³.
 
 use super::{PickContext, Picker};
-use crate::backend::{Snapshot, now_nanos};
+use crate::clock::now_nanos;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// Picks a member with the least in-flight ÷ weight. See the [module docs](self).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LeastLoaded {
     rng: RandomSource,
 }
@@ -31,6 +32,9 @@ impl LeastLoaded {
     }
 
     /// A least-loaded picker whose tie-breaking is reproducible from `seed`.
+    ///
+    /// A clone of a seeded picker continues from the original's state: it makes the
+    /// same draws the original would make next, then each advances on its own.
     pub fn with_seed(seed: u64) -> Self {
         LeastLoaded {
             rng: RandomSource::seeded(seed),

@@ -41,6 +41,17 @@
 //!
 //! The consistent-hashing family lives in [`hash`]; see there for how to choose.
 //!
+//! [`AnyPicker`](crate::AnyPicker) is any of them, chosen at run time by name (a
+//! command-line flag, a configuration file): `"maglev".parse::<AnyPicker>()`.
+//!
+//! # Pickers as values
+//!
+//! Every picker is `Clone`, and `Default` (its `new()`) where it has no required
+//! setting. A clone is configured as the original and carries on from its state, then
+//! goes its own way: a seeded picker's clone makes the draws the original would make
+//! next, a round robin's clone has a counter of its own starting at the original's
+//! position. Tables are not `Clone`: each pool prepares its own.
+//!
 //! # Failures are load
 //!
 //! A backend that fails in microseconds never has anything in flight, so a strategy that
@@ -68,11 +79,25 @@
 //! `error_utilization_penalty`), rather than a separate breaker: the pickers steer away
 //! at once, and ejection ([`health`](crate::health)) takes the backend out of every
 //! strategy's rotation, hashing included, once its failure is confirmed.
+//!
+//! [`RoundRobin`]: crate::RoundRobin
+//! [`WeightedRoundRobin`]: crate::WeightedRoundRobin
+//! [`Random`]: crate::Random
+//! [`WeightedRandom`]: crate::WeightedRandom
+//! [`LeastLoaded`]: crate::LeastLoaded
+//! [`PowerOfTwoChoices`]: crate::PowerOfTwoChoices
+//! [`PeakEwma`]: crate::PeakEwma
+//! [`Maglev`]: crate::Maglev
+//! [`Ring`]: crate::Ring
+//! [`Rendezvous`]: crate::Rendezvous
+//! [`Jump`]: crate::Jump
+//! [`BoundedLoad`]: crate::BoundedLoad
 
 use std::time::Instant;
 
-use crate::backend::Snapshot;
+use crate::snapshot::Snapshot;
 
+pub mod any;
 pub mod hash;
 pub mod least_loaded;
 pub mod p2c;
@@ -81,18 +106,6 @@ pub mod random;
 pub mod round_robin;
 pub mod weighted_random;
 pub mod weighted_round_robin;
-
-pub use hash::{BoundedLoad, Jump, Maglev, Rendezvous, Ring};
-pub use least_loaded::LeastLoaded;
-pub use p2c::PowerOfTwoChoices;
-pub use peak_ewma::PeakEwma;
-pub use random::Random;
-pub use round_robin::RoundRobin;
-pub use weighted_random::WeightedRandom;
-pub use weighted_round_robin::WeightedRoundRobin;
-
-pub use weighted_random::AliasTable;
-pub use weighted_round_robin::{MAX_SCHEDULE, Schedule};
 
 /// What a picker may know about the request being placed.
 ///
@@ -122,7 +135,7 @@ impl PickContext {
 
     /// The current time, when the caller has already read the clock.
     pub fn with_now(mut self, now: Instant) -> Self {
-        self.now = Some(crate::backend::nanos_since_epoch(now));
+        self.now = Some(crate::clock::nanos_since_epoch(now));
         self
     }
 
@@ -145,7 +158,7 @@ impl PickContext {
 
     /// The caller's "now", if given.
     pub fn now(&self) -> Option<Instant> {
-        self.now.map(crate::backend::instant_at_nanos)
+        self.now.map(crate::clock::instant_at_nanos)
     }
 }
 
@@ -171,84 +184,4 @@ pub trait Picker<A>: Send + Sync {
 #[inline]
 pub(crate) fn eligible_at<A>(snapshot: &Snapshot<A>, slot: usize) -> Option<usize> {
     snapshot.eligible().get(slot).map(|&i| i as usize)
-}
-
-/// The table of the two-choice pickers: how two distinct candidates are drawn among the
-/// eligible members (sampling without replacement, so a backend is never compared with
-/// itself).
-#[derive(Debug)]
-pub enum Candidates {
-    /// Every eligible member equally likely (all weights equal).
-    Uniform,
-    /// Members drawn in proportion to their weights.
-    Weighted(AliasTable),
-}
-
-impl Candidates {
-    pub(crate) fn prepare<A>(snapshot: &Snapshot<A>) -> Self {
-        if snapshot.uniform_weights() {
-            Candidates::Uniform
-        } else {
-            Candidates::Weighted(AliasTable::over_eligible(snapshot))
-        }
-    }
-
-    /// Two distinct eligible slots (positions in the eligible list); `n >= 2`.
-    #[inline]
-    pub(crate) fn two(&self, rng: &crate::rng::RandomSource, n: usize) -> (usize, usize) {
-        // Two members are drawn in a random order like any other pair: the first
-        // candidate wins ties, so a fixed (0, 1) would send every tie to the first.
-        match self {
-            Candidates::Weighted(alias) if alias.len() == n => {
-                let (r1, r2) = rng.next_pair();
-                let a = alias.sample(r1);
-                let b = alias.sample(r2);
-                if b != a {
-                    return (a, b);
-                }
-                // Redraw a few times for a distinct second candidate; past that (one
-                // member holds nearly all the weight) take another member uniformly.
-                for _ in 0..3 {
-                    let b = alias.sample(rng.next_u64());
-                    if b != a {
-                        return (a, b);
-                    }
-                }
-                let b = crate::rng::below(rng.next_u64(), n - 1);
-                (a, if b >= a { b + 1 } else { b })
-            }
-            // Uniform, or a weighted table from another snapshot: stay correct.
-            _ => uniform_pair(rng.next_u64(), n),
-        }
-    }
-}
-
-/// Two distinct positions in `0..n` (`n >= 2`) from one draw: the first from the high
-/// half, the second from the low half over the n − 1 others.
-#[inline]
-fn uniform_pair(r: u64, n: usize) -> (usize, usize) {
-    let a = (((r >> 32) * n as u64) >> 32) as usize;
-    let b = (((r & 0xFFFF_FFFF) * (n as u64 - 1)) >> 32) as usize;
-    (a, if b >= a { b + 1 } else { b })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uniform_pair_is_distinct_and_in_range() {
-        for n in [2usize, 3, 8, 1000] {
-            for r in [
-                0u64,
-                u64::MAX,
-                0x1234_5678_9ABC_DEF0,
-                1 << 32,
-                (1 << 32) - 1,
-            ] {
-                let (a, b) = uniform_pair(r, n);
-                assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
-            }
-        }
-    }
 }

@@ -19,12 +19,14 @@
 //! backend that fails in microseconds — and so never has anything in flight — loses
 //! every comparison with a healthy one from its first failures on, before any ejection.
 
-use super::{Candidates, PickContext, Picker};
-use crate::backend::{Snapshot, now_nanos};
+use super::weighted_random::AliasTable;
+use super::{PickContext, Picker};
+use crate::clock::now_nanos;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// Power of two choices over in-flight ÷ weight. See the [`pick`](crate::pick) module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PowerOfTwoChoices {
     rng: RandomSource,
 }
@@ -38,6 +40,9 @@ impl PowerOfTwoChoices {
     }
 
     /// A P2C picker whose draws are reproducible from `seed`.
+    ///
+    /// A clone of a seeded picker continues from the original's state: it makes the
+    /// same draws the original would make next, then each advances on its own.
     pub fn with_seed(seed: u64) -> Self {
         PowerOfTwoChoices {
             rng: RandomSource::seeded(seed),
@@ -49,6 +54,73 @@ impl Default for PowerOfTwoChoices {
     fn default() -> Self {
         PowerOfTwoChoices::new()
     }
+}
+
+/// The table of the two-choice pickers ([`PowerOfTwoChoices`] and
+/// [`PeakEwma`](crate::PeakEwma)): how two distinct candidates are drawn among the
+/// eligible members — uniformly when all weights are equal, else in proportion to the
+/// weights (alias method) — sampling without replacement, so a backend is never compared
+/// with itself. Built by [`Picker::prepare`]; opaque.
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    draw: Draw,
+}
+
+#[derive(Debug, Clone)]
+enum Draw {
+    /// Every eligible member equally likely (all weights equal).
+    Uniform,
+    /// Members drawn in proportion to their weights.
+    Weighted(AliasTable),
+}
+
+impl Candidates {
+    pub(crate) fn prepare<A>(snapshot: &Snapshot<A>) -> Self {
+        let draw = if snapshot.uniform_weights() {
+            Draw::Uniform
+        } else {
+            Draw::Weighted(AliasTable::over_eligible(snapshot))
+        };
+        Candidates { draw }
+    }
+
+    /// Two distinct eligible slots (positions in the eligible list); `n >= 2`.
+    #[inline]
+    pub(crate) fn two(&self, rng: &RandomSource, n: usize) -> (usize, usize) {
+        // Two members are drawn in a random order like any other pair: the first
+        // candidate wins ties, so a fixed (0, 1) would send every tie to the first.
+        match &self.draw {
+            Draw::Weighted(alias) if alias.len() == n => {
+                let (r1, r2) = rng.next_pair();
+                let a = alias.sample(r1);
+                let b = alias.sample(r2);
+                if b != a {
+                    return (a, b);
+                }
+                // Redraw a few times for a distinct second candidate; past that (one
+                // member holds nearly all the weight) take another member uniformly.
+                for _ in 0..3 {
+                    let b = alias.sample(rng.next_u64());
+                    if b != a {
+                        return (a, b);
+                    }
+                }
+                let b = crate::rng::below(rng.next_u64(), n - 1);
+                (a, if b >= a { b + 1 } else { b })
+            }
+            // Uniform, or a weighted table from another snapshot: stay correct.
+            _ => uniform_pair(rng.next_u64(), n),
+        }
+    }
+}
+
+/// Two distinct positions in `0..n` (`n >= 2`) from one draw: the first from the high
+/// half, the second from the low half over the n − 1 others.
+#[inline]
+fn uniform_pair(r: u64, n: usize) -> (usize, usize) {
+    let a = (((r >> 32) * n as u64) >> 32) as usize;
+    let b = (((r & 0xFFFF_FFFF) * (n as u64 - 1)) >> 32) as usize;
+    (a, if b >= a { b + 1 } else { b })
 }
 
 /// Picks by power of two choices, `cost(slot)` giving a comparable cost per eligible member
@@ -98,5 +170,26 @@ impl<A> Picker<A> for PowerOfTwoChoices {
                 .get(i)
                 .map_or(f64::INFINITY, |b| b.state().load_with(now))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_pair_is_distinct_and_in_range() {
+        for n in [2usize, 3, 8, 1000] {
+            for r in [
+                0u64,
+                u64::MAX,
+                0x1234_5678_9ABC_DEF0,
+                1 << 32,
+                (1 << 32) - 1,
+            ] {
+                let (a, b) = uniform_pair(r, n);
+                assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! estimate replaces it at once, a sample below is blended in, and the estimate decays
 //! towards zero while no sample arrives, over a window τ (default 10 s, set per pool with
 //! [`PoolBuilder::ewma_decay`](crate::PoolBuilder::ewma_decay)). A pick draws two distinct
-//! candidates as [`PowerOfTwoChoices`](super::PowerOfTwoChoices) does and takes the one
+//! candidates as [`PowerOfTwoChoices`](crate::PowerOfTwoChoices) does and takes the one
 //! with the lower cost = estimate × (in-flight + 1) ÷ weight. This is the balancer of
 //! Finagle, Linkerd and tower's `load::PeakEwma`.
 //!
@@ -24,15 +24,17 @@
 
 use std::time::Duration;
 
-use super::{Candidates, PickContext, Picker};
-use crate::backend::{Snapshot, now_nanos};
+use super::p2c::Candidates;
+use super::{PickContext, Picker};
+use crate::clock::now_nanos;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// The cost of an unmeasured backend with requests in flight, per request in flight.
 const PENALTY: f64 = 1e30;
 
 /// P2C over peak-EWMA latency × (in-flight + 1). See the [`pick`](crate::pick) module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PeakEwma {
     rng: RandomSource,
     default_rtt: Option<f64>,
@@ -48,6 +50,9 @@ impl PeakEwma {
     }
 
     /// A Peak-EWMA picker whose draws are reproducible from `seed`.
+    ///
+    /// A clone of a seeded picker continues from the original's state: it makes the
+    /// same draws the original would make next, then each advances on its own.
     pub fn with_seed(seed: u64) -> Self {
         PeakEwma {
             rng: RandomSource::seeded(seed),

@@ -5,11 +5,11 @@
 //! (at the cost of one shared atomic per pick).
 
 use super::{PickContext, Picker, eligible_at};
-use crate::backend::Snapshot;
 use crate::rng::RandomSource;
+use crate::snapshot::Snapshot;
 
 /// Picks an eligible member uniformly at random. See the [`pick`](crate::pick) module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Random {
     rng: RandomSource,
 }
@@ -23,6 +23,9 @@ impl Random {
     }
 
     /// A reproducible picker: the same seed gives the same picks.
+    ///
+    /// A clone of a seeded picker continues from the original's state: it makes the
+    /// same draws the original would make next, then each advances on its own.
     pub fn with_seed(seed: u64) -> Self {
         Random {
             rng: RandomSource::seeded(seed),

@@ -5,13 +5,19 @@
 //! each member exactly k times, and P picks shared by any number of threads give every
 //! member ⌊P/n⌋ or ⌈P/n⌉. The counter lives in the picker, not the snapshot, so the
 //! rotation continues across membership changes instead of restarting at the first member.
+//!
+//! A clone has its own counter, starting where the original's stands: the two then
+//! rotate independently (two pools built from clones do not share a rotation).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{PickContext, Picker, eligible_at};
-use crate::backend::Snapshot;
+use crate::snapshot::Snapshot;
 
-/// Picks the eligible members in turn. See the [`pick`](crate::pick) module docs.
+/// Picks the eligible members in turn. See the [module docs](self).
+///
+/// `Clone` gives a round robin with a counter of its own, starting at the original's
+/// current position.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
@@ -21,6 +27,15 @@ impl RoundRobin {
     /// A round robin starting at the first member.
     pub fn new() -> Self {
         RoundRobin::default()
+    }
+}
+
+impl Clone for RoundRobin {
+    fn clone(&self) -> Self {
+        RoundRobin {
+            // Relaxed: a copy of the position; it orders no other memory.
+            next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
+        }
     }
 }
 

@@ -15,21 +15,24 @@
 //!
 //! Memory is bounded whatever the weights' magnitudes. Weights are first divided by their
 //! greatest common divisor; if the cycle is still longer than [`MAX_SCHEDULE`] entries,
-//! weights are scaled down proportionally (each keeps at least 1) so the cycle fits, and
-//! shares are then exact to within 1/`MAX_SCHEDULE` of the total per member instead of
-//! exactly. The schedule holds at most `MAX_SCHEDULE + n` 4-byte entries (256 KiB plus
+//! weights are scaled down to a cycle of `MAX_SCHEDULE` by largest remainders (each
+//! member gets the floor or the ceiling of its exact quota), and members whose quota is
+//! below one entry are raised to one, so that every member keeps some traffic. Shares are
+//! then within (1 + r)/`MAX_SCHEDULE` of exact for every member, r the number of members
+//! raised (the raised entries come out of the others' shares): 1/`MAX_SCHEDULE` when no
+//! member's share is that small. The property tests check this bound. The schedule holds at most `MAX_SCHEDULE + n` 4-byte entries (256 KiB plus
 //! 4 bytes per member); building it costs O(len · n) on the change path.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{PickContext, Picker, eligible_at};
-use crate::backend::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// The longest cycle a schedule holds before weights are scaled down to fit.
 pub const MAX_SCHEDULE: u64 = 1 << 16;
 
 /// Smooth weighted round robin. See the [`pick`](crate::pick) module docs.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct WeightedRoundRobin {
     _private: (),
 }
@@ -78,10 +81,27 @@ fn cycle_weights(weights: &[u64]) -> (Vec<u64>, bool) {
     if total <= u128::from(MAX_SCHEDULE) {
         return (reduced, true);
     }
-    let scaled: Vec<u64> = reduced
-        .iter()
-        .map(|&w| ((u128::from(w) * u128::from(MAX_SCHEDULE) / total) as u64).max(1))
-        .collect();
+    // Largest remainders (Hamilton's apportionment): each member gets the floor or the
+    // ceiling of its exact quota of the cycle, so no share is a full entry off; then
+    // members whose quota is below one entry are raised to one.
+    let m = u128::from(MAX_SCHEDULE);
+    let mut scaled: Vec<u64> = Vec::with_capacity(reduced.len());
+    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(reduced.len());
+    for (i, &w) in reduced.iter().enumerate() {
+        let quota = u128::from(w) * m;
+        scaled.push((quota / total) as u64);
+        remainders.push((quota % total, i));
+    }
+    let given: u128 = scaled.iter().map(|&s| u128::from(s)).sum();
+    let left = usize::try_from(m.saturating_sub(given)).unwrap_or(usize::MAX);
+    // Largest remainder first; ties to the earlier member, so the result is deterministic.
+    remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in remainders.iter().take(left) {
+        scaled[i] += 1;
+    }
+    for s in &mut scaled {
+        *s = (*s).max(1);
+    }
     let g = scaled.iter().copied().fold(0, gcd).max(1);
     (scaled.into_iter().map(|w| w / g).collect(), false)
 }

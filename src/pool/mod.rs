@@ -35,9 +35,14 @@ use crate::snapshot::Snapshot;
 
 mod builder;
 mod health;
+#[cfg(feature = "tokio")]
+mod task;
 mod update;
 
 pub use builder::{DEFAULT_CANCEL_FAILURE_AFTER, PoolBuilder};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use task::HealthTask;
 pub use update::Edit;
 
 /// A snapshot together with a picker's table for it.
@@ -77,6 +82,16 @@ impl<A, T> Prepared<A, T> {
             // Holds any picker, including a user's, to the contract: an eligible index.
             .filter(|&i| self.snapshot.is_eligible(i))
             .ok_or_else(|| self.snapshot.empty_error())
+    }
+}
+
+/// A prepared snapshot reads as its snapshot: `pool.snapshot().len()`,
+/// `pool.snapshot().eligible()`.
+impl<A, T> std::ops::Deref for Prepared<A, T> {
+    type Target = Snapshot<A>;
+
+    fn deref(&self) -> &Snapshot<A> {
+        &self.snapshot
     }
 }
 
@@ -237,7 +252,7 @@ impl<A, P: Picker<A>> Pool<A, P> {
         let now = Instant::now();
         let health_now = self.now();
         (0..prepared.snapshot.len())
-            .filter_map(|i| BackendStats::read(&prepared.snapshot, i, now, health_now))
+            .filter_map(|i| prepared.snapshot.stats(i, now, health_now))
             .collect()
     }
 

@@ -7,8 +7,9 @@ use std::num::NonZeroU32;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
+use tower_lb::HashPicker;
 use tower_lb::affinity::hash_key;
-use tower_lb::pick::hash::{DEFAULT_TABLE_SIZE, HashPicker};
+use tower_lb::pick::hash::maglev::DEFAULT_TABLE_SIZE;
 use tower_lb::{
     BoundedLoad, InFlight, Jump, Maglev, PickContext, Picker, Pool, Rendezvous, Ring, RoundRobin,
     Snapshot, Weight,

@@ -42,9 +42,9 @@
 //! HAProxy `hash-balance-factor`.
 
 use super::HashPicker;
-use crate::backend::Snapshot;
 use crate::error::ConfigError;
 use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
 
 /// The default balance factor c: 1.25 (see the [module docs](self)).
 pub const DEFAULT_BALANCE_FACTOR: f64 = 1.25;
@@ -83,7 +83,7 @@ const FACTOR_ONE: u64 = 1 << 16;
 /// assert!(max <= 32); // ⌈1.25 · 100 / 4⌉
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BoundedLoad<H> {
     inner: H,
     /// c in units of 1/2¹⁶.
@@ -127,6 +127,13 @@ impl<H> BoundedLoad<H> {
     /// The wrapped picker.
     pub fn inner(&self) -> &H {
         &self.inner
+    }
+}
+
+/// Bounded loads over `H`'s default with the balance factor [`DEFAULT_BALANCE_FACTOR`].
+impl<H: Default> Default for BoundedLoad<H> {
+    fn default() -> Self {
+        BoundedLoad::new(H::default())
     }
 }
 
@@ -194,7 +201,7 @@ impl<A, H: HashPicker<A>> Picker<A> for BoundedLoad<H> {
             // Every eligible backend at its bound (load from outside this picker): the
             // key's first choice with no recent failure, else its first choice.
             .or_else(|| {
-                let now = crate::backend::now_nanos();
+                let now = crate::clock::now_nanos();
                 let sound = |i: usize| {
                     snapshot
                         .get(i)
@@ -230,7 +237,7 @@ impl<A, H: HashPicker<A>> HashPicker<A> for BoundedLoad<H> {
             // In flight, with recent failures counted as load (see `BackendState::load`).
             let load = snapshot.get(i).map_or(f64::INFINITY, |b| {
                 b.state()
-                    .load_with(|| *now.get_or_init(crate::backend::now_nanos))
+                    .load_with(|| *now.get_or_init(crate::clock::now_nanos))
             });
             // Nothing in flight is below any bound (every bound is at least 1).
             load == 0.0 || {

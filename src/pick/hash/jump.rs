@@ -32,9 +32,10 @@
 
 use std::fmt;
 
-use super::{BackendKey, HashPicker, MAX_PROBES, WithFallback, key_hash, members, next_probe};
-use crate::backend::Snapshot;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use super::{BackendKey, HashPicker, WithFallback, key_hash, members, probe_then_scan};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
 
 /// Jump consistent hashing over the members in key order. See the [module docs](self).
 ///
@@ -56,7 +57,7 @@ use crate::pick::{PickContext, Picker, RoundRobin};
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Jump<F = RoundRobin> {
     fallback: F,
 }
@@ -137,12 +138,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
         let mut members = members(snapshot);
         members.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let buckets = members.iter().map(|m| m.index).collect();
-        WithFallback {
-            table: JumpTable { buckets },
-            fallback: self
-                .fallback
-                .prepare(snapshot, previous.map(|p| &p.fallback)),
-        }
+        WithFallback::prepare(JumpTable { buckets }, &self.fallback, snapshot, previous)
     }
 
     #[inline]
@@ -152,9 +148,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
         snapshot: &Snapshot<A>,
         ctx: &PickContext,
     ) -> Option<usize> {
-        ctx.hash()
-            .and_then(|hash| self.find(table, snapshot, hash, |_| true))
-            .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
+        table.pick(&self.fallback, snapshot, ctx, |hash| {
+            self.find(table, snapshot, hash, |_| true)
+        })
     }
 }
 
@@ -166,29 +162,15 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Jump<F> {
         table: &Self::Table,
         snapshot: &Snapshot<A>,
         hash: u64,
-        mut accept: G,
+        accept: G,
     ) -> Option<usize>
     where
         G: FnMut(usize) -> bool,
     {
         let buckets = &table.table.buckets;
-        let n = u32::try_from(buckets.len()).ok().filter(|&n| n > 0)?;
-        let mut k = key_hash(hash);
-        let mut bucket = 0;
-        for _ in 0..MAX_PROBES {
-            bucket = jump(k, n) as usize;
-            let index = *buckets.get(bucket)? as usize;
-            if snapshot.is_eligible(index) && accept(index) {
-                return Some(index);
-            }
-            k = next_probe(k);
-        }
-        let (before, after) = buckets.split_at_checked(bucket)?;
-        after
-            .iter()
-            .chain(before)
-            .map(|&i| i as usize)
-            .find(|&index| snapshot.is_eligible(index) && accept(index))
+        // (`n` fits: a table is never built past u32::MAX members.)
+        let entry_of = |k, n: usize| jump(k, u32::try_from(n).unwrap_or(u32::MAX)) as usize;
+        probe_then_scan(buckets, key_hash(hash), entry_of, snapshot, accept)
     }
 }
 
@@ -213,7 +195,7 @@ mod tests {
 
     #[test]
     fn grows_only_onto_the_new_bucket() {
-        for key in (0..5000u64).map(crate::affinity::mix) {
+        for key in (0..5000u64).map(crate::stable_hash::mix) {
             let mut previous = jump(key, 1);
             assert_eq!(previous, 0);
             for n in 2..64 {

@@ -33,13 +33,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{
-    BackendKey, Fingerprint, HashPicker, MAX_PROBES, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
-    WithFallback, key_hash, next_probe, reduce, reuse_or_build,
+    BackendKey, Fingerprint, HashPicker, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
+    WithFallback, key_hash, probe_then_scan, reduce, reuse_or_build,
 };
-use crate::affinity::seeded;
-use crate::backend::Snapshot;
 use crate::error::ConfigError;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
+use crate::stable_hash::seeded;
 
 /// The default table size M: the prime 65 537, as Envoy and the paper's evaluation
 /// use; good for the 1 % disruption bound up to ≈ 650 backends.
@@ -72,7 +73,7 @@ const EMPTY: u32 = u32::MAX;
 /// assert_eq!(maglev.pick(&table, &snapshot, &ctx), home); // same key, same backend
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Maglev<F = RoundRobin> {
     size: u32,
     fallback: F,
@@ -269,12 +270,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
             |core| &core.fingerprint,
             |members, fingerprint| build(members, fingerprint, size),
         );
-        WithFallback {
-            table: MaglevTable { core },
-            fallback: self
-                .fallback
-                .prepare(snapshot, previous.map(|p| &p.fallback)),
-        }
+        WithFallback::prepare(MaglevTable { core }, &self.fallback, snapshot, previous)
     }
 
     #[inline]
@@ -284,9 +280,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
         snapshot: &Snapshot<A>,
         ctx: &PickContext,
     ) -> Option<usize> {
-        ctx.hash()
-            .and_then(|hash| self.find(table, snapshot, hash, |_| true))
-            .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
+        table.pick(&self.fallback, snapshot, ctx, |hash| {
+            self.find(table, snapshot, hash, |_| true)
+        })
     }
 }
 
@@ -299,28 +295,18 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Maglev<F> {
         table: &Self::Table,
         snapshot: &Snapshot<A>,
         hash: u64,
-        mut accept: G,
+        accept: G,
     ) -> Option<usize>
     where
         G: FnMut(usize) -> bool,
     {
-        let entries = &table.table.core.entries;
-        let m = entries.len();
-        let mut h = key_hash(hash);
-        let mut slot = 0;
-        for _ in 0..MAX_PROBES {
-            slot = reduce(h, m);
-            let index = *entries.get(slot)? as usize;
-            if snapshot.is_eligible(index) && accept(index) {
-                return Some(index);
-            }
-            h = next_probe(h);
-        }
-        let (tail, head) = entries.split_at_checked(slot)?;
-        head.iter()
-            .chain(tail)
-            .map(|&e| e as usize)
-            .find(|&index| snapshot.is_eligible(index) && accept(index))
+        probe_then_scan(
+            &table.table.core.entries,
+            key_hash(hash),
+            reduce,
+            snapshot,
+            accept,
+        )
     }
 }
 

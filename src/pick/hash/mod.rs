@@ -42,13 +42,19 @@
 //! weighted), so it is slower than the ring from about 4 members on and slower than
 //! Maglev at any size — choose it for small sets or where no table may be kept; jump
 //! is for numbered shards that only grow or shrink at the end.
+//!
+//! [`Maglev`]: crate::Maglev
+//! [`Ring`]: crate::Ring
+//! [`Rendezvous`]: crate::Rendezvous
+//! [`Jump`]: crate::Jump
+//! [`BoundedLoad`]: crate::BoundedLoad
 
 use std::fmt;
 use std::sync::Arc;
 
-use super::Picker;
-use crate::affinity::{mix, seeded};
-use crate::backend::Snapshot;
+use super::{PickContext, Picker};
+use crate::snapshot::Snapshot;
+use crate::stable_hash::{mix, seeded};
 
 mod backend_key;
 pub mod bounded_load;
@@ -58,18 +64,14 @@ pub mod rendezvous;
 pub mod ring;
 
 pub use backend_key::BackendKey;
-pub use bounded_load::{BoundedLoad, DEFAULT_BALANCE_FACTOR};
-pub use jump::{Jump, JumpTable};
-pub use maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, Maglev, MaglevTable};
-pub use rendezvous::{Rendezvous, RendezvousTable};
-pub use ring::{DEFAULT_MAX_POINTS, DEFAULT_POINTS_PER_WEIGHT, Ring, RingTable};
 
 /// A consistent-hashing picker whose preference order for a key can be walked.
 ///
 /// Every key has a preference order over the members; the picker places the key on the
 /// first eligible member of it. [`find`](Self::find) walks that order and stops at the
-/// first eligible member `accept` takes: [`BoundedLoad`] passes a capacity test, a retry
-/// policy can pass "not tried yet" to fail over the way the key's own failover would.
+/// first eligible member `accept` takes: [`BoundedLoad`](crate::BoundedLoad) passes a
+/// capacity test, a retry policy can pass "not tried yet" to fail over the way the key's
+/// own failover would.
 pub trait HashPicker<A>: Picker<A> {
     /// The first eligible member in `hash`'s preference order that `accept` takes, or
     /// `None` when the walk finds none. Calls `accept` only on eligible members, in
@@ -102,6 +104,74 @@ impl<T, U> WithFallback<T, U> {
     pub fn fallback(&self) -> &U {
         &self.fallback
     }
+
+    /// `table` beside the table `fallback` prepares for `snapshot` (from its previous one).
+    pub(crate) fn prepare<A, F>(
+        table: T,
+        fallback: &F,
+        snapshot: &Snapshot<A>,
+        previous: Option<&Self>,
+    ) -> Self
+    where
+        F: Picker<A, Table = U>,
+    {
+        WithFallback {
+            table,
+            fallback: fallback.prepare(snapshot, previous.map(|p| &p.fallback)),
+        }
+    }
+
+    /// Every hashing picker's pick: `by_key` for a request with a key, else — or when it
+    /// finds no backend — the fallback picker's.
+    #[inline]
+    pub(crate) fn pick<A, F>(
+        &self,
+        fallback: &F,
+        snapshot: &Snapshot<A>,
+        ctx: &PickContext,
+        by_key: impl FnOnce(u64) -> Option<usize>,
+    ) -> Option<usize>
+    where
+        F: Picker<A, Table = U>,
+    {
+        ctx.hash()
+            .and_then(by_key)
+            .or_else(|| fallback.pick(&self.fallback, snapshot, ctx))
+    }
+}
+
+/// The preference order of the table pickers (Maglev's slots, Jump's buckets): the
+/// entry of the key, then of up to [`MAX_PROBES`] − 1 rehashed keys, then every entry
+/// from the last one on, wrapping — so every member holding an entry is reached.
+/// `entry_of(h, n)` is the entry of key hash `h` among `n`.
+#[inline]
+pub(crate) fn probe_then_scan<A>(
+    entries: &[u32],
+    key: u64,
+    entry_of: impl Fn(u64, usize) -> usize,
+    snapshot: &Snapshot<A>,
+    mut accept: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    let n = entries.len();
+    if n == 0 {
+        return None;
+    }
+    let mut h = key;
+    let mut slot = 0;
+    for _ in 0..MAX_PROBES {
+        slot = entry_of(h, n);
+        let index = *entries.get(slot)? as usize;
+        if snapshot.is_eligible(index) && accept(index) {
+            return Some(index);
+        }
+        h = next_probe(h);
+    }
+    let (before, after) = entries.split_at_checked(slot)?;
+    after
+        .iter()
+        .chain(before)
+        .map(|&i| i as usize)
+        .find(|&index| snapshot.is_eligible(index) && accept(index))
 }
 
 impl<T: fmt::Debug, U> fmt::Debug for WithFallback<T, U> {

@@ -30,9 +30,10 @@
 use std::fmt;
 
 use super::{BackendKey, HashPicker, WithFallback, key_hash, members};
-use crate::affinity::mix;
-use crate::backend::Snapshot;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
+use crate::stable_hash::mix;
 
 /// Weighted rendezvous hashing. See the [module docs](self).
 ///
@@ -49,7 +50,7 @@ use crate::pick::{PickContext, Picker, RoundRobin};
 /// assert!(hrw.pick(&table, &snapshot, &ctx).is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Rendezvous<F = RoundRobin> {
     fallback: F,
 }
@@ -254,12 +255,12 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
             .collect();
         // (A zero weight gives an infinite inverse, hence a score of −∞: last place.)
         let uniform = members.windows(2).all(|w| w[0].1 == w[1].1);
-        WithFallback {
-            table: RendezvousTable { members, uniform },
-            fallback: self
-                .fallback
-                .prepare(snapshot, previous.map(|p| &p.fallback)),
-        }
+        WithFallback::prepare(
+            RendezvousTable { members, uniform },
+            &self.fallback,
+            snapshot,
+            previous,
+        )
     }
 
     #[inline]
@@ -269,9 +270,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
         snapshot: &Snapshot<A>,
         ctx: &PickContext,
     ) -> Option<usize> {
-        ctx.hash()
-            .and_then(|hash| table.table.best(snapshot, key_hash(hash)))
-            .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
+        table.pick(&self.fallback, snapshot, ctx, |hash| {
+            table.table.best(snapshot, key_hash(hash))
+        })
     }
 }
 

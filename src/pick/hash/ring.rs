@@ -46,9 +46,10 @@ use std::sync::Arc;
 use super::{
     BackendKey, Fingerprint, HashPicker, Member, SEED_RING, WithFallback, key_hash, reuse_or_build,
 };
-use crate::affinity::seeded;
-use crate::backend::Snapshot;
-use crate::pick::{PickContext, Picker, RoundRobin};
+use crate::pick::round_robin::RoundRobin;
+use crate::pick::{PickContext, Picker};
+use crate::snapshot::Snapshot;
+use crate::stable_hash::seeded;
 
 /// The default number of points per unit of weight: 160, as Ketama and NGINX.
 pub const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
@@ -75,7 +76,7 @@ const MAX_DIRECTORY_BITS: u32 = 24;
 /// assert!(ring.pick(&table, &snapshot, &ctx).is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ring<F = RoundRobin> {
     points_per_weight: u32,
     max_points: u32,
@@ -334,12 +335,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
             |core| &core.fingerprint,
             |members, fingerprint| build(members, fingerprint, per_weight, max, scale),
         );
-        WithFallback {
-            table: RingTable { core },
-            fallback: self
-                .fallback
-                .prepare(snapshot, previous.map(|p| &p.fallback)),
-        }
+        WithFallback::prepare(RingTable { core }, &self.fallback, snapshot, previous)
     }
 
     #[inline]
@@ -349,9 +345,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
         snapshot: &Snapshot<A>,
         ctx: &PickContext,
     ) -> Option<usize> {
-        ctx.hash()
-            .and_then(|hash| self.find(table, snapshot, hash, |_| true))
-            .or_else(|| self.fallback.pick(&table.fallback, snapshot, ctx))
+        table.pick(&self.fallback, snapshot, ctx, |hash| {
+            self.find(table, snapshot, hash, |_| true)
+        })
     }
 }
 
@@ -411,7 +407,7 @@ mod tests {
             let ring = table.table();
             let hashes: Vec<u64> = ring.points().map(|(h, _)| h).collect();
             let probes = (0..2000u64)
-                .map(crate::affinity::mix)
+                .map(crate::stable_hash::mix)
                 .chain([0, 1, u64::MAX, hashes[0], hashes[hashes.len() - 1]])
                 .chain(hashes.iter().map(|h| h.wrapping_add(1)));
             for h in probes {

@@ -18,12 +18,12 @@ use std::task::{Context, Poll};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::probe::{Probe, ProbeConfig};
+use super::{Pool, WeakPool};
 use crate::backend::BackendId;
 use crate::backend::HealthShared;
 use crate::error::SpawnError;
+use crate::health::probe::{Probe, ProbeConfig};
 use crate::pick::Picker;
-use crate::pool::{Pool, WeakPool};
 use crate::rng::RandomSource;
 
 /// A handle on a pool's background health task.

@@ -1,0 +1,312 @@
+//! The server: the accept loop, the client connections' time-outs, graceful shutdown.
+//!
+//! hyper serves each connection (HTTP/1.1, after the TLS handshake when terminating
+//! TLS) and runs `handle` for each request. [`Watched`] wraps the connection's stream
+//! and ends it when no request head arrives in time (`--header-timeout`) or no request
+//! starts for `--idle-timeout`; it learns of requests through the [`Activity`] their
+//! [`Busy`] guards update. On shutdown, the listener closes and requests in flight get
+//! 30 seconds to finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower_lb::balance::BoxError;
+
+use super::{LOG_TARGET, Proxy, ProxyBody, handle, tls};
+
+/// Accepts connections on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish (for up to 30 seconds).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    tls: Option<Arc<ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let acceptor = tls.map(TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: back off a little.
+                    tracing::warn!(target: LOG_TARGET, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let inner = Arc::clone(&proxy.inner);
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let https = acceptor.is_some();
+            let activity = Activity::new(inner.client);
+            let service = hyper::service::service_fn({
+                let activity = Arc::clone(&activity);
+                move |req| {
+                    let inner = Arc::clone(&inner);
+                    // In progress from the parsed head to the response's last byte.
+                    let busy = Busy::begin(&activity);
+                    async move {
+                        let response = handle(&inner, req, peer, https).await;
+                        Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
+                    }
+                }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = match acceptor {
+                Some(acceptor) => {
+                    let Some(tls) = tls::handshake(&acceptor, stream, peer).await else {
+                        return;
+                    };
+                    let io = Watched::new(tls, activity);
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(io), service))
+                        .await
+                }
+                None => {
+                    let io = Watched::new(stream, activity);
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(io), service))
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(target: LOG_TARGET, %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(target: LOG_TARGET, "shutting down: no new connections; waiting for requests in flight");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!(target: LOG_TARGET, "all connections closed"),
+        () = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!(target: LOG_TARGET, "requests still in flight after 30 s; closing");
+        }
+    }
+}
+
+/// The client connections' time-outs: `--header-timeout` and `--idle-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// To send a request's head: from the connection's start (after the TLS handshake)
+    /// for its first request, from the head's first byte for the next ones.
+    pub header: Duration,
+    /// With no request in progress, between two requests.
+    pub idle: Duration,
+}
+
+/// What a client connection is waiting for when it has no request in progress.
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    /// The rest of a request head (or the first one): closed with an error after the
+    /// header time-out.
+    Head,
+    /// The next request: closed quietly (an end of stream) after the idle time-out.
+    Idle,
+}
+
+/// One client connection's progress, shared by its reader ([`Watched`]) and its
+/// requests ([`Busy`]). hyper's own `header_read_timeout` cannot serve here: its clock
+/// runs from the moment it waits for a head, idle time included, so it would close
+/// idle keep-alive connections after the header time-out.
+struct Activity {
+    timeouts: ClientTimeouts,
+    /// Requests whose head was read and whose response is not yet sent in full.
+    busy: usize,
+    /// With no request in progress: until when, and for what.
+    deadline: Option<(tokio::time::Instant, Waiting)>,
+    /// The reader's task, woken when the deadline moves.
+    reader: Option<std::task::Waker>,
+}
+
+impl Activity {
+    /// A connection's activity; its first deadline is set when it is [`Watched`].
+    fn new(timeouts: ClientTimeouts) -> Arc<Mutex<Activity>> {
+        Arc::new(Mutex::new(Activity {
+            timeouts,
+            busy: 0,
+            deadline: None,
+            reader: None,
+        }))
+    }
+}
+
+fn activity(activity: &Mutex<Activity>) -> std::sync::MutexGuard<'_, Activity> {
+    activity.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request in progress on its connection; when the last one ends, the idle time-out
+/// starts.
+struct Busy(Arc<Mutex<Activity>>);
+
+impl Busy {
+    fn begin(shared: &Arc<Mutex<Activity>>) -> Busy {
+        let mut a = activity(shared);
+        a.busy += 1;
+        a.deadline = None;
+        drop(a);
+        Busy(Arc::clone(shared))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut a = activity(&self.0);
+        a.busy -= 1;
+        if a.busy == 0 {
+            a.deadline = Some((tokio::time::Instant::now() + a.timeouts.idle, Waiting::Idle));
+            // The reader may be asleep on no deadline at all: let it arm this one.
+            if let Some(reader) = a.reader.take() {
+                reader.wake();
+            }
+        }
+    }
+}
+
+/// A response body that keeps its request in progress until it is dropped (hyper drops
+/// it once sent, or when the connection ends).
+pub struct BusyBody {
+    body: ProxyBody,
+    _busy: Busy,
+}
+
+impl Body for BusyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client connection's stream, ending it when the client is too slow to send a
+/// request head or stays idle too long (see [`ClientTimeouts`]). It learns of
+/// requests through the [`Activity`] their [`Busy`] guards update.
+struct Watched<T> {
+    io: T,
+    activity: Arc<Mutex<Activity>>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<tokio::time::Instant>,
+}
+
+impl<T> Watched<T> {
+    /// Watches `io` from now on: its first request head is due within the header
+    /// time-out.
+    fn new(io: T, shared: Arc<Mutex<Activity>>) -> Self {
+        let mut a = activity(&shared);
+        if a.busy == 0 {
+            a.deadline = Some((
+                tokio::time::Instant::now() + a.timeouts.header,
+                Waiting::Head,
+            ));
+        }
+        drop(a);
+        Watched {
+            io,
+            activity: shared,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let mut a = activity(&self.activity);
+        if let Poll::Ready(read) = polled {
+            // The first byte of a request after an idle spell: the head's clock starts.
+            if read.is_ok()
+                && buf.filled().len() > before
+                && let Some((_, Waiting::Idle)) = a.deadline
+            {
+                let at = tokio::time::Instant::now() + a.timeouts.header;
+                a.deadline = Some((at, Waiting::Head));
+            }
+            return Poll::Ready(read);
+        }
+        if !a.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            a.reader = Some(cx.waker().clone());
+        }
+        let Some((at, waiting)) = a.deadline else {
+            return Poll::Pending;
+        };
+        drop(a);
+        if self.armed != Some(at) {
+            self.timer.as_mut().reset(at);
+            self.armed = Some(at);
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match waiting {
+            // hyper closes a connection that ends between requests without a fuss.
+            Waiting::Idle => Poll::Ready(Ok(())),
+            Waiting::Head => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete request head within --header-timeout",
+            ))),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,92 @@
+//! [`InFlight`]: the RAII guard of one request on one backend.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::BackendState;
+use crate::clock::{instant_at_nanos, nanos_since_epoch, now_nanos};
+
+/// An RAII guard for one request on one backend: in flight until dropped.
+///
+/// Dropping the guard without [`success`](Self::success) or [`failure`](Self::failure)
+/// is a cancelled request: it releases the in-flight count, and its elapsed time —
+/// a lower bound of its latency — raises the latency estimate when above it. In a
+/// [`Pool`](crate::Pool), a request dropped after the pool's cancellation threshold
+/// ([`PoolBuilder::cancelled_as_failure_after`](crate::PoolBuilder::cancelled_as_failure_after),
+/// 100 ms by default) also counts as a failure: a caller's time-out is the backend's
+/// failure, or a hung backend would never be ejected.
+#[derive(Debug)]
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct InFlight {
+    state: Arc<BackendState>,
+    /// Nanoseconds since the crate's epoch.
+    started: u64,
+    /// Whether an outcome was recorded (else dropping is a cancellation).
+    finished: bool,
+}
+
+impl InFlight {
+    /// Tracking of a request on `state` that started at `started` (its in-flight count
+    /// already raised).
+    pub(super) fn new(state: Arc<BackendState>, started: u64) -> Self {
+        InFlight {
+            state,
+            started,
+            finished: false,
+        }
+    }
+
+    /// When tracking started.
+    pub fn started(&self) -> Instant {
+        instant_at_nanos(self.started)
+    }
+
+    /// How long the request has been in flight, on the request clock.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(now_nanos().saturating_sub(self.started))
+    }
+
+    /// The request succeeded: counts it and feeds its latency to the estimate.
+    pub fn success(self) {
+        self.finish_at_nanos(true, now_nanos());
+    }
+
+    /// The request failed: counts it, adds to the backend's failure score, and raises
+    /// the latency estimate to its latency if that is higher (a fast failure is not a
+    /// fast answer).
+    pub fn failure(self) {
+        self.finish_at_nanos(false, now_nanos());
+    }
+
+    /// Ends the request now (fast clock); returns whether the outcome crossed the
+    /// consecutive-failure threshold.
+    pub(crate) fn finish_at_nanos(mut self, success: bool, end: u64) -> bool {
+        self.finished = true;
+        let latency = Duration::from_nanos(end.saturating_sub(self.started));
+        self.state.record_outcome(success, Some(latency), end)
+    }
+
+    /// Ends the request with the given outcome at `at` (a clock of the caller's).
+    ///
+    /// The outcome also feeds the pool's passive outlier detection: a failure that
+    /// reaches the consecutive-failure threshold gets the backend ejected by the
+    /// background health task at once, or at the next [`Pool::tick`](crate::Pool::tick)
+    /// (use [`Pool::report`](crate::Pool::report) to eject synchronously).
+    pub fn finish(self, success: bool, at: Instant) {
+        self.finish_at_nanos(success, nanos_since_epoch(at));
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            let now = now_nanos();
+            let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
+            // A failure past the threshold signals the pool like any other; the next
+            // tick (or the tower service's next pick) publishes the ejection.
+            self.state.record_cancel(elapsed, now);
+        }
+    }
+}
