@@ -142,23 +142,19 @@ proptest! {
 #[test]
 fn when_the_set_shrinks_the_ejection_closest_to_its_end_returns_first() {
     let clock = ManualClock::new();
-    let pool = Pool::<String, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(
-            OutlierDetection::new()
-                .consecutive_failures(0)
-                .success_rate(None)
-                .failure_percentage(Some(
-                    FailurePercentage::new().minimum_hosts(1).request_volume(10),
-                ))
-                .ejection_jitter(Duration::ZERO)
-                .max_ejection_percent(50)
-                .unwrap(),
-        )
-        .build();
-    let ids = pool
-        .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
-        .unwrap();
+    let (pool, ids) = detected(
+        &clock,
+        OutlierDetection::new()
+            .consecutive_failures(0)
+            .success_rate(None)
+            .failure_percentage(Some(
+                FailurePercentage::new().minimum_hosts(1).request_volume(10),
+            ))
+            .ejection_jitter(Duration::ZERO)
+            .max_ejection_percent(50)
+            .unwrap(),
+        6,
+    );
     let (first, second) = (ids[4], ids[1]);
     for victim in [first, second] {
         for &id in &ids {

@@ -42,6 +42,22 @@ fn ejected_count<A: Clone, P: Picker<A>>(pool: &Pool<A, P>) -> usize {
 }
 
 /// Outlier detection with consecutive failures only and no jitter: exact times.
+/// A round-robin pool of `n` backends `h0`, `h1`, … on `clock`, with `detection`.
+fn detected(
+    clock: &ManualClock,
+    detection: OutlierDetection,
+    n: usize,
+) -> (Pool<String, RoundRobin>, Vec<BackendId>) {
+    let pool = Pool::<String, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(detection)
+        .build();
+    let ids = pool
+        .extend((0..n).map(|i| (format!("h{i}"), Weight::ONE)))
+        .unwrap();
+    (pool, ids)
+}
+
 fn consecutive_only() -> OutlierDetection {
     OutlierDetection::new()
         .ejection_jitter(Duration::ZERO)

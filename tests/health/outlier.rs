@@ -276,20 +276,16 @@ fn success_rate_waits_for_enough_backends_and_volume() {
 #[test]
 fn failure_percentage_ejects_above_the_threshold_when_enabled() {
     let clock = ManualClock::new();
-    let pool = Pool::<String, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(
-            OutlierDetection::new()
-                .consecutive_failures(0)
-                .success_rate(None)
-                .failure_percentage(Some(FailurePercentage::new()))
-                .max_ejection_percent(50)
-                .unwrap(),
-        )
-        .build();
-    let ids = pool
-        .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
-        .unwrap();
+    let (pool, ids) = detected(
+        &clock,
+        OutlierDetection::new()
+            .consecutive_failures(0)
+            .success_rate(None)
+            .failure_percentage(Some(FailurePercentage::new()))
+            .max_ejection_percent(50)
+            .unwrap(),
+        6,
+    );
     for (n, &id) in ids.iter().enumerate() {
         // h0 fails 90%, h1 80%, the others 0%.
         let failures = [45, 40, 0, 0, 0, 0][n];
@@ -384,19 +380,15 @@ fn outcomes<P: Picker<String>>(
 fn success_rate_ejects_the_worst_first_within_the_cap() {
     for (percent, want) in [(5u8, vec![15usize]), (10, vec![3, 15])] {
         let clock = ManualClock::new();
-        let pool = Pool::<String, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(
-                OutlierDetection::new()
-                    .consecutive_failures(0)
-                    .ejection_jitter(Duration::ZERO)
-                    .max_ejection_percent(percent)
-                    .unwrap(),
-            )
-            .build();
-        let ids = pool
-            .extend((0..20).map(|i| (format!("h{i}"), Weight::ONE)))
-            .unwrap();
+        let (pool, ids) = detected(
+            &clock,
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .ejection_jitter(Duration::ZERO)
+                .max_ejection_percent(percent)
+                .unwrap(),
+            20,
+        );
         for (i, &id) in ids.iter().enumerate() {
             let failures = match i {
                 3 => 40,
@@ -425,19 +417,15 @@ fn success_rate_ejects_the_worst_first_within_the_cap() {
 #[test]
 fn failure_percentage_ejects_the_worst_first_within_the_cap() {
     let clock = ManualClock::new();
-    let pool = Pool::<String, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(
-            OutlierDetection::new()
-                .consecutive_failures(0)
-                .success_rate(None)
-                .failure_percentage(Some(FailurePercentage::new()))
-                .ejection_jitter(Duration::ZERO),
-        )
-        .build();
-    let ids = pool
-        .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
-        .unwrap();
+    let (pool, ids) = detected(
+        &clock,
+        OutlierDetection::new()
+            .consecutive_failures(0)
+            .success_rate(None)
+            .failure_percentage(Some(FailurePercentage::new()))
+            .ejection_jitter(Duration::ZERO),
+        6,
+    );
     for (i, &id) in ids.iter().enumerate() {
         let failures = [0, 86, 0, 0, 90, 0][i];
         outcomes(&pool, id, 100 - failures, failures);
@@ -464,20 +452,16 @@ fn failure_percentage_waits_for_enough_backends_and_volume() {
         (50, [90, 90, 90, 90, 90], true),
     ] {
         let clock = ManualClock::new();
-        let pool = Pool::<String, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(
-                OutlierDetection::new()
-                    .consecutive_failures(0)
-                    .success_rate(None)
-                    .failure_percentage(Some(FailurePercentage::new()))
-                    .max_ejection_percent(50)
-                    .unwrap(),
-            )
-            .build();
-        let ids = pool
-            .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
-            .unwrap();
+        let (pool, ids) = detected(
+            &clock,
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .success_rate(None)
+                .failure_percentage(Some(FailurePercentage::new()))
+                .max_ejection_percent(50)
+                .unwrap(),
+            6,
+        );
         outcomes(&pool, ids[0], 0, bad);
         for (&id, &n) in ids[1..].iter().zip(&others) {
             outcomes(&pool, id, n, 0);
@@ -500,18 +484,14 @@ fn failure_percentage_waits_for_enough_backends_and_volume() {
 fn success_rate_waits_for_request_volume() {
     for (bad, want) in [(100usize, true), (99, false)] {
         let clock = ManualClock::new();
-        let pool = Pool::<String, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(
-                OutlierDetection::new()
-                    .consecutive_failures(0)
-                    .max_ejection_percent(50)
-                    .unwrap(),
-            )
-            .build();
-        let ids = pool
-            .extend((0..6).map(|i| (format!("h{i}"), Weight::ONE)))
-            .unwrap();
+        let (pool, ids) = detected(
+            &clock,
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .max_ejection_percent(50)
+                .unwrap(),
+            6,
+        );
         outcomes(&pool, ids[0], bad / 2, bad - bad / 2);
         for &id in &ids[1..] {
             outcomes(&pool, id, 100, 0);
