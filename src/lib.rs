@@ -46,13 +46,17 @@
 //!
 //! # Features
 //!
-//! - `tower` (default): the tower integration. Pickers and the backend model need no
-//!   async runtime and no tower.
+//! - `tower` (default): the tower integration — `Balance`, `BalanceLayer`, retries
+//!   (`RetryLayer`), and the request's `Steering` that lets the layers compose (an
+//!   `http::Request` carries it, so this feature takes the small `http` crate). Pickers
+//!   and the backend model need no async runtime and no tower.
 //! - `tokio`: the background health task (`Pool::spawn_health`,
-//!   `Pool::spawn_health_probes`) and the TCP probe; health's clock then reads tokio's,
-//!   so tests with a paused clock drive it.
+//!   `Pool::spawn_health_probes`), the TCP probe, DNS discovery and the per-attempt
+//!   time-out (`BalanceLayer::timeout`); health's clock then reads tokio's, so tests with
+//!   a paused clock drive it.
 //! - `http`: Layer 7 affinity keys on `http::Request` — `HeaderKey`, `CookieKey`,
-//!   `PathKey`, `QueryKey` in [`affinity`] — and the HTTP health probe (with `tokio`).
+//!   `PathKey`, `QueryKey` in [`affinity`] —, the HTTP health probe (with `tokio`),
+//!   sticky cookies, body tracking, `HttpTarget` routing and `HttpBalance`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
