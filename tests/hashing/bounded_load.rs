@@ -227,3 +227,64 @@ proptest! {
         check_weighted_bounds(Rendezvous::new(), &ids, factor, &requests)?;
     }
 }
+
+/// "Failures are load: a key whose home fails fast spills to its next choice as if the
+/// home were full" — also when every backend is past its bound: the home fails (five
+/// recent failures: load 31), the other backend carries ten requests from elsewhere
+/// (bound ⌈1.25 · 11 / 2⌉ = 7). The key goes to its first choice with no recent failure,
+/// not to its failing home.
+#[test]
+fn a_failing_home_spills_even_when_every_backend_is_past_its_bound() {
+    for inner in ["maglev", "ring", "rendezvous"] {
+        let s = snapshot(&[10, 20], false);
+        let check = |picker: &dyn Fn(u64) -> (Option<usize>, usize)| {
+            // A key whose home is backend 0.
+            let key = (0..)
+                .map(|i| hash_key(format!("k{i}").as_bytes()))
+                .find(|&k| picker(k).1 == 0)
+                .unwrap();
+            let _elsewhere: Vec<InFlight> =
+                (0..10).map(|_| s.backends()[1].state().start()).collect();
+            for _ in 0..5 {
+                s.backends()[0].state().start().failure();
+            }
+            assert_eq!(
+                picker(key).0,
+                Some(1),
+                "{inner}: the failing home was picked"
+            );
+        };
+        match inner {
+            "maglev" => {
+                let p = BoundedLoad::new(Maglev::new().with_table_size(4093).unwrap());
+                let t = p.prepare(&s, None);
+                check(&|k| {
+                    (
+                        p.pick(&t, &s, &ctx(k)),
+                        p.inner().pick(&t, &s, &ctx(k)).unwrap(),
+                    )
+                });
+            }
+            "ring" => {
+                let p = BoundedLoad::new(Ring::new());
+                let t = p.prepare(&s, None);
+                check(&|k| {
+                    (
+                        p.pick(&t, &s, &ctx(k)),
+                        p.inner().pick(&t, &s, &ctx(k)).unwrap(),
+                    )
+                });
+            }
+            _ => {
+                let p = BoundedLoad::new(Rendezvous::new());
+                let t = p.prepare(&s, None);
+                check(&|k| {
+                    (
+                        p.pick(&t, &s, &ctx(k)),
+                        p.inner().pick(&t, &s, &ctx(k)).unwrap(),
+                    )
+                });
+            }
+        }
+    }
+}
