@@ -240,37 +240,86 @@ fn success_rate_ejects_the_outlier_and_only_the_outlier() {
     }
 }
 
+/// The success-rate rule judges only when enough backends have the volume. With one
+/// outlier among n, its distance from the mean is √(n − 1) σ, so below five backends
+/// the 1.9σ rule cannot eject it anyway: the minimum is checked with five backends (one
+/// failing every request — ejected at the default minimum of 5) against a minimum of 6
+/// (not judged), and the volume against a lowered `request_volume` (20 requests each:
+/// judged at 20, not at the default 100).
 #[test]
 fn success_rate_waits_for_enough_backends_and_volume() {
-    let clock = ManualClock::new();
-    let pool = Pool::<String, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(
-            OutlierDetection::new()
-                .consecutive_failures(0)
-                .max_ejection_percent(50)
-                .unwrap(),
-        )
-        .build();
-    // Four backends: below the default minimum of five judged hosts.
-    let ids = pool
-        .extend((0..4).map(|i| (format!("h{i}"), Weight::ONE)))
-        .unwrap();
-    for &id in &ids {
-        let bad = id == ids[0];
-        for i in 0..200 {
-            let ok = if bad { i % 2 == 0 } else { true };
-            let outcome = if ok {
-                Outcome::success()
-            } else {
-                Outcome::failure()
-            };
-            pool.report(id, outcome).unwrap();
+    for (rule, want) in [
+        (SuccessRate::new(), false),
+        (SuccessRate::new().request_volume(20), true),
+        (
+            SuccessRate::new().request_volume(20).minimum_hosts(6),
+            false,
+        ),
+        (SuccessRate::new().request_volume(20).minimum_hosts(5), true),
+    ] {
+        let clock = ManualClock::new();
+        let pool = Pool::<String, _>::builder(RoundRobin::new())
+            .clock(clock.reader())
+            .outlier_detection(
+                OutlierDetection::new()
+                    .consecutive_failures(0)
+                    .success_rate(Some(rule.clone()))
+                    .max_ejection_percent(50)
+                    .unwrap(),
+            )
+            .build();
+        let ids = pool
+            .extend((0..5).map(|i| (format!("h{i}"), Weight::ONE)))
+            .unwrap();
+        outcomes(&pool, ids[0], 0, 20);
+        for &id in &ids[1..] {
+            outcomes(&pool, id, 20, 0);
         }
+        clock.advance(Duration::from_secs(10));
+        pool.tick();
+        assert_eq!(!is_healthy(&pool, ids[0]), want, "{rule:?}");
+        assert_eq!(ejected_count(&pool), usize::from(want), "{rule:?}");
     }
-    clock.advance(Duration::from_secs(10));
-    pool.tick();
-    assert_eq!(ejected_count(&pool), 0);
+}
+
+/// Success rates are rates: a backend failing half of 200 requests is the outlier among
+/// five answering all of their 100 (a "rate" that grew with volume would make it the
+/// best); and with `request_volume(0)` a backend that had no request is not judged (its
+/// rate is undefined — judging it would poison the mean for everyone).
+#[test]
+fn success_rates_are_rates_and_an_idle_backend_is_not_judged() {
+    for volume in [100u64, 0] {
+        let clock = ManualClock::new();
+        let pool = Pool::<String, _>::builder(RoundRobin::new())
+            .clock(clock.reader())
+            .outlier_detection(
+                OutlierDetection::new()
+                    .consecutive_failures(0)
+                    .success_rate(Some(SuccessRate::new().request_volume(volume)))
+                    .max_ejection_percent(50)
+                    .unwrap(),
+            )
+            .build();
+        let ids = pool
+            .extend((0..7).map(|i| (format!("h{i}"), Weight::ONE)))
+            .unwrap();
+        outcomes(&pool, ids[0], 100, 100);
+        for &id in &ids[1..6] {
+            outcomes(&pool, id, 100, 0);
+        }
+        // ids[6] gets nothing.
+        clock.advance(Duration::from_secs(10));
+        pool.tick();
+        assert!(
+            !is_healthy(&pool, ids[0]),
+            "volume {volume}: the outlier stays in"
+        );
+        assert!(
+            is_healthy(&pool, ids[6]),
+            "volume {volume}: the idle backend was ejected"
+        );
+        assert_eq!(ejected_count(&pool), 1, "volume {volume}");
+    }
 }
 
 #[test]
@@ -412,8 +461,9 @@ fn success_rate_ejects_the_worst_first_within_the_cap() {
     }
 }
 
-/// The failure-percentage rule, worst first: failing 90% (index 4) goes before failing
-/// 86% (index 1) when the cap leaves room for one.
+/// The failure-percentage rule, worst first: failing 95% of 1 000 (index 4) goes before
+/// failing 86% of 100 (index 1) when the cap leaves room for one — by percentage, not by
+/// count nor by volume.
 #[test]
 fn failure_percentage_ejects_the_worst_first_within_the_cap() {
     let clock = ManualClock::new();
@@ -427,8 +477,15 @@ fn failure_percentage_ejects_the_worst_first_within_the_cap() {
         6,
     );
     for (i, &id) in ids.iter().enumerate() {
-        let failures = [0, 86, 0, 0, 90, 0][i];
-        outcomes(&pool, id, 100 - failures, failures);
+        let (failures, total) = [
+            (0, 100),
+            (86, 100),
+            (0, 100),
+            (0, 100),
+            (950, 1000),
+            (0, 100),
+        ][i];
+        outcomes(&pool, id, total - failures, failures);
     }
     clock.advance(Duration::from_secs(10));
     pool.tick();
@@ -500,4 +557,82 @@ fn success_rate_waits_for_request_volume() {
         pool.tick();
         assert_eq!(!is_healthy(&pool, ids[0]), want, "{bad} requests");
     }
+}
+
+/// The failure-percentage rule's own settings are honoured: `minimum_hosts(3)` judges
+/// three backends (the default 5 would not); with `request_volume(0)` a backend that had
+/// no request is not judged (0 failures of 0 is no failure percentage).
+#[test]
+fn failure_percentage_settings_are_honoured() {
+    let clock = ManualClock::new();
+    let pool = Pool::<String, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(0)
+                .success_rate(None)
+                .failure_percentage(Some(
+                    FailurePercentage::new().minimum_hosts(3).request_volume(0),
+                ))
+                .max_ejection_percent(50)
+                .unwrap(),
+        )
+        .build();
+    let ids = pool
+        .extend((0..4).map(|i| (format!("h{i}"), Weight::ONE)))
+        .unwrap();
+    outcomes(&pool, ids[0], 0, 50);
+    outcomes(&pool, ids[1], 50, 0);
+    outcomes(&pool, ids[2], 50, 0);
+    clock.advance(Duration::from_secs(10));
+    pool.tick();
+    assert!(!is_healthy(&pool, ids[0]), "three judged backends: ejected");
+    assert!(is_healthy(&pool, ids[3]), "an idle backend is not judged");
+    assert_eq!(ejected_count(&pool), 1);
+}
+
+/// `interval` and `base_ejection_time` are honoured: a 7 s base ejects for 7 s, then 14 s;
+/// a 2 s interval brings k down after 2 s ejection-free, so the third ejection is 14 s
+/// again, not 21 s.
+#[test]
+fn the_interval_and_base_ejection_time_are_honoured() {
+    let clock = ManualClock::new();
+    let pool = Pool::<&str, _>::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(
+            consecutive_only()
+                .base_ejection_time(Duration::from_secs(7))
+                .interval(Duration::from_secs(2)),
+        )
+        .build();
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+        .unwrap();
+    fail(&pool, ids[0], 5);
+    assert_eq!(stat(&pool, ids[0]).returns_in, Some(Duration::from_secs(7)));
+    clock.advance(Duration::from_secs(7));
+    pool.tick();
+    fail(&pool, ids[0], 5);
+    assert_eq!(
+        stat(&pool, ids[0]).returns_in,
+        Some(Duration::from_secs(14))
+    );
+    clock.advance(Duration::from_secs(14));
+    pool.tick();
+    clock.advance(Duration::from_secs(2));
+    pool.tick();
+    fail(&pool, ids[0], 5);
+    assert_eq!(
+        stat(&pool, ids[0]).returns_in,
+        Some(Duration::from_secs(14))
+    );
+}
+
+/// The settings read back as given (the panic threshold's percent, the slow-start window).
+#[test]
+fn settings_read_back() {
+    assert_eq!(PanicThreshold::new(37).unwrap().percent(), 37);
+    assert_eq!(PanicThreshold::disabled().percent(), 0);
+    let window = Duration::from_secs(42);
+    assert_eq!(SlowStart::new(window).unwrap().window(), window);
 }
