@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma as TowerPeakEwma, PendingRequests};
 use tower::{Service, ServiceExt, service_fn};
-use tower_lb::balance::{Balance, Endpoint};
+use tower_lb::balance::{BackendService, Balance};
 use tower_lb::{PeakEwma, Picker, Pool, PowerOfTwoChoices, Weight};
 
 const SIZES: [usize; 3] = [8, 64, 1024];
@@ -45,12 +45,12 @@ where
     })
 }
 
-fn ours<P: Picker<Endpoint<usize, Backend>>>(
+fn ours<P: Picker<BackendService<usize, Backend>>>(
     picker: P,
     n: usize,
 ) -> impl Service<u32, Error = tower_lb::balance::BoxError> {
     let pool = Pool::new(picker);
-    pool.extend((0..n).map(|i| (Endpoint::new(i, backend()), Weight::ONE)))
+    pool.extend((0..n).map(|i| (BackendService::new(i, backend()), Weight::ONE)))
         .expect("distinct keys");
     Balance::new(pool)
 }

@@ -19,7 +19,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::affinity::{
     AffinityKey, CookieKey, HeaderKey, MAX_KEY_LEN, PathKey, PeerIpKey, hash_key,
 };
-use tower_lb::balance::{Balance, BoxError, Endpoint, HttpTarget, Sticky, StickyCookie};
+use tower_lb::balance::{BackendService, Balance, BoxError, HttpTarget, Sticky, StickyCookie};
 use tower_lb::health::{
     FailurePercentage, OutlierDetection, PanicThreshold, ProbeConfig, SlowStart, SuccessRate,
 };
@@ -476,7 +476,7 @@ type Local = tower::util::BoxCloneSyncService<Request<()>, Response<String>, Box
 /// A balancer over an empty set fails at the first poll with `PickError::NoBackends`.
 #[test]
 fn a_balancer_over_an_empty_set_fails_at_once() {
-    let pool: Pool<Endpoint<String, Local>, _> = Pool::new(RoundRobin::new());
+    let pool: Pool<BackendService<String, Local>, _> = Pool::new(RoundRobin::new());
     let mut lb = Balance::new(pool.clone());
     let err = lb
         .ready()
@@ -520,13 +520,13 @@ fn oversized_keys_are_refused_or_capped_never_a_panic() {
         Some(hash_key(&req.uri().path().as_bytes()[..MAX_KEY_LEN]))
     );
 
-    let pool: Pool<Endpoint<String, Local>, _> = Pool::new(RoundRobin::new());
+    let pool: Pool<BackendService<String, Local>, _> = Pool::new(RoundRobin::new());
     for name in ["a", "b"] {
         let svc: Local =
             tower::util::BoxCloneSyncService::new(tower::service_fn(move |_: Request<()>| {
                 ready(Ok::<_, BoxError>(Response::new(name.to_owned())))
             }));
-        pool.insert(Endpoint::new(name.to_owned(), svc), Weight::ONE)
+        pool.insert(BackendService::new(name.to_owned(), svc), Weight::ONE)
             .unwrap();
     }
     let cookie = StickyCookie::new("lb", checks::SECRET).unwrap();

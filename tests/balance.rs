@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tower_lb::affinity::KeyFn;
-use tower_lb::balance::{Balance, BalanceLayer, BoxError, Change, Endpoint, OnOverload};
+use tower_lb::balance::{BackendService, Balance, BalanceLayer, BoxError, Change, OnOverload};
 use tower_lb::health::OutlierDetection;
 use tower_lb::{Maglev, Overloaded, PickError, Pool, PowerOfTwoChoices, RoundRobin, Weight};
 
@@ -50,10 +50,10 @@ impl Service<u64> for Named {
     }
 }
 
-fn named(name: &'static str) -> (Endpoint<&'static str, Named>, Arc<AtomicBool>) {
+fn named(name: &'static str) -> (BackendService<&'static str, Named>, Arc<AtomicBool>) {
     let fail = Arc::new(AtomicBool::new(false));
     (
-        Endpoint::new(
+        BackendService::new(
             name,
             Named {
                 name,
@@ -64,9 +64,9 @@ fn named(name: &'static str) -> (Endpoint<&'static str, Named>, Arc<AtomicBool>)
     )
 }
 
-type NamedPool<P> = Pool<Endpoint<&'static str, Named>, P>;
+type NamedPool<P> = Pool<BackendService<&'static str, Named>, P>;
 
-fn pool_of<P: tower_lb::Picker<Endpoint<&'static str, Named>>>(
+fn pool_of<P: tower_lb::Picker<BackendService<&'static str, Named>>>(
     picker: P,
     names: &[&'static str],
 ) -> (NamedPool<P>, Vec<Arc<AtomicBool>>) {
@@ -82,8 +82,8 @@ fn pool_of<P: tower_lb::Picker<Endpoint<&'static str, Named>>>(
     (pool, fails)
 }
 
-fn in_flight<P: tower_lb::Picker<Endpoint<&'static str, Named>>>(
-    pool: &Pool<Endpoint<&'static str, Named>, P>,
+fn in_flight<P: tower_lb::Picker<BackendService<&'static str, Named>>>(
+    pool: &Pool<BackendService<&'static str, Named>, P>,
 ) -> Vec<usize> {
     pool.stats().iter().map(|s| s.in_flight).collect()
 }
@@ -303,7 +303,7 @@ async fn a_not_ready_backend_completes_without_new_requests() {
         waker: Default::default(),
     };
     let pool = Pool::new(RoundRobin::new());
-    pool.insert(Endpoint::new("gate", gate.clone()), Weight::ONE)
+    pool.insert(BackendService::new("gate", gate.clone()), Weight::ONE)
         .unwrap();
     let call = tokio::spawn(Balance::new(pool.clone()).oneshot(0));
     tokio::time::sleep(Duration::from_secs(1)).await;

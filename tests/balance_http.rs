@@ -367,7 +367,7 @@ async fn sheds_or_waits_when_every_server_is_at_its_limit() {
 }
 
 type LocalService = tower::util::BoxCloneSyncService<Request<()>, Response<String>, BoxError>;
-type LocalPool = Pool<tower_lb::balance::Endpoint<String, LocalService>, RoundRobin>;
+type LocalPool = Pool<tower_lb::balance::BackendService<String, LocalService>, RoundRobin>;
 
 /// In-process HTTP backends (no sockets), for the cookie property test.
 fn local_pool(n: usize) -> LocalPool {
@@ -380,8 +380,11 @@ fn local_pool(n: usize) -> LocalPool {
                 let answer = answer.clone();
                 async move { Ok::<_, BoxError>(Response::new(answer)) }
             }));
-        pool.insert(tower_lb::balance::Endpoint::new(name, svc), Weight::ONE)
-            .unwrap();
+        pool.insert(
+            tower_lb::balance::BackendService::new(name, svc),
+            Weight::ONE,
+        )
+        .unwrap();
     }
     pool
 }
@@ -491,7 +494,7 @@ async fn track_body_holds_in_flight_until_the_body_ends() {
     };
     let pool = Pool::new(RoundRobin::new());
     pool.insert(
-        tower_lb::balance::Endpoint::new("stream", tower::service_fn(make)),
+        tower_lb::balance::BackendService::new("stream", tower::service_fn(make)),
         Weight::ONE,
     )
     .unwrap();
@@ -552,7 +555,7 @@ async fn a_trailers_frame_ends_a_tracked_body_with_its_outcome() {
     };
     let pool = Pool::new(RoundRobin::new());
     pool.insert(
-        tower_lb::balance::Endpoint::new("grpc", tower::service_fn(make)),
+        tower_lb::balance::BackendService::new("grpc", tower::service_fn(make)),
         Weight::ONE,
     )
     .unwrap();
@@ -597,7 +600,7 @@ async fn a_sticky_session_stays_pinned_through_a_momentary_overload() {
                 Ok::<_, BoxError>(resp)
             }
         });
-        tower_lb::balance::Endpoint::new(name, svc)
+        tower_lb::balance::BackendService::new(name, svc)
     };
     let pool = Pool::new(RoundRobin::new());
     pool.insert(named("a"), Weight::ONE).unwrap();
@@ -667,7 +670,7 @@ async fn a_sticky_session_stays_pinned_through_a_momentary_overload() {
 // Middleware composes: sticky sessions, retries, body tracking and time-outs in any order
 // ---------------------------------------------------------------------------------------
 
-type Composing = tower_lb::balance::Endpoint<
+type Composing = tower_lb::balance::BackendService<
     &'static str,
     tower::util::BoxCloneSyncService<
         Request<String>,
@@ -690,7 +693,10 @@ fn composing_pool() -> Pool<Composing, RoundRobin> {
             Ok(resp)
         });
         pool.insert(
-            tower_lb::balance::Endpoint::new(name, tower::util::BoxCloneSyncService::new(svc)),
+            tower_lb::balance::BackendService::new(
+                name,
+                tower::util::BoxCloneSyncService::new(svc),
+            ),
             Weight::ONE,
         )
         .unwrap();

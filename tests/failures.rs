@@ -24,7 +24,7 @@ use tower::retry::budget::TpsBudget;
 use tower::util::{BoxCloneService, BoxCloneSyncService};
 use tower_lb::affinity::KeyFn;
 use tower_lb::balance::retry::Always;
-use tower_lb::balance::{Balance, BalanceLayer, BoxError, Endpoint, PerBackend, RetryLayer};
+use tower_lb::balance::{BackendService, Balance, BalanceLayer, BoxError, PerBackend, RetryLayer};
 use tower_lb::health::OutlierDetection;
 use tower_lb::{
     BackendError, BoundedLoad, Jump, LeastLoaded, Maglev, PeakEwma, Picker, Pool,
@@ -33,7 +33,7 @@ use tower_lb::{
 };
 
 type Svc = BoxCloneSyncService<u64, usize, BoxError>;
-type Ep = Endpoint<usize, Svc>;
+type Ep = BackendService<usize, Svc>;
 type Key = KeyFn<fn(&u64) -> Option<u64>>;
 type Lb<P> = Balance<Ep, P, PerBackend, Key>;
 
@@ -67,7 +67,7 @@ fn backend(i: usize, latency: Duration, how: Breaks, broken: Arc<AtomicBool>) ->
             }
         }
     });
-    Endpoint::new(i, BoxCloneSyncService::new(svc))
+    BackendService::new(i, BoxCloneSyncService::new(svc))
 }
 
 /// Every request is its own affinity key (hashing strategies spread them; the others
@@ -644,7 +644,7 @@ async fn an_inner_error_names_its_backend() {
 /// Counts the calls each backend received.
 /// A backend taking HTTP requests (which carry the retry's exclusions in their
 /// extensions), counting the calls it receives.
-type HttpEp = Endpoint<usize, BoxCloneSyncService<http::Request<u64>, usize, BoxError>>;
+type HttpEp = BackendService<usize, BoxCloneSyncService<http::Request<u64>, usize, BoxError>>;
 
 fn counting(i: usize, fail: bool, calls: Arc<AtomicU64>) -> HttpEp {
     let svc = tower::service_fn(move |_req: http::Request<u64>| {
@@ -657,7 +657,7 @@ fn counting(i: usize, fail: bool, calls: Arc<AtomicU64>) -> HttpEp {
             }
         }
     });
-    Endpoint::new(i, BoxCloneSyncService::new(svc))
+    BackendService::new(i, BoxCloneSyncService::new(svc))
 }
 
 /// One of 3 backends fails every request: with one retry, every request succeeds, and a

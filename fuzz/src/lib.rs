@@ -16,7 +16,7 @@ use tower::util::BoxCloneSyncService;
 use tower_lb::affinity::{
     AffinityKey, CookieKey, HeaderKey, MAX_KEY_LEN, Or, PathKey, QueryKey, hash_key,
 };
-use tower_lb::balance::{Balance, BoxError, Endpoint, Sticky, StickyCookie};
+use tower_lb::balance::{BackendService, Balance, BoxError, Sticky, StickyCookie};
 use tower_lb::{PickError, Pool, RoundRobin, Weight};
 
 /// The sticky cookie's name and secret in every check.
@@ -65,7 +65,7 @@ pub fn sticky_cookie(case: &CookieCase) {
             ready(Ok::<_, BoxError>(Response::new(answer.clone())))
         }));
         ids.push(
-            pool.insert(Endpoint::new(name(i), svc), Weight::ONE)
+            pool.insert(BackendService::new(name(i), svc), Weight::ONE)
                 .unwrap(),
         );
     }

@@ -35,13 +35,13 @@
 //! the inner service's own error with the backend it came from, found by
 //! [`find_error`] or `BackendError::downcast_ref`.
 
+mod backend_service;
 #[cfg(feature = "http")]
 mod body;
 mod classify;
 mod discover;
 #[cfg(feature = "tokio")]
 mod dns;
-mod endpoint;
 pub mod future;
 #[cfg(feature = "http")]
 mod http;
@@ -57,6 +57,9 @@ pub mod sticky;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::http::{HttpBalance, HttpStatus, HttpTarget, InvalidTarget};
+pub use backend_service::BackendService;
+#[allow(deprecated)]
+pub use backend_service::Endpoint;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody};
@@ -67,7 +70,6 @@ pub use discover::Change;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use dns::DnsDiscover;
-pub use endpoint::Endpoint;
 pub use layer::BalanceLayer;
 pub use limit::OnOverload;
 pub use retry::{Retry, RetryLayer, RetryPolicy};

@@ -2,7 +2,7 @@
 
 use tower_service::Service;
 
-use super::endpoint::Endpoint;
+use super::backend_service::BackendService;
 
 /// Sends a request to a picked backend: returns the service to call and the request,
 /// adjusted if needed.
@@ -14,18 +14,18 @@ pub trait Route<A, Req> {
     fn route(&self, backend: &A, req: Req) -> (Self::Service, Req);
 }
 
-/// Each backend is an [`Endpoint`] with a service of its own; the request goes to a
+/// Each backend is an [`BackendService`] with a service of its own; the request goes to a
 /// clone of it unchanged (cheap for clients such as hyper's).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PerBackend;
 
-impl<K, S, Req> Route<Endpoint<K, S>, Req> for PerBackend
+impl<K, S, Req> Route<BackendService<K, S>, Req> for PerBackend
 where
     S: Service<Req> + Clone,
 {
     type Service = S;
 
-    fn route(&self, backend: &Endpoint<K, S>, req: Req) -> (S, Req) {
+    fn route(&self, backend: &BackendService<K, S>, req: Req) -> (S, Req) {
         (backend.service().clone(), req)
     }
 }

@@ -12,9 +12,9 @@ use tower::util::Oneshot;
 use tower_service::Service;
 
 use super::BoxError;
+use super::backend_service::BackendService;
 use super::classify::{Classify, ErrorsAsFailures};
 use super::discover::{Change, Driver, Membership, StreamDriver};
-use super::endpoint::Endpoint;
 use super::future::{ResponseFuture, Tracked};
 use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
@@ -51,7 +51,7 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
 
 /// A `tower::Service` that sends each request to one backend of a [`Pool`].
 ///
-/// Built by [`Balance::new`] (one service per backend, as [`Endpoint`]s),
+/// Built by [`Balance::new`] (one service per backend, as [`BackendService`]s),
 /// [`Balance::from_discover`] (tower's `Discover`), or [`BalanceLayer`] (one client for
 /// every backend, or any [`Route`]). See the [module docs](super) for the request flow,
 /// the readiness policy and the errors.
@@ -61,7 +61,7 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
 /// ```
 /// use std::convert::Infallible;
 /// use tower::{service_fn, ServiceExt};
-/// use tower_lb::balance::{Balance, Endpoint};
+/// use tower_lb::balance::{Balance, BackendService};
 /// use tower_lb::{Pool, RoundRobin, Weight};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -69,7 +69,7 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
 /// let pool = Pool::new(RoundRobin::new());
 /// for name in ["a", "b"] {
 ///     let svc = service_fn(move |req: u32| async move { Ok::<_, Infallible>(format!("{name}:{req}")) });
-///     pool.insert(Endpoint::new(name, svc), Weight::ONE)?;
+///     pool.insert(BackendService::new(name, svc), Weight::ONE)?;
 /// }
 /// let balance = Balance::new(pool);
 /// assert_eq!(balance.clone().oneshot(1).await?, "a:1");
@@ -85,12 +85,12 @@ pub struct Balance<A, P: Picker<A>, R, K = NoAffinity, C = ErrorsAsFailures> {
     waiting: bool,
 }
 
-impl<K, S, P> Balance<Endpoint<K, S>, P, PerBackend>
+impl<K, S, P> Balance<BackendService<K, S>, P, PerBackend>
 where
-    P: Picker<Endpoint<K, S>>,
+    P: Picker<BackendService<K, S>>,
 {
-    /// A balancer over a pool of [`Endpoint`]s, each with its own service.
-    pub fn new(pool: Pool<Endpoint<K, S>, P>) -> Self {
+    /// A balancer over a pool of [`BackendService`]s, each with its own service.
+    pub fn new(pool: Pool<BackendService<K, S>, P>) -> Self {
         BalanceLayer::new(pool).build(PerBackend)
     }
 
@@ -105,7 +105,7 @@ where
     {
         let balance = Balance::new(Pool::new(picker));
         balance.discover(discover, |key: &K, service| {
-            (Endpoint::new(key.clone(), service), Weight::ONE)
+            (BackendService::new(key.clone(), service), Weight::ONE)
         });
         balance
     }

@@ -14,7 +14,7 @@ fn local(
     name: &'static str,
     latency: Duration,
     down: Option<Arc<AtomicBool>>,
-) -> Endpoint<&'static str, Local> {
+) -> BackendService<&'static str, Local> {
     let svc = tower::service_fn(move |_req: u64| {
         let down = down.clone();
         async move {
@@ -26,7 +26,7 @@ fn local(
             }
         }
     });
-    Endpoint::new(name, BoxCloneSyncService::new(svc))
+    BackendService::new(name, BoxCloneSyncService::new(svc))
 }
 
 /// Up and down every 500 ms for 30 s of tokio's paused clock: each ejection lasts

@@ -293,11 +293,11 @@ async fn kill_under_load_without_retries_fails_at_most_the_threshold_plus_in_fli
 #[test]
 fn a_pick_racing_the_ejections_publication_waits_for_it() {
     use std::sync::Barrier;
-    type Named = Endpoint<&'static str, BoxCloneSyncService<u64, String, BoxError>>;
+    type Named = BackendService<&'static str, BoxCloneSyncService<u64, String, BoxError>>;
     let named = |name: &'static str| -> Named {
         let svc =
             tower::service_fn(move |_: u64| std::future::ready(Ok::<_, BoxError>(name.to_owned())));
-        Endpoint::new(name, BoxCloneSyncService::new(svc))
+        BackendService::new(name, BoxCloneSyncService::new(svc))
     };
     let pool = Pool::builder(RoundRobin::new())
         .outlier_detection(OutlierDetection::new().consecutive_failures(2))

@@ -30,7 +30,7 @@ use tower::{Service, ServiceExt};
 use tower_lb::affinity::HeaderKey;
 use tower_lb::balance::future::ResponseFuture;
 use tower_lb::balance::{
-    Balance, BalanceLayer, BoxError, Client as OneClient, Endpoint, HttpStatus, HttpTarget,
+    BackendService, Balance, BalanceLayer, BoxError, Client as OneClient, HttpStatus, HttpTarget,
     NoAffinity, OnOverload,
 };
 use tower_lb::health::{

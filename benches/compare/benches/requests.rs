@@ -18,7 +18,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma as TowerPeakEwma, PendingRequests};
 use tower::{Service, ServiceExt, service_fn};
-use tower_lb::balance::{Balance, BoxError, Endpoint};
+use tower_lb::balance::{Balance, BoxError, BackendService};
 use tower_lb::{PeakEwma, PickContext, Picker, Pool, PowerOfTwoChoices, Weight};
 use tower_lb_compare::SIZES;
 
@@ -51,12 +51,12 @@ where
     })
 }
 
-fn ours<P: Picker<Endpoint<usize, Backend>>>(
+fn ours<P: Picker<BackendService<usize, Backend>>>(
     picker: P,
     n: usize,
 ) -> impl Service<u32, Error = BoxError> {
     let pool = Pool::new(picker);
-    pool.extend((0..n).map(|i| (Endpoint::new(i, backend()), Weight::ONE)))
+    pool.extend((0..n).map(|i| (BackendService::new(i, backend()), Weight::ONE)))
         .expect("distinct keys");
     Balance::new(pool)
 }

@@ -9,15 +9,15 @@ use std::hash::{Hash, Hasher};
 /// Equality and hashing look at the key only, so a pool refuses two endpoints with the
 /// same key, and hashing strategies place an endpoint by its key.
 #[derive(Clone)]
-pub struct Endpoint<K, S> {
+pub struct BackendService<K, S> {
     key: K,
     service: S,
 }
 
-impl<K, S> Endpoint<K, S> {
+impl<K, S> BackendService<K, S> {
     /// An endpoint reached through `service`.
     pub fn new(key: K, service: S) -> Self {
-        Endpoint { key, service }
+        BackendService { key, service }
     }
 
     /// The key.
@@ -31,35 +31,42 @@ impl<K, S> Endpoint<K, S> {
     }
 }
 
-impl<K: PartialEq, S> PartialEq for Endpoint<K, S> {
+impl<K: PartialEq, S> PartialEq for BackendService<K, S> {
     fn eq(&self, other: &Self) -> bool {
         self.key == other.key
     }
 }
 
-impl<K: Eq, S> Eq for Endpoint<K, S> {}
+impl<K: Eq, S> Eq for BackendService<K, S> {}
 
-impl<K: Hash, S> Hash for Endpoint<K, S> {
+impl<K: Hash, S> Hash for BackendService<K, S> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.key.hash(state);
     }
 }
 
-impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
+impl<K: fmt::Debug, S> fmt::Debug for BackendService<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Endpoint").field(&self.key).finish()
+        f.debug_tuple("BackendService").field(&self.key).finish()
     }
 }
 
-impl<K: fmt::Display, S> fmt::Display for Endpoint<K, S> {
+impl<K: fmt::Display, S> fmt::Display for BackendService<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.key.fmt(f)
     }
 }
 
-impl<K: crate::BackendKey, S> crate::BackendKey for Endpoint<K, S> {
+impl<K: crate::BackendKey, S> crate::BackendKey for BackendService<K, S> {
     /// The key's bytes: an endpoint hashes as its key does.
     fn write_key(&self, out: &mut Vec<u8>) {
         self.key.write_key(out);
     }
 }
+
+/// The former name of [`BackendService`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `BackendService`: `Endpoint` collided with `tonic::transport::Endpoint`"
+)]
+pub type Endpoint<K, S> = BackendService<K, S>;
