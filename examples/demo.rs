@@ -269,9 +269,9 @@ async fn failover(backends: &mut Backends, client: &HttpClient) -> Result<(), Er
                 .ejection_jitter(Duration::ZERO),
         )
         .slow_start(
-            SlowStart::new(Duration::from_secs(2))?.update_interval(Duration::from_millis(100)),
+            SlowStart::new(Duration::from_secs(2)).update_interval(Duration::from_millis(100)),
         )
-        .build();
+        .build()?;
     for server in &backends.servers {
         pool.insert(server.addr(), Weight::ONE)?;
     }

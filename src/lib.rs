@@ -86,9 +86,11 @@ pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight,
     Weight, WeightError,
 };
+#[allow(deprecated)]
+pub use error::HealthConfigError;
 pub use error::{
-    BackendError, ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded,
-    PickError, ProbeError, SpawnError, TimedOut,
+    BackendError, ConfigError, DiscoverError, MembershipError, Overloaded, PickError, ProbeError,
+    SpawnError, TimedOut,
 };
 pub use pick::any::{AnyPicker, UnknownStrategy};
 pub use pick::hash::bounded_load::BoundedLoad;

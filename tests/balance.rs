@@ -218,7 +218,8 @@ async fn a_reservation_is_released_if_call_never_comes_and_never_cloned() {
 async fn consecutive_failures_eject_through_the_service() {
     let pool = Pool::builder(RoundRobin::new())
         .outlier_detection(OutlierDetection::new().consecutive_failures(5))
-        .build();
+        .build()
+        .unwrap();
     let (a, fail_a) = named("a");
     let (b, _) = named("b");
     pool.insert(a, Weight::ONE).unwrap();

@@ -234,7 +234,8 @@ async fn fails_over_when_a_server_dies_mid_run() {
     let mut servers = servers(&["a", "b", "c"]).await;
     let pool = Pool::builder(PowerOfTwoChoices::with_seed(2))
         .outlier_detection(OutlierDetection::new().consecutive_failures(5))
-        .build();
+        .build()
+        .unwrap();
     add(&pool, &servers, &[1, 1, 1]);
     let lb = balance(&pool);
     let mut failures = 0;
@@ -275,9 +276,7 @@ async fn recovers_through_active_probes() {
         .jitter(Duration::from_millis(5))
         .timeout(Duration::from_millis(200))
         .rise(2)
-        .unwrap()
         .fall(2)
-        .unwrap()
         .seed(1);
     let task = pool.spawn_health_probes(probe, config).unwrap();
     let lb = balance(&pool);

@@ -116,7 +116,7 @@ impl Proxy {
     pub fn start(settings: &Settings) -> Result<Proxy, BoxError> {
         let pool = Pool::<HttpTarget, _>::builder(settings.strategy.build())
             .outlier_detection(OutlierDetection::new())
-            .build();
+            .build()?;
         for (target, weight) in &settings.backends {
             pool.insert(target.clone(), *weight)?;
         }

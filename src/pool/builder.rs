@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::{Inner, Pool, Prepared, Writer};
 use crate::backend::{DEFAULT_EWMA_DECAY, HealthShared};
 use crate::clock::Clock;
+use crate::error::ConfigError;
 use crate::health::engine::{Engine, HealthConfig};
 use crate::health::{OutlierDetection, PanicThreshold, SlowStart};
 use crate::pick::Picker;
@@ -41,7 +42,8 @@ impl<A, P: fmt::Debug> fmt::Debug for PoolBuilder<A, P> {
 }
 
 impl<A, P> PoolBuilder<A, P> {
-    /// The decay window τ of every backend's peak-EWMA latency estimate (default 10 s).
+    /// The decay window τ of every backend's peak-EWMA latency estimate (default 10 s; not
+    /// zero).
     pub fn ewma_decay(mut self, decay: Duration) -> Self {
         self.decay = decay;
         self
@@ -95,8 +97,46 @@ impl<A, P> PoolBuilder<A, P> {
         self
     }
 
-    /// Builds an empty pool.
-    pub fn build(self) -> Pool<A, P>
+    /// Builds an empty pool, once every setting has been checked: the first one out of
+    /// range is refused with a [`ConfigError`] naming its setter
+    /// ([`ConfigError::setting`]). The defaults always pass.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::health::{OutlierDetection, SlowStart};
+    /// use tower_lb::{Pool, RoundRobin};
+    ///
+    /// let refused = Pool::<&str, _>::builder(RoundRobin::new())
+    ///     .outlier_detection(OutlierDetection::new().max_ejection_percent(150))
+    ///     .slow_start(SlowStart::new(Duration::from_secs(30)))
+    ///     .build();
+    /// assert_eq!(
+    ///     refused.unwrap_err().setting(),
+    ///     "OutlierDetection::max_ejection_percent"
+    /// );
+    /// ```
+    pub fn build(self) -> Result<Pool<A, P>, ConfigError>
+    where
+        P: Picker<A>,
+    {
+        if self.decay.is_zero() {
+            return Err(ConfigError::Zero {
+                setting: "PoolBuilder::ewma_decay",
+            });
+        }
+        if let Some(outlier) = &self.health.outlier {
+            outlier.check()?;
+        }
+        if let Some(slow_start) = &self.health.slow_start {
+            slow_start.check()?;
+        }
+        Ok(self.assemble())
+    }
+
+    /// Builds the pool without checking: for settings known to be in range.
+    pub(crate) fn assemble(self) -> Pool<A, P>
     where
         P: Picker<A>,
     {

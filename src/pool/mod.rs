@@ -209,7 +209,7 @@ impl<A: fmt::Debug, P: Picker<A> + fmt::Debug> fmt::Debug for Pool<A, P> {
 impl<A, P: Picker<A>> Pool<A, P> {
     /// An empty pool picking with `picker`.
     pub fn new(picker: P) -> Self {
-        Pool::builder(picker).build()
+        Pool::builder(picker).assemble()
     }
 
     /// The picker.

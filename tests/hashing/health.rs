@@ -119,8 +119,9 @@ fn down_and_back<P: Picker<String>>(
     let clock = tower_lb::clock::ManualClock::new();
     let pool = Pool::builder(picker)
         .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
-        .build();
+        .slow_start(SlowStart::new(window))
+        .build()
+        .unwrap();
     let ids = pool
         .extend((0..8u32).map(|i| (name(i), Weight::ONE)))
         .unwrap();

@@ -51,7 +51,8 @@ fn detected(
     let pool = Pool::<String, _>::builder(RoundRobin::new())
         .clock(clock.reader())
         .outlier_detection(detection)
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend((0..n).map(|i| (format!("h{i}"), Weight::ONE)))
         .unwrap();

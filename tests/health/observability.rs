@@ -69,7 +69,8 @@ fn every_transition_is_an_event_with_backend_states_and_reason() {
         let pool = Pool::<&str, _>::builder(RoundRobin::new())
             .clock(clock.reader())
             .outlier_detection(consecutive_only())
-            .build();
+            .build()
+            .unwrap();
         let ids = pool
             .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
             .unwrap();
@@ -159,7 +160,8 @@ fn stats_show_health_ejections_and_time_until_return() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .clock(clock.reader())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();

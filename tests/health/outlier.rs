@@ -13,7 +13,8 @@ fn five_consecutive_failures_eject_for_base_times_k_up_to_the_cap() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .clock(clock.reader())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
@@ -67,7 +68,8 @@ fn the_multiplier_comes_down_after_clean_intervals() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .clock(clock.reader())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
@@ -107,7 +109,8 @@ fn the_multiplier_comes_down_after_clean_intervals() {
 fn a_success_breaks_the_streak() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
@@ -123,7 +126,8 @@ fn a_success_breaks_the_streak() {
 fn guard_failures_eject_at_the_next_tick() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
@@ -157,10 +161,10 @@ fn jitter_spreads_returns_of_backends_ejected_together() {
         .outlier_detection(
             OutlierDetection::new()
                 .ejection_jitter(jitter)
-                .max_ejection_percent(100)
-                .unwrap(),
+                .max_ejection_percent(100),
         )
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend((0..8).map(|i| (format!("10.0.0.{i}:80"), Weight::ONE)))
         .unwrap();
@@ -202,10 +206,10 @@ fn success_rate_ejects_the_outlier_and_only_the_outlier() {
                     .consecutive_failures(0)
                     .ejection_jitter(Duration::ZERO)
                     // The cap must not be what keeps the others in.
-                    .max_ejection_percent(50)
-                    .unwrap(),
+                    .max_ejection_percent(50),
             )
-            .build();
+            .build()
+            .unwrap();
         let ids = pool
             .extend((0..10).map(|i| (format!("10.0.0.{i}:80"), Weight::ONE)))
             .unwrap();
@@ -264,10 +268,10 @@ fn success_rate_waits_for_enough_backends_and_volume() {
                 OutlierDetection::new()
                     .consecutive_failures(0)
                     .success_rate(Some(rule.clone()))
-                    .max_ejection_percent(50)
-                    .unwrap(),
+                    .max_ejection_percent(50),
             )
-            .build();
+            .build()
+            .unwrap();
         let ids = pool
             .extend((0..5).map(|i| (format!("h{i}"), Weight::ONE)))
             .unwrap();
@@ -296,10 +300,10 @@ fn success_rates_are_rates_and_an_idle_backend_is_not_judged() {
                 OutlierDetection::new()
                     .consecutive_failures(0)
                     .success_rate(Some(SuccessRate::new().request_volume(volume)))
-                    .max_ejection_percent(50)
-                    .unwrap(),
+                    .max_ejection_percent(50),
             )
-            .build();
+            .build()
+            .unwrap();
         let ids = pool
             .extend((0..7).map(|i| (format!("h{i}"), Weight::ONE)))
             .unwrap();
@@ -331,8 +335,7 @@ fn failure_percentage_ejects_above_the_threshold_when_enabled() {
             .consecutive_failures(0)
             .success_rate(None)
             .failure_percentage(Some(FailurePercentage::new()))
-            .max_ejection_percent(50)
-            .unwrap(),
+            .max_ejection_percent(50),
         6,
     );
     for (n, &id) in ids.iter().enumerate() {
@@ -388,7 +391,8 @@ fn the_ejection_time_comes_back_down_after_the_cap() {
         let pool = Pool::<&str, _>::builder(RoundRobin::new())
             .clock(clock.reader())
             .outlier_detection(consecutive_only())
-            .build();
+            .build()
+            .unwrap();
         let ids = pool
             .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
             .unwrap();
@@ -434,8 +438,7 @@ fn success_rate_ejects_the_worst_first_within_the_cap() {
             OutlierDetection::new()
                 .consecutive_failures(0)
                 .ejection_jitter(Duration::ZERO)
-                .max_ejection_percent(percent)
-                .unwrap(),
+                .max_ejection_percent(percent),
             20,
         );
         for (i, &id) in ids.iter().enumerate() {
@@ -515,8 +518,7 @@ fn failure_percentage_waits_for_enough_backends_and_volume() {
                 .consecutive_failures(0)
                 .success_rate(None)
                 .failure_percentage(Some(FailurePercentage::new()))
-                .max_ejection_percent(50)
-                .unwrap(),
+                .max_ejection_percent(50),
             6,
         );
         outcomes(&pool, ids[0], 0, bad);
@@ -545,8 +547,7 @@ fn success_rate_waits_for_request_volume() {
             &clock,
             OutlierDetection::new()
                 .consecutive_failures(0)
-                .max_ejection_percent(50)
-                .unwrap(),
+                .max_ejection_percent(50),
             6,
         );
         outcomes(&pool, ids[0], bad / 2, bad - bad / 2);
@@ -574,10 +575,10 @@ fn failure_percentage_settings_are_honoured() {
                 .failure_percentage(Some(
                     FailurePercentage::new().minimum_hosts(3).request_volume(0),
                 ))
-                .max_ejection_percent(50)
-                .unwrap(),
+                .max_ejection_percent(50),
         )
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend((0..4).map(|i| (format!("h{i}"), Weight::ONE)))
         .unwrap();
@@ -604,7 +605,8 @@ fn the_interval_and_base_ejection_time_are_honoured() {
                 .base_ejection_time(Duration::from_secs(7))
                 .interval(Duration::from_secs(2)),
         )
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
@@ -634,5 +636,5 @@ fn settings_read_back() {
     assert_eq!(PanicThreshold::new(37).unwrap().percent(), 37);
     assert_eq!(PanicThreshold::disabled().percent(), 0);
     let window = Duration::from_secs(42);
-    assert_eq!(SlowStart::new(window).unwrap().window(), window);
+    assert_eq!(SlowStart::new(window).window(), window);
 }

@@ -46,7 +46,8 @@ fn with_one_of_three_healthy_picks_spread_over_all_three_when_failing_open() {
 fn with_one_of_three_healthy_the_typed_error_comes_back_when_failing_closed() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .panic_threshold(PanicThreshold::default().mode(PanicMode::FailClosed))
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
@@ -93,7 +94,8 @@ fn draining_backends_are_not_counted_and_never_picked_in_panic() {
 fn a_disabled_threshold_routes_only_to_healthy_down_to_none() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .panic_threshold(PanicThreshold::disabled())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();

@@ -26,14 +26,12 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
     for aggression in [1.0, 2.0, 0.5] {
         let clock = ManualClock::new();
         let window = Duration::from_secs(60);
-        let ramp = SlowStart::new(window)
-            .unwrap()
-            .aggression(aggression)
-            .unwrap();
+        let ramp = SlowStart::new(window).aggression(aggression);
         let pool = Pool::<&str, _>::builder(WeightedRandom::with_seed(7))
             .clock(clock.reader())
             .slow_start(ramp)
-            .build();
+            .build()
+            .unwrap();
         let w = 3u32;
         let ids = pool
             .extend([
@@ -103,9 +101,10 @@ fn slow_start_reenters_after_an_ejection_and_on_join() {
     let window = Duration::from_secs(100);
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
+        .slow_start(SlowStart::new(window))
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
@@ -164,8 +163,9 @@ fn slow_start_reenters_after_every_recovery() {
     let sick = Arc::new(AtomicBool::new(false));
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
-        .build();
+        .slow_start(SlowStart::new(window))
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
@@ -222,12 +222,11 @@ fn slow_start_republishes_at_most_once_per_update_interval() {
         .clock(clock.reader())
         .slow_start(
             SlowStart::new(window)
-                .unwrap()
                 .min_weight_percent(1)
-                .unwrap()
                 .update_interval(Duration::from_secs(1)),
         )
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
@@ -261,13 +260,9 @@ fn slow_start_republishes_only_while_a_weight_changes() {
     let window = Duration::from_secs(10);
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .clock(clock.reader())
-        .slow_start(
-            SlowStart::new(window)
-                .unwrap()
-                .min_weight_percent(1)
-                .unwrap(),
-        )
-        .build();
+        .slow_start(SlowStart::new(window).min_weight_percent(1))
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();

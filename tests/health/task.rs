@@ -134,7 +134,7 @@ async fn a_probe_timeout_counts_as_a_failure() {
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
-    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1).unwrap();
+    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1);
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     until(start + Duration::from_millis(999)).await;
@@ -174,7 +174,7 @@ async fn confirmed_probe_failures_stay_out_of_panic_while_one_backend_is_healthy
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
-    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1).unwrap();
+    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1);
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     until(start + Duration::from_millis(10)).await;
@@ -201,7 +201,8 @@ async fn confirmed_probe_failures_stay_out_of_panic_while_one_backend_is_healthy
 async fn a_successful_probe_ends_an_ejection_early() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
@@ -222,7 +223,8 @@ async fn a_successful_probe_ends_an_ejection_early() {
 async fn the_task_ejects_on_guard_signals_and_returns_on_time() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
@@ -292,7 +294,7 @@ async fn a_tower_service_is_a_probe() {
     let ids = pool
         .extend([("good", Weight::ONE), ("bad", Weight::ONE)])
         .unwrap();
-    let config = ProbeConfig::new().fall(1).unwrap();
+    let config = ProbeConfig::new().fall(1);
     let _task = pool
         .spawn_health_probes(ServiceProbe::new(Check), config)
         .unwrap();
@@ -336,12 +338,7 @@ async fn the_http_probe_treats_2xx_3xx_as_healthy() {
     });
     let pool: Pool<SocketAddr, _> = Pool::new(RoundRobin::new());
     let id = pool.insert(addr, Weight::ONE).unwrap();
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .unwrap()
-        .fall(1)
-        .unwrap();
+    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
     let probe = HttpProbe::new("/healthz")
         .unwrap()
         .host("api.test")
@@ -448,17 +445,13 @@ async fn slow_start_reenters_after_failed_probes() {
     });
     let window = Duration::from_secs(100);
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .slow_start(SlowStart::new(window).unwrap())
-        .build();
+        .slow_start(SlowStart::new(window))
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .unwrap()
-        .fall(1)
-        .unwrap();
+    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     // The joins' ramps end; then b fails its probe at 105 s and passes at 110 s.
@@ -486,12 +479,11 @@ async fn the_task_steps_a_ramp_once_per_update_interval() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .slow_start(
             SlowStart::new(window)
-                .unwrap()
                 .min_weight_percent(1)
-                .unwrap()
                 .update_interval(Duration::from_secs(1)),
         )
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
@@ -524,7 +516,8 @@ async fn the_task_steps_a_ramp_once_per_update_interval() {
 async fn a_successful_probe_leaves_an_ejection_alone_when_told_to() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .outlier_detection(consecutive_only().uneject_on_probe_success(false))
-        .build();
+        .build()
+        .unwrap();
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
