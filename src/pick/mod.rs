@@ -180,6 +180,21 @@ pub trait Picker<A>: Send + Sync {
     -> Option<usize>;
 }
 
+/// With no eligible member none, with one that one, else the eligible member at the
+/// position `choose(n)` returns (below `n`, the number eligible): the skeleton of the
+/// pickers that choose a position without looking at the members.
+#[inline]
+pub(crate) fn eligible_by<A>(
+    snapshot: &Snapshot<A>,
+    choose: impl FnOnce(usize) -> usize,
+) -> Option<usize> {
+    match snapshot.eligible().len() {
+        0 => None,
+        1 => eligible_at(snapshot, 0),
+        n => eligible_at(snapshot, choose(n)),
+    }
+}
+
 /// The eligible member at position `slot` of the eligible list, as a backend index.
 #[inline]
 pub(crate) fn eligible_at<A>(snapshot: &Snapshot<A>, slot: usize) -> Option<usize> {

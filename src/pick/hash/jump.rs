@@ -32,7 +32,9 @@
 
 use std::fmt;
 
-use super::{BackendKey, HashPicker, WithFallback, key_hash, members, probe_then_scan};
+use super::{
+    BackendKey, HashPicker, WithFallback, key_hash, members, pick_by_preference, probe_then_scan,
+};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -141,17 +143,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
         WithFallback::prepare(JumpTable { buckets }, &self.fallback, snapshot, previous)
     }
 
-    #[inline]
-    fn pick(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        ctx: &PickContext,
-    ) -> Option<usize> {
-        table.pick(&self.fallback, snapshot, ctx, |hash| {
-            self.find(table, snapshot, hash, |_| true)
-        })
-    }
+    pick_by_preference!();
 }
 
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Jump<F> {

@@ -44,7 +44,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::{
-    BackendKey, Fingerprint, HashPicker, Member, SEED_RING, WithFallback, key_hash, reuse_or_build,
+    BackendKey, Fingerprint, HashPicker, Member, SEED_RING, WithFallback, key_hash,
+    pick_by_preference, reuse_or_build,
 };
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
@@ -338,17 +339,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
         WithFallback::prepare(RingTable { core }, &self.fallback, snapshot, previous)
     }
 
-    #[inline]
-    fn pick(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        ctx: &PickContext,
-    ) -> Option<usize> {
-        table.pick(&self.fallback, snapshot, ctx, |hash| {
-            self.find(table, snapshot, hash, |_| true)
-        })
-    }
+    pick_by_preference!();
 }
 
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Ring<F> {
