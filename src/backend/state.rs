@@ -43,9 +43,10 @@ pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 #[repr(align(128))]
 pub struct BackendState {
     pub(super) in_flight: AtomicUsize,
-    picks: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
+    /// Requests dropped unfinished that did not count as failures.
+    cancelled: AtomicU64,
     /// The peak-EWMA latency estimate in nanoseconds, as `f64` bits; `NO_SAMPLE` before
     /// the first sample.
     rtt_bits: AtomicU64,
@@ -76,9 +77,9 @@ impl BackendState {
     fn with_health(decay: Duration, shared: Option<Arc<HealthShared>>) -> Self {
         BackendState {
             in_flight: AtomicUsize::new(0),
-            picks: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             rtt_bits: AtomicU64::new(NO_SAMPLE),
             rtt_stamp: AtomicU64::new(0),
             inv_decay_ns: 1.0 / (decay.as_nanos() as f64).max(1.0),
@@ -128,6 +129,7 @@ impl BackendState {
         if self.health.cancel_is_failure(elapsed) {
             self.record_outcome(false, Some(elapsed), at_ns)
         } else {
+            self.cancelled.fetch_add(1, Ordering::Relaxed);
             self.raise_rtt_at_nanos(elapsed, at_ns);
             false
         }
@@ -226,9 +228,17 @@ impl BackendState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// How many times this backend was picked through a [`Pool`](crate::Pool).
+    /// Requests sent to this backend: those started on it ([`start`](Self::start),
+    /// [`Picked::start`](crate::Picked::start), the tower service) — in flight, finished
+    /// or dropped — plus outcomes reported without a start
+    /// ([`Pool::report`](crate::Pool::report)). A [`Pool::pick`](crate::Pool::pick) that
+    /// is never started is not counted: the count is derived from the in-flight and
+    /// outcome counters, so a pick writes no shared counter of its own.
     pub fn picks(&self) -> u64 {
-        self.picks.load(Ordering::Relaxed)
+        (self.in_flight.load(Ordering::Relaxed) as u64)
+            .wrapping_add(self.successes.load(Ordering::Relaxed))
+            .wrapping_add(self.failures.load(Ordering::Relaxed))
+            .wrapping_add(self.cancelled.load(Ordering::Relaxed))
     }
 
     /// Requests that finished successfully.
@@ -239,10 +249,6 @@ impl BackendState {
     /// Requests that finished with a failure.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_pick(&self) {
-        self.picks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts tracking one request: in flight + 1 until the returned guard is dropped.
@@ -359,6 +365,23 @@ pub(crate) fn decay_factor(elapsed_ns: u64, inv_decay_ns: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `picks` is every request started — in flight, succeeded, failed or dropped —
+    /// counted from the other counters, never twice and never lost.
+    #[test]
+    fn picks_count_every_started_request_once() {
+        let state = Arc::new(BackendState::new(DEFAULT_EWMA_DECAY));
+        assert_eq!(state.picks(), 0);
+        let held = state.start();
+        assert_eq!((state.picks(), state.in_flight()), (1, 1));
+        state.start().success();
+        state.start().failure();
+        drop(state.start()); // cancelled: not a failure outside a pool
+        assert_eq!(state.picks(), 4);
+        assert_eq!((state.successes(), state.failures()), (1, 1));
+        held.success();
+        assert_eq!((state.picks(), state.in_flight()), (4, 0));
+    }
 
     #[test]
     fn in_flight_guard_releases_on_drop_and_finish() {

@@ -230,17 +230,17 @@ impl<A, P: Picker<A>> Pool<A, P> {
         self.inner.current.load_full()
     }
 
-    /// Picks a backend for one request, and counts the pick in its stats.
+    /// Picks a backend for one request. Start it ([`Picked::start`]) to track it: the
+    /// load-aware pickers and the stats' `picks` see started requests.
     ///
-    /// Lock-free; allocates nothing. The returned [`Picked`] borrows the snapshot it was
+    /// Lock-free; allocates nothing; writes no shared memory (the snapshot is read
+    /// through an `arc-swap` guard, whose bookkeeping is per thread). The returned [`Picked`] borrows the snapshot it was
     /// picked from, so it stays valid whatever changes are published meanwhile.
     #[inline]
     pub fn pick(&self, ctx: &PickContext) -> Result<Picked<A, P::Table>, PickError> {
         let prepared = self.inner.current.load();
         let index = prepared.pick(&self.inner.picker, ctx)?;
-        let picked = Picked { prepared, index };
-        picked.backend().state().count_pick();
-        Ok(picked)
+        Ok(Picked { prepared, index })
     }
 
     /// Per-backend statistics, in insertion order.
