@@ -296,7 +296,7 @@ impl BackendState {
     }
 
     pub(crate) fn record_rtt_at_nanos(&self, sample: Duration, now: u64) {
-        let sample = sample.as_nanos() as f64;
+        let sample = nanos_f64(sample);
         // `fetch_update` retries on contention, so concurrent samples are never lost; the
         // stamp is a separate atomic and may briefly lag, which only shortens one decay step.
         let _ = self
@@ -319,12 +319,19 @@ impl BackendState {
     }
 }
 
+/// `d` in nanoseconds as `f64`, through `u64` (saturating past 584 years): the `u128`
+/// of `Duration::as_nanos` converts through a software routine several times slower.
+#[inline]
+fn nanos_f64(d: Duration) -> f64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) as f64
+}
+
 impl BackendState {
     /// Feeds a latency that is a lower bound (a failure's, a cancelled request's): it
     /// replaces the estimate when above it, and is ignored otherwise.
     pub(crate) fn raise_rtt_at_nanos(&self, sample: Duration, now: u64) {
         let bits = self.rtt_bits.load(Ordering::Relaxed);
-        let above = bits == NO_SAMPLE || sample.as_nanos() as f64 > f64::from_bits(bits);
+        let above = bits == NO_SAMPLE || nanos_f64(sample) > f64::from_bits(bits);
         if above {
             self.record_rtt_at_nanos(sample, now);
         }
