@@ -15,6 +15,7 @@ mod tcp_proxy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,56 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), Er
         .map_err(|_| format!("waited 15 s for {what}").into())
 }
 
+/// A server task that finishes when told: [`stop`](Running::stop) tells it and waits
+/// until it has; dropped, it is aborted.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawns the server `serve` makes of the signal that resolves on [`stop`](Self::stop).
+    fn spawn<F>(serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(Box::pin(async {
+            let _ = stopped.await;
+        })));
+        Running {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Tells the server to stop and waits until it has finished.
+    async fn stop(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A program's command line: its name, `options`, and one `--backend` per address.
+fn command_line(program: &str, options: &[&str], backends: &[SocketAddr]) -> Vec<String> {
+    let mut args = vec![program.to_owned()];
+    args.extend(options.iter().map(|s| (*s).to_owned()));
+    for addr in backends {
+        args.push("--backend".to_owned());
+        args.push(addr.to_string());
+    }
+    args
+}
+
 /// A door in front of a backend: it relays every connection to the backend, and
 /// [`shut`](Door::shut) kills the backend as the proxy sees it (connects refused, open
 /// connections closed), returning only once the proxy has closed its end of each open
@@ -62,16 +113,14 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), Er
 /// (a request on one would fail after it was sent, which no proxy may retry).
 struct Door {
     addr: SocketAddr,
-    shut: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    relay: Running,
 }
 
 impl Door {
     async fn open(backend: SocketAddr) -> Result<Self, Error> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (shut, mut shutting) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        let relay = Running::spawn(|mut shutting| async move {
             let (close, _) = tokio::sync::watch::channel(false);
             let mut relays = JoinSet::new();
             loop {
@@ -103,27 +152,13 @@ impl Door {
             let _ = close.send(true);
             while relays.join_next().await.is_some() {}
         });
-        Ok(Door {
-            addr,
-            shut: Some(shut),
-            task,
-        })
+        Ok(Door { addr, relay })
     }
 
     /// Refuses new connections, closes the open ones, and returns once the proxy has
     /// closed every one of them.
-    async fn shut(mut self) -> Result<(), Error> {
-        if let Some(shut) = self.shut.take() {
-            let _ = shut.send(());
-        }
-        (&mut self.task).await?;
-        Ok(())
-    }
-}
-
-impl Drop for Door {
-    fn drop(&mut self) {
-        self.task.abort();
+    async fn shut(self) -> Result<(), Error> {
+        self.relay.stop().await
     }
 }
 
@@ -144,8 +179,7 @@ struct HttpProxy {
     addr: SocketAddr,
     proxy: http_proxy::Proxy,
     settings: http_proxy::Settings,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: Running,
 }
 
 impl HttpProxy {
@@ -157,41 +191,24 @@ impl HttpProxy {
 
     /// Starts the proxy with `options` and one `--backend` per address.
     async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
-        let mut args = vec!["http_proxy".to_owned()];
-        for addr in backends {
-            args.push("--backend".to_owned());
-            args.push(addr.to_string());
-        }
-        args.extend(options.iter().map(|s| (*s).to_owned()));
-        let settings = http_proxy::Settings::parse(args)?;
+        let settings = http_proxy::Settings::parse(command_line("http_proxy", options, backends))?;
         let proxy = http_proxy::Proxy::start(&settings)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(http_proxy::serve(
-            listener,
-            proxy.clone(),
-            settings.tls.clone(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = Running::spawn(|stopped| {
+            http_proxy::serve(listener, proxy.clone(), settings.tls.clone(), stopped)
+        });
         Ok(HttpProxy {
             addr,
             proxy,
             settings,
-            stop: Some(stop),
-            task,
+            server,
         })
     }
 
     /// Stops accepting and waits for the server to finish.
-    async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await?;
-        Ok(())
+    async fn shutdown(self) -> Result<(), Error> {
+        self.server.stop().await
     }
 }
 
@@ -1296,8 +1313,7 @@ fn http_proxy_rejects_bad_options_with_exit_code_2() {
 struct RunningTcp {
     addr: SocketAddr,
     proxy: tcp_proxy::TcpProxy,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: Running,
 }
 
 impl RunningTcp {
@@ -1308,34 +1324,21 @@ impl RunningTcp {
 
     /// Starts the proxy with `options` and one `--backend` per address.
     async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
-        let mut args = vec!["tcp_proxy".to_owned()];
-        args.extend(options.iter().map(|s| (*s).to_owned()));
-        for addr in backends {
-            args.push("--backend".to_owned());
-            args.push(addr.to_string());
-        }
-        let settings = tcp_proxy::Settings::parse(args)?;
+        let settings = tcp_proxy::Settings::parse(command_line("tcp_proxy", options, backends))?;
         let proxy = tcp_proxy::TcpProxy::start(&settings).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tcp_proxy::serve(listener, proxy.clone(), async {
-            let _ = stopped.await;
-        }));
+        let server = Running::spawn(|stopped| tcp_proxy::serve(listener, proxy.clone(), stopped));
         Ok(RunningTcp {
             addr,
             proxy,
-            stop: Some(stop),
-            task,
+            server,
         })
     }
 
-    async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await?;
-        Ok(())
+    /// Stops accepting and waits for the server to finish.
+    async fn shutdown(self) -> Result<(), Error> {
+        self.server.stop().await
     }
 }
 

@@ -101,14 +101,12 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
 fn slow_start_reenters_after_an_ejection_and_on_join() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(100);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock)
+            .slow_start(SlowStart::new(window).unwrap())
+            .outlier_detection(consecutive_only()),
+        letters(3),
+    );
     clock.advance(window);
     pool.tick();
     fail(&pool, ids[0], 5);
@@ -162,13 +160,10 @@ fn slow_start_reenters_after_every_recovery() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(100);
     let sick = Arc::new(AtomicBool::new(false));
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).slow_start(SlowStart::new(window).unwrap()),
+        letters(3),
+    );
     let flag = Arc::clone(&sick);
     let c = ids[2];
     pool.add_health_source(move |b: &tower_lb::Backend<&str>, _: Instant| {
@@ -218,19 +213,11 @@ fn slow_start_reenters_after_every_recovery() {
 fn slow_start_republishes_at_most_once_per_update_interval() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(10);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(
-            SlowStart::new(window)
-                .unwrap()
-                .min_weight_percent(1)
-                .unwrap()
-                .update_interval(Duration::from_secs(1)),
-        )
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock)
+            .slow_start(ramp_from_one_percent(window).update_interval(Duration::from_secs(1))),
+        letters(2),
+    );
     clock.advance(window);
     pool.tick();
     pool.mark_down(ids[1]).unwrap();
@@ -259,18 +246,10 @@ fn slow_start_republishes_at_most_once_per_update_interval() {
 fn slow_start_republishes_only_while_a_weight_changes() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(10);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(
-            SlowStart::new(window)
-                .unwrap()
-                .min_weight_percent(1)
-                .unwrap(),
-        )
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).slow_start(ramp_from_one_percent(window)),
+        letters(2),
+    );
     clock.advance(window);
     pool.tick();
     pool.mark_down(ids[1]).unwrap();
