@@ -15,6 +15,7 @@ mod tcp_proxy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,136 @@ async fn bounded<F: Future<Output = Result<(), Error>>>(test: F) -> Result<(), E
         .map_err(|_| "the test took longer than 20 s")?
 }
 
+/// Waits until `condition` holds, looking every 5 ms: a readiness signal for work the
+/// proxy does on its own tasks (an ejection published, a request taken), not a bound on
+/// its speed. The wait is bounded, so a condition that never comes fails the test by name.
+async fn until(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), Error> {
+    let waited = tokio::time::timeout(Duration::from_secs(15), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited
+        .await
+        .map_err(|_| format!("waited 15 s for {what}").into())
+}
+
+/// A server task that finishes when told: [`stop`](Running::stop) tells it and waits
+/// until it has; dropped, it is aborted.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawns the server `serve` makes of the signal that resolves on [`stop`](Self::stop).
+    fn spawn<F>(serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(Box::pin(async {
+            let _ = stopped.await;
+        })));
+        Running {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Tells the server to stop and waits until it has finished.
+    async fn stop(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A program's command line: its name, `options`, and one `--backend` per address.
+fn command_line(program: &str, options: &[&str], backends: &[SocketAddr]) -> Vec<String> {
+    let mut args = vec![program.to_owned()];
+    args.extend(options.iter().map(|s| (*s).to_owned()));
+    for addr in backends {
+        args.push("--backend".to_owned());
+        args.push(addr.to_string());
+    }
+    args
+}
+
+/// A door in front of a backend: it relays every connection to the backend, and
+/// [`shut`](Door::shut) kills the backend as the proxy sees it (connects refused, open
+/// connections closed), returning only once the proxy has closed its end of each open
+/// connection too. That is the readiness signal a test needs before counting what
+/// happens next: the proxy's keep-alive pool then holds no connection to the dead backend
+/// (a request on one would fail after it was sent, which no proxy may retry).
+struct Door {
+    addr: SocketAddr,
+    relay: Running,
+}
+
+impl Door {
+    async fn open(backend: SocketAddr) -> Result<Self, Error> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let relay = Running::spawn(|mut shutting| async move {
+            let (close, _) = tokio::sync::watch::channel(false);
+            let mut relays = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut shutting => break,
+                    accepted = listener.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        let mut closing = close.subscribe();
+                        relays.spawn(async move {
+                            let Ok(mut upstream) = TcpStream::connect(backend).await else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
+                                _ = closing.changed() => {}
+                            }
+                            drop(upstream);
+                            // Close this end, then wait for the proxy to close its own.
+                            let _ = client.shutdown().await;
+                            let mut buf = [0u8; 1024];
+                            while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+                        });
+                    }
+                    Some(_) = relays.join_next(), if !relays.is_empty() => {}
+                }
+            }
+            // Connects are refused from here on.
+            drop(listener);
+            let _ = close.send(true);
+            while relays.join_next().await.is_some() {}
+        });
+        Ok(Door { addr, relay })
+    }
+
+    /// Refuses new connections, closes the open ones, and returns once the proxy has
+    /// closed every one of them.
+    async fn shut(self) -> Result<(), Error> {
+        self.relay.stop().await
+    }
+}
+
+/// A door in front of each backend.
+async fn doors(backends: &[HttpBackend]) -> Result<Vec<Door>, Error> {
+    let mut doors = Vec::with_capacity(backends.len());
+    for backend in backends {
+        doors.push(Door::open(backend.addr()).await?);
+    }
+    Ok(doors)
+}
+
 // ---------------------------------------------------------------------------------------
 // HTTP proxy
 
@@ -48,8 +179,7 @@ struct HttpProxy {
     addr: SocketAddr,
     proxy: http_proxy::Proxy,
     settings: http_proxy::Settings,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: Running,
 }
 
 impl HttpProxy {
@@ -61,41 +191,24 @@ impl HttpProxy {
 
     /// Starts the proxy with `options` and one `--backend` per address.
     async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
-        let mut args = vec!["http_proxy".to_owned()];
-        for addr in backends {
-            args.push("--backend".to_owned());
-            args.push(addr.to_string());
-        }
-        args.extend(options.iter().map(|s| (*s).to_owned()));
-        let settings = http_proxy::Settings::parse(args)?;
+        let settings = http_proxy::Settings::parse(command_line("http_proxy", options, backends))?;
         let proxy = http_proxy::Proxy::start(&settings)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(http_proxy::serve(
-            listener,
-            proxy.clone(),
-            settings.tls.clone(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = Running::spawn(|stopped| {
+            http_proxy::serve(listener, proxy.clone(), settings.tls.clone(), stopped)
+        });
         Ok(HttpProxy {
             addr,
             proxy,
             settings,
-            stop: Some(stop),
-            task,
+            server,
         })
     }
 
     /// Stops accepting and waits for the server to finish.
-    async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await?;
-        Ok(())
+    async fn shutdown(self) -> Result<(), Error> {
+        self.server.stop().await
     }
 }
 
@@ -384,10 +497,12 @@ async fn http_proxy_sticky_cookie_keeps_a_client_on_its_backend() -> Result<(), 
 #[tokio::test]
 async fn http_proxy_sticky_session_moves_when_its_backend_dies() -> Result<(), Error> {
     bounded(async {
-        let mut backends = http_backends(3).await?;
-        let proxy = HttpProxy::start(
+        let backends = http_backends(3).await?;
+        let mut doors = doors(&backends).await?;
+        let addrs: Vec<SocketAddr> = doors.iter().map(|d| d.addr).collect();
+        let proxy = HttpProxy::start_addrs(
             &["--sticky", "--cookie-secret", "0123456789abcdef-secret"],
-            &backends.iter().collect::<Vec<_>>(),
+            &addrs,
         )
         .await?;
         let client = http_client();
@@ -399,11 +514,12 @@ async fn http_proxy_sticky_session_moves_when_its_backend_dies() -> Result<(), E
             .unwrap_or_default()
             .to_owned();
         let home = backends
-            .iter_mut()
-            .find(|b| b.name() == first.backend())
+            .iter()
+            .position(|b| b.name() == first.backend())
             .ok_or("unknown backend")?;
-        home.stop().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The home dies; the proxy has closed its pooled connections to it when `shut`
+        // returns.
+        doors.remove(home).shut().await?;
         // The cookie names a dead backend: the connect fails, the request is retried
         // elsewhere, and the answer carries a cookie for the new home.
         let moved = get(&client, proxy.addr, "/", &[("cookie", &cookie)]).await?;
@@ -595,12 +711,10 @@ async fn http_proxy_terminates_tls_with_a_certificate_from_files() -> Result<(),
 #[tokio::test]
 async fn http_proxy_fails_over_when_a_backend_is_killed() -> Result<(), Error> {
     bounded(async {
-        let mut backends = http_backends(3).await?;
-        let proxy = HttpProxy::start(
-            &["--strategy", "round-robin"],
-            &backends.iter().collect::<Vec<_>>(),
-        )
-        .await?;
+        let backends = http_backends(3).await?;
+        let mut doors = doors(&backends).await?;
+        let addrs: Vec<SocketAddr> = doors.iter().map(|d| d.addr).collect();
+        let proxy = HttpProxy::start_addrs(&["--strategy", "round-robin"], &addrs).await?;
         let client = http_client();
         for _ in 0..6 {
             assert_eq!(
@@ -608,9 +722,9 @@ async fn http_proxy_fails_over_when_a_backend_is_killed() -> Result<(), Error> {
                 StatusCode::OK
             );
         }
-        backends[1].stop().await;
-        // Let the proxy's pooled keep-alive connections to b see their end.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // b dies; when `shut` returns, the proxy's pooled keep-alive connections to b
+        // have seen their end.
+        doors.remove(1).shut().await?;
         for _ in 0..30 {
             let answer = get(&client, proxy.addr, "/", &[]).await?;
             // Connects to b fail and are retried on another backend: no client sees them.
@@ -619,7 +733,7 @@ async fn http_proxy_fails_over_when_a_backend_is_killed() -> Result<(), Error> {
         }
         let stats = proxy.proxy.pool().stats();
         let b = &stats[1];
-        assert_eq!(b.addr.authority().as_str(), backends[1].addr().to_string());
+        assert_eq!(b.addr.authority().as_str(), addrs[1].to_string());
         // Five failed connects in a row ejected it (outlier detection's default).
         assert_eq!(b.failures, 5, "{b:?}");
         assert_eq!(b.ejections, 1);
@@ -739,9 +853,10 @@ async fn http_proxy_sheds_with_503_when_every_backend_is_at_capacity() -> Result
             async move { get(&client, addr, "/", &[]).await.map(|a| a.status) }
         });
         // Wait until the first request holds the backend's only slot.
-        while proxy.proxy.pool().stats()[0].in_flight == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until("the request in flight", || {
+            proxy.proxy.pool().stats()[0].in_flight > 0
+        })
+        .await?;
         let shed = get(&client, addr, "/", &[]).await?;
         assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
         let retry_after: u64 = shed.headers["retry-after"].to_str()?.parse()?;
@@ -777,9 +892,10 @@ async fn http_proxy_shutdown_lets_requests_in_flight_finish() -> Result<(), Erro
             tokio::spawn(
                 async move { get(&http_client(), addr, "/", &[]).await.map(|a| a.status) },
             );
-        while proxy.proxy.pool().stats()[0].in_flight == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until("the request in flight", || {
+            proxy.proxy.pool().stats()[0].in_flight > 0
+        })
+        .await?;
         // Shutdown returns only once the request in flight has been answered.
         proxy.shutdown().await?;
         assert_eq!(in_flight.await??, StatusCode::OK);
@@ -810,7 +926,16 @@ async fn http_proxy_serves_every_request_with_two_of_three_hosts_powered_off() -
             proxies.push((strategy, HttpProxy::start_addrs(&options, &addrs).await?));
         }
         // Three failed probes (1 s apart, each timing out after 1 s) mark a host down.
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        for (strategy, proxy) in &proxies {
+            until(
+                &format!("{strategy}'s probes to mark both hosts down"),
+                || {
+                    let stats = proxy.proxy.pool().stats();
+                    !stats[0].eligible && !stats[2].eligible
+                },
+            )
+            .await?;
+        }
         let client = http_client();
         for (strategy, proxy) in &proxies {
             for i in 0..20 {
@@ -1188,8 +1313,7 @@ fn http_proxy_rejects_bad_options_with_exit_code_2() {
 struct RunningTcp {
     addr: SocketAddr,
     proxy: tcp_proxy::TcpProxy,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: Running,
 }
 
 impl RunningTcp {
@@ -1200,34 +1324,21 @@ impl RunningTcp {
 
     /// Starts the proxy with `options` and one `--backend` per address.
     async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
-        let mut args = vec!["tcp_proxy".to_owned()];
-        args.extend(options.iter().map(|s| (*s).to_owned()));
-        for addr in backends {
-            args.push("--backend".to_owned());
-            args.push(addr.to_string());
-        }
-        let settings = tcp_proxy::Settings::parse(args)?;
+        let settings = tcp_proxy::Settings::parse(command_line("tcp_proxy", options, backends))?;
         let proxy = tcp_proxy::TcpProxy::start(&settings).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tcp_proxy::serve(listener, proxy.clone(), async {
-            let _ = stopped.await;
-        }));
+        let server = Running::spawn(|stopped| tcp_proxy::serve(listener, proxy.clone(), stopped));
         Ok(RunningTcp {
             addr,
             proxy,
-            stop: Some(stop),
-            task,
+            server,
         })
     }
 
-    async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await?;
-        Ok(())
+    /// Stops accepting and waits for the server to finish.
+    async fn shutdown(self) -> Result<(), Error> {
+        self.server.stop().await
     }
 }
 
@@ -1349,10 +1460,8 @@ async fn tcp_proxy_fails_over_without_a_client_visible_error() -> Result<(), Err
         let pool = proxy.proxy.pool().clone();
         let b = &pool.stats()[1];
         assert!(b.failures >= 3, "{b:?}");
-        while pool.stats()[1].ejections == 0 {
-            // The health task publishes the ejection: give it its turn.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // The health task publishes the ejection.
+        until("the ejection", || pool.stats()[1].ejections > 0).await?;
         assert!(!pool.stats()[1].eligible);
         proxy.shutdown().await
     })
@@ -1414,9 +1523,8 @@ async fn tcp_proxy_fails_over_from_a_host_whose_connects_hang() -> Result<(), Er
         assert_eq!(slow, 3, "{counts:?}");
         let pool = proxy.proxy.pool().clone();
         assert_eq!(pool.stats()[1].failures, 3, "{:?}", pool.stats()[1]);
-        while pool.stats()[1].ejections == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // The health task publishes the ejection.
+        until("the ejection", || pool.stats()[1].ejections > 0).await?;
         assert!(!pool.stats()[1].eligible);
         proxy.shutdown().await
     })
