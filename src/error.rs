@@ -202,6 +202,12 @@ pub enum ConfigError {
         /// The address length in bits (32 or 128).
         max: u8,
     },
+    /// A gRPC status code outside 0..=16, or `OK` (0) made a failure.
+    #[error("grpc status: code {code} cannot be set (a failure code is 1 to 16)")]
+    GrpcCode {
+        /// The refused code.
+        code: i32,
+    },
 }
 
 /// Every eligible backend is at its in-flight limit: the request was shed.
