@@ -55,8 +55,23 @@
 //!   time-out (`BalanceLayer::timeout`); health's clock then reads tokio's, so tests with
 //!   a paused clock drive it.
 //! - `http`: Layer 7 affinity keys on `http::Request` — `HeaderKey`, `CookieKey`,
-//!   `PathKey`, `QueryKey` in [`affinity`] —, the HTTP health probe (with `tokio`),
-//!   sticky cookies, body tracking, `HttpTarget` routing and `HttpBalance`.
+//!   `PathKey`, `QueryKey` in [`affinity`] (`HeaderKey` also keys on gRPC metadata) —,
+//!   the HTTP health probe (`HttpProbe`, with `tokio`), sticky cookies (`StickyCookie`,
+//!   `StickyLayer`: the balancer issues a signed cookie naming the backend), body
+//!   tracking (`TrackBodyLayer`: in flight until the response body ends), `HttpTarget`
+//!   routing (one HTTP client retargeted at each picked backend), `HttpBalance` (that
+//!   stack's type), and the outcome classifiers `HttpStatus` (5xx are failures) and
+//!   `GrpcStatus` (`grpc-status` in heads and trailers).
+//! - `metrics`: per-backend counters, gauges and a latency histogram through the
+//!   [`metrics`](https://docs.rs/metrics) facade (`tower_lb_backend_requests_total`,
+//!   `tower_lb_backend_in_flight`, `tower_lb_backend_healthy`,
+//!   `tower_lb_backend_ejections_total`, `tower_lb_backend_weight`,
+//!   `tower_lb_request_duration_seconds`); install any recorder (Prometheus, StatsD...)
+//!   before building pools, and name backends with `PoolBuilder::metrics_label`. Off,
+//!   it compiles to nothing: no field, no branch on the request path.
+//!
+//! Health and membership changes are also [events](PoolEvent): `Pool::on_event` (any
+//! features) and `Pool::subscribe` (a tokio `broadcast` channel, with `tokio`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -105,7 +120,7 @@ pub use pick::round_robin::RoundRobin;
 pub use pick::weighted_random::WeightedRandom;
 pub use pick::weighted_round_robin::WeightedRoundRobin;
 pub use pick::{PickContext, Picker};
-pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
+pub use pool::{Edit, Picked, Pool, PoolBuilder, PoolEvent, Prepared};
 pub use snapshot::Snapshot;
 
 /// The README's examples, compiled and run as doctests.

@@ -301,7 +301,7 @@ fn the_readmes_tonic_block_is_the_examples_code() {
         .nth(1)
         .expect("README has a \"Using with tonic\" section");
     let block = section
-        .split("```rust,ignore\n")
+        .split("```rs\n")
         .nth(1)
         .and_then(|rest| rest.split("\n```").next())
         .expect("the section has a rust block");

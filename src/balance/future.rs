@@ -75,6 +75,13 @@ impl Tracked {
         }
     }
 
+    /// Reports a failure ended by the per-attempt time-out, `elapsed` after it began.
+    pub(crate) fn time_out(mut self, elapsed: Duration) {
+        if let Some(guard) = self.in_flight.take() {
+            guard.time_out_at_nanos(now_nanos(), elapsed);
+        }
+    }
+
     /// From now on, dropping finishes the request with `success` (its response was
     /// classified; a body dropped before its end is the reader's choice, not a failure).
     pub(crate) fn settle(&mut self, success: bool) {
@@ -211,7 +218,7 @@ where
                         .map_or(*this.timeout, Tracked::elapsed)
                         .max(*this.timeout);
                     if let Some(tracked) = this.tracked.take() {
-                        tracked.finish(false);
+                        tracked.time_out(elapsed);
                     }
                     let backend = this.backend.unwrap_or(BackendId::new(u64::MAX));
                     return Poll::Ready(Err(TimedOut {
