@@ -75,7 +75,12 @@ fn every_series_follows_a_scripted_scenario() {
     let clock = ManualClock::new();
     let pool = Pool::builder(RoundRobin::new())
         .clock(clock.reader())
-        .outlier_detection(OutlierDetection::new().consecutive_failures(2))
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(2)
+                .ejection_jitter(Duration::ZERO),
+        )
+        .health_seed(7)
         .cancelled_as_failure_after(None)
         .metrics_label(|addr: &&str| addr.to_string())
         .build();
