@@ -40,8 +40,8 @@ use tower_lb::AffinityKey;
 use tower_lb::affinity::HeaderKey;
 use tower_lb::balance::retry::Always;
 use tower_lb::balance::{
-    BackendService, BalanceLayer, BoxError, GrpcStatus, NoAffinity, PerBackend, RetryLayer,
-    TrackBodyLayer, TrackedBody,
+    BackendService, BalanceLayer, BoxError, NoAffinity, PerBackend, RetryLayer, TrackBodyLayer,
+    TrackedBody,
 };
 use tower_lb::health::OutlierDetection;
 use tower_lb::{Maglev, Picker, Pool, PowerOfTwoChoices, RoundRobin, Weight};
@@ -159,9 +159,9 @@ where
     P::Table: Send + Sync,
     K: AffinityKey<GrpcRequest> + Clone + Send + Sync + 'static,
 {
-    let balance = BalanceLayer::new(pool)
-        .affinity(affinity)
-        .classify(GrpcStatus::new())
+    // `affinity_if_hashing`: the p2c and round-robin phases pass `NoAffinity`.
+    let balance = BalanceLayer::grpc(pool)
+        .affinity_if_hashing(affinity)
         .build(PerBackend);
     let stack = ServiceBuilder::new()
         .layer(TrackBodyLayer::new())

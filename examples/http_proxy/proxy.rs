@@ -154,7 +154,7 @@ impl Proxy {
 
         let client = Upstream::new(settings.timeout);
         let mut layer = BalanceLayer::new(pool.clone())
-            .affinity(settings.key.clone())
+            .affinity_if_hashing(settings.key.clone())
             .classify(HttpStatus::new());
         if let Some(max) = settings.max_in_flight {
             layer = layer
