@@ -72,6 +72,27 @@
 //!
 //! Health and membership changes are also [events](PoolEvent): `Pool::on_event` (any
 //! features) and `Pool::subscribe` (a tokio `broadcast` channel, with `tokio`).
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, each backend's series, after Envoy's and HAProxy's
+//! per-backend ones:
+//!
+//! | name | kind | labels |
+//! | --- | --- | --- |
+//! | `tower_lb_backend_requests_total` | counter | `backend`, `outcome` = `success` \| `failure` \| `timeout` \| `cancelled` |
+//! | `tower_lb_backend_in_flight` | gauge | `backend` |
+//! | `tower_lb_backend_healthy` | gauge, 1 or 0 (the health verdict) | `backend` |
+//! | `tower_lb_backend_ejections_total` | counter | `backend` |
+//! | `tower_lb_backend_weight` | gauge (the configured weight) | `backend` |
+//! | `tower_lb_request_duration_seconds` | histogram | `backend` |
+//!
+//! `failure` is a request its classifier judged failed; `timeout` one the balancer's
+//! per-attempt time-out ended; `cancelled` one whose future or guard was dropped
+//! unfinished (whether passive health counted it as a failure or not). The series of a
+//! backend register with the recorder current when the backend is first published:
+//! install the recorder before building pools. A removed backend's gauges drop to 0
+//! (the facade cannot unregister a series).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(

@@ -3,16 +3,7 @@
 //! Handles are registered with the recorder installed when the backend is first
 //! published (install the recorder — Prometheus, StatsD... — before building pools), so
 //! the request path only bumps a registered handle: no label formatting, no map lookup.
-//! The names, after Envoy's and HAProxy's per-backend series:
-//!
-//! | name | kind | labels |
-//! | --- | --- | --- |
-//! | `tower_lb_backend_requests_total` | counter | `backend`, `outcome` = `success` \| `failure` \| `timeout` \| `cancelled` |
-//! | `tower_lb_backend_in_flight` | gauge | `backend` |
-//! | `tower_lb_backend_healthy` | gauge, 1 or 0 | `backend` |
-//! | `tower_lb_backend_ejections_total` | counter | `backend` |
-//! | `tower_lb_backend_weight` | gauge (the configured weight) | `backend` |
-//! | `tower_lb_request_duration_seconds` | histogram | `backend` |
+//! The series are listed in the crate docs (`# Metrics`).
 //!
 //! A request cancelled (its guard dropped unfinished) counts as `cancelled` whether or
 //! not passive health counted it as a failure; `timeout` is the balancer's per-attempt
