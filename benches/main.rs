@@ -5,12 +5,21 @@ use criterion::{criterion_group, criterion_main};
 
 mod balance;
 mod hashing;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod pickers;
+
+/// The `metrics` feature's group, when the feature is on.
+fn metrics_register(_c: &mut criterion::Criterion) {
+    #[cfg(feature = "metrics")]
+    metrics::register(_c);
+}
 
 criterion_group!(
     benches,
     pickers::register,
     hashing::register,
-    balance::register
+    balance::register,
+    metrics_register
 );
 criterion_main!(benches);

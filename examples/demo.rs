@@ -158,7 +158,7 @@ async fn strategy_row(
         req.headers().get("x-user").map(|v| hash_key(v.as_bytes()))
     });
     let balance = BalanceLayer::new(pool)
-        .affinity(by_user)
+        .affinity_if_hashing(by_user)
         .build(ToBackend(client.clone()));
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..CONCURRENCY {

@@ -249,6 +249,12 @@ pub enum ConfigError {
         /// The refused host.
         host: String,
     },
+    /// A gRPC status code outside 0..=16, or `OK` (0) made a failure.
+    #[error("grpc status: code {code} cannot be set (a failure code is 1 to 16)")]
+    GrpcCode {
+        /// The refused code.
+        code: i32,
+    },
 }
 
 impl ConfigError {
@@ -266,6 +272,7 @@ impl ConfigError {
             ConfigError::JitterAboveInterval { .. } => "ProbeConfig::jitter",
             ConfigError::ProbePath { .. } => "HttpProbe::new",
             ConfigError::ProbeHost { .. } => "HttpProbe::host",
+            ConfigError::GrpcCode { .. } => "GrpcStatus::failure_code",
         }
     }
 

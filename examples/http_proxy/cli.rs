@@ -113,6 +113,10 @@ pub struct Args {
     /// Terminate TLS with a certificate for localhost generated at start.
     #[arg(long)]
     pub tls_self_signed: bool,
+
+    /// Serve the balancer's metrics as Prometheus text at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `--strategy`'s values.
@@ -208,6 +212,8 @@ pub struct Settings {
     pub tls: Option<Arc<ServerConfig>>,
     /// The generated certificate, with `--tls-self-signed` (DER and PEM).
     pub self_signed: Option<(CertificateDer<'static>, String)>,
+    /// Where to serve `/metrics`, with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Settings {
@@ -331,6 +337,7 @@ impl Settings {
             },
             tls,
             self_signed,
+            metrics: args.metrics,
         })
     }
 }

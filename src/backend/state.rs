@@ -60,6 +60,9 @@ pub struct BackendState {
     fail_stamp: AtomicU64,
     /// Health: admin switch, outlier detection, probes, slow start.
     pub(crate) health: HealthCell,
+    /// Registered when the backend is first published (the `metrics` feature).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: std::sync::OnceLock<super::metrics::BackendMetrics>,
 }
 
 impl BackendState {
@@ -86,6 +89,8 @@ impl BackendState {
             fail_bits: AtomicU64::new(0),
             fail_stamp: AtomicU64::new(0),
             health: HealthCell::new(shared),
+            #[cfg(feature = "metrics")]
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -259,6 +264,10 @@ impl BackendState {
     /// [`start`](Self::start) with the time already read (nanoseconds since the epoch).
     pub(crate) fn start_at_nanos(self: &Arc<Self>, started: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.metrics.get() {
+            m.started();
+        }
         InFlight::new(Arc::clone(self), started)
     }
 

@@ -315,6 +315,10 @@ impl fmt::Debug for AnyTable {
 impl<A: BackendKey> Picker<A> for AnyPicker {
     type Table = AnyTable;
 
+    fn uses_affinity(&self) -> bool {
+        self.is_hashing()
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&AnyTable>) -> AnyTable {
         let previous = previous.map(|p| &p.table);
         // The previous table, when it is of the variant this strategy builds (hashing

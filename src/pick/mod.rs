@@ -178,6 +178,14 @@ pub trait Picker<A>: Send + Sync {
     /// there is none. `table` must come from [`prepare`](Self::prepare) on this snapshot.
     fn pick(&self, table: &Self::Table, snapshot: &Snapshot<A>, ctx: &PickContext)
     -> Option<usize>;
+
+    /// Whether picks follow the request's affinity hash ([`PickContext::with_hash`]):
+    /// `true` for the consistent-hashing pickers (and an [`AnyPicker`](crate::AnyPicker)
+    /// set to one), `false` (the default) for the others, which ignore it. A balancer
+    /// given an affinity key warns when its picker ignores keys.
+    fn uses_affinity(&self) -> bool {
+        false
+    }
 }
 
 /// With no eligible member none, with one that one, else the eligible member at the

@@ -25,8 +25,14 @@ pub struct PoolBuilder<A, P> {
     clock: Option<Clock>,
     seed: Option<u64>,
     cancel_failure_after: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    label: Option<Label<A>>,
     _addr: PhantomData<fn() -> A>,
 }
+
+/// How a backend is named in the metrics' `backend` label.
+#[cfg(feature = "metrics")]
+pub(crate) type Label<A> = Box<dyn Fn(&A) -> String + Send + Sync>;
 
 /// The default of [`PoolBuilder::cancelled_as_failure_after`]: 100 ms.
 pub const DEFAULT_CANCEL_FAILURE_AFTER: Duration = Duration::from_millis(100);
@@ -88,6 +94,25 @@ impl<A, P> PoolBuilder<A, P> {
     /// own (hedging past 100 ms, long polls cancelled by their users).
     pub fn cancelled_as_failure_after(mut self, after: Option<Duration>) -> Self {
         self.cancel_failure_after = after;
+        self
+    }
+
+    /// How a backend is named in the `backend` label of the metrics (the `metrics`
+    /// feature): by default its id (`backend#3`); an address's `to_string()` reads
+    /// better. Called once per backend, when it is first published.
+    ///
+    /// ```
+    /// use tower_lb::{Pool, RoundRobin};
+    ///
+    /// let pool = Pool::builder(RoundRobin::new())
+    ///     .metrics_label(|addr: &std::net::SocketAddr| addr.to_string())
+    ///     .build();
+    /// # let _ = pool;
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_label(mut self, label: impl Fn(&A) -> String + Send + Sync + 'static) -> Self {
+        self.label = Some(Box::new(label));
         self
     }
 
@@ -157,6 +182,15 @@ impl<A, P> PoolBuilder<A, P> {
                     version: 0,
                     engine: Engine::new(self.health, self.seed),
                     in_task: false,
+                    observer: {
+                        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+                        let mut observer = super::observe::Observer::default();
+                        #[cfg(feature = "metrics")]
+                        {
+                            observer.label = self.label;
+                        }
+                        observer
+                    },
                 }),
                 decay: self.decay,
                 shared: Arc::new(HealthShared::new(threshold, self.cancel_failure_after)),
@@ -176,6 +210,8 @@ impl<A, P: Picker<A>> Pool<A, P> {
             clock: None,
             seed: None,
             cancel_failure_after: Some(DEFAULT_CANCEL_FAILURE_AFTER),
+            #[cfg(feature = "metrics")]
+            label: None,
             _addr: PhantomData,
         }
     }

@@ -17,7 +17,8 @@
 //!
 //! The files: this one holds the pool and the per-request path (`pick`, `stats`);
 //! `update.rs` the change path (edits, batches, publication); `health.rs` health's entry
-//! points (ticks, reported outcomes, the admin switch, probes); `builder.rs` the builder.
+//! points (ticks, reported outcomes, the admin switch, probes); `builder.rs` the builder;
+//! `observe.rs` the events and gauges derived from each publication.
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,11 +36,13 @@ use crate::snapshot::Snapshot;
 
 mod builder;
 mod health;
+mod observe;
 #[cfg(feature = "tokio")]
 mod task;
 mod update;
 
 pub use builder::{DEFAULT_CANCEL_FAILURE_AFTER, PoolBuilder};
+pub use observe::PoolEvent;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use task::HealthTask;
@@ -126,6 +129,8 @@ struct Writer<A> {
     engine: Engine<A>,
     /// Set while the background task publishes, which needs no wake-up.
     in_task: bool,
+    /// Turns publications into events (and the `metrics` feature's gauges).
+    observer: observe::Observer<A>,
 }
 
 /// A backend set shared by many threads, with the picker that chooses among it.

@@ -127,9 +127,10 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
         writer.version += 1;
         let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
         // Writers are serialised by the mutex, so a plain store cannot lose an update.
-        self.inner
-            .current
-            .store(Arc::new(Prepared { snapshot, table }));
+        let prepared = Arc::new(Prepared { snapshot, table });
+        self.inner.current.store(Arc::clone(&prepared));
+        // Events and gauges (observe.rs).
+        writer.observer.published(&prepared.snapshot);
         if !writer.in_task {
             // The background task, if any, recomputes when health next has work (a new
             // ejection's return, a ramp that began) and probes new members at once.

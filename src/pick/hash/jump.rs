@@ -231,6 +231,10 @@ impl fmt::Debug for JumpTable {
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
     type Table = WithFallback<JumpTable, F::Table>;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let mut members = members(snapshot);
         members.sort_unstable_by(|a, b| a.key.cmp(&b.key));

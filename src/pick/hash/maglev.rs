@@ -259,6 +259,10 @@ fn is_prime(n: u32) -> bool {
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
     type Table = WithFallback<MaglevTable, F::Table>;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let size = self.size;
         let previous_core = previous

@@ -327,6 +327,10 @@ fn build(
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
     type Table = WithFallback<RingTable, F::Table>;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let (per_weight, max) = (self.points_per_weight, self.max_points);
         let scale = snapshot.weight_scale();
