@@ -194,6 +194,24 @@ pub enum ConfigError {
         /// The refused factor.
         factor: f64,
     },
+    /// An aperture instance index not below the instance count.
+    #[error("aperture: instance {instance} is not below the instance count {instances}")]
+    ApertureInstance {
+        /// The refused index.
+        instance: u64,
+        /// The instance count.
+        instances: u64,
+    },
+    /// A ring coordinate outside offset ∈ [0, 1), width ∈ (0, 1], or not finite.
+    #[error(
+        "aperture: ring coordinate offset {offset}, width {width} must have offset in [0, 1) and width in (0, 1]"
+    )]
+    RingCoordinate {
+        /// The refused offset.
+        offset: f64,
+        /// The refused width.
+        width: f64,
+    },
     /// An address prefix longer than the address.
     #[error("peer ip key: a /{bits} prefix is longer than the {max}-bit address")]
     PrefixLength {

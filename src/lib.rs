@@ -79,6 +79,7 @@ pub mod pool;
 mod rng;
 mod snapshot;
 mod stable_hash;
+pub mod subset;
 mod verdict;
 
 pub use affinity::AffinityKey;
