@@ -46,7 +46,7 @@ use super::hash::ring::{Ring, RingTable};
 use super::hash::{BackendKey, WithFallback};
 use super::least_loaded::LeastLoaded;
 use super::p2c::{Candidates, PowerOfTwoChoices};
-use super::peak_ewma::PeakEwma;
+use super::peak_ewma::{PeakEwma, PeakEwmaTable};
 use super::random::Random;
 use super::round_robin::RoundRobin;
 use super::weighted_random::{AliasTable, WeightedRandom};
@@ -290,6 +290,7 @@ enum Table {
     Schedule(Schedule),
     Alias(AliasTable),
     Candidates(Candidates),
+    PeakEwma(PeakEwmaTable),
     Ring(WithFallback<RingTable, ()>),
     Maglev(WithFallback<MaglevTable, ()>),
     Rendezvous(WithFallback<RendezvousTable, ()>),
@@ -303,6 +304,7 @@ impl fmt::Debug for AnyTable {
             Table::Schedule(t) => t,
             Table::Alias(t) => t,
             Table::Candidates(t) => t,
+            Table::PeakEwma(t) => t,
             Table::Ring(t) => t,
             Table::Maglev(t) => t,
             Table::Rendezvous(t) => t,
@@ -332,7 +334,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             Kind::Weighted(p) => Table::Schedule(p.prepare(snapshot, previous!(Schedule))),
             Kind::WeightedRandom(p) => Table::Alias(p.prepare(snapshot, previous!(Alias))),
             Kind::P2c(p) => Table::Candidates(p.prepare(snapshot, previous!(Candidates))),
-            Kind::PeakEwma(p) => Table::Candidates(p.prepare(snapshot, previous!(Candidates))),
+            Kind::PeakEwma(p) => Table::PeakEwma(p.prepare(snapshot, previous!(PeakEwma))),
             Kind::Ring(p) => Table::Ring(p.prepare(snapshot, previous!(Ring))),
             Kind::Maglev(p) => Table::Maglev(p.prepare(snapshot, previous!(Maglev))),
             Kind::Rendezvous(p) => Table::Rendezvous(p.prepare(snapshot, previous!(Rendezvous))),
@@ -356,7 +358,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             (Kind::Weighted(p), Table::Schedule(t)) => p.pick(t, snapshot, ctx),
             (Kind::WeightedRandom(p), Table::Alias(t)) => p.pick(t, snapshot, ctx),
             (Kind::P2c(p), Table::Candidates(t)) => p.pick(t, snapshot, ctx),
-            (Kind::PeakEwma(p), Table::Candidates(t)) => p.pick(t, snapshot, ctx),
+            (Kind::PeakEwma(p), Table::PeakEwma(t)) => p.pick(t, snapshot, ctx),
             (Kind::Ring(p), Table::Ring(t)) => p.pick(t, snapshot, ctx),
             (Kind::Maglev(p), Table::Maglev(t)) => p.pick(t, snapshot, ctx),
             (Kind::Rendezvous(p), Table::Rendezvous(t)) => p.pick(t, snapshot, ctx),
