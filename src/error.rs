@@ -212,6 +212,14 @@ pub enum ConfigError {
         /// The refused width.
         width: f64,
     },
+    /// A server-load error utilisation penalty that is negative, infinite or NaN.
+    #[error(
+        "server load: error utilization penalty {penalty} must be a finite number of at least 0"
+    )]
+    ErrorUtilizationPenalty {
+        /// The refused penalty.
+        penalty: f64,
+    },
     /// An address prefix longer than the address.
     #[error("peer ip key: a /{bits} prefix is longer than the {max}-bit address")]
     PrefixLength {

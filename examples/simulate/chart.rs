@@ -84,12 +84,21 @@ pub fn load_over_time(
     let (top, body) = root.split_vertically(40);
     top.titled(title, ("sans-serif", 20))?;
     let panels = body.split_evenly((rows, 1));
-    let end = runs.iter().map(|(_, r)| r.end).max().unwrap_or(SEC) as f64 / SEC as f64;
+    // Up to the last request sent (a run's end also waits for queues to drain).
+    let end = runs
+        .iter()
+        .map(|(_, r)| r.sent.len() as u64 * r.bucket)
+        .max()
+        .unwrap_or(SEC)
+        .max(1) as f64
+        / SEC as f64;
     let peak = runs
         .iter()
         .flat_map(|(_, r)| {
             let per_s = SEC as f64 / r.bucket.max(1) as f64;
-            r.sent.iter().flat_map(move |b| b.iter().map(move |&v| v as f64 * per_s))
+            r.sent
+                .iter()
+                .flat_map(move |b| b.iter().map(move |&v| v as f64 * per_s))
         })
         .fold(1.0, f64::max);
     for (panel, (name, record)) in panels.iter().zip(runs) {
@@ -107,20 +116,23 @@ pub fn load_over_time(
         let per_s = SEC as f64 / record.bucket.max(1) as f64;
         let width = record.bucket as f64 / SEC as f64;
         for (b, label) in backends.iter().enumerate() {
-            let points = record
-                .sent
-                .iter()
-                .enumerate()
-                .map(|(t, counts)| ((t as f64 + 0.5) * width, counts.get(b).copied().unwrap_or(0) as f64 * per_s));
+            let points = record.sent.iter().enumerate().map(|(t, counts)| {
+                (
+                    (t as f64 + 0.5) * width,
+                    counts.get(b).copied().unwrap_or(0) as f64 * per_s,
+                )
+            });
             let c = color(b);
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))?
                 .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;

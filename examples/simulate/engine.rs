@@ -23,7 +23,6 @@ pub enum Latency {
     /// Uniform in [min, max] milliseconds.
     Uniform { min_ms: f64, max_ms: f64 },
     /// Exponential with this mean, in milliseconds.
-    #[allow(dead_code)] // the server-load scenario's
     Exponential { mean_ms: f64 },
 }
 
@@ -65,7 +64,6 @@ pub enum Load {
     /// together) have been sent: tower's `tower-balance` example.
     Closed { in_flight: usize, total: u64 },
     /// Each client sends Poisson arrivals at `rate` per second until `until`.
-    #[allow(dead_code)] // the server-load scenario's
     Open { rate: f64, until: u64 },
 }
 

@@ -5,7 +5,7 @@
 //! one client keeps 500 requests in flight until 100 000 have been sent. The p99 is set
 //! by how many requests reach the slow endpoints.
 
-use tower_lb::{AnyPicker, LeastLoaded, PeakEwma, Pool};
+use tower_lb::{AnyPicker, Pool};
 
 use crate::engine::{BackendModel, Latency, Load, MS, Record, Sim, quantile_ms};
 
@@ -14,14 +14,16 @@ pub const MAX_MS: [f64; 10] = [
 ];
 
 /// The strategies compared, by the name the report prints.
-pub fn strategies() -> Vec<(&'static str, AnyPicker)> {
-    vec![
-        ("round-robin", "round-robin".parse().unwrap()),
-        ("random", "random".parse().unwrap()),
-        ("p2c", "p2c".parse().unwrap()),
-        ("least-loaded", AnyPicker::from(LeastLoaded::new())),
-        ("peak-ewma", AnyPicker::from(PeakEwma::new())),
-    ]
+pub fn strategies(seed: u64) -> Vec<(&'static str, AnyPicker)> {
+    ["round-robin", "random", "p2c", "least-loaded", "peak-ewma"]
+        .into_iter()
+        .map(|name| {
+            (
+                name,
+                AnyPicker::with_seed(name, seed).expect("a known name"),
+            )
+        })
+        .collect()
 }
 
 /// One run of the workload with `picker` (seeded per run).
@@ -50,7 +52,7 @@ pub fn summary(name: &str, record: &mut Record) -> String {
     record.latencies.sort_unstable();
     let l = &record.latencies;
     format!(
-        "{name:<14} {:?} end {:.2}s\n{name:<14} p50 {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  p99.9 {:>7.1} ms  max {:>7.1} ms",
+        "{name:<14} requests per backend {:?}, {:.2} s\n{name:<14} p50 {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  p99.9 {:>7.1} ms  max {:>7.1} ms",
         record.per_backend,
         record.end as f64 / 1e9,
         quantile_ms(l, 0.5),
