@@ -30,6 +30,7 @@
 //! | `ring-bounded` | [`BoundedLoad`] over [`Ring`] |
 //! | `maglev-bounded` | [`BoundedLoad`] over [`Maglev`] |
 //! | `rendezvous-bounded` | [`BoundedLoad`] over [`Rendezvous`] |
+//! | `server-load` | [`ServerLoad`] (feed it reports through [`AnyPicker::server_load`]) |
 //!
 //! Each name builds the strategy with its defaults; the hashing strategies place requests
 //! without a key by round robin. A strategy configured otherwise (a Maglev table size, a
@@ -49,6 +50,7 @@ use super::p2c::{Candidates, PowerOfTwoChoices};
 use super::peak_ewma::{PeakEwma, PeakEwmaTable};
 use super::random::Random;
 use super::round_robin::RoundRobin;
+use super::server_load::{ServerLoad, ServerLoadTable};
 use super::weighted_random::{AliasTable, WeightedRandom};
 use super::weighted_round_robin::{Schedule, WeightedRoundRobin};
 use super::{PickContext, Picker, eligible_at};
@@ -110,6 +112,7 @@ enum Kind {
     RingBounded(BoundedLoad<Ring>),
     MaglevBounded(BoundedLoad<Maglev>),
     RendezvousBounded(BoundedLoad<Rendezvous>),
+    ServerLoad(ServerLoad),
 }
 
 impl AnyPicker {
@@ -129,10 +132,11 @@ impl AnyPicker {
         "ring-bounded",
         "maglev-bounded",
         "rendezvous-bounded",
+        "server-load",
     ];
 
     /// The strategy `name` with its random draws reproducible from `seed` (random,
-    /// weighted random, least loaded's tie-breaking, p2c, peak EWMA); the other
+    /// weighted random, least loaded's tie-breaking, p2c, peak EWMA, server load); the other
     /// strategies draw nothing and ignore it. Fails as [`FromStr`] does.
     ///
     /// ```
@@ -168,6 +172,16 @@ impl AnyPicker {
             Kind::RingBounded(_) => "ring-bounded",
             Kind::MaglevBounded(_) => "maglev-bounded",
             Kind::RendezvousBounded(_) => "rendezvous-bounded",
+            Kind::ServerLoad(_) => "server-load",
+        }
+    }
+
+    /// The [`ServerLoad`] strategy held, to feed it the backends' load reports; `None`
+    /// for any other strategy.
+    pub fn server_load(&self) -> Option<&ServerLoad> {
+        match &self.kind {
+            Kind::ServerLoad(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -218,6 +232,9 @@ impl AnyPicker {
             "ring-bounded" => Kind::RingBounded(BoundedLoad::new(Ring::new())),
             "maglev-bounded" => Kind::MaglevBounded(BoundedLoad::new(Maglev::new())),
             "rendezvous-bounded" => Kind::RendezvousBounded(BoundedLoad::new(Rendezvous::new())),
+            "server-load" => {
+                Kind::ServerLoad(seed.map_or_else(ServerLoad::new, ServerLoad::with_seed))
+            }
             // Every name of NAMES has its arm (the unit tests check it).
             _ => return Err(unknown()),
         };
@@ -275,6 +292,7 @@ from_picker!(
     BoundedLoad<Ring> => RingBounded,
     BoundedLoad<Maglev> => MaglevBounded,
     BoundedLoad<Rendezvous> => RendezvousBounded,
+    ServerLoad => ServerLoad,
 );
 
 /// The table of an [`AnyPicker`]: the table of the strategy it holds. Built by
@@ -295,6 +313,7 @@ enum Table {
     Maglev(WithFallback<MaglevTable, ()>),
     Rendezvous(WithFallback<RendezvousTable, ()>),
     Jump(WithFallback<JumpTable, ()>),
+    ServerLoad(ServerLoadTable),
 }
 
 impl fmt::Debug for AnyTable {
@@ -309,6 +328,7 @@ impl fmt::Debug for AnyTable {
             Table::Maglev(t) => t,
             Table::Rendezvous(t) => t,
             Table::Jump(t) => t,
+            Table::ServerLoad(t) => t,
         };
         f.debug_tuple("AnyTable").field(table).finish()
     }
@@ -344,6 +364,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             Kind::RendezvousBounded(p) => {
                 Table::Rendezvous(p.prepare(snapshot, previous!(Rendezvous)))
             }
+            Kind::ServerLoad(p) => Table::ServerLoad(p.prepare(snapshot, previous!(ServerLoad))),
         };
         AnyTable { table }
     }
@@ -366,6 +387,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             (Kind::RingBounded(p), Table::Ring(t)) => p.pick(t, snapshot, ctx),
             (Kind::MaglevBounded(p), Table::Maglev(t)) => p.pick(t, snapshot, ctx),
             (Kind::RendezvousBounded(p), Table::Rendezvous(t)) => p.pick(t, snapshot, ctx),
+            (Kind::ServerLoad(p), Table::ServerLoad(t)) => p.pick(t, snapshot, ctx),
             // A table another strategy prepared: stay correct, if not as asked.
             _ => mismatched(snapshot),
         }
