@@ -179,6 +179,32 @@ pub enum ConfigError {
         /// The refused factor.
         factor: f64,
     },
+    /// An aperture instance index not below the instance count.
+    #[error("aperture: instance {instance} is not below the instance count {instances}")]
+    ApertureInstance {
+        /// The refused index.
+        instance: u64,
+        /// The instance count.
+        instances: u64,
+    },
+    /// A ring coordinate outside offset ∈ [0, 1), width ∈ (0, 1], or not finite.
+    #[error(
+        "aperture: ring coordinate offset {offset}, width {width} must have offset in [0, 1) and width in (0, 1]"
+    )]
+    RingCoordinate {
+        /// The refused offset.
+        offset: f64,
+        /// The refused width.
+        width: f64,
+    },
+    /// A server-load error utilisation penalty that is negative, infinite or NaN.
+    #[error(
+        "server load: error utilization penalty {penalty} must be a finite number of at least 0"
+    )]
+    ErrorUtilizationPenalty {
+        /// The refused penalty.
+        penalty: f64,
+    },
     /// An address prefix longer than the address.
     #[error("peer ip key: a /{bits} prefix is longer than the {max}-bit address")]
     PrefixLength {
@@ -273,6 +299,9 @@ impl ConfigError {
             ConfigError::ProbePath { .. } => "HttpProbe::new",
             ConfigError::ProbeHost { .. } => "HttpProbe::host",
             ConfigError::GrpcCode { .. } => "GrpcStatus::failure_code",
+            ConfigError::ApertureInstance { .. } => "Aperture::new",
+            ConfigError::RingCoordinate { .. } => "Aperture::from_coordinate",
+            ConfigError::ErrorUtilizationPenalty { .. } => "ServerLoad::error_utilization_penalty",
         }
     }
 

@@ -106,9 +106,11 @@ async fn every_strategy_distributes_over_real_servers() {
     }
     // Load-aware ones: one request held in flight on a server, then sequential requests.
     // Each load-aware strategy sends none of them to the busy server (it loses every
-    // comparison: 1 in flight against 0; for Peak EWMA, unmeasured with one in flight),
-    // and each idle server gets at least the picks where it is compared with the busy one
-    // (a third, less 5σ). Round robin, the control, sends the busy server its third.
+    // comparison: 1 in flight against 0; for Peak EWMA, unmeasured with one in flight).
+    // For least loaded and P2C, each idle server gets at least the picks where it is
+    // compared with the busy one (a third, less 5σ); Peak EWMA instead keeps the cheaper
+    // idle server as its leader (see `pick::peak_ewma`), so only the busy server's zero
+    // is claimed for it. Round robin, the control, sends the busy server its third.
     const SEQUENTIAL: usize = 150;
     let (busy, hits) = run_beside_a_held_request(RoundRobin::new(), SEQUENTIAL).await;
     assert_eq!(
@@ -135,8 +137,10 @@ async fn every_strategy_distributes_over_real_servers() {
             "{name} sent requests to the busy server: {hits:?}"
         );
         assert_eq!(hits.iter().sum::<usize>(), SEQUENTIAL, "{name}: {hits:?}");
-        for (i, &h) in hits.iter().enumerate() {
-            assert!(i == busy || h >= 20, "{name}: {hits:?}");
+        if name != "PeakEwma" {
+            for (i, &h) in hits.iter().enumerate() {
+                assert!(i == busy || h >= 20, "{name}: {hits:?}");
+            }
         }
     }
 }

@@ -44,7 +44,8 @@ fn membership_ejection_return_and_panic_events_name_the_backend_and_the_reason()
                 .max_ejection_percent(100),
         )
         .health_seed(7)
-        .build().unwrap();
+        .build()
+        .unwrap();
     let log = Log::attach(&pool);
 
     let a = pool.insert("a", Weight::ONE).unwrap();

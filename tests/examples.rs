@@ -914,7 +914,7 @@ async fn http_proxy_serves_every_request_with_two_of_three_hosts_powered_off() -
         let off = [PoweredOff::start().await?, PoweredOff::start().await?];
         let addrs = [off[0].addr, up.addr(), off[1].addr];
         let mut proxies = Vec::new();
-        for strategy in ["p2c", "round-robin", "peak-ewma"] {
+        for strategy in ["p2c", "round-robin", "peak-ewma", "server-load"] {
             let options = [
                 "--strategy",
                 strategy,

@@ -83,7 +83,8 @@ fn every_series_follows_a_scripted_scenario() {
         .health_seed(7)
         .cancelled_as_failure_after(None)
         .metrics_label(|addr: &&str| addr.to_string())
-        .build().unwrap();
+        .build()
+        .unwrap();
     let a = pool.insert("a", Weight::new(2).unwrap()).unwrap();
     let b = pool.insert("b", Weight::ONE).unwrap();
     let state = |id| {
@@ -169,7 +170,8 @@ async fn a_timed_out_attempt_counts_as_a_timeout_with_its_duration() {
     let hang = tower::service_fn(|_: ()| std::future::pending::<Result<(), Infallible>>());
     let pool = Pool::builder(RoundRobin::new())
         .metrics_label(|b: &BackendService<&str, _>| b.key().to_string())
-        .build().unwrap();
+        .build()
+        .unwrap();
     pool.insert(BackendService::new("slow", hang), Weight::ONE)
         .unwrap();
     let balance = BalanceLayer::new(pool)

@@ -236,7 +236,7 @@ fn hold(snapshot: &tower_lb::Snapshot<usize>, loads: &[usize]) -> Vec<InFlight> 
 /// (all of them for n = 2).
 fn check_extremes(
     picker: &PeakEwma,
-    prepared: &Prepared<usize, tower_lb::pick::p2c::Candidates>,
+    prepared: &Prepared<usize, tower_lb::pick::peak_ewma::PeakEwmaTable>,
     now: Instant,
     best: usize,
     worst: usize,
@@ -279,7 +279,7 @@ fn check_extremes(
 
 fn picks_at(
     picker: &PeakEwma,
-    prepared: &Prepared<usize, tower_lb::pick::p2c::Candidates>,
+    prepared: &Prepared<usize, tower_lb::pick::peak_ewma::PeakEwmaTable>,
     now: Instant,
     count: usize,
 ) -> Vec<usize> {

@@ -51,6 +51,7 @@ use tower_lb::balance::{
     StickyCookie, find_error,
 };
 use tower_lb::health::{OutlierDetection, Probe, ProbeConfig, probe_fn};
+use tower_lb::orca::LoadReport;
 use tower_lb::{AnyPicker, BackendId, Overloaded, PickError, Pool};
 
 pub use cli::Settings;
@@ -209,6 +210,7 @@ async fn handle(
     };
     match result {
         Ok(response) => {
+            record_load(inner, &response);
             let served = response
                 .extensions()
                 .get::<ServedBy>()
@@ -307,6 +309,29 @@ fn another_backend(
 }
 
 /// 503 with `Retry-After` when no backend may take the request, 502 when one failed.
+/// With `--strategy server-load`: feeds the backend's ORCA report (the
+/// `endpoint-load-metrics` header), if it sent one, to the strategy.
+fn record_load<B>(inner: &Inner, response: &Response<B>) {
+    let pool = inner.balance.pool();
+    let (Some(load), Some(served)) = (
+        pool.picker().server_load(),
+        response.extensions().get::<ServedBy>(),
+    ) else {
+        return;
+    };
+    let Some(report) = LoadReport::from_headers(response.headers()) else {
+        return;
+    };
+    let snapshot = pool.snapshot();
+    if let Some(b) = snapshot
+        .backends()
+        .iter()
+        .find(|b| b.addr().authority() == &served.0)
+    {
+        load.record(b.id(), &report);
+    }
+}
+
 fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
     let (status, retry_after, text) = if let Some(overloaded) = find_error::<Overloaded>(e) {
         let secs = overloaded

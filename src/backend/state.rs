@@ -261,6 +261,13 @@ impl BackendState {
         self.start_at_nanos(now_nanos())
     }
 
+    /// Starts tracking one request that started at `at` (a clock of the caller's, as
+    /// [`InFlight::finish`] takes): for callers that keep their own time, such as a
+    /// simulation in virtual time.
+    pub fn start_at(self: &Arc<Self>, at: Instant) -> InFlight {
+        self.start_at_nanos(nanos_since_epoch(at))
+    }
+
     /// [`start`](Self::start) with the time already read (nanoseconds since the epoch).
     pub(crate) fn start_at_nanos(self: &Arc<Self>, started: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -308,6 +308,13 @@ impl<A, T> Picked<A, T> {
     pub fn start(&self) -> InFlight {
         self.backend().state().start()
     }
+
+    /// Starts tracking the request as started at `at`, on a clock of the caller's (finish
+    /// it with [`InFlight::finish`] on the same clock): a simulation in virtual time, a
+    /// caller that already read the time.
+    pub fn start_at(&self, at: Instant) -> InFlight {
+        self.backend().state().start_at(at)
+    }
 }
 
 impl<A: fmt::Debug, T> fmt::Debug for Picked<A, T> {

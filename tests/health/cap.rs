@@ -11,7 +11,8 @@ use super::*;
 fn a_set_of_one_never_ejects() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .outlier_detection(consecutive_only())
-        .build().unwrap();
+        .build()
+        .unwrap();
     let id = pool.insert("only", Weight::ONE).unwrap();
     fail(&pool, id, 50);
     pool.tick();

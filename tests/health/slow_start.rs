@@ -26,12 +26,12 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
     for aggression in [1.0, 2.0, 0.5] {
         let clock = ManualClock::new();
         let window = Duration::from_secs(60);
-        let ramp = SlowStart::new(window)
-            .aggression(aggression);
+        let ramp = SlowStart::new(window).aggression(aggression);
         let pool = Pool::<&str, _>::builder(WeightedRandom::with_seed(7))
             .clock(clock.reader())
             .slow_start(ramp)
-            .build().unwrap();
+            .build()
+            .unwrap();
         let w = 3u32;
         let ids = pool
             .extend([

@@ -348,10 +348,7 @@ async fn the_http_probe_treats_2xx_3xx_as_healthy() {
     });
     let pool: Pool<SocketAddr, _> = Pool::new(RoundRobin::new());
     let id = pool.insert(addr, Weight::ONE).unwrap();
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .fall(1);
+    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
     let probe = HttpProbe::new("/healthz")
         .unwrap()
         .host("api.test")
@@ -461,10 +458,7 @@ async fn slow_start_reenters_after_failed_probes() {
         Pool::builder(RoundRobin::new()).slow_start(SlowStart::new(window)),
         letters(3),
     );
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .fall(1);
+    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     // The joins' ramps end; then b fails its probe at 105 s and passes at 110 s.
