@@ -14,14 +14,15 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tower_lb::{
-    AnyPicker, LeastLoaded, PeakEwma, PickContext, Picker, Pool, PowerOfTwoChoices, Prepared,
-    Random, RoundRobin, Snapshot, Weight, WeightedRandom, WeightedRoundRobin,
+    AnyPicker, LeastLoaded, Maglev, PeakEwma, PickContext, Picker, Pool, PowerOfTwoChoices,
+    Prepared, Random, Ring, RoundRobin, Snapshot, Weight, WeightedRandom, WeightedRoundRobin,
 };
 
 const SIZES: [usize; 3] = [8, 64, 1024];
 
 thread_local! {
     static FLOOR_RNG: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(1));
+    static KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// When the benches' latency samples were taken.
@@ -213,6 +214,67 @@ pub fn register(c: &mut Criterion) {
     }
     group.finish();
     two_threads(c);
+    pool_scaling(c);
+}
+
+/// One `Pool` shared by one thread, then by two: `Pool::pick` (snapshot load, pick, no
+/// shared counter) per second. A strategy that scales shows about twice the one-thread
+/// rate on two threads; the calibration rows (a per-thread RNG draw) show what this
+/// machine gives for work that shares nothing. Hashing pickers pick by a per-thread
+/// key sequence.
+fn pool_scaling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool_2_threads");
+    let n: usize = 64;
+    let rate = |group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+                name: &str,
+                op: &(dyn Fn() + Sync)| {
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new(format!("1 thread: {name}"), n), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    op();
+                }
+                start.elapsed()
+            })
+        });
+        group.throughput(Throughput::Elements(2));
+        group.bench_function(BenchmarkId::new(format!("2 threads: {name}"), n), |b| {
+            b.iter_custom(|iters| on_two_threads(iters, op))
+        });
+    };
+    // A key per pick from a per-thread sequence: nothing shared but the pool.
+    let key = || {
+        KEY.with(|k| {
+            k.set(k.get().wrapping_add(0x9E37_79B9_7F4A_7C15));
+            k.get()
+        })
+    };
+    rate(
+        &mut group,
+        "calibration: SmallRng draw (thread-local)",
+        &|| {
+            black_box(FLOOR_RNG.with(|r| r.borrow_mut().random_range(0..black_box(n))));
+        },
+    );
+    let random = Pool::new(Random::new());
+    random.extend((0..n).map(|i| (i, Weight::ONE))).unwrap();
+    rate(&mut group, "Pool::pick Random", &|| {
+        black_box(random.pick(&PickContext::new()).map(|p| p.index()).ok());
+    });
+    let maglev = Pool::new(Maglev::new());
+    maglev.extend((0..n as u64).map(|i| (i, Weight::ONE))).unwrap();
+    rate(&mut group, "Pool::pick Maglev", &|| {
+        let ctx = PickContext::new().with_hash(key());
+        black_box(maglev.pick(&ctx).map(|p| p.index()).ok());
+    });
+    let ring = Pool::new(Ring::new());
+    ring.extend((0..n as u64).map(|i| (i, Weight::ONE))).unwrap();
+    rate(&mut group, "Pool::pick Ring", &|| {
+        let ctx = PickContext::new().with_hash(key());
+        black_box(ring.pick(&ctx).map(|p| p.index()).ok());
+    });
+    group.finish();
 }
 
 /// Runs `op` on two threads at once, `iters` times each, and returns the wall time:
