@@ -55,8 +55,10 @@
 //! should hold, and [`sync`] makes a [`Pool`] hold exactly those — inserting the new
 //! ones, removing the others, setting each member's [`Chosen::weight`] — in one
 //! published update, so survivors keep their live state. Any picker then balances
-//! within the subset, and a [`Balance`](crate::balance) built on the pool never sees,
-//! and never connects to, a backend outside it. Filtering membership (rather than
+//! within the subset, and a [`BalanceLayer`](crate::balance) over the pool (addresses
+//! in the pool, connections made by its router per address) never sees, and never
+//! connects to, a backend outside it. Call `sync` again whenever discovery reports a
+//! new list: the churn bounds below say how few members move. Filtering membership (rather than
 //! wrapping a picker) keeps the pick path unchanged and lets health, slow start and
 //! every strategy work as they do on a full set.
 //!
