@@ -197,6 +197,15 @@ pub fn register(c: &mut Criterion) {
             false,
             plain,
         );
+        // No reports: equal shares, the weights rebuilt once per update period (1 s).
+        bench_picker(
+            &mut group,
+            "ServerLoad",
+            n,
+            tower_lb::ServerLoad::new(),
+            false,
+            plain,
+        );
 
         // The whole pool path: snapshot load, pick, pick counter.
         let pool = Pool::new(RoundRobin::new());

@@ -11,7 +11,8 @@
 //!   `set_weight` from any thread while others `pick`;
 //! - [`Picker`] — the strategy: [`RoundRobin`], [`WeightedRoundRobin`] (NGINX's smooth
 //!   interleaving), [`Random`], [`WeightedRandom`] (alias method), [`LeastLoaded`],
-//!   [`PowerOfTwoChoices`] and [`PeakEwma`]; each documents its guarantee and cost;
+//!   [`PowerOfTwoChoices`], [`PeakEwma`] and [`ServerLoad`] (weights from the
+//!   backends' [`orca`] load reports); each documents its guarantee and cost;
 //!   [`AnyPicker`] chooses one of them at run time, by name;
 //! - [`Snapshot`] — an immutable view of the set, for calling pickers directly;
 //! - [`health`] — which backends may receive traffic: passive outlier ejection, active
@@ -23,6 +24,8 @@
 //!   picker maps it to the same backend in every balancer instance: [`Maglev`],
 //!   [`Ring`], [`Rendezvous`], [`Jump`], and [`BoundedLoad`] over them (see
 //!   [`pick::hash`]).
+//! - [`subset`] — many client instances: each holds a few backends (deterministic
+//!   subsetting, deterministic aperture), balanced in connections and load.
 //!
 //! # Quick start
 //!

@@ -16,14 +16,22 @@
 //! `cpu_utilization`, `mem_utilization`, `application_utilization`, `rps_fractional`
 //! and `eps`; others (`named_metrics.*`, `request_cost.*`, `utilization.*`) are
 //! skipped. With the `http` feature, [`LoadReport::from_headers`] reads a header map —
-//! a response's headers or a gRPC response's trailers. The binary form
-//! (`endpoint-load-metrics-bin`, a serialised protobuf) is not read.
+//! a response's headers or a gRPC response's trailers, where gRPC servers send the
+//! binary form: `endpoint-load-metrics-bin`, base64 of a serialised xDS
+//! `OrcaLoadReport` ([`LoadReport::from_protobuf`]). That message's five scalar fields
+//! are read by a reader of protobuf's wire format of a few dozen lines (varints,
+//! fixed 64-bit doubles, and skipping every other field by its wire type; bounded,
+//! never a panic, fuzzed by `tests/server_load.rs`) rather than a protobuf code
+//! generator and its proc-macro chain.
 //!
 //! The reports feed [`ServerLoad`](crate::ServerLoad), gRPC's weighted round robin
 //! (gRFC A58) as a picker.
 
 /// The response header (or gRPC trailer) that carries an ORCA load report.
 pub const HEADER: &str = "endpoint-load-metrics";
+
+/// The binary form's header (gRPC metadata: base64 of the serialised `OrcaLoadReport`).
+pub const HEADER_BIN: &str = "endpoint-load-metrics-bin";
 
 /// The longest header value read; a longer one is ignored (a report is a few dozen bytes).
 pub const MAX_REPORT_LEN: usize = 4096;
@@ -94,10 +102,75 @@ impl LoadReport {
     #[cfg(feature = "http")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub fn from_headers(headers: &http::HeaderMap) -> Option<LoadReport> {
-        headers
+        if let Some(report) = headers
             .get(HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(LoadReport::parse)
+        {
+            return Some(report);
+        }
+        use base64::Engine as _;
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        // gRPC sends binary metadata base64-encoded, with or without padding.
+        const B64: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let value = headers.get(HEADER_BIN)?.as_bytes();
+        if value.len() > MAX_REPORT_LEN {
+            return None;
+        }
+        LoadReport::from_protobuf(&B64.decode(value).ok()?)
+    }
+
+    /// Reads a serialised xDS `OrcaLoadReport` (`xds.data.orca.v3`): fields 1
+    /// `cpu_utilization`, 2 `mem_utilization`, 6 `rps_fractional`, 7 `eps` and 9
+    /// `application_utilization` (doubles); every other field is skipped. `None` when the
+    /// bytes are not a well-formed message or hold no valid value.
+    ///
+    /// ```
+    /// use tower_lb::orca::LoadReport;
+    ///
+    /// // cpu_utilization (field 1, fixed64) = 0.5, rps_fractional (field 6) = 100.0
+    /// let mut bytes = vec![0x09];
+    /// bytes.extend(0.5f64.to_le_bytes());
+    /// bytes.push(0x31);
+    /// bytes.extend(100.0f64.to_le_bytes());
+    /// let r = LoadReport::from_protobuf(&bytes).unwrap();
+    /// assert_eq!((r.cpu_utilization, r.rps_fractional), (Some(0.5), Some(100.0)));
+    /// assert_eq!(LoadReport::from_protobuf(&[0x09, 1, 2]), None); // truncated
+    /// ```
+    pub fn from_protobuf(mut bytes: &[u8]) -> Option<LoadReport> {
+        let mut report = LoadReport::default();
+        while !bytes.is_empty() {
+            let key = varint(&mut bytes)?;
+            let (field, wire) = (key >> 3, key & 7);
+            match wire {
+                0 => {
+                    varint(&mut bytes)?;
+                }
+                1 => {
+                    let (head, rest) = bytes.split_first_chunk::<8>()?;
+                    bytes = rest;
+                    let name = match field {
+                        1 => "cpu_utilization",
+                        2 => "mem_utilization",
+                        6 => "rps_fractional",
+                        7 => "eps",
+                        9 => "application_utilization",
+                        _ => continue,
+                    };
+                    report.set(name, f64::from_le_bytes(*head));
+                }
+                2 => {
+                    let len = usize::try_from(varint(&mut bytes)?).ok()?;
+                    bytes = bytes.get(len..)?;
+                }
+                5 => bytes = bytes.get(4..)?,
+                _ => return None,
+            }
+        }
+        (report != LoadReport::default()).then_some(report)
     }
 
     /// The utilisation gRFC A58 weighs by: `application_utilization` when positive,
@@ -120,6 +193,20 @@ impl LoadReport {
             _ => {}
         }
     }
+}
+
+/// A protobuf varint (at most 10 bytes), consumed from the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// `value` when finite and not negative.

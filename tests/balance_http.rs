@@ -789,3 +789,71 @@ async fn sticky_retry_body_tracking_and_timeouts_stack_in_any_order() {
     let c = &pool.stats()[2];
     assert!(c.failures > 0, "c was tried and failed: {c:?}");
 }
+
+/// Subsetting composes with `Balance`: a pool synced to this instance's deterministic
+/// subset sends requests only to the subset's servers — the others get no request (and
+/// so no connection) — and after a resync with one subset server gone from discovery, only
+/// to the new subset.
+#[tokio::test]
+async fn a_pool_synced_to_a_subset_sends_nothing_outside_it() {
+    use std::num::NonZeroUsize;
+    use tower_lb::subset::{self, Deterministic, Subsetting};
+
+    let servers = servers(&["s0", "s1", "s2", "s3", "s4", "s5"]).await;
+    let all: Vec<HttpTarget> = servers.iter().map(|s| HttpTarget::http(s.addr)).collect();
+    let rule = Deterministic::new(4, NonZeroUsize::new(2).unwrap());
+    let pool = Pool::new(RoundRobin::new());
+    subset::sync(&pool, &all, &rule).unwrap();
+    let lb = balance(&pool);
+    let send = |n: usize| {
+        let lb = lb.clone();
+        async move {
+            for _ in 0..n {
+                let resp = lb.clone().oneshot(get(None)).await.expect("a response");
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            }
+        }
+    };
+    send(40).await;
+    let chosen: Vec<usize> = rule.select(&all).iter().map(|c| c.index).collect();
+    let hits: Vec<usize> = servers.iter().map(TestServer::hits).collect();
+    for (i, &h) in hits.iter().enumerate() {
+        if chosen.contains(&i) {
+            assert_eq!(h, 20, "subset member {i}: {hits:?}");
+        } else {
+            assert_eq!(h, 0, "outside the subset {i}: {hits:?}");
+        }
+    }
+    // Discovery drops one subset member: the resync brings in its replacement only.
+    let gone = chosen[0];
+    let fewer: Vec<HttpTarget> = all
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != gone)
+        .map(|(_, t)| t.clone())
+        .collect();
+    let report = subset::sync(&pool, &fewer, &rule).unwrap();
+    // The dropped member, and at most one more (the churn bound of `subset`'s docs).
+    assert!((1..=2).contains(&report.removed), "{report:?}");
+    let now: Vec<String> = rule
+        .select(&fewer)
+        .iter()
+        .map(|c| fewer[c.index].to_string())
+        .collect();
+    send(40).await;
+    let after: Vec<usize> = servers.iter().map(TestServer::hits).collect();
+    for (i, s) in servers.iter().enumerate() {
+        let got = after[i] - hits[i];
+        let member = now.contains(&HttpTarget::http(s.addr).to_string());
+        assert_eq!(
+            got > 0,
+            member,
+            "server {i}: {hits:?} then {after:?}, subset {now:?}"
+        );
+    }
+    assert_eq!(
+        after[gone], hits[gone],
+        "the dropped member got nothing more"
+    );
+}

@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, RngAlgorithm, RngSeed};
 use tokio::net::TcpListener;
 use tower_lb::clock::ManualClock;
-use tower_lb::orca::{HEADER, LoadReport};
+use tower_lb::orca::{HEADER, HEADER_BIN, LoadReport};
 use tower_lb::{ConfigError, PickContext, Pool, ServerLoad, Weight};
 
 /// The outcome: each share within this of its capacity share once weights settle.
@@ -67,6 +67,71 @@ proptest! {
         let json = format!(r#"JSON {{"cpu_utilization": {cpu}, "rps_fractional": {rps}, "eps": {eps}}}"#);
         let r = LoadReport::parse(&json).unwrap();
         prop_assert_eq!((r.cpu_utilization, r.rps_fractional, r.eps), (Some(cpu), Some(rps), Some(eps)));
+    }
+}
+
+/// Protobuf's varint encoding, written here from the wire-format spec.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Any bytes: a report or `None`, never a panic; values finite and not negative.
+    #[test]
+    fn the_protobuf_reader_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+        if let Some(r) = LoadReport::from_protobuf(&bytes) {
+            for v in [r.cpu_utilization, r.mem_utilization, r.application_utilization, r.rps_fractional, r.eps].into_iter().flatten() {
+                prop_assert!(v.is_finite() && v >= 0.0);
+            }
+        }
+    }
+
+    /// An `OrcaLoadReport` with the read fields and unknown ones of every wire type
+    /// (a varint `rps` = 3, a `request_cost` map entry = 4, a fixed32, field 100) reads
+    /// back; base64 in `endpoint-load-metrics-bin`, padded or not, reads the same.
+    #[test]
+    fn orca_load_reports_in_protobuf_read_back(
+        cpu in 0.0f64..4.0, rps in 0.0f64..1e6, eps in 0.0f64..1e3, app in 0.0f64..1.0,
+        legacy_rps in any::<u64>(), padded: bool,
+    ) {
+        let mut msg = Vec::new();
+        put_varint(&mut msg, 3 << 3); // field 3, wire type 0 (varint)
+        put_varint(&mut msg, legacy_rps);
+        for (field, v) in [(1u64, cpu), (6, rps), (7, eps), (9, app)] {
+            put_varint(&mut msg, (field << 3) | 1);
+            msg.extend(v.to_le_bytes());
+        }
+        put_varint(&mut msg, (4 << 3) | 2);
+        let entry = [0x0a, 0x01, b'x', 0x11, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f];
+        put_varint(&mut msg, entry.len() as u64);
+        msg.extend(entry);
+        put_varint(&mut msg, (100 << 3) | 5);
+        msg.extend([1, 2, 3, 4]);
+        let r = LoadReport::from_protobuf(&msg).unwrap();
+        prop_assert_eq!(
+            (r.cpu_utilization, r.rps_fractional, r.eps, r.application_utilization),
+            (Some(cpu), Some(rps), Some(eps), Some(app))
+        );
+        use base64::Engine as _;
+        let text = if padded {
+            base64::engine::general_purpose::STANDARD.encode(&msg)
+        } else {
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&msg)
+        };
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(HEADER_BIN, text.parse().unwrap());
+        prop_assert_eq!(LoadReport::from_headers(&trailers), Some(r));
+        // Truncated anywhere inside the message: never a panic (`None`, or the fields
+        // before the cut).
+        for cut in 0..msg.len() {
+            let _ = LoadReport::from_protobuf(&msg[..cut]);
+        }
     }
 }
 

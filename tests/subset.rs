@@ -29,9 +29,10 @@ const DETERMINISTIC_CHURN_MAX: usize = 2;
 /// Deterministic subsetting, a run of additions (⌈S/k⌉ changing every k of them):
 /// members changed per instance per addition, amortised.
 const DETERMINISTIC_CHURN_AMORTISED: f64 = 3.0;
-/// Aperture, one backend added or removed: members changed per instance, mean and max.
-const APERTURE_CHURN_MEAN: f64 = 1.5;
-const APERTURE_CHURN_MAX: usize = 3;
+/// Aperture, one backend added or removed: members changed per instance, mean and max
+/// (the arc may also grow by one instance width, S/C backends, when ⌈k·C/S⌉ steps).
+const APERTURE_CHURN_MEAN: f64 = 2.5;
+const APERTURE_CHURN_MAX: usize = 4;
 
 const C: u64 = 300;
 const S: usize = 300;
@@ -165,15 +166,17 @@ proptest! {
         prop_assert!(max - min <= 2 * rounds.max(1), "min {} max {} rounds {}", min, max, rounds);
     }
 
-    /// Aperture: an instance's coverage adds up to its arc, max(k, S/C) backends, and
-    /// all instances' arcs tile the ring C·max(k, S/C) ÷ S times over.
+    /// Aperture: an instance's coverage adds up to its arc, d = ⌈k·C/S⌉ instance widths
+    /// of S/C backends (at most S), and all instances' arcs tile the ring exactly d times
+    /// over: every backend's load is the same.
     #[test]
     fn aperture_covers_its_arc_and_the_arcs_tile_the_ring(
         c in 1u64..200, s in 1usize..200, size in 1usize..30,
     ) {
         let all = backends(2, s);
         let mut load = vec![0.0f64; s];
-        let arc = (size as f64).max(s as f64 / c as f64).min(s as f64);
+        let own = s as f64 / c as f64;
+        let arc = ((size as f64 / own).ceil().max(1.0) * own).min(s as f64);
         for i in 0..c {
             let chosen = Aperture::new(i, NonZeroU64::new(c).unwrap(), k(size)).unwrap().select(&all);
             let covered: f64 = chosen.iter().map(|ch| ch.coverage).sum();
@@ -183,10 +186,11 @@ proptest! {
                 load[ch.index] += ch.coverage;
             }
         }
-        // Each ring point is under ⌊C·arc/S⌋ or ⌈C·arc/S⌉ arcs.
+        // Each ring point is under exactly C·arc/S arcs, an integer.
         let depth = c as f64 * arc / s as f64;
+        prop_assert!((depth - depth.round()).abs() < 1e-6, "depth {}", depth);
         for l in load {
-            prop_assert!(l >= depth.floor() - 1e-6 && l <= depth.ceil() + 1e-6, "{} vs {}", l, depth);
+            prop_assert!((l - depth).abs() < 1e-6, "{} vs {}", l, depth);
         }
     }
 }
@@ -304,10 +308,10 @@ fn deterministic_instances_joining_move_no_one_else() {
     assert_eq!(after[C as usize].len(), K);
 }
 
-/// Aperture, one backend removed or added: each subset changes by at most 3 members,
-/// 1.5 on average.
+/// Aperture, one backend removed or added: each subset changes by at most 4 members,
+/// 2.5 on average.
 #[test]
-fn aperture_churn_on_a_backend_change_is_at_most_three() {
+fn aperture_churn_on_a_backend_change_is_at_most_four() {
     let all = backends(7, S);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for _ in 0..5 {

@@ -26,12 +26,12 @@ enum Coordinate {
 ///
 /// Backends sit on the ring in an order every instance agrees on (their keys' stable
 /// hash), backend p of S on [p/S, (p+1)/S). Instance i of C sits at offset i/C with
-/// width 1/C; its *aperture* is the arc [i/C, i/C + w), w = max(k/S, 1/C) — at least k
-/// backends' worth, and never less than the instance's own slice, so that the arcs of
-/// all instances cover the whole ring and no backend is left without clients. A backend
-/// at an arc's end is a member with [`coverage`](Chosen::coverage) below 1; weighting
-/// members by coverage ([`Chosen::weight`]) makes the load each backend receives the
-/// sum of the arcs over it, even to within one instance's share. See the
+/// width 1/C; its *aperture* is the arc of d = ⌈k·C/S⌉ instance widths from there —
+/// the fewest whole widths that hold k backends' worth (at most the whole ring). As the
+/// arcs start one width apart, every point of the ring lies under exactly d of them, so
+/// no backend is left without clients and, with members weighted by coverage
+/// ([`Chosen::weight`]), every backend receives the same load. A backend at an arc's end
+/// is a member with [`coverage`](Chosen::coverage) below 1. See the
 /// [module docs](super) for the guarantees.
 ///
 /// Source: Finagle's `Aperture` balancer, "deterministic aperture" (Twitter, 2018), and
@@ -45,7 +45,7 @@ enum Coordinate {
 ///
 /// let backends: Vec<String> = (0..8).map(|i| format!("b{i}")).collect();
 /// let aperture = Aperture::new(1, NonZeroU64::new(3).unwrap(), NonZeroUsize::new(2).unwrap())?;
-/// // 8/3 backends' worth: two whole backends and two thirds of a third (or 3 partial).
+/// // One instance width is 8/3 backends, enough for 2: the arc is 8/3 backends long.
 /// let chosen = aperture.select(&backends);
 /// let covered: f64 = chosen.iter().map(|c| c.coverage).sum();
 /// assert!((covered - 8.0 / 3.0).abs() < 1e-9);
@@ -116,7 +116,13 @@ impl Aperture {
             ),
             Coordinate::Ring { offset, width } => (offset * s_f, width * s_f),
         };
-        let len = (self.size.get() as f64).max(own).min(s_f);
+        // d whole instance widths, the fewest that hold k backends: every ring point is
+        // then under exactly d arcs (arcs start one instance width apart), so load is
+        // even, where a width of exactly k backends would leave points under ⌊·⌋ or ⌈·⌉.
+        let k = self.size.get() as f64;
+        // (Less a hair: k/own that is an integer up to rounding is that integer.)
+        let d = (k / own - 1e-9).ceil().max(1.0);
+        let len = (d * own).min(s_f);
         (start % s_f, len)
     }
 }

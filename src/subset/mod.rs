@@ -18,11 +18,12 @@
 //!   last run wraps), so connections and load are even to within one round.
 //! - [`Aperture`] — Finagle's *deterministic aperture* (Finagle, `Aperture` load
 //!   balancer, "deterministic aperture", 2018): instances and backends are laid on the
-//!   same unit ring, instance i of C at offset i/C; each instance takes the arc
-//!   [i/C, i/C + w) with w = max(k/S, 1/C), and every backend that arc touches, with
-//!   the fraction of it that the arc covers as its *share*. Load is even to within one
-//!   instance's share, connections to within one or two, and every change moves each
-//!   instance's arc only a little.
+//!   same unit ring, instance i of C at offset i/C with width 1/C; each instance takes
+//!   the arc of d = ⌈k·C/S⌉ instance widths from its offset (at least k backends' worth),
+//!   and every backend that arc touches, with the fraction of it that the arc covers as
+//!   its *coverage*. Every point of the ring lies under exactly d arcs, so load weighted
+//!   by coverage is exactly even; connections are even to within the arcs' partly covered
+//!   ends; every change moves each instance's arc only a little.
 //!
 //! # Guarantees (checked by `tests/subset.rs`)
 //!
@@ -35,16 +36,18 @@
 //!
 //! | change | [`Deterministic`] | [`Aperture`] |
 //! | --- | --- | --- |
-//! | a backend added or removed, ⌈S/k⌉ unchanged | ≤ 2 per instance, ≤ 1 on average | ≤ 3 per instance, ≤ 1.5 on average |
+//! | a backend added or removed, ⌈S/k⌉ unchanged | ≤ 2 per instance, ≤ 1 on average | ≤ S/C + 3 per instance; at C = S = 300, k = 10: ≤ 4, ≤ 2.5 on average |
 //! | a backend added or removed, ⌈S/k⌉ changes (once every k backends) | rounds regroup: most subsets change | as above |
-//! | a run of backend additions, amortised | ≤ 3 on average per instance per change | ≤ 1.5 |
+//! | a run of backend additions, amortised | ≤ 3 on average per instance per change | as above |
 //! | an instance added or removed (the last index) | 0 for every other instance | ≤ S/C + 2 per instance |
 //!
 //! Why: a backend change removes or inserts one element of each round's (or the ring's)
 //! order, so each run of k slides by at most one position (two for the run that wraps)
-//! while the number of runs per round stays the same; deterministic subsetting's
-//! instance i depends on i and S only, never on C; an aperture arc moves by
-//! i/C − i/(C+1) ≤ 1/C of the ring, S/C backends, when C changes. When the fleet of
+//! while the number of runs per round stays the same; an aperture arc also slides by at
+//! most one backend, and grows or shrinks by one instance width (S/C backends) when
+//! ⌈k·C/S⌉ steps; deterministic subsetting's instance i depends on i and S only, never
+//! on C; an aperture arc moves by i/C − i/(C+1) ≤ 1/C of the ring, S/C backends, when C
+//! changes. When the fleet of
 //! backends churns often and the instance count is stable, prefer [`Aperture`]; when
 //! instances come and go (autoscaling clients), [`Deterministic`].
 //!
@@ -55,8 +58,10 @@
 //! should hold, and [`sync`] makes a [`Pool`] hold exactly those — inserting the new
 //! ones, removing the others, setting each member's [`Chosen::weight`] — in one
 //! published update, so survivors keep their live state. Any picker then balances
-//! within the subset, and a [`Balance`](crate::balance) built on the pool never sees,
-//! and never connects to, a backend outside it. Filtering membership (rather than
+//! within the subset, and a [`BalanceLayer`](crate::balance) over the pool (addresses
+//! in the pool, connections made by its router per address) never sees, and never
+//! connects to, a backend outside it. Call `sync` again whenever discovery reports a
+//! new list: the churn bounds below say how few members move. Filtering membership (rather than
 //! wrapping a picker) keeps the pick path unchanged and lets health, slow start and
 //! every strategy work as they do on a full set.
 //!
