@@ -243,7 +243,11 @@ async fn round(
     status: &watch::Sender<Status>,
 ) -> Result<End, (String, bool)> {
     let err = |listed: bool| move |e: etcd_client::Error| (e.to_string(), listed);
-    let options = ConnectOptions::new().with_connect_timeout(cfg.timeout);
+    // HTTP/2 pings find a silently dead connection (a partition, not a closed socket):
+    // every 10 s, since etcd refuses pings more often than every 5 s by default.
+    let options = ConnectOptions::new()
+        .with_connect_timeout(cfg.timeout)
+        .with_keep_alive(Duration::from_secs(10), cfg.timeout);
     let connect = Client::connect(&cfg.endpoints, Some(options));
     let mut client = tokio::time::timeout(cfg.timeout, connect)
         .await
