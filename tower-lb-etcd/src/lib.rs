@@ -10,7 +10,8 @@
 //! - **Registration** ([`Registration`]): a key under a lease renewed in the
 //!   background; a crashed process leaves within the TTL, a clean one at once.
 //! - **Peers** ([`Peers`]): client instances register under `/clients/<service>/` and
-//!   learn their index and count for [`tower_lb::subset::Aperture`].
+//!   learn their index and count for [`tower_lb::subset::Aperture`]; [`subset_pool`]
+//!   keeps a pool equal to this instance's aperture of the discovered backends.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,12 +47,14 @@ mod member;
 mod peers;
 mod pool_sync;
 mod register;
+mod subset_pool;
 
 pub use discover::{Change, Discovery, EtcdDiscover, Status, StatusHandle};
 pub use member::{Member, ValueError};
 pub use peers::{Peers, position};
 pub use pool_sync::sync_pool;
 pub use register::{RegisterError, Registration};
+pub use subset_pool::subset_pool;
 
 /// The key prefix of service `name`'s backends: `/services/<name>/`.
 pub fn service_prefix(name: &str) -> String {

@@ -93,6 +93,11 @@ impl Peers {
         self.members.borrow().clone()
     }
 
+    /// A receiver of the membership and this instance's key, for tasks that follow it.
+    pub(crate) fn follow(&self) -> (watch::Receiver<BTreeSet<String>>, String) {
+        (self.members.clone(), self.me.clone())
+    }
+
     /// Waits until `count` instances (this one among them) are seen.
     pub async fn wait_for_count(&mut self, count: usize) {
         let me = self.me.clone();

@@ -151,3 +151,86 @@ fn subsets_change_by_o1_members_when_instances_join_or_leave() {
         "{joins:?} {leaves:?}"
     );
 }
+
+/// The addresses an aperture selects, as strings, sorted.
+fn expected(all: &[String], index: u64, count: u64, k: usize) -> Vec<String> {
+    let aperture = Aperture::new(
+        index,
+        std::num::NonZeroU64::new(count).unwrap(),
+        NonZeroUsize::new(k).unwrap(),
+    )
+    .unwrap();
+    let mut v: Vec<String> = aperture
+        .select(all)
+        .into_iter()
+        .map(|c| all[c.index].clone())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instances_pool_holds_its_aperture_of_the_discovered_backends() {
+    use tower_lb::{Pool, RoundRobin};
+    use tower_lb_etcd::{Discovery, subset_pool};
+
+    let etcd = Etcd::start().await;
+    let endpoints = [etcd.endpoint()];
+    let mut c = etcd.client().await;
+    // Keys sorted as the addresses are, so `all` below is the discovered order.
+    let all: Vec<String> = (0..9).map(|i| format!("127.0.0.1:{}", 5000 + i)).collect();
+    for (i, addr) in all.iter().enumerate() {
+        let m = Member::new(addr.parse().unwrap());
+        c.put(format!("/services/api/b{i}"), m.to_json(), None)
+            .await
+            .unwrap();
+    }
+    let me = Member::new("127.0.0.1:4000".parse().unwrap());
+    let k = NonZeroUsize::new(3).unwrap();
+    let mut instances = Vec::new();
+    for id in ["c-0", "c-1", "c-2"] {
+        let peers = Peers::join(&endpoints, "api", id, &me, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let pool: Pool<String, RoundRobin> = Pool::new(RoundRobin::new());
+        let task = subset_pool(
+            Discovery::service(endpoints.clone(), "api").spawn(),
+            &peers,
+            k,
+            pool.clone(),
+            |_, m| m.addr.to_string(),
+        );
+        instances.push((peers, pool, task));
+    }
+    let held = |pool: &Pool<String, RoundRobin>| {
+        let mut v: Vec<String> = pool
+            .snapshot()
+            .backends()
+            .iter()
+            .map(|b| b.addr().clone())
+            .collect();
+        v.sort();
+        v
+    };
+    for (i, (_, pool, _)) in instances.iter().enumerate() {
+        let want = expected(&all, i as u64, 3, 3);
+        assert_eq!(want.len(), 3);
+        support::eventually(Duration::from_secs(5), || held(pool) == want).await;
+    }
+    // c-1 leaves: c-0 and c-2 become instances 0 and 1 of 2 and widen their arcs.
+    let (leaving, _, _) = instances.remove(1);
+    leaving.leave().await.unwrap();
+    for (i, (_, pool, _)) in instances.iter().enumerate() {
+        let want = expected(&all, i as u64, 2, 3);
+        support::eventually(Duration::from_secs(5), || held(pool) == want).await;
+    }
+    // A backend joins: each pool follows its arc over ten backends.
+    let mut all = all;
+    all.push("127.0.0.1:5009".into());
+    let m = Member::new("127.0.0.1:5009".parse().unwrap());
+    c.put("/services/api/b9", m.to_json(), None).await.unwrap();
+    for (i, (_, pool, _)) in instances.iter().enumerate() {
+        let want = expected(&all, i as u64, 2, 3);
+        support::eventually(Duration::from_secs(5), || held(pool) == want).await;
+    }
+}
