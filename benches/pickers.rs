@@ -272,13 +272,16 @@ fn pool_scaling(c: &mut Criterion) {
         black_box(random.pick(&PickContext::new()).map(|p| p.index()).ok());
     });
     let maglev = Pool::new(Maglev::new());
-    maglev.extend((0..n as u64).map(|i| (i, Weight::ONE))).unwrap();
+    maglev
+        .extend((0..n as u64).map(|i| (i, Weight::ONE)))
+        .unwrap();
     rate(&mut group, "Pool::pick Maglev", &|| {
         let ctx = PickContext::new().with_hash(key());
         black_box(maglev.pick(&ctx).map(|p| p.index()).ok());
     });
     let ring = Pool::new(Ring::new());
-    ring.extend((0..n as u64).map(|i| (i, Weight::ONE))).unwrap();
+    ring.extend((0..n as u64).map(|i| (i, Weight::ONE)))
+        .unwrap();
     rate(&mut group, "Pool::pick Ring", &|| {
         let ctx = PickContext::new().with_hash(key());
         black_box(ring.pick(&ctx).map(|p| p.index()).ok());
