@@ -6,11 +6,13 @@ use criterion::{criterion_group, criterion_main};
 mod balance;
 mod hashing;
 mod pickers;
+mod scale;
 
 criterion_group!(
     benches,
     pickers::register,
     hashing::register,
-    balance::register
+    balance::register,
+    scale::register
 );
 criterion_main!(benches);

@@ -43,6 +43,7 @@ pub struct BalanceLayer<A, P: Picker<A>, K = NoAffinity, C = ErrorsAsFailures> {
     classify: C,
     limit: Option<(usize, OnOverload)>,
     timeout: Option<Duration>,
+    wait_for_backends: bool,
 }
 
 impl<A, P: Picker<A>> BalanceLayer<A, P> {
@@ -54,6 +55,7 @@ impl<A, P: Picker<A>> BalanceLayer<A, P> {
             classify: ErrorsAsFailures,
             limit: None,
             timeout: None,
+            wait_for_backends: false,
         }
     }
 }
@@ -67,6 +69,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             classify: self.classify,
             limit: self.limit,
             timeout: self.timeout,
+            wait_for_backends: self.wait_for_backends,
         }
     }
 
@@ -78,6 +81,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             classify,
             limit: self.limit,
             timeout: self.timeout,
+            wait_for_backends: self.wait_for_backends,
         }
     }
 
@@ -114,6 +118,16 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
         self
     }
 
+    /// While the set has no member, `poll_ready` waits for the first one (woken by the
+    /// publication that brings it, from discovery or a direct insert) instead of letting
+    /// `call` fail at once with [`PickError::NoBackends`](crate::PickError::NoBackends),
+    /// as tower's p2c balancer waits for its first endpoint. Bound the wait with a
+    /// time-out layer. A set whose members are all ineligible still fails at once.
+    pub fn wait_for_backends(mut self) -> Self {
+        self.wait_for_backends = true;
+        self
+    }
+
     /// The pool.
     pub fn pool(&self) -> &Pool<A, P> {
         &self.pool
@@ -136,6 +150,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             timeout: self.timeout,
             discover: Mutex::new(None),
             discovering: Default::default(),
+            wait_for_backends: self.wait_for_backends,
         })
     }
 }
@@ -156,6 +171,7 @@ impl<A, P: Picker<A>, K: Clone, C: Clone> Clone for BalanceLayer<A, P, K, C> {
             classify: self.classify.clone(),
             limit: self.limit,
             timeout: self.timeout,
+            wait_for_backends: self.wait_for_backends,
         }
     }
 }

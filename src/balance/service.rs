@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::BoxError;
 use super::backend_service::BackendService;
 use super::classify::{Classify, ErrorsAsFailures};
-use super::discover::{Change, Driver, Membership, StreamDriver};
+use super::discover::{Change, Driver, StreamDriver, Weighted};
 use super::future::{ResponseFuture, Tracked};
 use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
@@ -23,7 +23,7 @@ use super::steer::{Steer, Steering};
 use crate::affinity::AffinityKey;
 use crate::clock::now_nanos;
 use crate::error::{DiscoverError, Overloaded};
-use crate::{BackendId, MembershipError, Picker, Pool, Snapshot, Weight};
+use crate::{BackendId, Picker, Pool, Snapshot, Weight};
 
 /// No affinity: every request is placed by the picker alone.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +47,9 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
     pub(crate) discover: Mutex<Option<Box<dyn Driver<A>>>>,
     /// Whether a discovery stream is set: spares `poll_ready` the mutex when none is.
     pub(crate) discovering: AtomicBool,
+    /// Whether `poll_ready` waits for the set's first member instead of letting `call`
+    /// fail with `NoBackends` (tower's p2c waits).
+    pub(crate) wait_for_backends: bool,
 }
 
 /// A `tower::Service` that sends each request to one backend of a [`Pool`].
@@ -95,7 +98,12 @@ where
     }
 
     /// A balancer whose set follows tower's `Discover` (a stream of `Change<K, S>`),
-    /// as `tower::balance::p2c::Balance::new` does; every backend gets weight 1.
+    /// as `tower::balance::p2c::Balance::new` does: every backend gets weight 1, the
+    /// stream is polled from `poll_ready` (all ready changes in one publication), and
+    /// `poll_ready` waits for the first backend instead of failing. For weights use
+    /// [`from_weighted_discover`](Self::from_weighted_discover); to apply changes while
+    /// no request comes, drive the stream with a [`Discovery`](super::Discovery) task
+    /// instead.
     pub fn from_discover<D, E>(picker: P, discover: D) -> Self
     where
         D: futures_core::Stream<Item = Result<Change<K, S>, E>> + Send + 'static,
@@ -103,9 +111,52 @@ where
         K: Clone + Hash + Eq + Send + Sync + 'static,
         S: Clone + Send + Sync + 'static,
     {
-        let balance = Balance::new(Pool::new(picker));
+        let balance = BalanceLayer::new(Pool::new(picker))
+            .wait_for_backends()
+            .build(PerBackend);
         balance.discover(discover, |key: &K, service| {
             (BackendService::new(key.clone(), service), Weight::ONE)
+        });
+        balance
+    }
+
+    /// [`from_discover`](Self::from_discover) for a stream whose services carry their
+    /// weight ([`Weighted`]).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_lb::balance::{Balance, Change, Weighted};
+    /// use tower_lb::{RoundRobin, Weight, WeightedRoundRobin};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lb::balance::BoxError> {
+    /// let svc = |name: &'static str| service_fn(move |_: ()| async move { Ok::<_, Infallible>(name) });
+    /// let changes = futures::stream::iter([
+    ///     Ok::<_, Infallible>(Change::Insert("a", Weighted::new(svc("a"), Weight::new(3)?))),
+    ///     Ok(Change::Insert("b", Weighted::new(svc("b"), Weight::ONE))),
+    /// ]);
+    /// let balance = Balance::from_weighted_discover(WeightedRoundRobin::new(), changes);
+    /// let mut served = String::new();
+    /// for _ in 0..4 {
+    ///     served.push_str(balance.clone().oneshot(()).await?);
+    /// }
+    /// assert_eq!(served, "aaba");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_weighted_discover<D, E>(picker: P, discover: D) -> Self
+    where
+        D: futures_core::Stream<Item = Result<Change<K, Weighted<S>>, E>> + Send + 'static,
+        E: Into<BoxError>,
+        K: Clone + Hash + Eq + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
+    {
+        let balance = BalanceLayer::new(Pool::new(picker))
+            .wait_for_backends()
+            .build(PerBackend);
+        balance.discover(discover, |key: &K, w: Weighted<S>| {
+            (BackendService::new(key.clone(), w.service), w.weight)
         });
         balance
     }
@@ -132,20 +183,19 @@ impl<A, P: Picker<A>, R, K, C> Balance<A, P, R, K, C> {
 
     /// Follows a discovery stream: each `Change::Insert(k, v)` adds the backend `make`
     /// builds from it, each `Change::Remove(k)` removes it. Replaces any earlier stream.
-    /// The stream is polled from `poll_ready`.
+    /// The stream is polled from `poll_ready`, every ready change applied in one
+    /// publication; to apply changes while no request comes, spawn a
+    /// [`Discovery`](super::Discovery) over [`pool`](Self::pool) instead.
     pub fn discover<D, DK, V, E, F>(&self, discover: D, make: F)
     where
         D: futures_core::Stream<Item = Result<Change<DK, V>, E>> + Send + 'static,
         DK: Hash + Eq + Send + 'static,
+        V: Send + 'static,
         E: Into<BoxError>,
         F: FnMut(&DK, V) -> (A, Weight) + Send + 'static,
         A: Clone + Eq + Hash + 'static,
     {
-        let driver = StreamDriver {
-            stream: Box::pin(discover),
-            make,
-            ids: Default::default(),
-        };
+        let driver = StreamDriver::new(discover, make);
         *self.shared.discover.lock() = Some(Box::new(driver));
         // Release pairs with the Acquire in `poll_ready`: who sees the flag finds the stream.
         self.shared.discovering.store(true, Ordering::Release);
@@ -157,16 +207,6 @@ impl<A, P: Picker<A>, R, K, C> Balance<A, P, R, K, C> {
             .eligible()
             .len()
             .saturating_mul(limit.max_in_flight)
-    }
-}
-
-impl<A: Clone + Eq + Hash, P: Picker<A>> Membership<A> for Pool<A, P> {
-    fn add(&self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
-        self.insert(addr, weight)
-    }
-
-    fn drop_backend(&self, id: BackendId) -> Result<(), MembershipError> {
-        self.remove(id).map(drop)
     }
 }
 
@@ -193,6 +233,9 @@ where
             && let Some(driver) = slot.as_mut()
         {
             match driver.poll_apply(cx, &self.shared.pool) {
+                // A batch still arriving (see `discover::MAX_DEFERRED`): the pick waits
+                // for it, so it sees every change already announced.
+                Poll::Pending if driver.is_deferring() => return Poll::Pending,
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => {
                     *slot = None;
@@ -202,6 +245,11 @@ where
                     return Poll::Ready(Err(DiscoverError::new(e).into()));
                 }
             }
+        }
+        if self.shared.wait_for_backends {
+            // No backend yet: wait for the first publication that brings one, as tower's
+            // p2c does, instead of letting `call` fail with `NoBackends`.
+            ready!(self.shared.pool.poll_members(cx));
         }
         let Some(limit) = &self.shared.limit else {
             return Poll::Ready(Ok(()));

@@ -117,10 +117,12 @@ impl<A, P> PoolBuilder<A, P> {
                     version: 0,
                     engine: Engine::new(self.health, self.seed),
                     in_task: false,
+                    index: Default::default(),
                 }),
                 decay: self.decay,
                 shared: Arc::new(HealthShared::new(threshold, self.cancel_failure_after)),
                 clock: self.clock.unwrap_or_else(Clock::system),
+                waiters: Default::default(),
             }),
         }
     }
