@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::BoxError;
 use super::backend_service::BackendService;
 use super::classify::{Classify, ErrorsAsFailures};
-use super::discover::{Change, Driver, StreamDriver, Weighted};
+use super::discover::Driver;
 use super::future::{ResponseFuture, Tracked};
 use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
@@ -23,7 +23,7 @@ use super::steer::{Steer, Steering};
 use crate::affinity::AffinityKey;
 use crate::clock::now_nanos;
 use crate::error::{DiscoverError, Overloaded};
-use crate::{BackendId, Picker, Pool, Snapshot, Weight};
+use crate::{BackendId, Picker, Pool, Snapshot};
 
 /// No affinity: every request is placed by the picker alone.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,7 +81,7 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
 /// # }
 /// ```
 pub struct Balance<A, P: Picker<A>, R, K = NoAffinity, C = ErrorsAsFailures> {
-    shared: Arc<Shared<A, P, R, K, C>>,
+    pub(super) shared: Arc<Shared<A, P, R, K, C>>,
     /// A unit of capacity reserved by `poll_ready` for the next `call`.
     reserved: bool,
     /// Whether the last `poll_ready` returned `Pending` on the limit.
@@ -95,70 +95,6 @@ where
     /// A balancer over a pool of [`BackendService`]s, each with its own service.
     pub fn new(pool: Pool<BackendService<K, S>, P>) -> Self {
         BalanceLayer::new(pool).build(PerBackend)
-    }
-
-    /// A balancer whose set follows tower's `Discover` (a stream of `Change<K, S>`),
-    /// as `tower::balance::p2c::Balance::new` does: every backend gets weight 1, the
-    /// stream is polled from `poll_ready` (all ready changes in one publication), and
-    /// `poll_ready` waits for the first backend instead of failing. For weights use
-    /// [`from_weighted_discover`](Self::from_weighted_discover); to apply changes while
-    /// no request comes, drive the stream with a [`Discovery`](super::Discovery) task
-    /// instead.
-    pub fn from_discover<D, E>(picker: P, discover: D) -> Self
-    where
-        D: futures_core::Stream<Item = Result<Change<K, S>, E>> + Send + 'static,
-        E: Into<BoxError>,
-        K: Clone + Hash + Eq + Send + Sync + 'static,
-        S: Clone + Send + Sync + 'static,
-    {
-        let balance = BalanceLayer::new(Pool::new(picker))
-            .wait_for_backends()
-            .build(PerBackend);
-        balance.discover(discover, |key: &K, service| {
-            (BackendService::new(key.clone(), service), Weight::ONE)
-        });
-        balance
-    }
-
-    /// [`from_discover`](Self::from_discover) for a stream whose services carry their
-    /// weight ([`Weighted`]).
-    ///
-    /// ```
-    /// use std::convert::Infallible;
-    /// use tower::{service_fn, ServiceExt};
-    /// use tower_lb::balance::{Balance, Change, Weighted};
-    /// use tower_lb::{RoundRobin, Weight, WeightedRoundRobin};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tower_lb::balance::BoxError> {
-    /// let svc = |name: &'static str| service_fn(move |_: ()| async move { Ok::<_, Infallible>(name) });
-    /// let changes = futures::stream::iter([
-    ///     Ok::<_, Infallible>(Change::Insert("a", Weighted::new(svc("a"), Weight::new(3)?))),
-    ///     Ok(Change::Insert("b", Weighted::new(svc("b"), Weight::ONE))),
-    /// ]);
-    /// let balance = Balance::from_weighted_discover(WeightedRoundRobin::new(), changes);
-    /// let mut served = String::new();
-    /// for _ in 0..4 {
-    ///     served.push_str(balance.clone().oneshot(()).await?);
-    /// }
-    /// assert_eq!(served, "aaba");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn from_weighted_discover<D, E>(picker: P, discover: D) -> Self
-    where
-        D: futures_core::Stream<Item = Result<Change<K, Weighted<S>>, E>> + Send + 'static,
-        E: Into<BoxError>,
-        K: Clone + Hash + Eq + Send + Sync + 'static,
-        S: Clone + Send + Sync + 'static,
-    {
-        let balance = BalanceLayer::new(Pool::new(picker))
-            .wait_for_backends()
-            .build(PerBackend);
-        balance.discover(discover, |key: &K, w: Weighted<S>| {
-            (BackendService::new(key.clone(), w.service), w.weight)
-        });
-        balance
     }
 }
 
@@ -179,26 +115,6 @@ impl<A, P: Picker<A>, R, K, C> Balance<A, P, R, K, C> {
     /// Requests in flight through this balancer plus reservations, when limits are set.
     pub fn committed(&self) -> Option<usize> {
         self.shared.limit.as_ref().map(|l| l.committed())
-    }
-
-    /// Follows a discovery stream: each `Change::Insert(k, v)` adds the backend `make`
-    /// builds from it, each `Change::Remove(k)` removes it. Replaces any earlier stream.
-    /// The stream is polled from `poll_ready`, every ready change applied in one
-    /// publication; to apply changes while no request comes, spawn a
-    /// [`Discovery`](super::Discovery) over [`pool`](Self::pool) instead.
-    pub fn discover<D, DK, V, E, F>(&self, discover: D, make: F)
-    where
-        D: futures_core::Stream<Item = Result<Change<DK, V>, E>> + Send + 'static,
-        DK: Hash + Eq + Send + 'static,
-        V: Send + 'static,
-        E: Into<BoxError>,
-        F: FnMut(&DK, V) -> (A, Weight) + Send + 'static,
-        A: Clone + Eq + Hash + 'static,
-    {
-        let driver = StreamDriver::new(discover, make);
-        *self.shared.discover.lock() = Some(Box::new(driver));
-        // Release pairs with the Acquire in `poll_ready`: who sees the flag finds the stream.
-        self.shared.discovering.store(true, Ordering::Release);
     }
 
     /// Units of capacity: eligible backends × the per-backend limit.

@@ -62,6 +62,7 @@ pub mod jump;
 pub mod maglev;
 pub mod rendezvous;
 pub mod ring;
+mod ring_build;
 
 pub use backend_key::BackendKey;
 
@@ -227,6 +228,11 @@ impl Fingerprint {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// The key hash of the member at snapshot index `i`.
+    pub(crate) fn hash(&self, i: usize) -> Option<u64> {
+        self.0.get(i).map(|&(hash, _)| hash)
     }
 }
 
