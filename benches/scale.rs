@@ -61,15 +61,16 @@ fn change(c: &mut Criterion) {
     let mut group = c.benchmark_group("scale-change");
     group.sample_size(10).throughput(Throughput::Elements(1));
     for &n in &SIZES {
-        let floor = pool("round-robin", n);
         group.bench_with_input(BenchmarkId::new("copy-floor", n), &(), |b, _| {
+            let floor = pool("round-robin", n);
             b.iter(|| black_box(floor.snapshot().snapshot().backends().to_vec()))
         });
         for name in STRATEGIES {
-            let pool = pool(name, n);
-            let extra = addr(n);
-            let mut added = None;
             group.bench_with_input(BenchmarkId::new(name, n), &(), |b, _| {
+                // Built here, so a filtered-out bench builds nothing.
+                let pool = pool(name, n);
+                let extra = addr(n);
+                let mut added = None;
                 b.iter(|| match added.take() {
                     None => added = Some(pool.insert(extra.clone(), Weight::ONE).unwrap()),
                     Some(id) => drop(pool.remove(id).unwrap()),
@@ -137,9 +138,9 @@ fn pick(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for &n in &SIZES {
         for name in STRATEGIES {
-            let pool = pool(name, n);
-            let mut i = 0u64;
             group.bench_with_input(BenchmarkId::new(name, n), &(), |b, _| {
+                let pool = pool(name, n);
+                let mut i = 0u64;
                 b.iter(|| {
                     i = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
                     let ctx = PickContext::new().with_hash(i);

@@ -88,9 +88,13 @@ fn replicas(m: &Member, from: u64, to: u64, input: &mut Vec<u8>, out: &mut Vec<P
 
 /// The circle's order: by position; equal positions by owner key bytes, so the order
 /// (and who wins a collision) does not depend on the snapshot's member order.
+#[inline]
 fn order(members: &[Member], a: &Point, b: &Point) -> std::cmp::Ordering {
-    let key = |p: &Point| members.get(p.owner as usize).map(|m| &m.key);
-    (a.hash, key(a), a.replica).cmp(&(b.hash, key(b), b.replica))
+    // Keys are read only on a tie of positions (rare): most comparisons touch the points.
+    a.hash.cmp(&b.hash).then_with(|| {
+        let key = |p: &Point| members.get(p.owner as usize).map(|m| &m.key);
+        (key(a), a.replica).cmp(&(key(b), b.replica))
+    })
 }
 
 /// Builds the ring of `members` (indexed by snapshot index, as `members()` gives them).
@@ -108,12 +112,12 @@ pub(super) fn build(
 ) -> Core {
     let mut input = Vec::new();
     let mut fresh: Vec<Point> = Vec::new();
-    let mut kept: Vec<Point> = Vec::new();
+    // Old index → (new index, points to keep), by id: both snapshots are in id order. A
+    // member whose key differs under the same id is a new member.
+    let mut moved: Vec<Option<(u32, u64)>> = Vec::new();
     match previous {
         Some(prev) => {
-            // Old index → (new index, points to keep), by id: both snapshots are in id
-            // order. A member whose key differs under the same id is a new member.
-            let mut moved: Vec<Option<(u32, u64)>> = vec![None; prev.members.len()];
+            moved = vec![None; prev.members.len()];
             let mut j = 0;
             for (old, &(id, old_count)) in prev.members.iter().enumerate() {
                 while j < ids.len() && ids[j] < id {
@@ -127,17 +131,6 @@ pub(super) fn build(
                 }
             }
             let mut have = vec![0u64; members.len()];
-            kept.reserve(prev.points.len());
-            for p in prev.points.iter() {
-                if let Some(Some((owner, keep))) = moved.get(p.owner as usize)
-                    && u64::from(p.replica) < *keep
-                {
-                    kept.push(Point {
-                        owner: *owner,
-                        ..*p
-                    });
-                }
-            }
             for &(owner, keep) in moved.iter().flatten() {
                 have[owner as usize] = keep;
             }
@@ -153,23 +146,45 @@ pub(super) fn build(
         }
     }
     fresh.sort_unstable_by(|a, b| order(&members, a, b));
-    let points: Box<[Point]> = if kept.is_empty() {
-        fresh.into_boxed_slice()
-    } else {
-        merge(kept, fresh, |a, b| order(&members, a, b).is_le())
+    let points: Box<[Point]> = match previous {
+        None => fresh.into_boxed_slice(),
+        Some(prev) => {
+            // The kept points, renumbered, straight from the old ring into the merge.
+            let kept = prev
+                .points
+                .iter()
+                .filter_map(|p| match moved.get(p.owner as usize) {
+                    Some(Some((owner, keep))) if u64::from(p.replica) < *keep => Some(Point {
+                        owner: *owner,
+                        ..*p
+                    }),
+                    _ => None,
+                });
+            merge(kept, fresh, prev.points.len(), |a, b| {
+                order(&members, a, b).is_le()
+            })
+        }
     };
 
     let bits = usize::BITS - points.len().max(2).next_power_of_two().leading_zeros() - 1;
     let bits = bits.clamp(1, MAX_DIRECTORY_BITS);
     let shift = 64 - bits;
+    // directory[b] = the first point at or after b << shift: one pass over the points,
+    // filling the entries up to each point's bucket.
+    let as_u32 = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
     let mut directory = vec![0u32; (1usize << bits) + 1];
-    let mut next = 0usize;
-    for (b, entry) in directory.iter_mut().enumerate() {
-        let start = (b as u64).checked_shl(shift).filter(|_| b < 1 << bits);
-        while next < points.len() && start.is_none_or(|s| points[next].hash < s) {
-            next += 1;
+    let mut b = 0usize;
+    for (i, p) in points.iter().enumerate() {
+        let bucket = (p.hash >> shift) as usize;
+        if bucket >= b
+            && let Some(entries) = directory.get_mut(b..=bucket)
+        {
+            entries.fill(as_u32(i));
+            b = bucket + 1;
         }
-        *entry = u32::try_from(next).unwrap_or(u32::MAX);
+    }
+    if let Some(rest) = directory.get_mut(b..) {
+        rest.fill(as_u32(points.len()));
     }
     Core {
         points,
@@ -181,24 +196,21 @@ pub(super) fn build(
 }
 
 /// Merges two sorted runs.
-fn merge(a: Vec<Point>, b: Vec<Point>, le: impl Fn(&Point, &Point) -> bool) -> Box<[Point]> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => {
-                if le(x, y) {
-                    a.next()
-                } else {
-                    b.next()
-                }
-            }
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
-            (None, None) => break,
-        };
-        out.extend(next);
+fn merge(
+    a: impl Iterator<Item = Point>,
+    b: Vec<Point>,
+    hint: usize,
+    le: impl Fn(&Point, &Point) -> bool,
+) -> Box<[Point]> {
+    let mut out = Vec::with_capacity(hint + b.len());
+    let mut b = b.into_iter().peekable();
+    for x in a {
+        while let Some(y) = b.next_if(|y| !le(&x, y)) {
+            out.push(y);
+        }
+        out.push(x);
     }
+    out.extend(b);
     out.into_boxed_slice()
 }
 
