@@ -24,6 +24,7 @@
 //! values carry their weight ([`Weighted`]) feeds
 //! [`Balance::from_weighted_discover`](super::Balance::from_weighted_discover).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -175,20 +176,29 @@ where
         let StreamDriver {
             make, ids, pending, ..
         } = self;
+        ids.reserve(pending.len());
         set.edit_batch(&mut |edit| {
             while let Some(change) = pending.pop_front() {
                 match change {
                     Change::Insert(key, value) => {
-                        if let Some(old) = ids.remove(&key) {
+                        // One hash of the key: the entry finds and then records it.
+                        let entry = ids.entry(key);
+                        if let Entry::Occupied(old) = &entry {
                             // Already gone is fine: the set may have been edited directly.
-                            let _ = edit.remove(old);
+                            let _ = edit.remove(*old.get());
                         }
-                        let (addr, weight) = make(&key, value);
-                        match edit.insert(addr, weight) {
-                            Ok(id) => {
-                                ids.insert(key, id);
+                        let (addr, weight) = make(entry.key(), value);
+                        match (edit.insert(addr, weight), entry) {
+                            (Ok(id), Entry::Occupied(mut e)) => {
+                                e.insert(id);
                             }
-                            Err(e) => {
+                            (Ok(id), Entry::Vacant(e)) => {
+                                e.insert(id);
+                            }
+                            (Err(e), entry) => {
+                                if let Entry::Occupied(old) = entry {
+                                    old.remove();
+                                }
                                 refused = Some(e.into());
                                 return;
                             }

@@ -1,6 +1,7 @@
 //! The change path: edits, batches, and the publication of a new snapshot.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,12 +199,17 @@ enum Undo {
 impl<A: Clone + Eq + Hash> Edit<A> {
     /// Adds a backend with fresh live state; fails on a duplicate address.
     pub fn insert(&mut self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
-        if let Some(&existing) = self.index.get(&addr) {
-            return Err(MembershipError::Duplicate { existing });
-        }
+        // One hash of the address: the entry both checks and records it.
         let id = BackendId::new(self.next_id);
+        match self.index.entry(addr.clone()) {
+            Entry::Occupied(e) => {
+                return Err(MembershipError::Duplicate { existing: *e.get() });
+            }
+            Entry::Vacant(e) => {
+                e.insert(id);
+            }
+        }
         self.next_id += 1;
-        self.index.insert(addr.clone(), id);
         self.undo.push(Undo::Inserted(self.members.len()));
         let state = Arc::new(BackendState::linked(self.decay, Arc::clone(&self.shared)));
         self.members.push(Backend::new(id, addr, weight, state));
