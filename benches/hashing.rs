@@ -103,6 +103,12 @@ pub fn register(c: &mut Criterion) {
         lookup(&mut group, "maglev weighted", &Maglev::new(), &weighted);
         lookup(&mut group, "ring", &Ring::new(), &equal);
         lookup(&mut group, "jump", &Jump::new(), &equal);
+        lookup(
+            &mut group,
+            "jump (Lamping-Veach)",
+            &Jump::lamping_veach(),
+            &equal,
+        );
         lookup(&mut group, "rendezvous", &Rendezvous::new(), &equal);
         lookup(
             &mut group,

@@ -5,14 +5,23 @@ use criterion::{criterion_group, criterion_main};
 
 mod balance;
 mod hashing;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod pickers;
 mod scale;
+
+/// The `metrics` feature's group, when the feature is on.
+fn metrics_register(_c: &mut criterion::Criterion) {
+    #[cfg(feature = "metrics")]
+    metrics::register(_c);
+}
 
 criterion_group!(
     benches,
     pickers::register,
     hashing::register,
     balance::register,
-    scale::register
+    scale::register,
+    metrics_register
 );
 criterion_main!(benches);

@@ -158,7 +158,7 @@ async fn strategy_row(
         req.headers().get("x-user").map(|v| hash_key(v.as_bytes()))
     });
     let balance = BalanceLayer::new(pool)
-        .affinity(by_user)
+        .affinity_if_hashing(by_user)
         .build(ToBackend(client.clone()));
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..CONCURRENCY {
@@ -269,9 +269,9 @@ async fn failover(backends: &mut Backends, client: &HttpClient) -> Result<(), Er
                 .ejection_jitter(Duration::ZERO),
         )
         .slow_start(
-            SlowStart::new(Duration::from_secs(2))?.update_interval(Duration::from_millis(100)),
+            SlowStart::new(Duration::from_secs(2)).update_interval(Duration::from_millis(100)),
         )
-        .build();
+        .build()?;
     for server in &backends.servers {
         pool.insert(server.addr(), Weight::ONE)?;
     }

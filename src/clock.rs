@@ -118,7 +118,7 @@ impl fmt::Debug for Clock {
 /// let pool = Pool::<&str, _>::builder(RoundRobin::new())
 ///     .clock(clock.reader())
 ///     .outlier_detection(OutlierDetection::new().consecutive_failures(1).ejection_jitter(Duration::ZERO))
-///     .build();
+///     .build()?;
 /// let bad = pool.insert("bad", Weight::ONE)?;
 /// pool.insert("good", Weight::ONE)?;
 /// pool.report(bad, Outcome::failure())?; // ejected for 30 s

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::{BackendId, WeightError};
 
@@ -55,41 +56,12 @@ pub enum PickError {
     },
 }
 
-/// A health setting was out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("health config: {setting} must be {expected}, got {got}")]
-pub struct HealthConfigError {
-    setting: &'static str,
-    expected: &'static str,
-    got: String,
-}
-
-impl HealthConfigError {
-    pub(crate) fn new(
-        setting: &'static str,
-        expected: &'static str,
-        got: impl fmt::Display,
-    ) -> Self {
-        HealthConfigError {
-            setting,
-            expected,
-            got: got.to_string(),
-        }
-    }
-
-    /// `percent` when it is at most 100, else the error naming `setting`.
-    pub(crate) fn percent(setting: &'static str, percent: u8) -> Result<u8, Self> {
-        if percent > 100 {
-            return Err(HealthConfigError::new(setting, "at most 100", percent));
-        }
-        Ok(percent)
-    }
-
-    /// The setting that was refused.
-    pub fn setting(&self) -> &'static str {
-        self.setting
-    }
-}
+/// The former name of [`ConfigError`], when health settings had an error of their own.
+#[deprecated(
+    since = "0.2.0",
+    note = "merged into `ConfigError`: one error type for every refused setting"
+)]
+pub type HealthConfigError = ConfigError;
 
 /// An active health probe failed.
 ///
@@ -162,7 +134,7 @@ impl From<std::io::Error> for ProbeError {
 }
 
 /// The background health task could not be started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpawnError {
     /// Not called from within a tokio runtime.
@@ -172,10 +144,23 @@ pub enum SpawnError {
     /// stopped.
     #[error("health task: this pool already has one")]
     AlreadyRunning,
+    /// The probe settings were refused.
+    #[error("health task: {0}")]
+    Config(#[from] ConfigError),
 }
 
-/// A configuration value was refused; the message names the component and the value.
-#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+/// A setting was refused. One type for every setting of the crate; the message and
+/// [`setting`](Self::setting) name the setter the value came through.
+///
+/// Where it is raised, by one policy: a value that stands alone and parses or checks its
+/// input (a picker's table size, a probe's path, a key's prefix) is refused by its
+/// constructor, so an invalid one cannot exist; settings chained on a builder are taken
+/// as given and checked together, once, by the call that uses them —
+/// [`PoolBuilder::build`](crate::PoolBuilder::build) for health settings,
+/// [`Pool::spawn_health_probes`](crate::Pool::spawn_health_probes) for the probe
+/// schedule. Nothing is clamped silently; counts that must not be zero take a `NonZero`
+/// type.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// A Maglev table size that is not a prime in the accepted range.
@@ -194,6 +179,32 @@ pub enum ConfigError {
         /// The refused factor.
         factor: f64,
     },
+    /// An aperture instance index not below the instance count.
+    #[error("aperture: instance {instance} is not below the instance count {instances}")]
+    ApertureInstance {
+        /// The refused index.
+        instance: u64,
+        /// The instance count.
+        instances: u64,
+    },
+    /// A ring coordinate outside offset ∈ [0, 1), width ∈ (0, 1], or not finite.
+    #[error(
+        "aperture: ring coordinate offset {offset}, width {width} must have offset in [0, 1) and width in (0, 1]"
+    )]
+    RingCoordinate {
+        /// The refused offset.
+        offset: f64,
+        /// The refused width.
+        width: f64,
+    },
+    /// A server-load error utilisation penalty that is negative, infinite or NaN.
+    #[error(
+        "server load: error utilization penalty {penalty} must be a finite number of at least 0"
+    )]
+    ErrorUtilizationPenalty {
+        /// The refused penalty.
+        penalty: f64,
+    },
     /// An address prefix longer than the address.
     #[error("peer ip key: a /{bits} prefix is longer than the {max}-bit address")]
     PrefixLength {
@@ -202,6 +213,134 @@ pub enum ConfigError {
         /// The address length in bits (32 or 128).
         max: u8,
     },
+    /// A percentage outside `min..=100`.
+    #[error("{setting}: {percent}% is outside {min}..=100%")]
+    Percent {
+        /// The setter, as `Type::method`.
+        setting: &'static str,
+        /// The refused percentage.
+        percent: u8,
+        /// The smallest accepted percentage.
+        min: u8,
+    },
+    /// A count or a duration that must not be zero.
+    #[error("{setting} must not be zero")]
+    Zero {
+        /// The setter, as `Type::method`.
+        setting: &'static str,
+    },
+    /// A duration below the shortest the crate accepts for it.
+    #[error("{setting}: {got:?} is shorter than the shortest accepted, {min:?}")]
+    TooShort {
+        /// The setter, as `Type::method`.
+        setting: &'static str,
+        /// The refused duration.
+        got: Duration,
+        /// The shortest accepted.
+        min: Duration,
+    },
+    /// A factor that must be a finite number above zero.
+    #[error("{setting} must be a finite number above 0, got {value}")]
+    NotPositive {
+        /// The setter, as `Type::method`.
+        setting: &'static str,
+        /// The refused value.
+        value: f64,
+    },
+    /// A factor that must be a finite number of at least zero.
+    #[error("{setting} must be a finite number of at least 0, got {value}")]
+    Negative {
+        /// The setter, as `Type::method`.
+        setting: &'static str,
+        /// The refused value.
+        value: f64,
+    },
+    /// A probe jitter longer than the probe interval it moves.
+    #[error("ProbeConfig::jitter: {jitter:?} is longer than the interval, {interval:?}")]
+    JitterAboveInterval {
+        /// The refused jitter.
+        jitter: Duration,
+        /// The interval it would move.
+        interval: Duration,
+    },
+    /// An HTTP probe path that is not an absolute path with an optional query.
+    #[error("HttpProbe::new: {path:?} is not an absolute path such as \"/healthz\"")]
+    ProbePath {
+        /// The refused path.
+        path: String,
+    },
+    /// An HTTP probe `Host` that is not a valid `host[:port]`.
+    #[error("HttpProbe::host: {host:?} is not a valid host[:port]")]
+    ProbeHost {
+        /// The refused host.
+        host: String,
+    },
+    /// A gRPC status code outside 0..=16, or `OK` (0) made a failure.
+    #[error("grpc status: code {code} cannot be set (a failure code is 1 to 16)")]
+    GrpcCode {
+        /// The refused code.
+        code: i32,
+    },
+}
+
+impl ConfigError {
+    /// The setting that was refused, as `Type::method`.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            ConfigError::MaglevTableSize { .. } => "Maglev::with_table_size",
+            ConfigError::BalanceFactor { .. } => "BoundedLoad::with_balance_factor",
+            ConfigError::PrefixLength { .. } => "PeerIpKey::with_prefix",
+            ConfigError::Percent { setting, .. }
+            | ConfigError::Zero { setting }
+            | ConfigError::TooShort { setting, .. }
+            | ConfigError::NotPositive { setting, .. }
+            | ConfigError::Negative { setting, .. } => setting,
+            ConfigError::JitterAboveInterval { .. } => "ProbeConfig::jitter",
+            ConfigError::ProbePath { .. } => "HttpProbe::new",
+            ConfigError::ProbeHost { .. } => "HttpProbe::host",
+            ConfigError::GrpcCode { .. } => "GrpcStatus::failure_code",
+            ConfigError::ApertureInstance { .. } => "Aperture::new",
+            ConfigError::RingCoordinate { .. } => "Aperture::from_coordinate",
+            ConfigError::ErrorUtilizationPenalty { .. } => "ServerLoad::error_utilization_penalty",
+        }
+    }
+
+    /// `percent` when it lies in `min..=100`, else the error naming `setting`.
+    pub(crate) fn percent(setting: &'static str, percent: u8, min: u8) -> Result<(), Self> {
+        if (min..=100).contains(&percent) {
+            Ok(())
+        } else {
+            Err(ConfigError::Percent {
+                setting,
+                percent,
+                min,
+            })
+        }
+    }
+
+    /// A finite `value` above zero, else the error naming `setting`.
+    pub(crate) fn positive(setting: &'static str, value: f64) -> Result<(), Self> {
+        if value.is_finite() && value > 0.0 {
+            Ok(())
+        } else {
+            Err(ConfigError::NotPositive { setting, value })
+        }
+    }
+
+    /// `got` when it is at least `min`, else the error naming `setting`.
+    pub(crate) fn at_least(
+        setting: &'static str,
+        got: Duration,
+        min: Duration,
+    ) -> Result<(), Self> {
+        if got.is_zero() && !min.is_zero() {
+            Err(ConfigError::Zero { setting })
+        } else if got < min {
+            Err(ConfigError::TooShort { setting, got, min })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Every eligible backend is at its in-flight limit: the request was shed.

@@ -55,8 +55,44 @@
 //!   time-out (`BalanceLayer::timeout`); health's clock then reads tokio's, so tests with
 //!   a paused clock drive it.
 //! - `http`: Layer 7 affinity keys on `http::Request` — `HeaderKey`, `CookieKey`,
-//!   `PathKey`, `QueryKey` in [`affinity`] —, the HTTP health probe (with `tokio`),
-//!   sticky cookies, body tracking, `HttpTarget` routing and `HttpBalance`.
+//!   `PathKey`, `QueryKey` in [`affinity`] (`HeaderKey` also keys on gRPC metadata) —,
+//!   the HTTP health probe (`HttpProbe`, with `tokio`), sticky cookies (`StickyCookie`,
+//!   `StickyLayer`: the balancer issues a signed cookie naming the backend), body
+//!   tracking (`TrackBodyLayer`: in flight until the response body ends), `HttpTarget`
+//!   routing (one HTTP client retargeted at each picked backend), `HttpBalance` (that
+//!   stack's type), and the outcome classifiers `HttpStatus` (5xx are failures) and
+//!   `GrpcStatus` (`grpc-status` in heads and trailers).
+//! - `metrics`: per-backend counters, gauges and a latency histogram through the
+//!   [`metrics`](https://docs.rs/metrics) facade (`tower_lb_backend_requests_total`,
+//!   `tower_lb_backend_in_flight`, `tower_lb_backend_healthy`,
+//!   `tower_lb_backend_ejections_total`, `tower_lb_backend_weight`,
+//!   `tower_lb_request_duration_seconds`); install any recorder (Prometheus, StatsD...)
+//!   before building pools, and name backends with `PoolBuilder::metrics_label`. Off,
+//!   it compiles to nothing: no field, no branch on the request path.
+//!
+//! Health and membership changes are also [events](PoolEvent): `Pool::on_event` (any
+//! features) and `Pool::subscribe` (a tokio `broadcast` channel, with `tokio`).
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, each backend's series, after Envoy's and HAProxy's
+//! per-backend ones:
+//!
+//! | name | kind | labels |
+//! | --- | --- | --- |
+//! | `tower_lb_backend_requests_total` | counter | `backend`, `outcome` = `success` \| `failure` \| `timeout` \| `cancelled` |
+//! | `tower_lb_backend_in_flight` | gauge | `backend` |
+//! | `tower_lb_backend_healthy` | gauge, 1 or 0 (the health verdict) | `backend` |
+//! | `tower_lb_backend_ejections_total` | counter | `backend` |
+//! | `tower_lb_backend_weight` | gauge (the configured weight) | `backend` |
+//! | `tower_lb_request_duration_seconds` | histogram | `backend` |
+//!
+//! `failure` is a request its classifier judged failed; `timeout` one the balancer's
+//! per-attempt time-out ended; `cancelled` one whose future or guard was dropped
+//! unfinished (whether passive health counted it as a failure or not). The series of a
+//! backend register with the recorder current when the backend is first published:
+//! install the recorder before building pools. A removed backend's gauges drop to 0
+//! (the facade cannot unregister a series).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -74,11 +110,13 @@ pub mod balance;
 pub mod clock;
 mod error;
 pub mod health;
+pub mod orca;
 pub mod pick;
 pub mod pool;
 mod rng;
 mod snapshot;
 mod stable_hash;
+pub mod subset;
 mod verdict;
 
 pub use affinity::AffinityKey;
@@ -86,9 +124,11 @@ pub use backend::{
     Backend, BackendId, BackendState, BackendStats, DEFAULT_EWMA_DECAY, FAILURE_DECAY, InFlight,
     Weight, WeightError,
 };
+#[allow(deprecated)]
+pub use error::HealthConfigError;
 pub use error::{
-    BackendError, ConfigError, DiscoverError, HealthConfigError, MembershipError, Overloaded,
-    PickError, ProbeError, SpawnError, TimedOut,
+    BackendError, ConfigError, DiscoverError, MembershipError, Overloaded, PickError, ProbeError,
+    SpawnError, TimedOut,
 };
 pub use pick::any::{AnyPicker, UnknownStrategy};
 pub use pick::hash::bounded_load::BoundedLoad;
@@ -102,10 +142,11 @@ pub use pick::p2c::PowerOfTwoChoices;
 pub use pick::peak_ewma::PeakEwma;
 pub use pick::random::Random;
 pub use pick::round_robin::RoundRobin;
+pub use pick::server_load::ServerLoad;
 pub use pick::weighted_random::WeightedRandom;
 pub use pick::weighted_round_robin::WeightedRoundRobin;
 pub use pick::{PickContext, Picker};
-pub use pool::{Edit, Picked, Pool, PoolBuilder, Prepared};
+pub use pool::{Edit, Picked, Pool, PoolBuilder, PoolEvent, Prepared};
 pub use snapshot::Snapshot;
 
 /// The README's examples, compiled and run as doctests.

@@ -316,6 +316,11 @@ impl<A> Snapshot<A> {
         self.panic.is_some()
     }
 
+    /// `(healthy, in service)` while the panic threshold is crossed.
+    pub(crate) fn panic_counts(&self) -> Option<(usize, usize)> {
+        self.panic.map(|(healthy, total, _)| (healthy, total))
+    }
+
     /// A number that grows with every published change of the set.
     pub fn version(&self) -> u64 {
         self.version

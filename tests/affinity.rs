@@ -310,3 +310,72 @@ mod http_keys {
         }
     }
 }
+
+/// A writer into a shared buffer, for capturing `tracing` output.
+#[cfg(feature = "http")]
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(feature = "http")]
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The warnings `configure` logs.
+#[cfg(feature = "http")]
+fn warnings_of(configure: impl FnOnce()) -> String {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, configure);
+    let text = captured.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+/// `.affinity(key)` with a picker that ignores keys is loud (a warning naming the
+/// picker); with a hashing picker, or through `affinity_if_hashing`, it is quiet.
+/// (`hash_affinity` with a non-hashing picker does not compile: a `compile_fail`
+/// doctest on `BalanceLayer::hash_affinity`.)
+#[cfg(feature = "http")]
+#[test]
+fn an_affinity_key_on_a_picker_that_ignores_it_is_a_warning() {
+    use tower_lb::affinity::HeaderKey;
+    use tower_lb::balance::BalanceLayer;
+    use tower_lb::{AnyPicker, PowerOfTwoChoices, RoundRobin};
+    let key = || HeaderKey::from_static("x-user");
+
+    let p2c = warnings_of(|| {
+        let _ = BalanceLayer::new(Pool::<&str, _>::new(PowerOfTwoChoices::new())).affinity(key());
+    });
+    assert!(p2c.contains("WARN"), "{p2c:?}");
+    assert!(p2c.contains("the picker ignores it"), "{p2c}");
+    assert!(p2c.contains("PowerOfTwoChoices"), "names the picker: {p2c}");
+
+    let any_rr = warnings_of(|| {
+        let picker: AnyPicker = "round-robin".parse().unwrap();
+        let _ = BalanceLayer::new(Pool::<&str, _>::new(picker)).affinity(key());
+    });
+    assert!(any_rr.contains("the picker ignores it"), "{any_rr}");
+
+    let quiet = warnings_of(|| {
+        let _ = BalanceLayer::new(Pool::<&str, _>::new(Maglev::new())).affinity(key());
+        let maglev: AnyPicker = "maglev".parse().unwrap();
+        let _ = BalanceLayer::new(Pool::<&str, _>::new(maglev)).affinity(key());
+        let _ = BalanceLayer::new(Pool::<&str, _>::new(Maglev::new())).hash_affinity(key());
+        let _ =
+            BalanceLayer::new(Pool::<&str, _>::new(RoundRobin::new())).affinity_if_hashing(key());
+        let _ = BalanceLayer::new(Pool::<&str, _>::new(RoundRobin::new()));
+    });
+    assert_eq!(quiet, "");
+}

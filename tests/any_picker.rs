@@ -17,7 +17,7 @@ use tower_lb::{
 };
 
 /// Every name, and whether it places requests by their hash.
-const STRATEGIES: [(&str, bool); 14] = [
+const STRATEGIES: [(&str, bool); 15] = [
     ("round-robin", false),
     ("weighted", false),
     ("random", false),
@@ -32,6 +32,7 @@ const STRATEGIES: [(&str, bool); 14] = [
     ("ring-bounded", true),
     ("maglev-bounded", true),
     ("rendezvous-bounded", true),
+    ("server-load", false),
 ];
 
 #[test]
@@ -69,7 +70,7 @@ fn an_unknown_name_is_refused_with_the_known_ones() {
         err.to_string(),
         "any picker: unknown strategy \"fastest\", expected one of: round-robin, weighted, \
          random, weighted-random, least-loaded, p2c, peak-ewma, ring, maglev, rendezvous, \
-         jump, ring-bounded, maglev-bounded, rendezvous-bounded"
+         jump, ring-bounded, maglev-bounded, rendezvous-bounded, server-load"
     );
     let seeded: UnknownStrategy = AnyPicker::with_seed("fastest", 1).unwrap_err();
     assert_eq!(seeded, err);
@@ -314,6 +315,7 @@ proptest! {
                 "rendezvous-bounded" => {
                     same_picks(name, BoundedLoad::new(Rendezvous::new()), seed, w, o)?
                 }
+                "server-load" => same_picks(name, tower_lb::ServerLoad::with_seed(seed), seed, w, o)?,
                 other => panic!("a name this test does not know: {other}"),
             }
         }

@@ -21,7 +21,8 @@ use tower_lb::affinity::{
 };
 use tower_lb::balance::{BackendService, Balance, BoxError, HttpTarget, Sticky, StickyCookie};
 use tower_lb::health::{
-    FailurePercentage, OutlierDetection, PanicThreshold, ProbeConfig, SlowStart, SuccessRate,
+    FailurePercentage, OutlierDetection, PanicThreshold, ProbeConfig, SlowStart, SpawnError,
+    SuccessRate, probe_fn,
 };
 use tower_lb::pick::hash::maglev::MAX_TABLE_SIZE;
 use tower_lb::{
@@ -174,32 +175,50 @@ proptest! {
             let text = e.to_string();
             text.contains(&v.to_string()) && text.contains(':')
         };
+        // Health settings are taken as given and checked together by `build()`.
+        let build = |b: tower_lb::PoolBuilder<&str, RoundRobin>| b.build().map(drop);
+        let pool = || Pool::<&str, _>::builder(RoundRobin::new());
+        let outlier = |d: OutlierDetection| build(pool().outlier_detection(d));
+        let ramp = SlowStart::new(Duration::from_secs(1));
+        let slow = |s: SlowStart| build(pool().slow_start(s));
         let ok_percent = percent <= 100;
-        for result in [
-            OutlierDetection::new().max_ejection_percent(percent).map(drop),
-            PanicThreshold::new(percent).map(drop),
-            FailurePercentage::new().threshold(percent).map(drop),
+        for (result, setting) in [
+            (
+                outlier(OutlierDetection::new().max_ejection_percent(percent)),
+                "OutlierDetection::max_ejection_percent",
+            ),
+            (PanicThreshold::new(percent).map(drop), "PanicThreshold::new"),
+            (
+                outlier(
+                    OutlierDetection::new()
+                        .failure_percentage(Some(FailurePercentage::new().threshold(percent))),
+                ),
+                "FailurePercentage::threshold",
+            ),
         ] {
             match result {
                 Ok(()) => prop_assert!(ok_percent),
-                Err(e) => prop_assert!(!ok_percent && named(&e, &percent), "{}", e),
+                Err(e) => prop_assert!(
+                    !ok_percent && named(&e, &percent) && e.setting() == setting,
+                    "{}",
+                    e
+                ),
             }
         }
-        let ramp = SlowStart::new(Duration::from_secs(1)).unwrap();
-        match ramp.min_weight_percent(percent) {
-            Ok(_) => prop_assert!((1..=100).contains(&percent)),
+        match slow(ramp.min_weight_percent(percent)) {
+            Ok(()) => prop_assert!((1..=100).contains(&percent)),
             Err(e) => prop_assert!(!(1..=100).contains(&percent) && named(&e, &percent), "{}", e),
         }
-        match SlowStart::new(Duration::from_millis(millis)) {
-            Ok(_) => prop_assert!(millis > 0),
-            Err(e) => prop_assert!(millis == 0 && e.to_string().contains("slow start window")),
+        match slow(SlowStart::new(Duration::from_millis(millis))) {
+            Ok(()) => prop_assert!(millis > 0),
+            Err(e) => prop_assert!(millis == 0 && e.setting() == "SlowStart::new", "{}", e),
         }
-        match ramp.aggression(factor) {
-            Ok(_) => prop_assert!(factor.is_finite() && factor > 0.0),
+        match slow(ramp.aggression(factor)) {
+            Ok(()) => prop_assert!(factor.is_finite() && factor > 0.0),
             Err(e) => prop_assert!(!(factor.is_finite() && factor > 0.0) && named(&e, &factor), "{}", e),
         }
-        match SuccessRate::new().stdev_factor(factor) {
-            Ok(_) => prop_assert!(factor.is_finite() && factor >= 0.0),
+        match outlier(OutlierDetection::new().success_rate(Some(SuccessRate::new().stdev_factor(factor)))) {
+            Ok(()) => prop_assert!(factor.is_finite() && factor >= 0.0),
             Err(e) => prop_assert!(!(factor.is_finite() && factor >= 0.0) && named(&e, &factor), "{}", e),
         }
         match BoundedLoad::new(Maglev::new()).with_balance_factor(factor) {
@@ -210,14 +229,33 @@ proptest! {
                 e
             ),
         }
-        for result in [
-            ProbeConfig::new().rise(count).map(drop),
-            ProbeConfig::new().fall(count).map(drop),
+        // Probe settings are checked when the probes are spawned.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let spawn = |config: ProbeConfig| {
+            let _in = rt.enter();
+            let pool: Pool<&str, _> = Pool::new(RoundRobin::new());
+            pool.spawn_health_probes(probe_fn(|_: &&str| async { Ok(()) }), config)
+                .map(|task| task.abort())
+        };
+        for (result, setting) in [
+            (spawn(ProbeConfig::new().rise(count)), "ProbeConfig::rise"),
+            (spawn(ProbeConfig::new().fall(count)), "ProbeConfig::fall"),
         ] {
             match result {
                 Ok(()) => prop_assert!(count >= 1),
-                Err(e) => prop_assert!(count == 0 && named(&e, &count), "{}", e),
+                Err(SpawnError::Config(e)) => prop_assert!(count == 0 && e.setting() == setting, "{}", e),
+                Err(e) => prop_assert!(false, "not a settings error: {}", e),
             }
+        }
+        let ms = Duration::from_millis(u64::from(count));
+        match spawn(ProbeConfig::new().interval(ms).jitter(Duration::from_millis(1))) {
+            Ok(()) => prop_assert!(count >= 1),
+            Err(SpawnError::Config(e)) => prop_assert!(
+                count == 0 && e.setting() == "ProbeConfig::interval",
+                "{}",
+                e
+            ),
+            Err(e) => prop_assert!(false, "not a settings error: {}", e),
         }
         let good_size = size <= u64::from(MAX_TABLE_SIZE) && is_prime(size);
         match Maglev::new().with_table_size(size) {
@@ -438,7 +476,8 @@ fn every_strategy_answers_an_empty_or_ineligible_set_with_a_typed_error() {
         let name = std::any::type_name::<P>();
         let pool = Pool::builder(picker)
             .panic_threshold(PanicThreshold::disabled())
-            .build();
+            .build()
+            .unwrap();
         let ctx = PickContext::new().with_hash(42);
         assert_eq!(
             pool.pick(&ctx).unwrap_err(),

@@ -214,11 +214,188 @@ async fn a_reservation_is_released_if_call_never_comes_and_never_cloned() {
     assert_eq!(clone.call(0).await.unwrap(), "a");
 }
 
+/// A waker that records whether it was woken.
+struct Flag(AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Flag {
+    fn new() -> (Arc<Flag>, std::task::Waker) {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        (flag.clone(), std::task::Waker::from(flag))
+    }
+
+    fn woken(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A release wakes one waiter; if that waiter goes away without taking the unit, its
+/// wake-up passes to the next, which would otherwise wait for ever with capacity free.
+#[tokio::test]
+async fn a_dropped_waiter_passes_its_wake_up_on() {
+    let (pool, _) = pool_of(RoundRobin::new(), &["a"]);
+    let mut holder = BalanceLayer::new(pool)
+        .max_in_flight(1)
+        .on_overload(OnOverload::Wait)
+        .build(tower_lb::balance::PerBackend);
+    std::future::poll_fn(|cx| holder.poll_ready(cx))
+        .await
+        .unwrap();
+    let (mut first, mut second) = (holder.clone(), holder.clone());
+    let (first_flag, first_waker) = Flag::new();
+    let (second_flag, second_waker) = Flag::new();
+    let mut second_cx = Context::from_waker(&second_waker);
+    assert!(
+        first
+            .poll_ready(&mut Context::from_waker(&first_waker))
+            .is_pending()
+    );
+    assert!(second.poll_ready(&mut second_cx).is_pending());
+    // The holder's reservation goes back: one waiter, the first in line, is woken.
+    drop(holder);
+    assert!(first_flag.woken());
+    assert!(!second_flag.woken(), "a release woke more than one waiter");
+    // The first goes away without polling again.
+    drop(first);
+    assert!(second_flag.woken(), "the dropped waiter kept its wake-up");
+    assert!(second.poll_ready(&mut second_cx).is_ready());
+    assert_eq!(second.call(0).await.unwrap(), "a");
+    assert_eq!(second.committed(), Some(0));
+}
+
+/// A woken waiter that takes a unit and finds more capacity left wakes the next one: a
+/// wake-up spent on a stale registration (the same waiter, registered twice under two
+/// wakers) does not strand a waiter behind it.
+#[tokio::test]
+async fn a_woken_waiter_passes_spare_capacity_on() {
+    let (pool, _) = pool_of(RoundRobin::new(), &["a"]);
+    let balance = BalanceLayer::new(pool)
+        .max_in_flight(2)
+        .on_overload(OnOverload::Wait)
+        .build(tower_lb::balance::PerBackend);
+    let (mut holder_1, mut holder_2) = (balance.clone(), balance.clone());
+    for holder in [&mut holder_1, &mut holder_2] {
+        std::future::poll_fn(|cx| holder.poll_ready(cx))
+            .await
+            .unwrap();
+    }
+    let (mut first, mut second) = (balance.clone(), balance.clone());
+    // The first waiter registers twice (its task moved: a new waker), then the second.
+    let (old_flag, old_waker) = Flag::new();
+    let (first_flag, first_waker) = Flag::new();
+    let (second_flag, second_waker) = Flag::new();
+    let mut first_cx = Context::from_waker(&first_waker);
+    assert!(
+        first
+            .poll_ready(&mut Context::from_waker(&old_waker))
+            .is_pending()
+    );
+    assert!(first.poll_ready(&mut first_cx).is_pending());
+    assert!(
+        second
+            .poll_ready(&mut Context::from_waker(&second_waker))
+            .is_pending()
+    );
+    // Two units come back; their two wake-ups both go to the first waiter's wakers.
+    drop(holder_1);
+    drop(holder_2);
+    assert!(old_flag.woken() && first_flag.woken());
+    assert!(!second_flag.woken());
+    // The first takes one unit and, one being left, wakes the second.
+    assert!(first.poll_ready(&mut first_cx).is_ready());
+    assert!(
+        second_flag.woken(),
+        "spare capacity stranded the second waiter"
+    );
+    assert!(
+        second
+            .poll_ready(&mut Context::from_waker(&second_waker))
+            .is_ready()
+    );
+    assert_eq!(balance.committed(), Some(2));
+}
+
+/// DNS discovery keeps the last set when a resolution fails or comes back empty (the
+/// balancer keeps serving from it), and follows the records again when they return. The
+/// resolver is the test's: scripted answers, one per interval of the paused clock.
+#[cfg(feature = "tokio")]
+#[tokio::test(start_paused = true)]
+async fn dns_discovery_keeps_the_last_set_when_a_resolution_fails() {
+    use std::collections::{BTreeSet, VecDeque};
+    use std::net::SocketAddr;
+
+    let addr = |last: u8| SocketAddr::from(([10, 0, 0, last], 80));
+    let script: VecDeque<std::io::Result<Vec<SocketAddr>>> = VecDeque::from([
+        Ok(vec![addr(1), addr(2)]),
+        Err(std::io::Error::other("SERVFAIL")),
+        Ok(vec![]),
+        Ok(vec![addr(2), addr(3)]),
+    ]);
+    let script = Arc::new(parking_lot::Mutex::new(script));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let dns = tower_lb::balance::DnsDiscover::with_resolver("backends.test", 80, {
+        let (script, asked) = (script.clone(), asked.clone());
+        move |host, port| {
+            assert_eq!((host, port), ("backends.test", 80));
+            asked.fetch_add(1, Ordering::SeqCst);
+            let answer = script.lock().pop_front().expect("a scripted answer");
+            async move { answer }
+        }
+    })
+    .interval(Duration::from_secs(10));
+    let pool = Pool::new(RoundRobin::new());
+    let mut balance = Balance::new(pool.clone());
+    // 10.0.0.1 is "a", 10.0.0.2 "b", 10.0.0.3 "c".
+    balance.discover(dns, |addr: &SocketAddr, _| {
+        let std::net::IpAddr::V4(ip) = addr.ip() else {
+            unreachable!("the script has IPv4 addresses only")
+        };
+        (
+            named(["a", "b", "c"][usize::from(ip.octets()[3]) - 1]).0,
+            Weight::ONE,
+        )
+    });
+    let mut served = async || -> BTreeSet<&'static str> {
+        let mut names = BTreeSet::new();
+        for _ in 0..4 {
+            std::future::poll_fn(|cx| balance.poll_ready(cx))
+                .await
+                .unwrap();
+            names.insert(balance.call(0).await.unwrap());
+        }
+        names
+    };
+    let members = |pool: &NamedPool<RoundRobin>| -> BTreeSet<&'static str> {
+        pool.stats().iter().map(|s| *s.addr.key()).collect()
+    };
+    assert_eq!(served().await, BTreeSet::from(["a", "b"]));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    // A failed resolution, then an empty one: the set stays, and so does the service.
+    for resolutions in [2, 3] {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(served().await, BTreeSet::from(["a", "b"]));
+        assert_eq!(asked.load(Ordering::SeqCst), resolutions);
+        assert_eq!(members(&pool), BTreeSet::from(["a", "b"]));
+    }
+    // The records are back, changed: a leaves, c joins.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(served().await, BTreeSet::from(["b", "c"]));
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+    assert_eq!(members(&pool), BTreeSet::from(["b", "c"]));
+    assert!(script.lock().is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn consecutive_failures_eject_through_the_service() {
     let pool = Pool::builder(RoundRobin::new())
         .outlier_detection(OutlierDetection::new().consecutive_failures(5))
-        .build();
+        .build()
+        .unwrap();
     let (a, fail_a) = named("a");
     let (b, _) = named("b");
     pool.insert(a, Weight::ONE).unwrap();

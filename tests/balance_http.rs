@@ -106,9 +106,11 @@ async fn every_strategy_distributes_over_real_servers() {
     }
     // Load-aware ones: one request held in flight on a server, then sequential requests.
     // Each load-aware strategy sends none of them to the busy server (it loses every
-    // comparison: 1 in flight against 0; for Peak EWMA, unmeasured with one in flight),
-    // and each idle server gets at least the picks where it is compared with the busy one
-    // (a third, less 5σ). Round robin, the control, sends the busy server its third.
+    // comparison: 1 in flight against 0; for Peak EWMA, unmeasured with one in flight).
+    // For least loaded and P2C, each idle server gets at least the picks where it is
+    // compared with the busy one (a third, less 5σ); Peak EWMA instead keeps the cheaper
+    // idle server as its leader (see `pick::peak_ewma`), so only the busy server's zero
+    // is claimed for it. Round robin, the control, sends the busy server its third.
     const SEQUENTIAL: usize = 150;
     let (busy, hits) = run_beside_a_held_request(RoundRobin::new(), SEQUENTIAL).await;
     assert_eq!(
@@ -135,8 +137,10 @@ async fn every_strategy_distributes_over_real_servers() {
             "{name} sent requests to the busy server: {hits:?}"
         );
         assert_eq!(hits.iter().sum::<usize>(), SEQUENTIAL, "{name}: {hits:?}");
-        for (i, &h) in hits.iter().enumerate() {
-            assert!(i == busy || h >= 20, "{name}: {hits:?}");
+        if name != "PeakEwma" {
+            for (i, &h) in hits.iter().enumerate() {
+                assert!(i == busy || h >= 20, "{name}: {hits:?}");
+            }
         }
     }
 }
@@ -234,7 +238,8 @@ async fn fails_over_when_a_server_dies_mid_run() {
     let mut servers = servers(&["a", "b", "c"]).await;
     let pool = Pool::builder(PowerOfTwoChoices::with_seed(2))
         .outlier_detection(OutlierDetection::new().consecutive_failures(5))
-        .build();
+        .build()
+        .unwrap();
     add(&pool, &servers, &[1, 1, 1]);
     let lb = balance(&pool);
     let mut failures = 0;
@@ -275,9 +280,7 @@ async fn recovers_through_active_probes() {
         .jitter(Duration::from_millis(5))
         .timeout(Duration::from_millis(200))
         .rise(2)
-        .unwrap()
         .fall(2)
-        .unwrap()
         .seed(1);
     let task = pool.spawn_health_probes(probe, config).unwrap();
     let lb = balance(&pool);

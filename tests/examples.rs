@@ -17,6 +17,7 @@ mod tcp_proxy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,136 @@ async fn bounded<F: Future<Output = Result<(), Error>>>(test: F) -> Result<(), E
         .map_err(|_| "the test took longer than 20 s")?
 }
 
+/// Waits until `condition` holds, looking every 5 ms: a readiness signal for work the
+/// proxy does on its own tasks (an ejection published, a request taken), not a bound on
+/// its speed. The wait is bounded, so a condition that never comes fails the test by name.
+async fn until(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), Error> {
+    let waited = tokio::time::timeout(Duration::from_secs(15), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited
+        .await
+        .map_err(|_| format!("waited 15 s for {what}").into())
+}
+
+/// A server task that finishes when told: [`stop`](Running::stop) tells it and waits
+/// until it has; dropped, it is aborted.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawns the server `serve` makes of the signal that resolves on [`stop`](Self::stop).
+    fn spawn<F>(serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(Box::pin(async {
+            let _ = stopped.await;
+        })));
+        Running {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Tells the server to stop and waits until it has finished.
+    async fn stop(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A program's command line: its name, `options`, and one `--backend` per address.
+fn command_line(program: &str, options: &[&str], backends: &[SocketAddr]) -> Vec<String> {
+    let mut args = vec![program.to_owned()];
+    args.extend(options.iter().map(|s| (*s).to_owned()));
+    for addr in backends {
+        args.push("--backend".to_owned());
+        args.push(addr.to_string());
+    }
+    args
+}
+
+/// A door in front of a backend: it relays every connection to the backend, and
+/// [`shut`](Door::shut) kills the backend as the proxy sees it (connects refused, open
+/// connections closed), returning only once the proxy has closed its end of each open
+/// connection too. That is the readiness signal a test needs before counting what
+/// happens next: the proxy's keep-alive pool then holds no connection to the dead backend
+/// (a request on one would fail after it was sent, which no proxy may retry).
+struct Door {
+    addr: SocketAddr,
+    relay: Running,
+}
+
+impl Door {
+    async fn open(backend: SocketAddr) -> Result<Self, Error> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let relay = Running::spawn(|mut shutting| async move {
+            let (close, _) = tokio::sync::watch::channel(false);
+            let mut relays = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut shutting => break,
+                    accepted = listener.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        let mut closing = close.subscribe();
+                        relays.spawn(async move {
+                            let Ok(mut upstream) = TcpStream::connect(backend).await else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
+                                _ = closing.changed() => {}
+                            }
+                            drop(upstream);
+                            // Close this end, then wait for the proxy to close its own.
+                            let _ = client.shutdown().await;
+                            let mut buf = [0u8; 1024];
+                            while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+                        });
+                    }
+                    Some(_) = relays.join_next(), if !relays.is_empty() => {}
+                }
+            }
+            // Connects are refused from here on.
+            drop(listener);
+            let _ = close.send(true);
+            while relays.join_next().await.is_some() {}
+        });
+        Ok(Door { addr, relay })
+    }
+
+    /// Refuses new connections, closes the open ones, and returns once the proxy has
+    /// closed every one of them.
+    async fn shut(self) -> Result<(), Error> {
+        self.relay.stop().await
+    }
+}
+
+/// A door in front of each backend.
+async fn doors(backends: &[HttpBackend]) -> Result<Vec<Door>, Error> {
+    let mut doors = Vec::with_capacity(backends.len());
+    for backend in backends {
+        doors.push(Door::open(backend.addr()).await?);
+    }
+    Ok(doors)
+}
+
 // ---------------------------------------------------------------------------------------
 // HTTP proxy
 
@@ -50,8 +181,7 @@ struct HttpProxy {
     addr: SocketAddr,
     proxy: http_proxy::Proxy,
     settings: http_proxy::Settings,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: Running,
 }
 
 impl HttpProxy {
@@ -63,41 +193,24 @@ impl HttpProxy {
 
     /// Starts the proxy with `options` and one `--backend` per address.
     async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
-        let mut args = vec!["http_proxy".to_owned()];
-        for addr in backends {
-            args.push("--backend".to_owned());
-            args.push(addr.to_string());
-        }
-        args.extend(options.iter().map(|s| (*s).to_owned()));
-        let settings = http_proxy::Settings::parse(args)?;
+        let settings = http_proxy::Settings::parse(command_line("http_proxy", options, backends))?;
         let proxy = http_proxy::Proxy::start(&settings)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(http_proxy::serve(
-            listener,
-            proxy.clone(),
-            settings.tls.clone(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = Running::spawn(|stopped| {
+            http_proxy::serve(listener, proxy.clone(), settings.tls.clone(), stopped)
+        });
         Ok(HttpProxy {
             addr,
             proxy,
             settings,
-            stop: Some(stop),
-            task,
+            server,
         })
     }
 
     /// Stops accepting and waits for the server to finish.
-    async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await?;
-        Ok(())
+    async fn shutdown(self) -> Result<(), Error> {
+        self.server.stop().await
     }
 }
 
@@ -386,10 +499,12 @@ async fn http_proxy_sticky_cookie_keeps_a_client_on_its_backend() -> Result<(), 
 #[tokio::test]
 async fn http_proxy_sticky_session_moves_when_its_backend_dies() -> Result<(), Error> {
     bounded(async {
-        let mut backends = http_backends(3).await?;
-        let proxy = HttpProxy::start(
+        let backends = http_backends(3).await?;
+        let mut doors = doors(&backends).await?;
+        let addrs: Vec<SocketAddr> = doors.iter().map(|d| d.addr).collect();
+        let proxy = HttpProxy::start_addrs(
             &["--sticky", "--cookie-secret", "0123456789abcdef-secret"],
-            &backends.iter().collect::<Vec<_>>(),
+            &addrs,
         )
         .await?;
         let client = http_client();
@@ -401,11 +516,12 @@ async fn http_proxy_sticky_session_moves_when_its_backend_dies() -> Result<(), E
             .unwrap_or_default()
             .to_owned();
         let home = backends
-            .iter_mut()
-            .find(|b| b.name() == first.backend())
+            .iter()
+            .position(|b| b.name() == first.backend())
             .ok_or("unknown backend")?;
-        home.stop().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The home dies; the proxy has closed its pooled connections to it when `shut`
+        // returns.
+        doors.remove(home).shut().await?;
         // The cookie names a dead backend: the connect fails, the request is retried
         // elsewhere, and the answer carries a cookie for the new home.
         let moved = get(&client, proxy.addr, "/", &[("cookie", &cookie)]).await?;
@@ -597,12 +713,10 @@ async fn http_proxy_terminates_tls_with_a_certificate_from_files() -> Result<(),
 #[tokio::test]
 async fn http_proxy_fails_over_when_a_backend_is_killed() -> Result<(), Error> {
     bounded(async {
-        let mut backends = http_backends(3).await?;
-        let proxy = HttpProxy::start(
-            &["--strategy", "round-robin"],
-            &backends.iter().collect::<Vec<_>>(),
-        )
-        .await?;
+        let backends = http_backends(3).await?;
+        let mut doors = doors(&backends).await?;
+        let addrs: Vec<SocketAddr> = doors.iter().map(|d| d.addr).collect();
+        let proxy = HttpProxy::start_addrs(&["--strategy", "round-robin"], &addrs).await?;
         let client = http_client();
         for _ in 0..6 {
             assert_eq!(
@@ -610,9 +724,9 @@ async fn http_proxy_fails_over_when_a_backend_is_killed() -> Result<(), Error> {
                 StatusCode::OK
             );
         }
-        backends[1].stop().await;
-        // Let the proxy's pooled keep-alive connections to b see their end.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // b dies; when `shut` returns, the proxy's pooled keep-alive connections to b
+        // have seen their end.
+        doors.remove(1).shut().await?;
         for _ in 0..30 {
             let answer = get(&client, proxy.addr, "/", &[]).await?;
             // Connects to b fail and are retried on another backend: no client sees them.
@@ -621,7 +735,7 @@ async fn http_proxy_fails_over_when_a_backend_is_killed() -> Result<(), Error> {
         }
         let stats = proxy.proxy.pool().stats();
         let b = &stats[1];
-        assert_eq!(b.addr.authority().as_str(), backends[1].addr().to_string());
+        assert_eq!(b.addr.authority().as_str(), addrs[1].to_string());
         // Five failed connects in a row ejected it (outlier detection's default).
         assert_eq!(b.failures, 5, "{b:?}");
         assert_eq!(b.ejections, 1);
@@ -741,9 +855,10 @@ async fn http_proxy_sheds_with_503_when_every_backend_is_at_capacity() -> Result
             async move { get(&client, addr, "/", &[]).await.map(|a| a.status) }
         });
         // Wait until the first request holds the backend's only slot.
-        while proxy.proxy.pool().stats()[0].in_flight == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until("the request in flight", || {
+            proxy.proxy.pool().stats()[0].in_flight > 0
+        })
+        .await?;
         let shed = get(&client, addr, "/", &[]).await?;
         assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
         let retry_after: u64 = shed.headers["retry-after"].to_str()?.parse()?;
@@ -779,9 +894,10 @@ async fn http_proxy_shutdown_lets_requests_in_flight_finish() -> Result<(), Erro
             tokio::spawn(
                 async move { get(&http_client(), addr, "/", &[]).await.map(|a| a.status) },
             );
-        while proxy.proxy.pool().stats()[0].in_flight == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until("the request in flight", || {
+            proxy.proxy.pool().stats()[0].in_flight > 0
+        })
+        .await?;
         // Shutdown returns only once the request in flight has been answered.
         proxy.shutdown().await?;
         assert_eq!(in_flight.await??, StatusCode::OK);
@@ -800,7 +916,7 @@ async fn http_proxy_serves_every_request_with_two_of_three_hosts_powered_off() -
         let off = [PoweredOff::start().await?, PoweredOff::start().await?];
         let addrs = [off[0].addr, up.addr(), off[1].addr];
         let mut proxies = Vec::new();
-        for strategy in ["p2c", "round-robin", "peak-ewma"] {
+        for strategy in ["p2c", "round-robin", "peak-ewma", "server-load"] {
             let options = [
                 "--strategy",
                 strategy,
@@ -812,7 +928,16 @@ async fn http_proxy_serves_every_request_with_two_of_three_hosts_powered_off() -
             proxies.push((strategy, HttpProxy::start_addrs(&options, &addrs).await?));
         }
         // Three failed probes (1 s apart, each timing out after 1 s) mark a host down.
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        for (strategy, proxy) in &proxies {
+            until(
+                &format!("{strategy}'s probes to mark both hosts down"),
+                || {
+                    let stats = proxy.proxy.pool().stats();
+                    !stats[0].eligible && !stats[2].eligible
+                },
+            )
+            .await?;
+        }
         let client = http_client();
         for (strategy, proxy) in &proxies {
             for i in 0..20 {
@@ -1190,8 +1315,7 @@ fn http_proxy_rejects_bad_options_with_exit_code_2() {
 struct RunningTcp {
     addr: SocketAddr,
     proxy: tcp_proxy::TcpProxy,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: Running,
 }
 
 impl RunningTcp {
@@ -1202,34 +1326,21 @@ impl RunningTcp {
 
     /// Starts the proxy with `options` and one `--backend` per address.
     async fn start_addrs(options: &[&str], backends: &[SocketAddr]) -> Result<Self, Error> {
-        let mut args = vec!["tcp_proxy".to_owned()];
-        args.extend(options.iter().map(|s| (*s).to_owned()));
-        for addr in backends {
-            args.push("--backend".to_owned());
-            args.push(addr.to_string());
-        }
-        let settings = tcp_proxy::Settings::parse(args)?;
+        let settings = tcp_proxy::Settings::parse(command_line("tcp_proxy", options, backends))?;
         let proxy = tcp_proxy::TcpProxy::start(&settings).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tcp_proxy::serve(listener, proxy.clone(), async {
-            let _ = stopped.await;
-        }));
+        let server = Running::spawn(|stopped| tcp_proxy::serve(listener, proxy.clone(), stopped));
         Ok(RunningTcp {
             addr,
             proxy,
-            stop: Some(stop),
-            task,
+            server,
         })
     }
 
-    async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await?;
-        Ok(())
+    /// Stops accepting and waits for the server to finish.
+    async fn shutdown(self) -> Result<(), Error> {
+        self.server.stop().await
     }
 }
 
@@ -1351,10 +1462,8 @@ async fn tcp_proxy_fails_over_without_a_client_visible_error() -> Result<(), Err
         let pool = proxy.proxy.pool().clone();
         let b = &pool.stats()[1];
         assert!(b.failures >= 3, "{b:?}");
-        while pool.stats()[1].ejections == 0 {
-            // The health task publishes the ejection: give it its turn.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // The health task publishes the ejection.
+        until("the ejection", || pool.stats()[1].ejections > 0).await?;
         assert!(!pool.stats()[1].eligible);
         proxy.shutdown().await
     })
@@ -1416,9 +1525,8 @@ async fn tcp_proxy_fails_over_from_a_host_whose_connects_hang() -> Result<(), Er
         assert_eq!(slow, 3, "{counts:?}");
         let pool = proxy.proxy.pool().clone();
         assert_eq!(pool.stats()[1].failures, 3, "{:?}", pool.stats()[1]);
-        while pool.stats()[1].ejections == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // The health task publishes the ejection.
+        until("the ejection", || pool.stats()[1].ejections > 0).await?;
         assert!(!pool.stats()[1].eligible);
         proxy.shutdown().await
     })
@@ -1452,6 +1560,123 @@ fn tcp_proxy_rejects_bad_options_with_exit_code_2() {
     assert_eq!(ok.strategy.name(), "round-robin");
     assert_eq!(ok.backends[0].1.get(), 2);
     assert_eq!(ok.connect_timeout, Duration::from_secs(3));
+}
+
+// ---------------------------------------------------------------------------------------
+// --metrics: Prometheus text at /metrics
+
+/// The proxy's `--metrics` endpoint, scraped after a scripted run: two live backends and
+/// a refusing one, round robin, nine requests (each refused attempt retried elsewhere).
+#[tokio::test]
+async fn http_proxy_serves_prometheus_metrics() -> Result<(), Error> {
+    bounded(async {
+        let backends = http_backends(2).await?;
+        let dead = {
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            l.local_addr()?
+        };
+        let addrs = [backends[0].addr(), backends[1].addr(), dead];
+        let proxy = HttpProxy::start_addrs(
+            &["--strategy", "round-robin", "--metrics", "127.0.0.1:0"],
+            &addrs,
+        )
+        .await?;
+        assert_eq!(
+            proxy.settings.metrics,
+            Some("127.0.0.1:0".parse::<SocketAddr>()?)
+        );
+        let handle = proxy.proxy.metrics().ok_or("--metrics gave no recorder")?;
+        // What main.rs does with --metrics, on a port of the test's.
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_addr = listener.local_addr()?;
+        let server = tokio::spawn(http_proxy::serve_metrics(listener, handle.clone()));
+
+        let client = http_client();
+        for i in 0..9 {
+            let answer = get(&client, proxy.addr, &format!("/{i}"), &[]).await?;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        }
+        let scrape = get(&client, metrics_addr, "/metrics", &[]).await?;
+        assert_eq!(scrape.status, StatusCode::OK);
+        assert!(
+            scrape.headers[http::header::CONTENT_TYPE]
+                .to_str()?
+                .starts_with("text/plain")
+        );
+        assert_eq!(
+            get(&client, metrics_addr, "/other", &[]).await?.status,
+            StatusCode::NOT_FOUND
+        );
+        server.abort();
+        proxy.shutdown().await?;
+
+        let series: BTreeMap<String, f64> = scrape
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                Some((key.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        let get = |key: String| -> Result<f64, Error> {
+            series
+                .get(&key)
+                .copied()
+                .ok_or_else(|| format!("no {key} in\n{}", scrape.body).into())
+        };
+        let label = |addr: SocketAddr| format!("backend=\"http://{addr}\"");
+        let requests = |addr: SocketAddr, outcome: &str| {
+            get(format!(
+                "tower_lb_backend_requests_total{{{},outcome=\"{outcome}\"}}",
+                label(addr)
+            ))
+        };
+        let live_successes = requests(addrs[0], "success")? + requests(addrs[1], "success")?;
+        assert_eq!(
+            live_successes, 9.0,
+            "every request answered by a live backend"
+        );
+        let refused = requests(dead, "failure")?;
+        assert!(
+            refused >= 2.0,
+            "round robin sent the dead backend its share: {refused}"
+        );
+        assert_eq!(requests(dead, "success")?, 0.0);
+        for addr in addrs {
+            assert_eq!(
+                get(format!("tower_lb_backend_in_flight{{{}}}", label(addr)))?,
+                0.0
+            );
+            assert_eq!(
+                get(format!("tower_lb_backend_weight{{{}}}", label(addr)))?,
+                1.0
+            );
+            assert_eq!(
+                get(format!(
+                    "tower_lb_backend_ejections_total{{{}}}",
+                    label(addr)
+                ))?,
+                0.0
+            );
+        }
+        for addr in &addrs[..2] {
+            assert_eq!(
+                get(format!("tower_lb_backend_healthy{{{}}}", label(*addr)))?,
+                1.0
+            );
+        }
+        let timed = get(format!(
+            "tower_lb_request_duration_seconds_count{{{}}}",
+            label(addrs[0])
+        ))? + get(format!(
+            "tower_lb_request_duration_seconds_count{{{}}}",
+            label(addrs[1])
+        ))?;
+        assert_eq!(timed, 9.0);
+        Ok(())
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ fn setup<P: Picker<Ep> + 'static>(
     if let Some(detection) = detection {
         builder = builder.outlier_detection(detection);
     }
-    let pool = builder.build();
+    let pool = builder.build().unwrap();
     let broken: Vec<Arc<AtomicBool>> = (0..m).map(|_| Arc::default()).collect();
     for (i, flag) in broken.iter().enumerate() {
         pool.insert(backend(i, latency, how, flag.clone()), Weight::ONE)

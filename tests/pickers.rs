@@ -293,6 +293,54 @@ fn peak_ewma_follows_finagles_rule_for_unmeasured_backends() {
     }
 }
 
+/// The remembered leader: a backend that is strictly the cheapest wins every pick from
+/// the first one it is drawn in (P2C alone gives it only the picks it is drawn in, about
+/// 2/n); when it stops being the cheapest, a cheaper random candidate takes the lead
+/// from the next pick it is drawn in, and the old leader gets nothing more.
+#[test]
+fn peak_ewma_keeps_the_cheapest_backend_as_its_leader() {
+    const N: usize = 10;
+    const PICKS: usize = 300;
+    let now = Instant::now();
+    let ctx = PickContext::new().with_now(now);
+    for seed in [1u64, 2, 3] {
+        let snapshot = uniform(N);
+        for (i, b) in snapshot.backends().iter().enumerate() {
+            let ms = if i == 7 { 1 } else { 10 };
+            b.state().record_rtt(Duration::from_millis(ms), now);
+        }
+        let picker = PeakEwma::with_seed(seed);
+        let prepared = Prepared::new(&picker, snapshot);
+        let got: Vec<usize> = (0..PICKS)
+            .map(|_| prepared.pick(&picker, &ctx).unwrap())
+            .collect();
+        let first = got
+            .iter()
+            .position(|&i| i == 7)
+            .expect("drawn at least once");
+        assert!(
+            got[first..].iter().all(|&i| i == 7),
+            "seed {seed}: the leader lost a pick: {got:?}"
+        );
+        // 0.8^40 ≈ 1e-4: it is drawn early.
+        assert!(first < 40, "seed {seed}: first drawn at pick {first}");
+
+        // Backend 7 now carries 20 requests (1 ms × 21 = 21 ms > 10 ms × 1): it is no
+        // longer the cheapest, and every pick draws at least one cheaper backend: it gets
+        // none.
+        let _held = hold(prepared.snapshot(), &[0, 0, 0, 0, 0, 0, 0, 20, 0, 0]);
+        let got: Vec<usize> = (0..PICKS)
+            .map(|_| prepared.pick(&picker, &ctx).unwrap())
+            .collect();
+        let moved = got.iter().position(|&i| i != 7).expect("the lead moves");
+        assert_eq!(moved, 0, "seed {seed}: the lead moved only at pick {moved}");
+        assert!(
+            got[moved..].iter().all(|&i| i != 7),
+            "seed {seed}: the old leader was picked: {got:?}"
+        );
+    }
+}
+
 /// "Reacts to a slowing backend at once": one sample above the estimate replaces it, so
 /// the next pick already avoids the backend that slowed down, with no averaging delay.
 #[test]

@@ -22,7 +22,7 @@ use tower_lb::balance::{HttpTarget, StickyCookie, StickyError};
 use tower_lb::health::HttpProbe;
 use tower_lb::{
     AnyPicker, LeastLoaded, Maglev, PeakEwma, PowerOfTwoChoices, Random, Rendezvous, Ring,
-    RoundRobin, Weight, WeightedRoundRobin,
+    RoundRobin, ServerLoad, Weight, WeightedRoundRobin,
 };
 
 use super::HashKey;
@@ -113,6 +113,10 @@ pub struct Args {
     /// Terminate TLS with a certificate for localhost generated at start.
     #[arg(long)]
     pub tls_self_signed: bool,
+
+    /// Serve the balancer's metrics as Prometheus text at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `--strategy`'s values.
@@ -128,8 +132,10 @@ pub enum StrategyName {
     LeastLoaded,
     /// The less loaded of two random backends.
     P2c,
-    /// The faster of two random backends (peak-EWMA latency × load).
+    /// The cheapest of two random backends and the last winner (peak-EWMA latency × load).
     PeakEwma,
+    /// Weights from the backends' ORCA load reports (`endpoint-load-metrics`, gRFC A58).
+    ServerLoad,
     /// Consistent hashing on a ring.
     Ring,
     /// Maglev consistent hashing.
@@ -148,6 +154,7 @@ impl StrategyName {
             StrategyName::LeastLoaded => LeastLoaded::new().into(),
             StrategyName::P2c => PowerOfTwoChoices::new().into(),
             StrategyName::PeakEwma => PeakEwma::new().into(),
+            StrategyName::ServerLoad => ServerLoad::new().into(),
             StrategyName::Ring => Ring::new().into(),
             StrategyName::Maglev => Maglev::new().into(),
             StrategyName::Rendezvous => Rendezvous::new().into(),
@@ -208,6 +215,8 @@ pub struct Settings {
     pub tls: Option<Arc<ServerConfig>>,
     /// The generated certificate, with `--tls-self-signed` (DER and PEM).
     pub self_signed: Option<(CertificateDer<'static>, String)>,
+    /// Where to serve `/metrics`, with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Settings {
@@ -331,6 +340,7 @@ impl Settings {
             },
             tls,
             self_signed,
+            metrics: args.metrics,
         })
     }
 }

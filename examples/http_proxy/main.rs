@@ -49,6 +49,15 @@ use tower_lb::balance::HttpTarget;
 use proxy::{Proxy, Settings};
 use support::program;
 
+/// Stops the `/metrics` server with the proxy.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     program::main(Settings::parse, run).await
@@ -87,6 +96,17 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         settings.backends.len(),
     );
     let pool = proxy.pool().clone();
+    let _metrics = match (settings.metrics, proxy.metrics()) {
+        (Some(addr), Some(handle)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (--metrics): {e}"))?;
+            tracing::info!("metrics: http://{addr}/metrics");
+            let task = tokio::spawn(proxy::serve_metrics(listener, handle.clone()));
+            Some(AbortOnDrop(task))
+        }
+        _ => None,
+    };
     proxy::serve(listener, proxy, settings.tls.clone(), program::ctrl_c()).await;
     program::log_final_stats(&pool.stats(), true);
     Ok(())

@@ -7,7 +7,8 @@
 //! - `upstream.rs`: the HTTP client under the balancer, its time-outs, and the request
 //!   body its attempts share;
 //! - `forward.rs`: the headers a proxy strips and adds;
-//! - `serve.rs`: the accept loop, the client connections' time-outs, graceful shutdown.
+//! - `serve.rs`: the accept loop, the client connections' time-outs, graceful shutdown;
+//! - `metrics.rs`: the Prometheus recorder and the `/metrics` endpoint (`--metrics`).
 //!
 //! `main.rs` parses the command line and runs [`serve`]; `tests/examples.rs` runs the
 //! same code against backends on loopback. Both load this file with `#[path]`, which
@@ -27,6 +28,7 @@
 
 mod cli;
 mod forward;
+mod metrics;
 mod serve;
 mod tls;
 mod upstream;
@@ -49,9 +51,11 @@ use tower_lb::balance::{
     StickyCookie, find_error,
 };
 use tower_lb::health::{OutlierDetection, Probe, ProbeConfig, probe_fn};
+use tower_lb::orca::LoadReport;
 use tower_lb::{AnyPicker, BackendId, Overloaded, PickError, Pool};
 
 pub use cli::Settings;
+pub use metrics::serve_metrics;
 pub use serve::serve;
 
 use serve::ClientTimeouts;
@@ -96,6 +100,8 @@ struct Inner {
     /// The sticky cookie, and whether it is `Secure` (with TLS).
     cookie: Option<(StickyCookie, bool)>,
     client: ClientTimeouts,
+    /// The Prometheus recorder's handle, with `--metrics`.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// A running proxy: the backend pool, its health task, the balancer.
@@ -116,9 +122,20 @@ impl Proxy {
     pub fn start(settings: &Settings) -> Result<Proxy, BoxError> {
         let pool = Pool::<HttpTarget, _>::builder(settings.strategy.build())
             .outlier_detection(OutlierDetection::new())
-            .build();
-        for (target, weight) in &settings.backends {
-            pool.insert(target.clone(), *weight)?;
+            .metrics_label(|target: &HttpTarget| target.to_string())
+            .build()?;
+        // The backends' series register with the recorder current when they are first
+        // published: this proxy's own, with `--metrics`.
+        let recorder = settings.metrics.map(|_| metrics::recorder());
+        let insert = || {
+            settings
+                .backends
+                .iter()
+                .try_for_each(|(target, weight)| pool.insert(target.clone(), *weight).map(drop))
+        };
+        match &recorder {
+            Some(recorder) => ::metrics::with_local_recorder(recorder, insert)?,
+            None => insert()?,
         }
         match &settings.health {
             Some((probe, interval)) => {
@@ -138,7 +155,7 @@ impl Proxy {
 
         let client = Upstream::new(settings.timeout);
         let mut layer = BalanceLayer::new(pool.clone())
-            .affinity(settings.key.clone())
+            .affinity_if_hashing(settings.key.clone())
             .classify(HttpStatus::new());
         if let Some(max) = settings.max_in_flight {
             layer = layer
@@ -156,8 +173,14 @@ impl Proxy {
                 sticky,
                 cookie: settings.sticky.clone().map(|c| (c, settings.tls.is_some())),
                 client: settings.client,
+                metrics: recorder.map(|r| r.handle()),
             }),
         })
+    }
+
+    /// The metrics in Prometheus text, with `--metrics`.
+    pub fn metrics(&self) -> Option<&metrics_exporter_prometheus::PrometheusHandle> {
+        self.inner.metrics.as_ref()
     }
 
     /// The backend pool: stats, health, membership.
@@ -187,6 +210,7 @@ async fn handle(
     };
     match result {
         Ok(response) => {
+            record_load(inner, &response);
             let served = response
                 .extensions()
                 .get::<ServedBy>()
@@ -285,6 +309,29 @@ fn another_backend(
 }
 
 /// 503 with `Retry-After` when no backend may take the request, 502 when one failed.
+/// With `--strategy server-load`: feeds the backend's ORCA report (the
+/// `endpoint-load-metrics` header), if it sent one, to the strategy.
+fn record_load<B>(inner: &Inner, response: &Response<B>) {
+    let pool = inner.balance.pool();
+    let (Some(load), Some(served)) = (
+        pool.picker().server_load(),
+        response.extensions().get::<ServedBy>(),
+    ) else {
+        return;
+    };
+    let Some(report) = LoadReport::from_headers(response.headers()) else {
+        return;
+    };
+    let snapshot = pool.snapshot();
+    if let Some(b) = snapshot
+        .backends()
+        .iter()
+        .find(|b| b.addr().authority() == &served.0)
+    {
+        load.record(b.id(), &report);
+    }
+}
+
 fn error_response(inner: &Inner, e: &BoxError) -> Response<ProxyBody> {
     let (status, retry_after, text) = if let Some(overloaded) = find_error::<Overloaded>(e) {
         let secs = overloaded

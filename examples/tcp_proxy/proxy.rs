@@ -174,7 +174,7 @@ impl TcpProxy {
         let pool = Pool::<SocketAddr, _>::builder(strategy)
             // A refused connection is a failure; three in a row eject the backend.
             .outlier_detection(OutlierDetection::new().consecutive_failures(3))
-            .build();
+            .build()?;
         for (addr, weight) in &settings.backends {
             pool.insert(*addr, *weight)?;
         }

@@ -10,6 +10,11 @@ use super::{AffinityKey, non_empty};
 /// clients send it the same way each time). A request without the header, or with an
 /// empty value, has no key.
 ///
+/// gRPC metadata are HTTP/2 headers, so `HeaderKey` keys a tonic call on an ASCII
+/// metadata key as it is (`HeaderKey::from_static("x-user-id")`); a `-bin` key is
+/// hashed in its base64 form, the same for every client sending the same bytes the
+/// same way (`examples/grpc.rs`).
+///
 /// # Examples
 ///
 /// ```

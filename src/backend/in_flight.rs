@@ -24,6 +24,12 @@ pub struct InFlight {
     started: u64,
     /// Whether an outcome was recorded (else dropping is a cancellation).
     finished: bool,
+    /// Ended by the balancer's time-out: the outcome label is `timeout`.
+    #[cfg(feature = "metrics")]
+    timed_out: bool,
+    /// The least duration the metrics record (the time-out's, on its own clock).
+    #[cfg(feature = "metrics")]
+    at_least: Duration,
 }
 
 impl InFlight {
@@ -34,6 +40,10 @@ impl InFlight {
             state,
             started,
             finished: false,
+            #[cfg(feature = "metrics")]
+            timed_out: false,
+            #[cfg(feature = "metrics")]
+            at_least: Duration::ZERO,
         }
     }
 
@@ -64,6 +74,16 @@ impl InFlight {
     pub(crate) fn finish_at_nanos(mut self, success: bool, end: u64) -> bool {
         self.finished = true;
         let latency = Duration::from_nanos(end.saturating_sub(self.started));
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.state.metrics.get() {
+            use super::metrics::Outcome;
+            let outcome = match (self.timed_out, success) {
+                (true, _) => Outcome::Timeout,
+                (false, true) => Outcome::Success,
+                (false, false) => Outcome::Failure,
+            };
+            m.finished(outcome, latency.max(self.at_least).as_secs_f64());
+        }
         self.state.record_outcome(success, Some(latency), end)
     }
 
@@ -78,12 +98,36 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// Finishes a request the balancer's time-out ended, `elapsed` after it began (on
+    /// the timer's clock, which a test may pause): a failure, labelled `timeout` in the
+    /// metrics, whose duration there is at least `elapsed`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut, unused_variables))]
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn time_out_at_nanos(mut self, end: u64, elapsed: Duration) -> bool {
+        #[cfg(feature = "metrics")]
+        {
+            self.timed_out = true;
+            self.at_least = elapsed;
+        }
+        self.finish_at_nanos(false, end)
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.state.metrics.get() {
+            m.ended();
+        }
         if !self.finished {
             let now = now_nanos();
             let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
+            #[cfg(feature = "metrics")]
+            if let Some(m) = self.state.metrics.get() {
+                m.finished(super::metrics::Outcome::Cancelled, elapsed.as_secs_f64());
+            }
             // A failure past the threshold signals the pool like any other; the next
             // tick (or the tower service's next pick) publishes the ejection.
             self.state.record_cancel(elapsed, now);

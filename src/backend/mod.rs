@@ -11,6 +11,8 @@ use std::sync::Arc;
 mod health;
 mod id;
 mod in_flight;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 mod state;
 mod stats;
 mod weight;

@@ -43,9 +43,10 @@ pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 #[repr(align(128))]
 pub struct BackendState {
     pub(super) in_flight: AtomicUsize,
-    picks: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
+    /// Requests dropped unfinished that did not count as failures.
+    cancelled: AtomicU64,
     /// The peak-EWMA latency estimate in nanoseconds, as `f64` bits; `NO_SAMPLE` before
     /// the first sample.
     rtt_bits: AtomicU64,
@@ -59,6 +60,9 @@ pub struct BackendState {
     fail_stamp: AtomicU64,
     /// Health: admin switch, outlier detection, probes, slow start.
     pub(crate) health: HealthCell,
+    /// Registered when the backend is first published (the `metrics` feature).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: std::sync::OnceLock<super::metrics::BackendMetrics>,
 }
 
 impl BackendState {
@@ -76,15 +80,17 @@ impl BackendState {
     fn with_health(decay: Duration, shared: Option<Arc<HealthShared>>) -> Self {
         BackendState {
             in_flight: AtomicUsize::new(0),
-            picks: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             rtt_bits: AtomicU64::new(NO_SAMPLE),
             rtt_stamp: AtomicU64::new(0),
             inv_decay_ns: 1.0 / (decay.as_nanos() as f64).max(1.0),
             fail_bits: AtomicU64::new(0),
             fail_stamp: AtomicU64::new(0),
             health: HealthCell::new(shared),
+            #[cfg(feature = "metrics")]
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -128,6 +134,7 @@ impl BackendState {
         if self.health.cancel_is_failure(elapsed) {
             self.record_outcome(false, Some(elapsed), at_ns)
         } else {
+            self.cancelled.fetch_add(1, Ordering::Relaxed);
             self.raise_rtt_at_nanos(elapsed, at_ns);
             false
         }
@@ -226,9 +233,17 @@ impl BackendState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// How many times this backend was picked through a [`Pool`](crate::Pool).
+    /// Requests sent to this backend: those started on it ([`start`](Self::start),
+    /// [`Picked::start`](crate::Picked::start), the tower service) — in flight, finished
+    /// or dropped — plus outcomes reported without a start
+    /// ([`Pool::report`](crate::Pool::report)). A [`Pool::pick`](crate::Pool::pick) that
+    /// is never started is not counted: the count is derived from the in-flight and
+    /// outcome counters, so a pick writes no shared counter of its own.
     pub fn picks(&self) -> u64 {
-        self.picks.load(Ordering::Relaxed)
+        (self.in_flight.load(Ordering::Relaxed) as u64)
+            .wrapping_add(self.successes.load(Ordering::Relaxed))
+            .wrapping_add(self.failures.load(Ordering::Relaxed))
+            .wrapping_add(self.cancelled.load(Ordering::Relaxed))
     }
 
     /// Requests that finished successfully.
@@ -241,18 +256,25 @@ impl BackendState {
         self.failures.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn count_pick(&self) {
-        self.picks.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Starts tracking one request: in flight + 1 until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.start_at_nanos(now_nanos())
     }
 
+    /// Starts tracking one request that started at `at` (a clock of the caller's, as
+    /// [`InFlight::finish`] takes): for callers that keep their own time, such as a
+    /// simulation in virtual time.
+    pub fn start_at(self: &Arc<Self>, at: Instant) -> InFlight {
+        self.start_at_nanos(nanos_since_epoch(at))
+    }
+
     /// [`start`](Self::start) with the time already read (nanoseconds since the epoch).
     pub(crate) fn start_at_nanos(self: &Arc<Self>, started: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.metrics.get() {
+            m.started();
+        }
         InFlight::new(Arc::clone(self), started)
     }
 
@@ -290,7 +312,7 @@ impl BackendState {
     }
 
     pub(crate) fn record_rtt_at_nanos(&self, sample: Duration, now: u64) {
-        let sample = sample.as_nanos() as f64;
+        let sample = nanos_f64(sample);
         // `fetch_update` retries on contention, so concurrent samples are never lost; the
         // stamp is a separate atomic and may briefly lag, which only shortens one decay step.
         let _ = self
@@ -313,12 +335,19 @@ impl BackendState {
     }
 }
 
+/// `d` in nanoseconds as `f64`, through `u64` (saturating past 584 years): the `u128`
+/// of `Duration::as_nanos` converts through a software routine several times slower.
+#[inline]
+fn nanos_f64(d: Duration) -> f64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) as f64
+}
+
 impl BackendState {
     /// Feeds a latency that is a lower bound (a failure's, a cancelled request's): it
     /// replaces the estimate when above it, and is ignored otherwise.
     pub(crate) fn raise_rtt_at_nanos(&self, sample: Duration, now: u64) {
         let bits = self.rtt_bits.load(Ordering::Relaxed);
-        let above = bits == NO_SAMPLE || sample.as_nanos() as f64 > f64::from_bits(bits);
+        let above = bits == NO_SAMPLE || nanos_f64(sample) > f64::from_bits(bits);
         if above {
             self.record_rtt_at_nanos(sample, now);
         }
@@ -359,6 +388,23 @@ pub(crate) fn decay_factor(elapsed_ns: u64, inv_decay_ns: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `picks` is every request started — in flight, succeeded, failed or dropped —
+    /// counted from the other counters, never twice and never lost.
+    #[test]
+    fn picks_count_every_started_request_once() {
+        let state = Arc::new(BackendState::new(DEFAULT_EWMA_DECAY));
+        assert_eq!(state.picks(), 0);
+        let held = state.start();
+        assert_eq!((state.picks(), state.in_flight()), (1, 1));
+        state.start().success();
+        state.start().failure();
+        drop(state.start()); // cancelled: not a failure outside a pool
+        assert_eq!(state.picks(), 4);
+        assert_eq!((state.successes(), state.failures()), (1, 1));
+        held.success();
+        assert_eq!((state.picks(), state.in_flight()), (4, 0));
+    }
 
     #[test]
     fn in_flight_guard_releases_on_drop_and_finish() {

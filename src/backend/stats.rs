@@ -19,7 +19,8 @@ pub struct BackendStats<A> {
     pub eligible: bool,
     /// Requests in flight.
     pub in_flight: usize,
-    /// Times picked.
+    /// Requests sent to it: started (in flight, finished or dropped) or reported. See
+    /// [`BackendState::picks`](crate::BackendState::picks).
     pub picks: u64,
     /// Requests finished successfully.
     pub successes: u64,

@@ -5,7 +5,9 @@
 //! backend after that, so [`TrackBody`] keeps the request in flight until the body's
 //! last frame has been read (the end of the stream, or a trailers frame), or the body is
 //! dropped. The latency sample then spans the whole exchange; a body that fails
-//! mid-stream counts as a failure, and one dropped early by its reader is recorded with
+//! mid-stream counts as a failure, so do trailers that the classifier reads as one
+//! ([`Classify::trailers`](super::Classify::trailers): gRPC's `grpc-status` with
+//! [`GrpcStatus`](super::GrpcStatus)), and one dropped early by its reader is recorded with
 //! the response's own outcome (the reader's choice is not the backend's failure).
 //!
 //! [`TrackBodyLayer`] stacks anywhere above a [`Balance`] (time-outs, retries and sticky
@@ -175,8 +177,14 @@ impl<B: Body> Body for TrackedBody<B> {
             None => Some(true),
             Some(Err(_)) => Some(false),
             // Trailers end the body: a reader may stop here without polling for the
-            // end (tonic reads a gRPC response's trailers and drops the body).
-            Some(Ok(frame)) if frame.is_trailers() => Some(true),
+            // end (tonic reads a gRPC response's trailers and drops the body). The
+            // classifier may read them (gRPC's `grpc-status`).
+            Some(Ok(frame)) if frame.is_trailers() => {
+                Some(match (frame.trailers_ref(), &*this.held) {
+                    (Some(trailers), Some((tracked, _))) => tracked.trailers_ok(trailers),
+                    _ => true,
+                })
+            }
             Some(Ok(_)) if this.inner.is_end_stream() => Some(true),
             Some(Ok(_)) => None,
         };

@@ -22,6 +22,7 @@ use futures_core::Stream;
 use super::discover::Change;
 
 type Lookup = Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
+type Resolve = Box<dyn Fn(&str, u16) -> Lookup + Send>;
 
 enum State {
     Resolving(Lookup),
@@ -52,13 +53,42 @@ pub struct DnsDiscover {
     known: BTreeSet<SocketAddr>,
     pending: VecDeque<Change<SocketAddr, SocketAddr>>,
     state: State,
+    resolve: Resolve,
 }
 
 impl DnsDiscover {
     /// Resolves `host:port` at once, then every 30 seconds.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        let host = host.into();
-        let state = State::Resolving(lookup(&host, port));
+        DnsDiscover::resolving(host.into(), port, Box::new(lookup))
+    }
+
+    /// Resolves `host:port` through `resolve` instead of the system resolver: a DNS
+    /// client of your choice, or fixed answers in a test. `resolve` is called at once,
+    /// then every [`interval`](Self::interval); its answers are treated as the system
+    /// resolver's would be (a failure or an empty list keeps the last set).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use tower_lb::balance::DnsDiscover;
+    ///
+    /// let dns = DnsDiscover::with_resolver("backend.internal", 8080, |_host, port| async move {
+    ///     Ok(vec![SocketAddr::from(([10, 0, 0, 1], port))])
+    /// });
+    /// # drop(dns);
+    /// ```
+    pub fn with_resolver<F, Fut>(host: impl Into<String>, port: u16, resolve: F) -> Self
+    where
+        F: Fn(&str, u16) -> Fut + Send + 'static,
+        Fut: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static,
+    {
+        let resolve: Resolve = Box::new(move |host, port| Box::pin(resolve(host, port)));
+        DnsDiscover::resolving(host.into(), port, resolve)
+    }
+
+    fn resolving(host: String, port: u16, resolve: Resolve) -> Self {
+        let state = State::Resolving(resolve(&host, port));
         DnsDiscover {
             host,
             port,
@@ -66,6 +96,7 @@ impl DnsDiscover {
             known: BTreeSet::new(),
             pending: VecDeque::new(),
             state,
+            resolve,
         }
     }
 
@@ -124,7 +155,7 @@ impl Stream for DnsDiscover {
                 }
                 State::Waiting(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
-                    this.state = State::Resolving(lookup(&this.host, this.port));
+                    this.state = State::Resolving((this.resolve)(&this.host, this.port));
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 
 use super::BoxError;
-use super::classify::Classify;
+use super::classify::{Classify, ClassifyTrailers};
 use super::limit::Limit;
 use super::steer::HeldSlot;
 use crate::clock::now_nanos;
@@ -46,6 +46,8 @@ pub(crate) struct Tracked {
     /// Set once the response has been classified and only its body remains (see
     /// `TrackBody`): dropping then finishes with this outcome instead of cancelling.
     on_drop: Option<bool>,
+    /// The classifier's check of the response's trailers, read by body tracking.
+    trailers: Option<ClassifyTrailers>,
 }
 
 impl Tracked {
@@ -54,7 +56,15 @@ impl Tracked {
             in_flight: Some(in_flight),
             limit,
             on_drop: None,
+            trailers: None,
         }
+    }
+
+    /// Whether the response's `trailers` keep it a success (by the classifier's check;
+    /// `true` when the classifier has none).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn trailers_ok(&self, trailers: &http::HeaderMap) -> bool {
+        self.trailers.is_none_or(|check| check.is_success(trailers))
     }
 
     /// Reports the outcome: latency to the estimate, success or failure to health.
@@ -62,6 +72,13 @@ impl Tracked {
         if let Some(guard) = self.in_flight.take() {
             // A crossed ejection threshold is published by the next call's pick.
             guard.finish_at_nanos(success, now_nanos());
+        }
+    }
+
+    /// Reports a failure ended by the per-attempt time-out, `elapsed` after it began.
+    pub(crate) fn time_out(mut self, elapsed: Duration) {
+        if let Some(guard) = self.in_flight.take() {
+            guard.time_out_at_nanos(now_nanos(), elapsed);
         }
     }
 
@@ -201,7 +218,7 @@ where
                         .map_or(*this.timeout, Tracked::elapsed)
                         .max(*this.timeout);
                     if let Some(tracked) = this.tracked.take() {
-                        tracked.finish(false);
+                        tracked.time_out(elapsed);
                     }
                     let backend = this.backend.unwrap_or(BackendId::new(u64::MAX));
                     return Poll::Ready(Err(TimedOut {
@@ -222,6 +239,7 @@ where
                     // Dropped with the slot if no layer takes it: finished then, with
                     // this outcome.
                     tracked.settle(success);
+                    tracked.trailers = this.classify.trailers();
                     slot.put((tracked, success));
                 }
                 _ => tracked.finish(success),

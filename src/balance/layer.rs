@@ -11,6 +11,7 @@ use super::classify::ErrorsAsFailures;
 use super::limit::{Limit, OnOverload};
 use super::route::Client;
 use super::service::{Balance, NoAffinity, Shared};
+use crate::pick::hash::HashPicker;
 use crate::{Picker, Pool};
 
 /// Configures a [`Balance`] over a [`Pool`]; as a tower `Layer`, wraps one client that
@@ -48,6 +49,11 @@ pub struct BalanceLayer<A, P: Picker<A>, K = NoAffinity, C = ErrorsAsFailures> {
 
 impl<A, P: Picker<A>> BalanceLayer<A, P> {
     /// Balances over `pool`, with no affinity, every error a failure, and no limit.
+    ///
+    /// Every *response* counts as a success here, an HTTP 503 included: the layer
+    /// cannot know the response type yet. For HTTP use [`http`](Self::http) (5xx are
+    /// failures), for gRPC [`grpc`](Self::grpc) (`grpc-status`), or
+    /// [`classify`](Self::classify).
     pub fn new(pool: Pool<A, P>) -> Self {
         BalanceLayer {
             pool,
@@ -60,9 +66,98 @@ impl<A, P: Picker<A>> BalanceLayer<A, P> {
     }
 }
 
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+impl<A, P: Picker<A>> BalanceLayer<A, P, NoAffinity, super::HttpStatus> {
+    /// Balances HTTP requests over `pool`: transport errors and 5xx responses are
+    /// failures ([`HttpStatus`](super::HttpStatus)), as Envoy's outlier detection counts
+    /// them. The same as `new(pool).classify(HttpStatus::new())`.
+    ///
+    /// ```
+    /// use tower_lb::balance::{BalanceLayer, HttpTarget};
+    /// use tower_lb::{Pool, PowerOfTwoChoices};
+    ///
+    /// let pool = Pool::<HttpTarget, _>::new(PowerOfTwoChoices::new());
+    /// let layer = BalanceLayer::http(pool); // a 503 counts against its backend
+    /// # let _ = layer;
+    /// ```
+    pub fn http(pool: Pool<A, P>) -> Self {
+        BalanceLayer::new(pool).classify(super::HttpStatus::new())
+    }
+}
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+impl<A, P: Picker<A>> BalanceLayer<A, P, NoAffinity, super::GrpcStatus> {
+    /// Balances gRPC calls over `pool`: transport errors and the server-fault
+    /// `grpc-status` codes are failures ([`GrpcStatus`](super::GrpcStatus); add
+    /// [`TrackBodyLayer`](super::TrackBodyLayer) above the balancer to read the codes
+    /// that arrive in trailers). The same as `new(pool).classify(GrpcStatus::new())`.
+    pub fn grpc(pool: Pool<A, P>) -> Self {
+        BalanceLayer::new(pool).classify(super::GrpcStatus::new())
+    }
+}
+
 impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
-    /// Extracts each request's affinity key with `affinity` (for hashing pickers).
+    /// Extracts each request's affinity key with `affinity`, for a hashing picker.
+    ///
+    /// A picker that ignores keys (round robin, p2c, ...; see
+    /// [`Picker::uses_affinity`]) would silently balance keyed requests anywhere, so
+    /// this logs a warning (target `tower_lb::balance`) when the pool's picker ignores
+    /// them. [`hash_affinity`](Self::hash_affinity) makes that a compile-time error
+    /// instead; [`affinity_if_hashing`](Self::affinity_if_hashing) states that the key
+    /// is meant for whichever strategy a configuration picks.
     pub fn affinity<K2>(self, affinity: K2) -> BalanceLayer<A, P, K2, C> {
+        if !self.pool.picker().uses_affinity() {
+            tracing::warn!(
+                target: "tower_lb::balance",
+                picker = std::any::type_name::<P>(),
+                "an affinity key is set but the picker ignores it: use a hashing picker \
+                 (Maglev, Ring, Rendezvous, Jump, BoundedLoad), `hash_affinity` to have the \
+                 compiler check it, or `affinity_if_hashing` for a strategy chosen at run time"
+            );
+        }
+        self.with_affinity(affinity)
+    }
+
+    /// [`affinity`](Self::affinity), checked at compile time: only a consistent-hashing
+    /// picker ([`HashPicker`]) is accepted.
+    ///
+    /// ```
+    /// use tower_lb::affinity::HeaderKey;
+    /// use tower_lb::balance::BalanceLayer;
+    /// use tower_lb::{Maglev, Pool};
+    ///
+    /// let pool = Pool::<&str, _>::new(Maglev::new());
+    /// let layer = BalanceLayer::new(pool).hash_affinity(HeaderKey::from_static("x-user"));
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// A picker that ignores keys does not compile:
+    ///
+    /// ```compile_fail
+    /// use tower_lb::affinity::HeaderKey;
+    /// use tower_lb::balance::BalanceLayer;
+    /// use tower_lb::{Pool, PowerOfTwoChoices};
+    ///
+    /// let pool = Pool::<&str, _>::new(PowerOfTwoChoices::new());
+    /// let layer = BalanceLayer::new(pool).hash_affinity(HeaderKey::from_static("x-user"));
+    /// ```
+    pub fn hash_affinity<K2>(self, affinity: K2) -> BalanceLayer<A, P, K2, C>
+    where
+        P: HashPicker<A>,
+    {
+        self.with_affinity(affinity)
+    }
+
+    /// [`affinity`](Self::affinity) without the warning: for a strategy chosen at run
+    /// time ([`AnyPicker`](crate::AnyPicker) from a configuration), where the key
+    /// matters only if the strategy hashes.
+    pub fn affinity_if_hashing<K2>(self, affinity: K2) -> BalanceLayer<A, P, K2, C> {
+        self.with_affinity(affinity)
+    }
+
+    fn with_affinity<K2>(self, affinity: K2) -> BalanceLayer<A, P, K2, C> {
         BalanceLayer {
             pool: self.pool,
             affinity,

@@ -44,6 +44,8 @@ mod discover;
 mod dns;
 pub mod future;
 #[cfg(feature = "http")]
+mod grpc;
+#[cfg(feature = "http")]
 mod http;
 mod layer;
 mod limit;
@@ -65,11 +67,14 @@ pub use backend_service::Endpoint;
 pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody};
 #[allow(deprecated)]
 pub use classify::AnyError;
-pub use classify::{Classify, ErrorsAsFailures};
+pub use classify::{Classify, ClassifyTrailers, ErrorsAsFailures};
 pub use discover::{Change, Discovery, Weighted};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use dns::DnsDiscover;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use grpc::GrpcStatus;
 pub use layer::BalanceLayer;
 pub use limit::OnOverload;
 pub use retry::{Retry, RetryLayer, RetryPolicy};

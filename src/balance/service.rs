@@ -305,7 +305,6 @@ where
             return fail(snapshot.empty_error().into());
         };
         let state = backend.state();
-        state.count_pick();
         let hold = req.steering().and_then(|s| {
             s.report(backend.id());
             s.held_slot().cloned()

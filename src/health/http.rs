@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::probe::{Probe, ProbeFuture};
-use crate::error::{HealthConfigError, ProbeError};
+use crate::error::{ConfigError, ProbeError};
 
 /// The longest status line read, in bytes.
 const MAX_STATUS_LINE: usize = 1024;
@@ -29,7 +29,7 @@ const MAX_STATUS_LINE: usize = 1024;
 /// let probe = HttpProbe::new("/healthz")?.host("api.internal")?;
 /// # let _ = probe;
 /// assert!(HttpProbe::new("no-slash").is_err());
-/// # Ok::<(), tower_lb::health::HealthConfigError>(())
+/// # Ok::<(), tower_lb::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct HttpProbe {
@@ -39,16 +39,12 @@ pub struct HttpProbe {
 
 impl HttpProbe {
     /// Probes `path` (a path and query starting with `/`).
-    pub fn new(path: &str) -> Result<Self, HealthConfigError> {
+    pub fn new(path: &str) -> Result<Self, ConfigError> {
         let valid = path.starts_with('/')
             && http::uri::PathAndQuery::from_str(path).is_ok()
             && !path.contains(['\r', '\n', ' ']);
         if !valid {
-            return Err(HealthConfigError::new(
-                "http probe path",
-                "a path and query starting with '/'",
-                path,
-            ));
+            return Err(ConfigError::ProbePath { path: path.into() });
         }
         Ok(HttpProbe {
             path: path.into(),
@@ -57,13 +53,9 @@ impl HttpProbe {
     }
 
     /// The `Host` header to send (default: the backend's address as displayed).
-    pub fn host(mut self, host: &str) -> Result<Self, HealthConfigError> {
+    pub fn host(mut self, host: &str) -> Result<Self, ConfigError> {
         if http::uri::Authority::from_str(host).is_err() {
-            return Err(HealthConfigError::new(
-                "http probe host",
-                "a valid host[:port]",
-                host,
-            ));
+            return Err(ConfigError::ProbeHost { host: host.into() });
         }
         self.host = Some(host.into());
         Ok(self)

@@ -79,7 +79,9 @@ pub mod http;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod probe;
 
-pub use crate::error::{HealthConfigError, ProbeError, SpawnError};
+#[allow(deprecated)]
+pub use crate::error::HealthConfigError;
+pub use crate::error::{ProbeError, SpawnError};
 pub use crate::verdict::{Ejection, Reason, Verdict};
 #[cfg(all(feature = "http", feature = "tokio"))]
 pub use http::HttpProbe;

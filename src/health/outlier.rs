@@ -49,7 +49,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::error::HealthConfigError;
+use crate::error::ConfigError;
 
 /// Passive outlier detection's configuration. See the [module docs](self).
 ///
@@ -66,8 +66,9 @@ use crate::error::HealthConfigError;
 ///     .failure_percentage(Some(FailurePercentage::new()));
 /// let pool: Pool<&str, _> = Pool::<&str, _>::builder(RoundRobin::new())
 ///     .outlier_detection(detection)
-///     .build();
+///     .build()?;
 /// # let _ = pool;
+/// # Ok::<(), tower_lb::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
@@ -107,16 +108,16 @@ impl OutlierDetection {
     }
 
     /// How often the success-rate and failure-percentage rules run, and ejection
-    /// multipliers come down (default 10 s). Zero is raised to 1 ms.
+    /// multipliers come down (default 10 s; at least 1 ms).
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
+        self.interval = interval;
         self
     }
 
     /// The first ejection's length; the k-th lasts k times this, up to the cap
-    /// (default 30 s). Zero is raised to 1 ms.
+    /// (default 30 s; at least 1 ms).
     pub fn base_ejection_time(mut self, base: Duration) -> Self {
-        self.base_ejection_time = base.max(Duration::from_millis(1));
+        self.base_ejection_time = base;
         self
     }
 
@@ -133,11 +134,10 @@ impl OutlierDetection {
     }
 
     /// The most backends ejected at once, in percent of the set, counted after the
-    /// ejection; a set of n ≥ 2 may always eject one (default 10).
-    pub fn max_ejection_percent(mut self, percent: u8) -> Result<Self, HealthConfigError> {
-        let percent = HealthConfigError::percent("max ejection percent", percent)?;
+    /// ejection; a set of n ≥ 2 may always eject one (default 10; at most 100).
+    pub fn max_ejection_percent(mut self, percent: u8) -> Self {
         self.max_ejection_percent = percent;
-        Ok(self)
+        self
     }
 
     /// Eject after this many failures in a row (default 5); 0 turns the rule off.
@@ -192,6 +192,36 @@ impl OutlierDetection {
     pub fn ejection_cap(&self, n: usize) -> usize {
         ejection_cap(n, self.max_ejection_percent)
     }
+
+    /// Every setting in range, the rules' included; run by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis(1);
+        ConfigError::at_least("OutlierDetection::interval", self.interval, ms)?;
+        ConfigError::at_least(
+            "OutlierDetection::base_ejection_time",
+            self.base_ejection_time,
+            ms,
+        )?;
+        ConfigError::percent(
+            "OutlierDetection::max_ejection_percent",
+            self.max_ejection_percent,
+            0,
+        )?;
+        if let Some(rule) = &self.success_rate {
+            let factor = rule.stdev_factor;
+            if !factor.is_finite() || factor < 0.0 {
+                return Err(ConfigError::Negative {
+                    setting: "SuccessRate::stdev_factor",
+                    value: factor,
+                });
+            }
+        }
+        if let Some(rule) = &self.failure_percentage {
+            ConfigError::percent("FailurePercentage::threshold", rule.threshold, 0)?;
+        }
+        Ok(())
+    }
 }
 
 /// max(1, ⌊n × percent / 100⌋) for n ≥ 2, and 0 for a set of 0 or 1.
@@ -199,7 +229,7 @@ pub(crate) fn ejection_cap(n: usize, percent: u8) -> usize {
     if n < 2 {
         return 0;
     }
-    (n * usize::from(percent) / 100).max(1)
+    (n.saturating_mul(usize::from(percent)) / 100).clamp(1, n)
 }
 
 /// The success-rate rule (Envoy's and gRPC A50's defaults: 1.9 σ, 5 backends, 100 requests).
@@ -226,17 +256,10 @@ impl SuccessRate {
         SuccessRate::default()
     }
 
-    /// Eject below mean − `factor` × σ (default 1.9); must be finite and ≥ 0.
-    pub fn stdev_factor(mut self, factor: f64) -> Result<Self, HealthConfigError> {
-        if !factor.is_finite() || factor < 0.0 {
-            return Err(HealthConfigError::new(
-                "success rate stdev factor",
-                "finite and at least 0",
-                factor,
-            ));
-        }
+    /// Eject below mean − `factor` × σ (default 1.9; finite and at least 0).
+    pub fn stdev_factor(mut self, factor: f64) -> Self {
         self.stdev_factor = factor;
-        Ok(self)
+        self
     }
 
     /// The rule runs only when at least this many backends have enough requests (default 5).
@@ -276,11 +299,10 @@ impl FailurePercentage {
         FailurePercentage::default()
     }
 
-    /// Eject at this failure percentage or above (default 85).
-    pub fn threshold(mut self, percent: u8) -> Result<Self, HealthConfigError> {
-        let percent = HealthConfigError::percent("failure percentage threshold", percent)?;
+    /// Eject at this failure percentage or above (default 85; at most 100).
+    pub fn threshold(mut self, percent: u8) -> Self {
         self.threshold = percent;
-        Ok(self)
+        self
     }
 
     /// The rule runs only when at least this many backends have enough requests (default 5).
@@ -428,9 +450,39 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_the_value() {
-        let err = SuccessRate::new().stdev_factor(f64::NAN).unwrap_err();
+        let with_rate = |rule| OutlierDetection::new().success_rate(Some(rule));
+        let err = with_rate(SuccessRate::new().stdev_factor(f64::NAN))
+            .check()
+            .unwrap_err();
         assert!(err.to_string().contains("NaN"), "{err}");
-        assert!(OutlierDetection::new().max_ejection_percent(101).is_err());
-        assert!(FailurePercentage::new().threshold(200).is_err());
+        assert_eq!(err.setting(), "SuccessRate::stdev_factor");
+        assert_eq!(
+            with_rate(SuccessRate::new().stdev_factor(0.0)).check(),
+            Ok(())
+        );
+        let err = OutlierDetection::new()
+            .max_ejection_percent(101)
+            .check()
+            .unwrap_err();
+        assert!(err.to_string().contains("101"), "{err}");
+        assert_eq!(err.setting(), "OutlierDetection::max_ejection_percent");
+        let err = OutlierDetection::new()
+            .failure_percentage(Some(FailurePercentage::new().threshold(200)))
+            .check()
+            .unwrap_err();
+        assert_eq!(err.setting(), "FailurePercentage::threshold");
+        for (detection, setting) in [
+            (
+                OutlierDetection::new().interval(Duration::ZERO),
+                "OutlierDetection::interval",
+            ),
+            (
+                OutlierDetection::new().base_ejection_time(Duration::from_micros(999)),
+                "OutlierDetection::base_ejection_time",
+            ),
+        ] {
+            assert_eq!(detection.check().unwrap_err().setting(), setting);
+        }
+        assert_eq!(OutlierDetection::new().check(), Ok(()));
     }
 }

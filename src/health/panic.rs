@@ -43,7 +43,7 @@
 //! Sources: Envoy's "Panic threshold" (load balancing overview), Finagle's
 //! `panicMode` (`PanicMode.MajorityUnhealthy`), gRPC proposal A50.
 
-use crate::error::HealthConfigError;
+use crate::error::ConfigError;
 
 /// What a pick does while the panic threshold is crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -66,7 +66,7 @@ pub enum PanicMode {
 /// assert_eq!(t.percent(), 30);
 /// assert_eq!(PanicThreshold::default().percent(), 50);
 /// assert!(PanicThreshold::new(101).is_err());
-/// # Ok::<(), tower_lb::health::HealthConfigError>(())
+/// # Ok::<(), tower_lb::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PanicThreshold {
@@ -85,8 +85,9 @@ impl Default for PanicThreshold {
 
 impl PanicThreshold {
     /// Panic when fewer than `percent`% of the backends in service are healthy; fail open.
-    pub fn new(percent: u8) -> Result<Self, HealthConfigError> {
-        let percent = HealthConfigError::percent("panic threshold percent", percent)?;
+    /// `percent` above 100 is refused.
+    pub fn new(percent: u8) -> Result<Self, ConfigError> {
+        ConfigError::percent("PanicThreshold::new", percent, 0)?;
         Ok(PanicThreshold {
             percent,
             mode: PanicMode::FailOpen,

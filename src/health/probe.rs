@@ -27,11 +27,10 @@
 
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::error::{HealthConfigError, ProbeError};
+use crate::error::{ConfigError, ProbeError};
 use crate::rng::RandomSource;
 
 /// The future a [`Probe`] returns: `Ok` when the backend is up.
@@ -57,18 +56,22 @@ pub trait Probe<A>: Send + Sync + 'static {
 /// let config = ProbeConfig::new()
 ///     .interval(Duration::from_secs(2))
 ///     .jitter(Duration::from_millis(200))
-///     .rise(3)?
-///     .fall(2)?;
+///     .rise(3)
+///     .fall(2);
 /// assert_eq!(config.interval_bounds(), (Duration::from_millis(1800), Duration::from_millis(2200)));
-/// # Ok::<(), tower_lb::health::HealthConfigError>(())
 /// ```
+///
+/// The settings are checked together when the probes are spawned
+/// ([`Pool::spawn_health_probes`](crate::Pool::spawn_health_probes) refuses a zero rise or
+/// fall, an interval under 1 ms or a jitter longer than the interval with
+/// [`SpawnError::Config`](crate::health::SpawnError::Config)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConfig {
     pub(crate) interval: Duration,
     pub(crate) jitter: Duration,
     pub(crate) timeout: Duration,
-    pub(crate) rise: NonZeroU32,
-    pub(crate) fall: NonZeroU32,
+    pub(crate) rise: u32,
+    pub(crate) fall: u32,
     pub(crate) seed: Option<u64>,
 }
 
@@ -78,8 +81,8 @@ impl Default for ProbeConfig {
             interval: Duration::from_secs(5),
             jitter: Duration::from_millis(500),
             timeout: Duration::from_secs(1),
-            rise: NonZeroU32::MIN.saturating_add(1),
-            fall: NonZeroU32::MIN.saturating_add(2),
+            rise: 2,
+            fall: 3,
             seed: None,
         }
     }
@@ -91,17 +94,17 @@ impl ProbeConfig {
         ProbeConfig::default()
     }
 
-    /// Time between the starts of two probes of one backend (default 5 s; at least 1 ms).
-    /// A jitter longer than the interval is shortened to it.
+    /// Time between the starts of two probes of one backend (default 5 s; at least 1 ms,
+    /// and at least the jitter — checked when the probes are spawned).
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
-        self.jitter = self.jitter.min(self.interval);
+        self.interval = interval;
         self
     }
 
-    /// The most each interval is moved, either way (default 500 ms; at most the interval).
+    /// The most each interval is moved, either way (default 500 ms; at most the interval
+    /// — checked when the probes are spawned).
     pub fn jitter(mut self, jitter: Duration) -> Self {
-        self.jitter = jitter.min(self.interval);
+        self.jitter = jitter;
         self
     }
 
@@ -112,17 +115,15 @@ impl ProbeConfig {
     }
 
     /// Consecutive successes that make an unhealthy backend healthy (default 2; not 0).
-    pub fn rise(mut self, rise: u32) -> Result<Self, HealthConfigError> {
-        self.rise = NonZeroU32::new(rise)
-            .ok_or_else(|| HealthConfigError::new("probe rise", "at least 1", rise))?;
-        Ok(self)
+    pub fn rise(mut self, rise: u32) -> Self {
+        self.rise = rise;
+        self
     }
 
     /// Consecutive failures that make a healthy backend unhealthy (default 3; not 0).
-    pub fn fall(mut self, fall: u32) -> Result<Self, HealthConfigError> {
-        self.fall = NonZeroU32::new(fall)
-            .ok_or_else(|| HealthConfigError::new("probe fall", "at least 1", fall))?;
-        Ok(self)
+    pub fn fall(mut self, fall: u32) -> Self {
+        self.fall = fall;
+        self
     }
 
     /// Makes the jitter reproducible from `seed`.
@@ -137,6 +138,33 @@ impl ProbeConfig {
             self.interval.saturating_sub(self.jitter),
             self.interval.saturating_add(self.jitter),
         )
+    }
+
+    /// Every setting in range: the interval at least 1 ms and at least the jitter, rise
+    /// and fall not zero.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        ConfigError::at_least(
+            "ProbeConfig::interval",
+            self.interval,
+            Duration::from_millis(1),
+        )?;
+        if self.jitter > self.interval {
+            return Err(ConfigError::JitterAboveInterval {
+                jitter: self.jitter,
+                interval: self.interval,
+            });
+        }
+        if self.rise == 0 {
+            return Err(ConfigError::Zero {
+                setting: "ProbeConfig::rise",
+            });
+        }
+        if self.fall == 0 {
+            return Err(ConfigError::Zero {
+                setting: "ProbeConfig::fall",
+            });
+        }
+        Ok(())
     }
 
     /// One jittered interval: uniform in [interval − jitter, interval + jitter].
@@ -279,6 +307,35 @@ mod tests {
         assert!(delays.iter().any(|d| *d > config.interval));
         let none = ProbeConfig::new().jitter(Duration::ZERO);
         assert_eq!(none.next_delay(&rng), Duration::from_secs(5));
-        assert!(ProbeConfig::new().rise(0).is_err());
+    }
+
+    #[test]
+    fn settings_are_checked_together() {
+        assert_eq!(ProbeConfig::new().check(), Ok(()));
+        let zero = ProbeConfig::new().rise(0).check().unwrap_err();
+        assert_eq!(zero.setting(), "ProbeConfig::rise");
+        let zero = ProbeConfig::new().fall(0).check().unwrap_err();
+        assert_eq!(zero.setting(), "ProbeConfig::fall");
+        // Order does not matter: the jitter is compared with the final interval.
+        let ms = Duration::from_millis;
+        let late = ProbeConfig::new().jitter(ms(300)).interval(ms(200));
+        assert_eq!(
+            late.check(),
+            Err(ConfigError::JitterAboveInterval {
+                jitter: ms(300),
+                interval: ms(200)
+            })
+        );
+        assert_eq!(
+            ProbeConfig::new().jitter(ms(100)).interval(ms(200)).check(),
+            Ok(())
+        );
+        let short = ProbeConfig::new()
+            .jitter(Duration::ZERO)
+            .interval(Duration::from_micros(999));
+        assert_eq!(
+            short.check().unwrap_err().setting(),
+            "ProbeConfig::interval"
+        );
     }
 }

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use crate::error::HealthConfigError;
+use crate::error::ConfigError;
 
 /// Slow-start configuration. See the [module docs](self).
 ///
@@ -37,11 +37,10 @@ use crate::error::HealthConfigError;
 /// use std::time::Duration;
 /// use tower_lb::health::SlowStart;
 ///
-/// let ramp = SlowStart::new(Duration::from_secs(60))?;
+/// let ramp = SlowStart::new(Duration::from_secs(60));
 /// assert_eq!(ramp.factor(Duration::ZERO), 0.1); // the 10% floor
 /// assert_eq!(ramp.factor(Duration::from_secs(30)), 0.5);
 /// assert_eq!(ramp.factor(Duration::from_secs(60)), 1.0);
-/// # Ok::<(), tower_lb::health::HealthConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlowStart {
@@ -52,53 +51,48 @@ pub struct SlowStart {
 }
 
 impl SlowStart {
-    /// Ramps over `window` (which must not be zero), linearly from 10%.
-    pub fn new(window: Duration) -> Result<Self, HealthConfigError> {
-        if window.is_zero() {
-            return Err(HealthConfigError::new(
-                "slow start window",
-                "longer than zero",
-                "0s",
-            ));
-        }
-        Ok(SlowStart {
+    /// Ramps over `window` (not zero), linearly from 10%, one step a second.
+    pub fn new(window: Duration) -> Self {
+        SlowStart {
             window,
             aggression: 1.0,
             min_weight_percent: 10,
             update_interval: Duration::from_secs(1),
-        })
+        }
     }
 
     /// The ramp's shape (default 1.0, linear): finite and above zero.
-    pub fn aggression(mut self, aggression: f64) -> Result<Self, HealthConfigError> {
-        if !aggression.is_finite() || aggression <= 0.0 {
-            return Err(HealthConfigError::new(
-                "slow start aggression",
-                "finite and above 0",
-                aggression,
-            ));
-        }
+    pub fn aggression(mut self, aggression: f64) -> Self {
         self.aggression = aggression;
-        Ok(self)
+        self
     }
 
     /// The weight a ramp starts from, in percent of the full weight (default 10): 1 to 100.
-    pub fn min_weight_percent(mut self, percent: u8) -> Result<Self, HealthConfigError> {
-        if !(1..=100).contains(&percent) {
-            return Err(HealthConfigError::new(
-                "slow start minimum weight percent",
-                "between 1 and 100",
-                percent,
-            ));
-        }
+    pub fn min_weight_percent(mut self, percent: u8) -> Self {
         self.min_weight_percent = percent;
-        Ok(self)
+        self
     }
 
     /// How often weights are republished while a ramp runs (default 1 s; at least 10 ms).
     pub fn update_interval(mut self, interval: Duration) -> Self {
-        self.update_interval = interval.max(Duration::from_millis(10));
+        self.update_interval = interval;
         self
+    }
+
+    /// Every setting in range; run by [`PoolBuilder::build`](crate::PoolBuilder::build).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.window.is_zero() {
+            return Err(ConfigError::Zero {
+                setting: "SlowStart::new",
+            });
+        }
+        ConfigError::positive("SlowStart::aggression", self.aggression)?;
+        ConfigError::percent("SlowStart::min_weight_percent", self.min_weight_percent, 1)?;
+        ConfigError::at_least(
+            "SlowStart::update_interval",
+            self.update_interval,
+            Duration::from_millis(10),
+        )
     }
 
     /// The window.
@@ -117,7 +111,7 @@ impl SlowStart {
             return 1.0;
         }
         let t = elapsed.as_secs_f64() / self.window.as_secs_f64();
-        let min = f64::from(self.min_weight_percent) / 100.0;
+        let min = (f64::from(self.min_weight_percent) / 100.0).min(1.0);
         t.powf(1.0 / self.aggression).clamp(min, 1.0)
     }
 }
@@ -128,14 +122,47 @@ mod tests {
 
     #[test]
     fn factor_follows_envoys_formula() {
-        let s = SlowStart::new(Duration::from_secs(100)).unwrap();
+        let s = SlowStart::new(Duration::from_secs(100));
         assert_eq!(s.factor(Duration::from_secs(5)), 0.1);
         assert!((s.factor(Duration::from_secs(40)) - 0.4).abs() < 1e-12);
-        let s = s.aggression(2.0).unwrap();
+        let s = s.aggression(2.0);
         assert!((s.factor(Duration::from_secs(25)) - 0.5).abs() < 1e-12);
         assert_eq!(s.factor(Duration::from_secs(1000)), 1.0);
-        assert!(SlowStart::new(Duration::ZERO).is_err());
-        assert!(s.aggression(0.0).is_err());
-        assert!(s.min_weight_percent(0).is_err());
+    }
+
+    #[test]
+    fn settings_are_checked_together() {
+        let s = SlowStart::new(Duration::from_secs(100));
+        assert_eq!(s.check(), Ok(()));
+        let refused = |s: SlowStart| s.check().unwrap_err();
+        assert_eq!(
+            refused(SlowStart::new(Duration::ZERO)),
+            ConfigError::Zero {
+                setting: "SlowStart::new"
+            }
+        );
+        for bad in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+            assert_eq!(
+                refused(s.aggression(bad)).setting(),
+                "SlowStart::aggression"
+            );
+        }
+        assert_eq!(s.aggression(0.01).check(), Ok(()));
+        for bad in [0, 101, 255] {
+            assert_eq!(
+                refused(s.min_weight_percent(bad)),
+                ConfigError::Percent {
+                    setting: "SlowStart::min_weight_percent",
+                    percent: bad,
+                    min: 1
+                }
+            );
+        }
+        assert_eq!(s.min_weight_percent(100).check(), Ok(()));
+        let short = refused(s.update_interval(Duration::from_millis(9)));
+        assert_eq!(short.setting(), "SlowStart::update_interval");
+        assert_eq!(s.update_interval(Duration::from_millis(10)).check(), Ok(()));
+        // An unchecked value never makes the formula panic.
+        assert_eq!(s.min_weight_percent(255).factor(Duration::ZERO), 1.0);
     }
 }

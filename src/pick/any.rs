@@ -30,6 +30,7 @@
 //! | `ring-bounded` | [`BoundedLoad`] over [`Ring`] |
 //! | `maglev-bounded` | [`BoundedLoad`] over [`Maglev`] |
 //! | `rendezvous-bounded` | [`BoundedLoad`] over [`Rendezvous`] |
+//! | `server-load` | [`ServerLoad`] (feed it reports through [`AnyPicker::server_load`]) |
 //!
 //! Each name builds the strategy with its defaults; the hashing strategies place requests
 //! without a key by round robin. A strategy configured otherwise (a Maglev table size, a
@@ -46,9 +47,10 @@ use super::hash::ring::{Ring, RingTable};
 use super::hash::{BackendKey, WithFallback};
 use super::least_loaded::LeastLoaded;
 use super::p2c::{Candidates, PowerOfTwoChoices};
-use super::peak_ewma::PeakEwma;
+use super::peak_ewma::{PeakEwma, PeakEwmaTable};
 use super::random::Random;
 use super::round_robin::RoundRobin;
+use super::server_load::{ServerLoad, ServerLoadTable};
 use super::weighted_random::{AliasTable, WeightedRandom};
 use super::weighted_round_robin::{Schedule, WeightedRoundRobin};
 use super::{PickContext, Picker, eligible_at};
@@ -110,6 +112,7 @@ enum Kind {
     RingBounded(BoundedLoad<Ring>),
     MaglevBounded(BoundedLoad<Maglev>),
     RendezvousBounded(BoundedLoad<Rendezvous>),
+    ServerLoad(ServerLoad),
 }
 
 impl AnyPicker {
@@ -129,10 +132,11 @@ impl AnyPicker {
         "ring-bounded",
         "maglev-bounded",
         "rendezvous-bounded",
+        "server-load",
     ];
 
     /// The strategy `name` with its random draws reproducible from `seed` (random,
-    /// weighted random, least loaded's tie-breaking, p2c, peak EWMA); the other
+    /// weighted random, least loaded's tie-breaking, p2c, peak EWMA, server load); the other
     /// strategies draw nothing and ignore it. Fails as [`FromStr`] does.
     ///
     /// ```
@@ -168,6 +172,16 @@ impl AnyPicker {
             Kind::RingBounded(_) => "ring-bounded",
             Kind::MaglevBounded(_) => "maglev-bounded",
             Kind::RendezvousBounded(_) => "rendezvous-bounded",
+            Kind::ServerLoad(_) => "server-load",
+        }
+    }
+
+    /// The [`ServerLoad`] strategy held, to feed it the backends' load reports; `None`
+    /// for any other strategy.
+    pub fn server_load(&self) -> Option<&ServerLoad> {
+        match &self.kind {
+            Kind::ServerLoad(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -218,6 +232,9 @@ impl AnyPicker {
             "ring-bounded" => Kind::RingBounded(BoundedLoad::new(Ring::new())),
             "maglev-bounded" => Kind::MaglevBounded(BoundedLoad::new(Maglev::new())),
             "rendezvous-bounded" => Kind::RendezvousBounded(BoundedLoad::new(Rendezvous::new())),
+            "server-load" => {
+                Kind::ServerLoad(seed.map_or_else(ServerLoad::new, ServerLoad::with_seed))
+            }
             // Every name of NAMES has its arm (the unit tests check it).
             _ => return Err(unknown()),
         };
@@ -275,6 +292,7 @@ from_picker!(
     BoundedLoad<Ring> => RingBounded,
     BoundedLoad<Maglev> => MaglevBounded,
     BoundedLoad<Rendezvous> => RendezvousBounded,
+    ServerLoad => ServerLoad,
 );
 
 /// The table of an [`AnyPicker`]: the table of the strategy it holds. Built by
@@ -290,10 +308,12 @@ enum Table {
     Schedule(Schedule),
     Alias(AliasTable),
     Candidates(Candidates),
+    PeakEwma(PeakEwmaTable),
     Ring(WithFallback<RingTable, ()>),
     Maglev(WithFallback<MaglevTable, ()>),
     Rendezvous(WithFallback<RendezvousTable, ()>),
     Jump(WithFallback<JumpTable, ()>),
+    ServerLoad(ServerLoadTable),
 }
 
 impl fmt::Debug for AnyTable {
@@ -303,10 +323,12 @@ impl fmt::Debug for AnyTable {
             Table::Schedule(t) => t,
             Table::Alias(t) => t,
             Table::Candidates(t) => t,
+            Table::PeakEwma(t) => t,
             Table::Ring(t) => t,
             Table::Maglev(t) => t,
             Table::Rendezvous(t) => t,
             Table::Jump(t) => t,
+            Table::ServerLoad(t) => t,
         };
         f.debug_tuple("AnyTable").field(table).finish()
     }
@@ -314,6 +336,10 @@ impl fmt::Debug for AnyTable {
 
 impl<A: BackendKey> Picker<A> for AnyPicker {
     type Table = AnyTable;
+
+    fn uses_affinity(&self) -> bool {
+        self.is_hashing()
+    }
 
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&AnyTable>) -> AnyTable {
         let previous = previous.map(|p| &p.table);
@@ -332,7 +358,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             Kind::Weighted(p) => Table::Schedule(p.prepare(snapshot, previous!(Schedule))),
             Kind::WeightedRandom(p) => Table::Alias(p.prepare(snapshot, previous!(Alias))),
             Kind::P2c(p) => Table::Candidates(p.prepare(snapshot, previous!(Candidates))),
-            Kind::PeakEwma(p) => Table::Candidates(p.prepare(snapshot, previous!(Candidates))),
+            Kind::PeakEwma(p) => Table::PeakEwma(p.prepare(snapshot, previous!(PeakEwma))),
             Kind::Ring(p) => Table::Ring(p.prepare(snapshot, previous!(Ring))),
             Kind::Maglev(p) => Table::Maglev(p.prepare(snapshot, previous!(Maglev))),
             Kind::Rendezvous(p) => Table::Rendezvous(p.prepare(snapshot, previous!(Rendezvous))),
@@ -342,6 +368,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             Kind::RendezvousBounded(p) => {
                 Table::Rendezvous(p.prepare(snapshot, previous!(Rendezvous)))
             }
+            Kind::ServerLoad(p) => Table::ServerLoad(p.prepare(snapshot, previous!(ServerLoad))),
         };
         AnyTable { table }
     }
@@ -356,7 +383,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             (Kind::Weighted(p), Table::Schedule(t)) => p.pick(t, snapshot, ctx),
             (Kind::WeightedRandom(p), Table::Alias(t)) => p.pick(t, snapshot, ctx),
             (Kind::P2c(p), Table::Candidates(t)) => p.pick(t, snapshot, ctx),
-            (Kind::PeakEwma(p), Table::Candidates(t)) => p.pick(t, snapshot, ctx),
+            (Kind::PeakEwma(p), Table::PeakEwma(t)) => p.pick(t, snapshot, ctx),
             (Kind::Ring(p), Table::Ring(t)) => p.pick(t, snapshot, ctx),
             (Kind::Maglev(p), Table::Maglev(t)) => p.pick(t, snapshot, ctx),
             (Kind::Rendezvous(p), Table::Rendezvous(t)) => p.pick(t, snapshot, ctx),
@@ -364,6 +391,7 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
             (Kind::RingBounded(p), Table::Ring(t)) => p.pick(t, snapshot, ctx),
             (Kind::MaglevBounded(p), Table::Maglev(t)) => p.pick(t, snapshot, ctx),
             (Kind::RendezvousBounded(p), Table::Rendezvous(t)) => p.pick(t, snapshot, ctx),
+            (Kind::ServerLoad(p), Table::ServerLoad(t)) => p.pick(t, snapshot, ctx),
             // A table another strategy prepared: stay correct, if not as asked.
             _ => mismatched(snapshot),
         }

@@ -32,7 +32,8 @@
 //! | [`WeightedRandom`] | shares ∝ weights (alias method) | O(1), no shared write |
 //! | [`LeastLoaded`] | a backend with the least load ÷ weight (load: in flight, failures counted) | O(n) reads |
 //! | [`PowerOfTwoChoices`] | max load ≤ ln ln n / ln 2 + O(1) (two distinct candidates) | O(1), no shared write |
-//! | [`PeakEwma`] | P2C over latency × load, reacts to a slowing or failing backend at once | O(1), no shared write |
+//! | [`PeakEwma`] | latency × load over two random candidates and the remembered leader; reacts to a slowing or failing backend at once | O(1), a shared write only when the lead changes |
+//! | [`ServerLoad`] | shares ∝ server-reported capacity, qps ÷ (utilization + error penalty) (gRFC A58) | O(1), a rebuild per update period |
 //! | [`Maglev`] | same key → same backend; ≤ 1 % collateral on removal | O(1), one table read |
 //! | [`Ring`] | same key → same backend; only the changed backend's keys move | O(1) expected |
 //! | [`Rendezvous`] | same key → same backend; only the changed backend's keys move | O(n) |
@@ -87,6 +88,7 @@
 //! [`LeastLoaded`]: crate::LeastLoaded
 //! [`PowerOfTwoChoices`]: crate::PowerOfTwoChoices
 //! [`PeakEwma`]: crate::PeakEwma
+//! [`ServerLoad`]: crate::ServerLoad
 //! [`Maglev`]: crate::Maglev
 //! [`Ring`]: crate::Ring
 //! [`Rendezvous`]: crate::Rendezvous
@@ -104,6 +106,7 @@ pub mod p2c;
 pub mod peak_ewma;
 pub mod random;
 pub mod round_robin;
+pub mod server_load;
 pub mod weighted_random;
 pub mod weighted_round_robin;
 
@@ -178,6 +181,29 @@ pub trait Picker<A>: Send + Sync {
     /// there is none. `table` must come from [`prepare`](Self::prepare) on this snapshot.
     fn pick(&self, table: &Self::Table, snapshot: &Snapshot<A>, ctx: &PickContext)
     -> Option<usize>;
+
+    /// Whether picks follow the request's affinity hash ([`PickContext::with_hash`]):
+    /// `true` for the consistent-hashing pickers (and an [`AnyPicker`](crate::AnyPicker)
+    /// set to one), `false` (the default) for the others, which ignore it. A balancer
+    /// given an affinity key warns when its picker ignores keys.
+    fn uses_affinity(&self) -> bool {
+        false
+    }
+}
+
+/// With no eligible member none, with one that one, else the eligible member at the
+/// position `choose(n)` returns (below `n`, the number eligible): the skeleton of the
+/// pickers that choose a position without looking at the members.
+#[inline]
+pub(crate) fn eligible_by<A>(
+    snapshot: &Snapshot<A>,
+    choose: impl FnOnce(usize) -> usize,
+) -> Option<usize> {
+    match snapshot.eligible().len() {
+        0 => None,
+        1 => eligible_at(snapshot, 0),
+        n => eligible_at(snapshot, choose(n)),
+    }
 }
 
 /// The eligible member at position `slot` of the eligible list, as a backend index.

@@ -4,7 +4,7 @@
 //! nothing shared is written. [`Random::with_seed`] makes the sequence reproducible
 //! (at the cost of one shared atomic per pick).
 
-use super::{PickContext, Picker, eligible_at};
+use super::{PickContext, Picker, eligible_by};
 use crate::rng::RandomSource;
 use crate::snapshot::Snapshot;
 
@@ -46,10 +46,6 @@ impl<A> Picker<A> for Random {
 
     #[inline]
     fn pick(&self, _: &(), snapshot: &Snapshot<A>, _: &PickContext) -> Option<usize> {
-        match snapshot.eligible().len() {
-            0 => None,
-            1 => eligible_at(snapshot, 0),
-            n => eligible_at(snapshot, self.rng.below(n)),
-        }
+        eligible_by(snapshot, |n| self.rng.below(n))
     }
 }

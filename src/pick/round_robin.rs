@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{PickContext, Picker, eligible_at};
+use super::{PickContext, Picker, eligible_by};
 use crate::snapshot::Snapshot;
 
 /// Picks the eligible members in turn. See the [module docs](self).
@@ -46,15 +46,10 @@ impl<A> Picker<A> for RoundRobin {
 
     #[inline]
     fn pick(&self, _: &(), snapshot: &Snapshot<A>, _: &PickContext) -> Option<usize> {
-        match snapshot.eligible().len() {
-            0 => None,
-            1 => eligible_at(snapshot, 0),
-            n => {
-                // Relaxed: the counter only has to hand out distinct values; it orders
-                // no other memory.
-                let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                eligible_at(snapshot, turn % n)
-            }
-        }
+        eligible_by(snapshot, |n| {
+            // Relaxed: the counter only has to hand out distinct values; it orders no
+            // other memory.
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        })
     }
 }

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::{Inner, Pool, Prepared, Writer};
 use crate::backend::{DEFAULT_EWMA_DECAY, HealthShared};
 use crate::clock::Clock;
+use crate::error::ConfigError;
 use crate::health::engine::{Engine, HealthConfig};
 use crate::health::{OutlierDetection, PanicThreshold, SlowStart};
 use crate::pick::Picker;
@@ -24,8 +25,14 @@ pub struct PoolBuilder<A, P> {
     clock: Option<Clock>,
     seed: Option<u64>,
     cancel_failure_after: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    label: Option<Label<A>>,
     _addr: PhantomData<fn() -> A>,
 }
+
+/// How a backend is named in the metrics' `backend` label.
+#[cfg(feature = "metrics")]
+pub(crate) type Label<A> = Box<dyn Fn(&A) -> String + Send + Sync>;
 
 /// The default of [`PoolBuilder::cancelled_as_failure_after`]: 100 ms.
 pub const DEFAULT_CANCEL_FAILURE_AFTER: Duration = Duration::from_millis(100);
@@ -41,7 +48,8 @@ impl<A, P: fmt::Debug> fmt::Debug for PoolBuilder<A, P> {
 }
 
 impl<A, P> PoolBuilder<A, P> {
-    /// The decay window τ of every backend's peak-EWMA latency estimate (default 10 s).
+    /// The decay window τ of every backend's peak-EWMA latency estimate (default 10 s; not
+    /// zero).
     pub fn ewma_decay(mut self, decay: Duration) -> Self {
         self.decay = decay;
         self
@@ -89,14 +97,71 @@ impl<A, P> PoolBuilder<A, P> {
         self
     }
 
+    /// How a backend is named in the `backend` label of the metrics (the `metrics`
+    /// feature): by default its id (`backend#3`); an address's `to_string()` reads
+    /// better. Called once per backend, when it is first published.
+    ///
+    /// ```
+    /// use tower_lb::{Pool, RoundRobin};
+    ///
+    /// let pool = Pool::builder(RoundRobin::new())
+    ///     .metrics_label(|addr: &std::net::SocketAddr| addr.to_string())
+    ///     .build();
+    /// # let _ = pool;
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_label(mut self, label: impl Fn(&A) -> String + Send + Sync + 'static) -> Self {
+        self.label = Some(Box::new(label));
+        self
+    }
+
     /// Makes health's random choices (ejection jitter) reproducible from `seed`.
     pub fn health_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
     }
 
-    /// Builds an empty pool.
-    pub fn build(self) -> Pool<A, P>
+    /// Builds an empty pool, once every setting has been checked: the first one out of
+    /// range is refused with a [`ConfigError`] naming its setter
+    /// ([`ConfigError::setting`]). The defaults always pass.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::health::{OutlierDetection, SlowStart};
+    /// use tower_lb::{Pool, RoundRobin};
+    ///
+    /// let refused = Pool::<&str, _>::builder(RoundRobin::new())
+    ///     .outlier_detection(OutlierDetection::new().max_ejection_percent(150))
+    ///     .slow_start(SlowStart::new(Duration::from_secs(30)))
+    ///     .build();
+    /// assert_eq!(
+    ///     refused.unwrap_err().setting(),
+    ///     "OutlierDetection::max_ejection_percent"
+    /// );
+    /// ```
+    pub fn build(self) -> Result<Pool<A, P>, ConfigError>
+    where
+        P: Picker<A>,
+    {
+        if self.decay.is_zero() {
+            return Err(ConfigError::Zero {
+                setting: "PoolBuilder::ewma_decay",
+            });
+        }
+        if let Some(outlier) = &self.health.outlier {
+            outlier.check()?;
+        }
+        if let Some(slow_start) = &self.health.slow_start {
+            slow_start.check()?;
+        }
+        Ok(self.assemble())
+    }
+
+    /// Builds the pool without checking: for settings known to be in range.
+    pub(crate) fn assemble(self) -> Pool<A, P>
     where
         P: Picker<A>,
     {
@@ -118,6 +183,15 @@ impl<A, P> PoolBuilder<A, P> {
                     engine: Engine::new(self.health, self.seed),
                     in_task: false,
                     index: Default::default(),
+                    observer: {
+                        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+                        let mut observer = super::observe::Observer::default();
+                        #[cfg(feature = "metrics")]
+                        {
+                            observer.label = self.label;
+                        }
+                        observer
+                    },
                 }),
                 decay: self.decay,
                 shared: Arc::new(HealthShared::new(threshold, self.cancel_failure_after)),
@@ -138,6 +212,8 @@ impl<A, P: Picker<A>> Pool<A, P> {
             clock: None,
             seed: None,
             cancel_failure_after: Some(DEFAULT_CANCEL_FAILURE_AFTER),
+            #[cfg(feature = "metrics")]
+            label: None,
             _addr: PhantomData,
         }
     }

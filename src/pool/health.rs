@@ -63,7 +63,7 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
     ///
     /// let pool = Pool::<&str, _>::builder(RoundRobin::new())
     ///     .outlier_detection(OutlierDetection::new().consecutive_failures(2))
-    ///     .build();
+    ///     .build()?;
     /// let bad = pool.insert("bad", Weight::ONE)?;
     /// pool.insert("good", Weight::ONE)?;
     ///

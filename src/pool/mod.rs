@@ -17,7 +17,8 @@
 //!
 //! The files: this one holds the pool and the per-request path (`pick`, `stats`);
 //! `update.rs` the change path (edits, batches, publication); `health.rs` health's entry
-//! points (ticks, reported outcomes, the admin switch, probes); `builder.rs` the builder.
+//! points (ticks, reported outcomes, the admin switch, probes); `builder.rs` the builder;
+//! `observe.rs` the events and gauges derived from each publication.
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,11 +36,13 @@ use crate::snapshot::Snapshot;
 
 mod builder;
 mod health;
+mod observe;
 #[cfg(feature = "tokio")]
 mod task;
 mod update;
 
 pub use builder::{DEFAULT_CANCEL_FAILURE_AFTER, PoolBuilder};
+pub use observe::PoolEvent;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use task::HealthTask;
@@ -131,6 +134,8 @@ struct Writer<A> {
     /// Address → id of every member: kept across updates so that a change does not
     /// rehash every address (see `update.rs`).
     index: std::collections::HashMap<A, BackendId>,
+    /// Turns publications into events (and the `metrics` feature's gauges).
+    observer: observe::Observer<A>,
 }
 
 /// A backend set shared by many threads, with the picker that chooses among it.
@@ -214,7 +219,7 @@ impl<A: fmt::Debug, P: Picker<A> + fmt::Debug> fmt::Debug for Pool<A, P> {
 impl<A, P: Picker<A>> Pool<A, P> {
     /// An empty pool picking with `picker`.
     pub fn new(picker: P) -> Self {
-        Pool::builder(picker).build()
+        Pool::builder(picker).assemble()
     }
 
     /// The picker.
@@ -235,17 +240,17 @@ impl<A, P: Picker<A>> Pool<A, P> {
         self.inner.current.load_full()
     }
 
-    /// Picks a backend for one request, and counts the pick in its stats.
+    /// Picks a backend for one request. Start it ([`Picked::start`]) to track it: the
+    /// load-aware pickers and the stats' `picks` see started requests.
     ///
-    /// Lock-free; allocates nothing. The returned [`Picked`] borrows the snapshot it was
+    /// Lock-free; allocates nothing; writes no shared memory (the snapshot is read
+    /// through an `arc-swap` guard, whose bookkeeping is per thread). The returned [`Picked`] borrows the snapshot it was
     /// picked from, so it stays valid whatever changes are published meanwhile.
     #[inline]
     pub fn pick(&self, ctx: &PickContext) -> Result<Picked<A, P::Table>, PickError> {
         let prepared = self.inner.current.load();
         let index = prepared.pick(&self.inner.picker, ctx)?;
-        let picked = Picked { prepared, index };
-        picked.backend().state().count_pick();
-        Ok(picked)
+        Ok(Picked { prepared, index })
     }
 
     /// Per-backend statistics, in insertion order.
@@ -331,6 +336,13 @@ impl<A, T> Picked<A, T> {
     /// Starts tracking the request: in flight until the guard is dropped or finished.
     pub fn start(&self) -> InFlight {
         self.backend().state().start()
+    }
+
+    /// Starts tracking the request as started at `at`, on a clock of the caller's (finish
+    /// it with [`InFlight::finish`] on the same clock): a simulation in virtual time, a
+    /// caller that already read the time.
+    pub fn start_at(&self, at: Instant) -> InFlight {
+        self.backend().state().start_at(at)
     }
 }
 

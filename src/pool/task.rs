@@ -92,6 +92,7 @@ where
         probe: impl Probe<A>,
         config: ProbeConfig,
     ) -> Result<HealthTask, SpawnError> {
+        config.check()?;
         let rng = config
             .seed
             .map_or(RandomSource::Thread, RandomSource::seeded);
@@ -240,8 +241,8 @@ where
                             id,
                             result,
                             began,
-                            config.rise.get(),
-                            config.fall.get(),
+                            config.rise,
+                            config.fall,
                         );
                         // A flip may start a slow-start ramp: recompute the next tick.
                         woken = true;

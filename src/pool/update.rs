@@ -141,11 +141,11 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
         let table = self.inner.picker.prepare(&snapshot, Some(&current.table));
         // Writers are serialised by the mutex, so a plain store cannot lose an update.
         let had_members = !current.snapshot.is_empty();
-        let has_members = !snapshot.is_empty();
-        self.inner
-            .current
-            .store(Arc::new(Prepared { snapshot, table }));
-        if has_members && !had_members {
+        let prepared = Arc::new(Prepared { snapshot, table });
+        self.inner.current.store(Arc::clone(&prepared));
+        // Events and gauges (observe.rs).
+        writer.observer.published(&prepared.snapshot);
+        if !prepared.snapshot.is_empty() && !had_members {
             // Callers waiting for a first backend (`Balance`'s `wait_for_backends`).
             self.wake_waiters();
         }

@@ -288,3 +288,74 @@ fn a_failing_home_spills_even_when_every_backend_is_past_its_bound() {
         }
     }
 }
+
+/// Picks racing on several threads read the same counts, so a backend may pass its bound,
+/// but only by the picks racing with the last one placed on it: with T threads each
+/// holding every request it places, no backend ends above ⌈c · m / n⌉ + (T − 1). (The
+/// last pick onto a backend saw it below ⌈c · (m' + 1) / n⌉ with m' + 1 ≤ m; only picks
+/// that had read before it and not yet started, at most one per other thread, land after
+/// it.) The keys are hot — every thread asks for the same few — so without the bound one
+/// backend would take nearly everything; the assertion holds for every interleaving.
+#[test]
+fn bounded_loads_under_racing_threads_pass_the_bound_by_at_most_the_racing_picks() {
+    const THREADS: usize = 4;
+    const PICKS_PER_THREAD: usize = 400;
+    let ids: Vec<u32> = (0..8).collect();
+    let snapshot = snapshot(&ids, false);
+    let hot_keys = keys(0xB0A7, 3);
+    for c in [1.0, BALANCE_FACTOR] {
+        for inner in ["maglev", "ring"] {
+            let loads = match inner {
+                "maglev" => race(BoundedLoad::new(Maglev::new()), &snapshot, c, &hot_keys),
+                _ => race(BoundedLoad::new(Ring::new()), &snapshot, c, &hot_keys),
+            };
+            let m = THREADS * PICKS_PER_THREAD;
+            assert_eq!(loads.iter().sum::<usize>(), m, "every pick found a backend");
+            let bound = (c * m as f64 / snapshot.len() as f64 - 1e-9).ceil() as usize;
+            let max = *loads.iter().max().unwrap();
+            assert!(
+                max <= bound + (THREADS - 1),
+                "{inner}, c = {c}: a backend holds {max} > ⌈c · m / n⌉ + T − 1 = {} ({loads:?})",
+                bound + THREADS - 1
+            );
+        }
+    }
+
+    /// `THREADS` threads, released together, each placing `PICKS_PER_THREAD` requests
+    /// on the hot keys in turn and holding them all; the loads when every thread is done.
+    fn race<H: HashPicker<String>>(
+        picker: BoundedLoad<H>,
+        snapshot: &Snapshot<String>,
+        c: f64,
+        hot_keys: &[u64],
+    ) -> Vec<usize> {
+        let picker = picker.with_balance_factor(c).unwrap();
+        let table = picker.prepare(snapshot, None);
+        let start = std::sync::Barrier::new(THREADS);
+        let held: Vec<Vec<InFlight>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (picker, table, start) = (&picker, &table, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        (0..PICKS_PER_THREAD)
+                            .map(|i| {
+                                let key = hot_keys[(t + i) % hot_keys.len()];
+                                let chosen = picker.pick(table, snapshot, &ctx(key)).unwrap();
+                                snapshot.backends()[chosen].state().start()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let loads = snapshot
+            .backends()
+            .iter()
+            .map(|b| b.state().in_flight())
+            .collect();
+        drop(held);
+        loads
+    }
+}

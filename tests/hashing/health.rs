@@ -2,6 +2,7 @@
 //! preference order, and get them back; through a pool with slow start.
 
 use super::*;
+use support::{chi_square, chi_square_critical_p001};
 
 // ---------------------------------------------------------------- health
 
@@ -119,8 +120,9 @@ fn down_and_back<P: Picker<String>>(
     let clock = tower_lb::clock::ManualClock::new();
     let pool = Pool::builder(picker)
         .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
-        .build();
+        .slow_start(SlowStart::new(window))
+        .build()
+        .unwrap();
     let ids = pool
         .extend((0..8u32).map(|i| (name(i), Weight::ONE)))
         .unwrap();
@@ -311,25 +313,4 @@ fn maglev_and_jump_spread_a_down_backends_keys_by_share() {
 
 fn name_of(s: &Snapshot<String>, i: usize) -> String {
     s.backends()[i].addr().clone()
-}
-
-/// Pearson's chi-square statistic of observed counts against expected shares.
-fn chi_square(observed: &[u64], shares: &[f64]) -> f64 {
-    let total: u64 = observed.iter().sum();
-    observed
-        .iter()
-        .zip(shares)
-        .map(|(&o, &p)| {
-            let e = p * total as f64;
-            (o as f64 - e).powi(2) / e
-        })
-        .sum()
-}
-
-/// The chi-square critical value at p = 0.001 (Wilson–Hilferty, as `tests/support`).
-fn chi_square_critical_p001(df: usize) -> f64 {
-    const Z_0_999: f64 = 3.090_232;
-    let k = df as f64;
-    let a = 2.0 / (9.0 * k);
-    k * (1.0 - a + Z_0_999 * a.sqrt()).powi(3)
 }

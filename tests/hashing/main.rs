@@ -124,6 +124,9 @@ fn ids(sizes: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<u32>
     prop::collection::btree_set(any::<u32>(), sizes).prop_map(|s| s.into_iter().collect())
 }
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod bounded_load;
 mod health;
 mod placement;

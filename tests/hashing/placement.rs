@@ -66,12 +66,18 @@ fn mapping_is_pinned_across_releases() {
         PINNED_RENDEZVOUS
     );
     assert_eq!(
-        last_octets(placed(&Jump::new(), &snapshot, &keys)),
+        last_octets(placed(&Jump::lamping_veach(), &snapshot, &keys)),
         PINNED_JUMP
+    );
+    assert_eq!(
+        last_octets(placed(&Jump::new(), &snapshot, &keys)),
+        PINNED_JUMP_BACK
     );
 }
 
 const PINNED_MAGLEV: &str = "11552251";
+/// JumpBackHash, `Jump`'s lookup since 0.2 (Lamping–Veach is `PINNED_JUMP`).
+const PINNED_JUMP_BACK: &str = "33543433";
 const PINNED_RING: &str = "43234311";
 const PINNED_RENDEZVOUS: &str = "42522151";
 const PINNED_JUMP: &str = "21443454";

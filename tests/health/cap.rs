@@ -11,7 +11,8 @@ use super::*;
 fn a_set_of_one_never_ejects() {
     let pool = Pool::<&str, _>::builder(RoundRobin::new())
         .outlier_detection(consecutive_only())
-        .build();
+        .build()
+        .unwrap();
     let id = pool.insert("only", Weight::ONE).unwrap();
     fail(&pool, id, 50);
     pool.tick();
@@ -22,12 +23,10 @@ fn a_set_of_one_never_ejects() {
 #[test]
 fn sets_of_two_to_nine_can_eject_one_and_only_one() {
     for n in 2..=9 {
-        let pool = Pool::<String, _>::builder(RoundRobin::new())
-            .outlier_detection(consecutive_only())
-            .build();
-        let ids = pool
-            .extend((0..n).map(|i| (format!("h{i}"), Weight::ONE)))
-            .unwrap();
+        let (pool, ids) = holding(
+            Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
+            hosts(n),
+        );
         for &id in &ids {
             fail(&pool, id, 5);
         }
@@ -75,15 +74,15 @@ proptest! {
         let clock = ManualClock::new();
         let detection = OutlierDetection::new()
             .consecutive_failures(3)
-            .max_ejection_percent(percent).unwrap()
+            .max_ejection_percent(percent)
             .success_rate(Some(SuccessRate::new().minimum_hosts(2).request_volume(4)))
-            .failure_percentage(Some(FailurePercentage::new().threshold(50).unwrap()
+            .failure_percentage(Some(FailurePercentage::new().threshold(50)
                 .minimum_hosts(1).request_volume(2)));
         let pool = Pool::<String, _>::builder(RoundRobin::new())
             .clock(clock.reader())
             .health_seed(5)
             .outlier_detection(detection)
-            .build();
+            .build().unwrap();
         let mut next = n;
         pool.extend((0..n).map(|i| (format!("h{i}"), Weight::ONE))).unwrap();
         for op in ops {
@@ -144,15 +143,8 @@ fn when_the_set_shrinks_the_ejection_closest_to_its_end_returns_first() {
     let clock = ManualClock::new();
     let (pool, ids) = detected(
         &clock,
-        OutlierDetection::new()
-            .consecutive_failures(0)
-            .success_rate(None)
-            .failure_percentage(Some(
-                FailurePercentage::new().minimum_hosts(1).request_volume(10),
-            ))
-            .ejection_jitter(Duration::ZERO)
-            .max_ejection_percent(50)
-            .unwrap(),
+        failure_percentage_only(FailurePercentage::new().minimum_hosts(1).request_volume(10))
+            .ejection_jitter(Duration::ZERO),
         6,
     );
     let (first, second) = (ids[4], ids[1]);

@@ -156,10 +156,10 @@ proptest! {
                 let pool = Pool::<String, _>::builder($picker)
                     .clock(clock.reader())
                     .panic_threshold(PanicThreshold::new(threshold).unwrap())
-                    .slow_start(SlowStart::new(Duration::from_secs(60)).unwrap())
+                    .slow_start(SlowStart::new(Duration::from_secs(60)))
                     .outlier_detection(consecutive_only())
                     .health_seed(seed)
-                    .build();
+                    .build().unwrap();
                 run_ops(pool, &clock, &ops)?;
             })*};
         }
@@ -186,12 +186,9 @@ fn extreme_settings_do_not_panic() {
                 .ejection_jitter(Duration::MAX)
                 .consecutive_failures(1),
         )
-        .slow_start(
-            SlowStart::new(Duration::MAX)
-                .unwrap()
-                .update_interval(Duration::MAX),
-        )
-        .build();
+        .slow_start(SlowStart::new(Duration::MAX).update_interval(Duration::MAX))
+        .build()
+        .unwrap();
     let ids = pool
         .extend([
             ("a", Weight::new(u64::from(u32::MAX)).unwrap()),

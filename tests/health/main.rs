@@ -15,63 +15,14 @@ use tower_lb::health::{
     SlowStart, SuccessRate, Verdict,
 };
 use tower_lb::{
-    BackendId, BackendStats, LeastLoaded, PeakEwma, PickContext, PickError, Picker, Pool,
-    PowerOfTwoChoices, Random, RoundRobin, Weight, WeightedRandom, WeightedRoundRobin,
+    BackendId, LeastLoaded, PeakEwma, PickContext, PickError, Picker, Pool, PowerOfTwoChoices,
+    Random, RoundRobin, Weight, WeightedRandom, WeightedRoundRobin,
 };
 
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
+#[path = "../support/mod.rs"]
+mod support;
 
-fn stat<A: Clone, P: Picker<A>>(pool: &Pool<A, P>, id: BackendId) -> BackendStats<A> {
-    pool.stats()
-        .into_iter()
-        .find(|s| s.id == id)
-        .expect("backend is in the pool")
-}
-
-fn is_healthy<A: Clone, P: Picker<A>>(pool: &Pool<A, P>, id: BackendId) -> bool {
-    stat(pool, id).health.is_healthy()
-}
-
-fn ejected_count<A: Clone, P: Picker<A>>(pool: &Pool<A, P>) -> usize {
-    pool.stats()
-        .iter()
-        .filter(|s| s.returns_in.is_some())
-        .count()
-}
-
-/// Outlier detection with consecutive failures only and no jitter: exact times.
-/// A round-robin pool of `n` backends `h0`, `h1`, … on `clock`, with `detection`.
-fn detected(
-    clock: &ManualClock,
-    detection: OutlierDetection,
-    n: usize,
-) -> (Pool<String, RoundRobin>, Vec<BackendId>) {
-    let pool = Pool::<String, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(detection)
-        .build();
-    let ids = pool
-        .extend((0..n).map(|i| (format!("h{i}"), Weight::ONE)))
-        .unwrap();
-    (pool, ids)
-}
-
-fn consecutive_only() -> OutlierDetection {
-    OutlierDetection::new()
-        .ejection_jitter(Duration::ZERO)
-        .success_rate(None)
-}
-
-fn fail<A, P: Picker<A>>(pool: &Pool<A, P>, id: BackendId, times: usize)
-where
-    A: Clone + PartialEq,
-{
-    for _ in 0..times {
-        pool.report(id, Outcome::failure()).unwrap();
-    }
-}
+use support::health::*;
 
 const MS: Duration = Duration::from_millis(1);
 

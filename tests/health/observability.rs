@@ -66,13 +66,10 @@ fn every_transition_is_an_event_with_backend_states_and_reason() {
     let _second = tracing::Dispatch::new(capture::Capture::default());
     let dispatch = tracing::Dispatch::new(capture.clone());
     tracing::dispatcher::with_default(&dispatch, || {
-        let pool = Pool::<&str, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(consecutive_only())
-            .build();
-        let ids = pool
-            .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-            .unwrap();
+        let (pool, ids) = holding(
+            round_robin_on(&clock).outlier_detection(consecutive_only()),
+            letters(3),
+        );
         fail(&pool, ids[0], 5);
         clock.advance(Duration::from_secs(30));
         pool.tick();
@@ -156,13 +153,10 @@ fn every_transition_is_an_event_with_backend_states_and_reason() {
 #[test]
 fn stats_show_health_ejections_and_time_until_return() {
     let clock = ManualClock::new();
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).outlier_detection(consecutive_only()),
+        letters(2),
+    );
     fail(&pool, ids[0], 5);
     clock.advance(Duration::from_secs(12));
     let s = stat(&pool, ids[0]);

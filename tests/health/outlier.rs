@@ -10,13 +10,10 @@ use super::*;
 #[test]
 fn five_consecutive_failures_eject_for_base_times_k_up_to_the_cap() {
     let clock = ManualClock::new();
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).outlier_detection(consecutive_only()),
+        letters(3),
+    );
     let bad = ids[1];
     let ctx = PickContext::new();
 
@@ -64,13 +61,10 @@ fn five_consecutive_failures_eject_for_base_times_k_up_to_the_cap() {
 #[test]
 fn the_multiplier_comes_down_after_clean_intervals() {
     let clock = ManualClock::new();
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).outlier_detection(consecutive_only()),
+        letters(3),
+    );
     let bad = ids[0];
     let interval = Duration::from_secs(10);
 
@@ -105,12 +99,10 @@ fn the_multiplier_comes_down_after_clean_intervals() {
 
 #[test]
 fn a_success_breaks_the_streak() {
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
+        letters(2),
+    );
     for _ in 0..10 {
         fail(&pool, ids[0], 4);
         pool.report(ids[0], Outcome::success()).unwrap();
@@ -121,12 +113,10 @@ fn a_success_breaks_the_streak() {
 
 #[test]
 fn guard_failures_eject_at_the_next_tick() {
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
+        letters(2),
+    );
     let ctx = PickContext::new();
     let mut failed = 0;
     while failed < 5 {
@@ -151,19 +141,14 @@ fn jitter_spreads_returns_of_backends_ejected_together() {
     let clock = ManualClock::new();
     let base = Duration::from_secs(30);
     let jitter = Duration::from_secs(3);
-    let pool = Pool::<String, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .health_seed(11)
-        .outlier_detection(
+    let (pool, ids) = holding(
+        round_robin_on(&clock).health_seed(11).outlier_detection(
             OutlierDetection::new()
                 .ejection_jitter(jitter)
-                .max_ejection_percent(100)
-                .unwrap(),
-        )
-        .build();
-    let ids = pool
-        .extend((0..8).map(|i| (format!("10.0.0.{i}:80"), Weight::ONE)))
-        .unwrap();
+                .max_ejection_percent(100),
+        ),
+        (0..8).map(|i| format!("10.0.0.{i}:80")),
+    );
     for &id in &ids[..6] {
         fail(&pool, id, 5);
     }
@@ -195,20 +180,11 @@ fn success_rate_ejects_the_outlier_and_only_the_outlier() {
     // contains the outlier.
     for seed in 0..24u64 {
         let clock = ManualClock::new();
-        let pool = Pool::<String, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(
-                OutlierDetection::new()
-                    .consecutive_failures(0)
-                    .ejection_jitter(Duration::ZERO)
-                    // The cap must not be what keeps the others in.
-                    .max_ejection_percent(50)
-                    .unwrap(),
-            )
-            .build();
-        let ids = pool
-            .extend((0..10).map(|i| (format!("10.0.0.{i}:80"), Weight::ONE)))
-            .unwrap();
+        let (pool, ids) = holding(
+            round_robin_on(&clock)
+                .outlier_detection(statistical_only().ejection_jitter(Duration::ZERO)),
+            (0..10).map(|i| format!("10.0.0.{i}:80")),
+        );
         let outlier = ids[7];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         {
@@ -258,19 +234,7 @@ fn success_rate_waits_for_enough_backends_and_volume() {
         (SuccessRate::new().request_volume(20).minimum_hosts(5), true),
     ] {
         let clock = ManualClock::new();
-        let pool = Pool::<String, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(
-                OutlierDetection::new()
-                    .consecutive_failures(0)
-                    .success_rate(Some(rule.clone()))
-                    .max_ejection_percent(50)
-                    .unwrap(),
-            )
-            .build();
-        let ids = pool
-            .extend((0..5).map(|i| (format!("h{i}"), Weight::ONE)))
-            .unwrap();
+        let (pool, ids) = detected(&clock, success_rate_only(rule.clone()), 5);
         outcomes(&pool, ids[0], 0, 20);
         for &id in &ids[1..] {
             outcomes(&pool, id, 20, 0);
@@ -290,19 +254,8 @@ fn success_rate_waits_for_enough_backends_and_volume() {
 fn success_rates_are_rates_and_an_idle_backend_is_not_judged() {
     for volume in [100u64, 0] {
         let clock = ManualClock::new();
-        let pool = Pool::<String, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(
-                OutlierDetection::new()
-                    .consecutive_failures(0)
-                    .success_rate(Some(SuccessRate::new().request_volume(volume)))
-                    .max_ejection_percent(50)
-                    .unwrap(),
-            )
-            .build();
-        let ids = pool
-            .extend((0..7).map(|i| (format!("h{i}"), Weight::ONE)))
-            .unwrap();
+        let rule = SuccessRate::new().request_volume(volume);
+        let (pool, ids) = detected(&clock, success_rate_only(rule), 7);
         outcomes(&pool, ids[0], 100, 100);
         for &id in &ids[1..6] {
             outcomes(&pool, id, 100, 0);
@@ -325,16 +278,7 @@ fn success_rates_are_rates_and_an_idle_backend_is_not_judged() {
 #[test]
 fn failure_percentage_ejects_above_the_threshold_when_enabled() {
     let clock = ManualClock::new();
-    let (pool, ids) = detected(
-        &clock,
-        OutlierDetection::new()
-            .consecutive_failures(0)
-            .success_rate(None)
-            .failure_percentage(Some(FailurePercentage::new()))
-            .max_ejection_percent(50)
-            .unwrap(),
-        6,
-    );
+    let (pool, ids) = detected(&clock, failure_percentage_only(FailurePercentage::new()), 6);
     for (n, &id) in ids.iter().enumerate() {
         // h0 fails 90%, h1 80%, the others 0%.
         let failures = [45, 40, 0, 0, 0, 0][n];
@@ -385,13 +329,10 @@ fn eject_back_to_back<P: Picker<&'static str>>(
 fn the_ejection_time_comes_back_down_after_the_cap() {
     for clean in [1u64, 3, 6, 9, 12] {
         let clock = ManualClock::new();
-        let pool = Pool::<&str, _>::builder(RoundRobin::new())
-            .clock(clock.reader())
-            .outlier_detection(consecutive_only())
-            .build();
-        let ids = pool
-            .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-            .unwrap();
+        let (pool, ids) = holding(
+            round_robin_on(&clock).outlier_detection(consecutive_only()),
+            letters(3),
+        );
         eject_back_to_back(&pool, &clock, ids[1], 12);
         for _ in 0..clean {
             clock.advance(Duration::from_secs(10));
@@ -407,21 +348,6 @@ fn the_ejection_time_comes_back_down_after_the_cap() {
     }
 }
 
-/// Reports `successes` successes and `failures` failures for `id`.
-fn outcomes<P: Picker<String>>(
-    pool: &Pool<String, P>,
-    id: BackendId,
-    successes: usize,
-    failures: usize,
-) {
-    for _ in 0..successes {
-        pool.report(id, Outcome::success()).unwrap();
-    }
-    for _ in 0..failures {
-        pool.report(id, Outcome::failure()).unwrap();
-    }
-}
-
 /// Twenty backends at 100%, two outliers (rates 60% at index 3 and 50% at index 15, both
 /// below mean − 1.9σ ≈ 70%), a cap of one: the worst is ejected, though it comes later
 /// in the set. Then, with room for two, both.
@@ -434,8 +360,7 @@ fn success_rate_ejects_the_worst_first_within_the_cap() {
             OutlierDetection::new()
                 .consecutive_failures(0)
                 .ejection_jitter(Duration::ZERO)
-                .max_ejection_percent(percent)
-                .unwrap(),
+                .max_ejection_percent(percent),
             20,
         );
         for (i, &id) in ids.iter().enumerate() {
@@ -509,16 +434,7 @@ fn failure_percentage_waits_for_enough_backends_and_volume() {
         (50, [90, 90, 90, 90, 90], true),
     ] {
         let clock = ManualClock::new();
-        let (pool, ids) = detected(
-            &clock,
-            OutlierDetection::new()
-                .consecutive_failures(0)
-                .success_rate(None)
-                .failure_percentage(Some(FailurePercentage::new()))
-                .max_ejection_percent(50)
-                .unwrap(),
-            6,
-        );
+        let (pool, ids) = detected(&clock, failure_percentage_only(FailurePercentage::new()), 6);
         outcomes(&pool, ids[0], 0, bad);
         for (&id, &n) in ids[1..].iter().zip(&others) {
             outcomes(&pool, id, n, 0);
@@ -541,14 +457,7 @@ fn failure_percentage_waits_for_enough_backends_and_volume() {
 fn success_rate_waits_for_request_volume() {
     for (bad, want) in [(100usize, true), (99, false)] {
         let clock = ManualClock::new();
-        let (pool, ids) = detected(
-            &clock,
-            OutlierDetection::new()
-                .consecutive_failures(0)
-                .max_ejection_percent(50)
-                .unwrap(),
-            6,
-        );
+        let (pool, ids) = detected(&clock, statistical_only(), 6);
         outcomes(&pool, ids[0], bad / 2, bad - bad / 2);
         for &id in &ids[1..] {
             outcomes(&pool, id, 100, 0);
@@ -565,22 +474,8 @@ fn success_rate_waits_for_request_volume() {
 #[test]
 fn failure_percentage_settings_are_honoured() {
     let clock = ManualClock::new();
-    let pool = Pool::<String, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(
-            OutlierDetection::new()
-                .consecutive_failures(0)
-                .success_rate(None)
-                .failure_percentage(Some(
-                    FailurePercentage::new().minimum_hosts(3).request_volume(0),
-                ))
-                .max_ejection_percent(50)
-                .unwrap(),
-        )
-        .build();
-    let ids = pool
-        .extend((0..4).map(|i| (format!("h{i}"), Weight::ONE)))
-        .unwrap();
+    let rule = FailurePercentage::new().minimum_hosts(3).request_volume(0);
+    let (pool, ids) = detected(&clock, failure_percentage_only(rule), 4);
     outcomes(&pool, ids[0], 0, 50);
     outcomes(&pool, ids[1], 50, 0);
     outcomes(&pool, ids[2], 50, 0);
@@ -597,17 +492,14 @@ fn failure_percentage_settings_are_honoured() {
 #[test]
 fn the_interval_and_base_ejection_time_are_honoured() {
     let clock = ManualClock::new();
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .outlier_detection(
+    let (pool, ids) = holding(
+        round_robin_on(&clock).outlier_detection(
             consecutive_only()
                 .base_ejection_time(Duration::from_secs(7))
                 .interval(Duration::from_secs(2)),
-        )
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+        ),
+        letters(3),
+    );
     fail(&pool, ids[0], 5);
     assert_eq!(stat(&pool, ids[0]).returns_in, Some(Duration::from_secs(7)));
     clock.advance(Duration::from_secs(7));
@@ -634,5 +526,5 @@ fn settings_read_back() {
     assert_eq!(PanicThreshold::new(37).unwrap().percent(), 37);
     assert_eq!(PanicThreshold::disabled().percent(), 0);
     let window = Duration::from_secs(42);
-    assert_eq!(SlowStart::new(window).unwrap().window(), window);
+    assert_eq!(SlowStart::new(window).window(), window);
 }

@@ -44,12 +44,11 @@ fn with_one_of_three_healthy_picks_spread_over_all_three_when_failing_open() {
 
 #[test]
 fn with_one_of_three_healthy_the_typed_error_comes_back_when_failing_closed() {
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .panic_threshold(PanicThreshold::default().mode(PanicMode::FailClosed))
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new())
+            .panic_threshold(PanicThreshold::default().mode(PanicMode::FailClosed)),
+        letters(3),
+    );
     pool.mark_down(ids[0]).unwrap();
     pool.mark_down(ids[2]).unwrap();
     let err = pool.pick(&PickContext::new()).unwrap_err();
@@ -91,12 +90,10 @@ fn draining_backends_are_not_counted_and_never_picked_in_panic() {
 
 #[test]
 fn a_disabled_threshold_routes_only_to_healthy_down_to_none() {
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .panic_threshold(PanicThreshold::disabled())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).panic_threshold(PanicThreshold::disabled()),
+        letters(2),
+    );
     pool.mark_down(ids[0]).unwrap();
     for _ in 0..10 {
         assert_eq!(pool.pick(&PickContext::new()).unwrap().id(), ids[1]);

@@ -26,14 +26,12 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
     for aggression in [1.0, 2.0, 0.5] {
         let clock = ManualClock::new();
         let window = Duration::from_secs(60);
-        let ramp = SlowStart::new(window)
-            .unwrap()
-            .aggression(aggression)
-            .unwrap();
+        let ramp = SlowStart::new(window).aggression(aggression);
         let pool = Pool::<&str, _>::builder(WeightedRandom::with_seed(7))
             .clock(clock.reader())
             .slow_start(ramp)
-            .build();
+            .build()
+            .unwrap();
         let w = 3u32;
         let ids = pool
             .extend([
@@ -101,14 +99,12 @@ fn slow_start_weight_follows_the_formula_and_the_share_grows() {
 fn slow_start_reenters_after_an_ejection_and_on_join() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(100);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock)
+            .slow_start(SlowStart::new(window))
+            .outlier_detection(consecutive_only()),
+        letters(3),
+    );
     clock.advance(window);
     pool.tick();
     fail(&pool, ids[0], 5);
@@ -162,13 +158,10 @@ fn slow_start_reenters_after_every_recovery() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(100);
     let sick = Arc::new(AtomicBool::new(false));
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(SlowStart::new(window).unwrap())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).slow_start(SlowStart::new(window)),
+        letters(3),
+    );
     let flag = Arc::clone(&sick);
     let c = ids[2];
     pool.add_health_source(move |b: &tower_lb::Backend<&str>, _: Instant| {
@@ -218,19 +211,11 @@ fn slow_start_reenters_after_every_recovery() {
 fn slow_start_republishes_at_most_once_per_update_interval() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(10);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(
-            SlowStart::new(window)
-                .unwrap()
-                .min_weight_percent(1)
-                .unwrap()
-                .update_interval(Duration::from_secs(1)),
-        )
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock)
+            .slow_start(ramp_from_one_percent(window).update_interval(Duration::from_secs(1))),
+        letters(2),
+    );
     clock.advance(window);
     pool.tick();
     pool.mark_down(ids[1]).unwrap();
@@ -259,18 +244,10 @@ fn slow_start_republishes_at_most_once_per_update_interval() {
 fn slow_start_republishes_only_while_a_weight_changes() {
     let clock = ManualClock::new();
     let window = Duration::from_secs(10);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .clock(clock.reader())
-        .slow_start(
-            SlowStart::new(window)
-                .unwrap()
-                .min_weight_percent(1)
-                .unwrap(),
-        )
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).slow_start(ramp_from_one_percent(window)),
+        letters(2),
+    );
     clock.advance(window);
     pool.tick();
     pool.mark_down(ids[1]).unwrap();

@@ -134,7 +134,7 @@ async fn a_probe_timeout_counts_as_a_failure() {
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE)])
         .unwrap();
-    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1).unwrap();
+    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1);
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     until(start + Duration::from_millis(999)).await;
@@ -174,7 +174,7 @@ async fn confirmed_probe_failures_stay_out_of_panic_while_one_backend_is_healthy
     let ids = pool
         .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
         .unwrap();
-    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1).unwrap();
+    let config = ProbeConfig::new().jitter(Duration::ZERO).fall(1);
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     until(start + Duration::from_millis(10)).await;
@@ -197,22 +197,36 @@ async fn confirmed_probe_failures_stay_out_of_panic_while_one_backend_is_healthy
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_successful_probe_ends_an_ejection_early() {
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+/// Backends `a` and `b` under `detection`, probed every 5 s (no jitter) by a probe that
+/// always passes; at 1 s `a` fails five times in a row and is ejected. Returns the pool,
+/// the ids, the start and the probe task (the probes stop when it is dropped).
+async fn a_ejected_at_one_second_under_passing_probes(
+    detection: OutlierDetection,
+) -> (
+    Pool<&'static str, RoundRobin>,
+    Vec<BackendId>,
+    TokioInstant,
+    tower_lb::pool::HealthTask,
+) {
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).outlier_detection(detection),
+        letters(2),
+    );
     let probe = probe_fn(|_: &&str| async { Ok(()) });
     let start = TokioInstant::now();
-    let _task = pool
+    let task = pool
         .spawn_health_probes(probe, ProbeConfig::new().jitter(Duration::ZERO))
         .unwrap();
     until(start + Duration::from_secs(1)).await;
     fail(&pool, ids[0], 5);
     assert!(!is_healthy(&pool, ids[0]));
+    (pool, ids, start, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_successful_probe_ends_an_ejection_early() {
+    let (pool, ids, start, _task) =
+        a_ejected_at_one_second_under_passing_probes(consecutive_only()).await;
     // The next probe (at 5 s) began after the ejection and succeeds.
     until(start + Duration::from_millis(5_100)).await;
     assert!(is_healthy(&pool, ids[0]));
@@ -220,12 +234,10 @@ async fn a_successful_probe_ends_an_ejection_early() {
 
 #[tokio::test(start_paused = true)]
 async fn the_task_ejects_on_guard_signals_and_returns_on_time() {
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .outlier_detection(consecutive_only())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
+        letters(2),
+    );
     let _task = pool.spawn_health().unwrap();
     let state = pool.snapshot().snapshot().backends()[0].state().clone();
     let start = TokioInstant::now();
@@ -292,7 +304,7 @@ async fn a_tower_service_is_a_probe() {
     let ids = pool
         .extend([("good", Weight::ONE), ("bad", Weight::ONE)])
         .unwrap();
-    let config = ProbeConfig::new().fall(1).unwrap();
+    let config = ProbeConfig::new().fall(1);
     let _task = pool
         .spawn_health_probes(ServiceProbe::new(Check), config)
         .unwrap();
@@ -336,12 +348,7 @@ async fn the_http_probe_treats_2xx_3xx_as_healthy() {
     });
     let pool: Pool<SocketAddr, _> = Pool::new(RoundRobin::new());
     let id = pool.insert(addr, Weight::ONE).unwrap();
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .unwrap()
-        .fall(1)
-        .unwrap();
+    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
     let probe = HttpProbe::new("/healthz")
         .unwrap()
         .host("api.test")
@@ -447,18 +454,11 @@ async fn slow_start_reenters_after_failed_probes() {
         }
     });
     let window = Duration::from_secs(100);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .slow_start(SlowStart::new(window).unwrap())
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
-        .unwrap();
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .unwrap()
-        .fall(1)
-        .unwrap();
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).slow_start(SlowStart::new(window)),
+        letters(3),
+    );
+    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     // The joins' ramps end; then b fails its probe at 105 s and passes at 110 s.
@@ -483,18 +483,11 @@ async fn slow_start_reenters_after_failed_probes() {
 #[tokio::test(start_paused = true)]
 async fn the_task_steps_a_ramp_once_per_update_interval() {
     let window = Duration::from_secs(10);
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .slow_start(
-            SlowStart::new(window)
-                .unwrap()
-                .min_weight_percent(1)
-                .unwrap()
-                .update_interval(Duration::from_secs(1)),
-        )
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new())
+            .slow_start(ramp_from_one_percent(window).update_interval(Duration::from_secs(1))),
+        letters(2),
+    );
     let _task = pool.spawn_health().unwrap();
     let start = TokioInstant::now();
     until(start + window + Duration::from_millis(500)).await;
@@ -522,19 +515,8 @@ async fn the_task_steps_a_ramp_once_per_update_interval() {
 /// passes while requests fail must not bring it back.
 #[tokio::test(start_paused = true)]
 async fn a_successful_probe_leaves_an_ejection_alone_when_told_to() {
-    let pool = Pool::<&str, _>::builder(RoundRobin::new())
-        .outlier_detection(consecutive_only().uneject_on_probe_success(false))
-        .build();
-    let ids = pool
-        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
-        .unwrap();
-    let probe = probe_fn(|_: &&str| async { Ok(()) });
-    let start = TokioInstant::now();
-    let _task = pool
-        .spawn_health_probes(probe, ProbeConfig::new().jitter(Duration::ZERO))
-        .unwrap();
-    until(start + Duration::from_secs(1)).await;
-    fail(&pool, ids[0], 5);
+    let detection = consecutive_only().uneject_on_probe_success(false);
+    let (pool, ids, start, _task) = a_ejected_at_one_second_under_passing_probes(detection).await;
     // Probes at 5, 10, … 30 s succeed; the ejection (from 1 s, for 30 s) stands.
     until(start + Duration::from_millis(30_900)).await;
     assert!(!is_healthy(&pool, ids[0]), "a probe ended the ejection");

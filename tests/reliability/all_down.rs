@@ -39,7 +39,8 @@ async fn all_backends_down_fails_at_once_without_spinning_then_resumes() {
     let mut servers = servers(&["a", "b", "c"]).await;
     let pool = Pool::builder(RoundRobin::new())
         .panic_threshold(PanicThreshold::new(50).unwrap().mode(PanicMode::FailClosed))
-        .build();
+        .build()
+        .unwrap();
     add(&pool, &servers);
     let probes = pool
         .spawn_health_probes(
@@ -49,9 +50,7 @@ async fn all_backends_down_fails_at_once_without_spinning_then_resumes() {
                 .jitter(Duration::from_millis(5))
                 .timeout(Duration::from_millis(200))
                 .rise(2)
-                .unwrap()
                 .fall(2)
-                .unwrap()
                 .seed(5),
         )
         .unwrap();

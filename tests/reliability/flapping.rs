@@ -52,7 +52,8 @@ async fn flapping_backend_ejections_grow_as_specified_and_retries_hold_99_9() {
     let pool = Pool::builder(RoundRobin::new())
         .outlier_detection(detection)
         .health_seed(3)
-        .build();
+        .build()
+        .unwrap();
     let down = Arc::new(AtomicBool::new(false));
     let flappy = pool
         .insert(local("flappy", LATENCY, Some(down.clone())), Weight::ONE)
@@ -199,7 +200,8 @@ async fn flapping_real_server_with_retries_holds_99_9() {
                 .ejection_jitter(Duration::ZERO)
                 .interval(Duration::from_secs(3600)),
         )
-        .build();
+        .build()
+        .unwrap();
     let ids = add(&pool, &servers);
     let flappy = ids[0];
     let policy = RetryIdempotent::new(3);

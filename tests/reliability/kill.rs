@@ -89,12 +89,11 @@ async fn kill_under_load(retries: bool) {
                 .ejection_jitter(Duration::ZERO),
         )
         .slow_start(
-            SlowStart::new(Duration::from_secs(1))
-                .unwrap()
-                .update_interval(Duration::from_millis(30)),
+            SlowStart::new(Duration::from_secs(1)).update_interval(Duration::from_millis(30)),
         )
         .health_seed(7)
-        .build();
+        .build()
+        .unwrap();
     let ids = add(&pool, &servers);
     let dead = ids[1];
     let probes = pool
@@ -105,9 +104,7 @@ async fn kill_under_load(retries: bool) {
                 .jitter(Duration::from_millis(10))
                 .timeout(Duration::from_millis(250))
                 .rise(2)
-                .unwrap()
                 .fall(3)
-                .unwrap()
                 .seed(7),
         )
         .unwrap();
@@ -301,7 +298,8 @@ fn a_pick_racing_the_ejections_publication_waits_for_it() {
     };
     let pool = Pool::builder(RoundRobin::new())
         .outlier_detection(OutlierDetection::new().consecutive_failures(2))
-        .build();
+        .build()
+        .unwrap();
     pool.insert(named("a"), Weight::ONE).unwrap();
     let bad = pool.insert(named("bad"), Weight::ONE).unwrap();
     let (armed, entered, release) = (

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod health;
 #[cfg(all(feature = "tower", feature = "http"))]
 pub mod load;
 pub mod servers;

@@ -88,13 +88,7 @@ where
 {
     /// Sticky sessions with `cookie` directly over the balancer `inner`.
     pub fn new(inner: Balance<A, P, R, K, C>, cookie: StickyCookie) -> Self {
-        let cookie = Arc::new(cookie);
-        let tags = pool_tags(inner.pool(), &cookie);
-        Sticky {
-            inner,
-            cookie,
-            tags,
-        }
+        StickyLayer::new(cookie, inner.pool()).layer(inner)
     }
 }
 
@@ -107,13 +101,7 @@ impl<S> Sticky<S> {
         P: Picker<A> + 'static,
         P::Table: Send + Sync,
     {
-        let cookie = Arc::new(cookie);
-        let tags = pool_tags(pool, &cookie);
-        Sticky {
-            inner,
-            cookie,
-            tags,
-        }
+        StickyLayer::new(cookie, pool).layer(inner)
     }
 
     /// The wrapped service.

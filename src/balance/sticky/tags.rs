@@ -35,11 +35,17 @@ struct PoolTags<A, P: Picker<A>> {
 }
 
 impl<A: BackendKey, P: Picker<A>> PoolTags<A, P> {
-    fn index_for(&self, snapshot: &Snapshot<A>) -> Arc<TagIndex> {
-        if let Some(index) = self.index.load_full()
-            && index.members_version == snapshot.members_version()
+    /// `read` over the index of `snapshot`'s members: the cached one through an
+    /// `arc-swap` guard (no reference-count write on the request path), rebuilt only when
+    /// the members changed.
+    fn with_index<T>(&self, snapshot: &Snapshot<A>, read: impl FnOnce(&TagIndex) -> T) -> T {
         {
-            return index;
+            let cached = self.index.load();
+            if let Some(index) = cached.as_deref()
+                && index.members_version == snapshot.members_version()
+            {
+                return read(index);
+            }
         }
         let by_id: Vec<(BackendId, Tag)> = snapshot
             .backends()
@@ -52,8 +58,9 @@ impl<A: BackendKey, P: Picker<A>> PoolTags<A, P> {
             by_tag,
             by_id,
         });
-        self.index.store(Some(Arc::clone(&index)));
-        index
+        let answer = read(&index);
+        self.index.store(Some(index));
+        answer
     }
 }
 
@@ -66,7 +73,7 @@ where
     fn lookup(&self, tag: &Tag) -> Option<BackendId> {
         let current = self.pool.load();
         let snapshot = current.snapshot();
-        let id = *self.index_for(snapshot).by_tag.get(tag)?;
+        let id = self.with_index(snapshot, |index| index.by_tag.get(tag).copied())?;
         snapshot
             .index_of(id)
             .filter(|&i| snapshot.is_eligible(i))
@@ -75,9 +82,10 @@ where
 
     fn tag_of(&self, backend: BackendId) -> Option<Tag> {
         let current = self.pool.load();
-        let index = self.index_for(current.snapshot());
-        let at = index.by_id.binary_search_by_key(&backend, |e| e.0).ok()?;
-        Some(index.by_id[at].1)
+        self.with_index(current.snapshot(), |index| {
+            let at = index.by_id.binary_search_by_key(&backend, |e| e.0).ok()?;
+            Some(index.by_id[at].1)
+        })
     }
 }
 

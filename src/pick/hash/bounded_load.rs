@@ -183,6 +183,10 @@ impl Bound {
 impl<A, H: HashPicker<A>> Picker<A> for BoundedLoad<H> {
     type Table = H::Table;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         self.inner.prepare(snapshot, previous)
     }

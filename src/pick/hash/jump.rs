@@ -1,9 +1,21 @@
 //! Jump consistent hashing: a key to one of n numbered buckets with no table.
 //!
-//! The key seeds a linear congruential generator that "jumps" forward through the
-//! bucket numbers; the last jump below n is the bucket. Going from n to n + 1 buckets
-//! moves a key only to the new bucket n, and moves exactly the expected 1/(n + 1) of
-//! them; lookup is O(ln n) steps with no memory but the bucket order.
+//! Going from n to n + 1 buckets moves a key only to the new bucket n, and moves exactly
+//! the expected 1/(n + 1) of them; lookup needs no memory but the bucket order.
+//!
+//! **The algorithm**: JumpBackHash (Ertl 2024), by default. Think of a key's bucket as
+//! the buckets grow one at a time: it jumps now and then to the newest bucket, and its
+//! bucket for n is its last jump below n. Lamping and Veach walk those jumps *forwards*
+//! from bucket 0, about ln n of them, each costing a division. JumpBackHash draws, with
+//! one random word, which power-of-two ranges [2^i, 2^(i+1)) hold a jump (each does with
+//! probability ½, independently) and where in its range the last of them lands; starting
+//! from the highest range below n it only has to walk *back* when that landing point is
+//! at or past n, drawing further points of the range until one falls below n (found) or
+//! in the range's lower half (no jump below n in this range: go to the next set range).
+//! A lookup is O(1) on average — a few multiply-xorshift rounds of SplitMix64 seeded with
+//! the key, no division — with the same distribution of buckets as Lamping and Veach's
+//! and hence the same guarantees. [`Jump::lamping_veach`] keeps the classic function for
+//! interoperating with its many ports (the two place keys differently).
 //!
 //! **The limitation**: buckets are *numbers*. Here bucket i is the i-th member in
 //! ascending order of [`BackendKey`] bytes, so only a member that sorts *last* can be
@@ -14,25 +26,26 @@
 //! [`Rendezvous`](crate::Rendezvous) for sets of hosts. Weights are ignored: every
 //! bucket is equal.
 //!
-//! **Guarantee** (checked by the property tests): jump(k, n + 1) ∈ {jump(k, n), n} for
-//! every key, and the fraction moved lies within 4σ of 1/(n + 1).
+//! **Guarantee** (checked by the property tests, for both functions): jump(k, n + 1) ∈
+//! {jump(k, n), n} for every key, the fraction moved lies within 4σ of 1/(n + 1), and
+//! keys spread uniformly over the buckets (chi-square).
 //!
 //! **Health**: a key whose bucket is ineligible is rehashed and jumped again (up to 32
 //! times, then the buckets are scanned in order from there), so only that bucket's keys
 //! move and they return when it does. The bucket order is rebuilt in O(n log n) on each
 //! change; it is 4 B per member.
 //!
-//! **Cost**: ln n + 1 jumps on average, each a dependent chain of an integer-to-float
-//! conversion, a multiplication and a float-to-integer conversion (≈ 7 ns on the bench
-//! machine): 34 / 48 / 67 ns at N = 8 / 64 / 1024 including the key hash. Maglev is
-//! faster at every size; jump's merit is zero memory and perfect balance.
+//! **Cost**: JumpBackHash's lookup does not grow with n (see the `hash-lookup` bench
+//! group, beside Maglev's table read); Lamping and Veach's takes ln n + 1 jumps, each a
+//! dependent chain of conversions and a multiplication.
 //!
-//! Lamping & Veach, "A Fast, Minimal Memory, Consistent Hash Algorithm", 2014
-//! (arXiv:1406.2294).
+//! Sources: Ertl, "JumpBackHash: Say Goodbye to the Modulo Operation to Distribute Keys
+//! Uniformly to Buckets", 2024 (arXiv:2403.18682; hash4j's `ConsistentHashing`); Lamping
+//! & Veach, "A Fast, Minimal Memory, Consistent Hash Algorithm", 2014 (arXiv:1406.2294).
 
 use std::fmt;
 
-use super::{BackendKey, HashPicker, WithFallback, key_hash, probe_then_scan};
+use super::{BackendKey, HashPicker, WithFallback, key_hash, pick_by_preference, probe_then_scan};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -60,24 +73,49 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, Default)]
 pub struct Jump<F = RoundRobin> {
     fallback: F,
+    classic: bool,
 }
 
 impl Jump {
-    /// Jump hashing with a round-robin fallback for requests without a key.
+    /// JumpBackHash with a round-robin fallback for requests without a key.
     pub fn new() -> Self {
         Jump::default()
     }
 
-    /// The bucket in `0..buckets` of `key` (`None` for no buckets): Lamping and Veach's
-    /// function exactly, on the key as given (the picker mixes request hashes first).
+    /// Lamping and Veach's function instead of JumpBackHash: O(ln n) per lookup, for
+    /// placing keys exactly as other implementations of it do.
+    pub fn lamping_veach() -> Self {
+        Jump {
+            fallback: RoundRobin::new(),
+            classic: true,
+        }
+    }
+
+    /// The bucket in `0..buckets` of `key` by JumpBackHash (`None` for no buckets), on
+    /// the key as given (the picker mixes request hashes first).
     ///
     /// ```
     /// use tower_lb::Jump;
     ///
-    /// assert_eq!(Jump::bucket(0xDEAD_10CC, 666), Some(361));
+    /// let shard = Jump::bucket(0xDEAD_10CC, 666).unwrap();
+    /// assert!(shard < 666);
+    /// // A 667th bucket takes keys only onto itself.
+    /// assert!([shard, 666].contains(&Jump::bucket(0xDEAD_10CC, 667).unwrap()));
     /// assert_eq!(Jump::bucket(7, 0), None);
     /// ```
     pub fn bucket(key: u64, buckets: u32) -> Option<u32> {
+        (buckets > 0).then(|| jump_back(key, buckets))
+    }
+
+    /// The bucket in `0..buckets` of `key` by Lamping and Veach's function exactly
+    /// (`None` for no buckets).
+    ///
+    /// ```
+    /// use tower_lb::Jump;
+    ///
+    /// assert_eq!(Jump::lamping_veach_bucket(0xDEAD_10CC, 666), Some(361));
+    /// ```
+    pub fn lamping_veach_bucket(key: u64, buckets: u32) -> Option<u32> {
         (buckets > 0).then(|| jump(key, buckets))
     }
 }
@@ -85,13 +123,70 @@ impl Jump {
 impl<F> Jump<F> {
     /// The same picker placing requests without a key with `fallback`.
     pub fn with_fallback<G>(self, fallback: G) -> Jump<G> {
-        Jump { fallback }
+        Jump {
+            fallback,
+            classic: self.classic,
+        }
     }
 
     /// The picker for requests without a key.
     pub fn fallback(&self) -> &F {
         &self.fallback
     }
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): the generator JumpBackHash draws from, seeded
+/// with the key.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    #[inline]
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// JumpBackHash (Ertl 2024), `buckets >= 1`. See the module docs.
+#[inline]
+fn jump_back(key: u64, buckets: u32) -> u32 {
+    if buckets <= 1 {
+        return 0;
+    }
+    let mut rng = SplitMix64(key);
+    let first = rng.next();
+    // Bit i set: the key jumps at least once while the bucket count grows through
+    // [2^i, 2^(i+1)). Only the ranges below the next power of two ≥ `buckets` matter.
+    let mut ranges = ((first ^ (first >> 32)) as u32) & (u32::MAX >> (buckets - 1).leading_zeros());
+    while ranges != 0 {
+        let low = 1u32 << (31 - ranges.leading_zeros());
+        // The last jump in the highest set range: uniform in [low, 2·low), from the half
+        // of `first` the parity of the set bits picks (independent of the bits above).
+        let half = (first >> ((ranges.count_ones() & 1) * 32)) as u32;
+        let last = low | (half & (low - 1));
+        if last < buckets {
+            return last;
+        }
+        // At or past `buckets`: walk back through the range's earlier jumps. A draw in
+        // the lower half of [0, 2·low) means no jump lies in [low, buckets).
+        let span = (low << 1).wrapping_sub(1);
+        'back: loop {
+            let r = rng.next();
+            for draw in [r as u32 & span, (r >> 32) as u32 & span] {
+                if draw < low {
+                    break 'back;
+                }
+                if draw < buckets {
+                    return draw;
+                }
+            }
+        }
+        ranges ^= low;
+    }
+    0
 }
 
 /// Lamping & Veach's jump consistent hash, `buckets >= 1`.
@@ -134,6 +229,10 @@ impl fmt::Debug for JumpTable {
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
     type Table = WithFallback<JumpTable, F::Table>;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         // Sorted by key bytes. Each key's first 16 bytes, big-endian, settle most
         // comparisons without reading the key itself (an address such as
@@ -166,17 +265,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
         WithFallback::prepare(JumpTable { buckets }, &self.fallback, snapshot, previous)
     }
 
-    #[inline]
-    fn pick(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        ctx: &PickContext,
-    ) -> Option<usize> {
-        table.pick(&self.fallback, snapshot, ctx, |hash| {
-            self.find(table, snapshot, hash, |_| true)
-        })
-    }
+    pick_by_preference!();
 }
 
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Jump<F> {
@@ -194,8 +283,14 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Jump<F> {
     {
         let buckets = &table.table.buckets;
         // (`n` fits: a table is never built past u32::MAX members.)
-        let entry_of = |k, n: usize| jump(k, u32::try_from(n).unwrap_or(u32::MAX)) as usize;
-        probe_then_scan(buckets, key_hash(hash), entry_of, snapshot, accept)
+        let n = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        if self.classic {
+            let entry_of = |k, size| jump(k, n(size)) as usize;
+            probe_then_scan(buckets, key_hash(hash), entry_of, snapshot, accept)
+        } else {
+            let entry_of = |k, size| jump_back(k, n(size)) as usize;
+            probe_then_scan(buckets, key_hash(hash), entry_of, snapshot, accept)
+        }
     }
 }
 
@@ -220,15 +315,39 @@ mod tests {
 
     #[test]
     fn grows_only_onto_the_new_bucket() {
-        for key in (0..5000u64).map(crate::stable_hash::mix) {
-            let mut previous = jump(key, 1);
-            assert_eq!(previous, 0);
-            for n in 2..64 {
-                let now = jump(key, n);
-                assert!(now == previous || now == n - 1, "key {key:#x} n {n}");
-                previous = now;
+        for f in [jump, jump_back] {
+            for key in (0..5000u64).map(crate::stable_hash::mix) {
+                let mut previous = f(key, 1);
+                assert_eq!(previous, 0);
+                for n in 2..300 {
+                    let now = f(key, n);
+                    assert!(now == previous || now == n - 1, "key {key:#x} n {n}");
+                    previous = now;
+                }
             }
+            assert!(f(u64::MAX, u32::MAX) < u32::MAX);
+            assert!(f(0, u32::MAX) < u32::MAX);
         }
-        assert!(jump(u64::MAX, u32::MAX) < u32::MAX);
+    }
+
+    /// JumpBackHash spreads keys as uniformly as the classic function: chi-square of
+    /// 200,000 keys over n buckets below the 99.9% quantile (normal approximation).
+    #[test]
+    fn jump_back_is_uniform() {
+        for n in [2u32, 3, 5, 7, 64, 100, 1000, 1025] {
+            let keys = 200_000u64;
+            let mut counts = vec![0u64; n as usize];
+            for key in (0..keys).map(crate::stable_hash::mix) {
+                counts[jump_back(key, n) as usize] += 1;
+            }
+            let expected = keys as f64 / f64::from(n);
+            let chi2: f64 = counts
+                .iter()
+                .map(|&c| (c as f64 - expected).powi(2) / expected)
+                .sum();
+            let df = f64::from(n - 1);
+            let limit = df + 3.09 * (2.0 * df).sqrt() + 5.0;
+            assert!(chi2 < limit, "n {n}: chi2 {chi2:.1} over {limit:.1}");
+        }
     }
 }

@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 use super::{
     BackendKey, Fingerprint, HashPicker, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
-    WithFallback, key_hash, probe_then_scan, reduce, reuse_or_build,
+    WithFallback, key_hash, pick_by_preference, probe_then_scan, reduce, reuse_or_build,
 };
 use crate::error::ConfigError;
 use crate::pick::round_robin::RoundRobin;
@@ -344,6 +344,10 @@ fn is_prime(n: u32) -> bool {
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
     type Table = WithFallback<MaglevTable, F::Table>;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         // Every member, eligible or not: a health change never resizes (nor rebuilds).
         let size = self.table_size_for(snapshot.len());
@@ -359,17 +363,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
         WithFallback::prepare(MaglevTable { core }, &self.fallback, snapshot, previous)
     }
 
-    #[inline]
-    fn pick(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        ctx: &PickContext,
-    ) -> Option<usize> {
-        table.pick(&self.fallback, snapshot, ctx, |hash| {
-            self.find(table, snapshot, hash, |_| true)
-        })
-    }
+    pick_by_preference!();
 }
 
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Maglev<F> {

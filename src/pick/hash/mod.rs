@@ -141,6 +141,25 @@ impl<T, U> WithFallback<T, U> {
     }
 }
 
+/// The `pick` of a [`HashPicker`] whose table is a [`WithFallback`]: the first backend of
+/// the key's preference order, else the fallback's pick.
+macro_rules! pick_by_preference {
+    () => {
+        #[inline]
+        fn pick(
+            &self,
+            table: &Self::Table,
+            snapshot: &Snapshot<A>,
+            ctx: &PickContext,
+        ) -> Option<usize> {
+            table.pick(&self.fallback, snapshot, ctx, |hash| {
+                $crate::pick::hash::HashPicker::find(self, table, snapshot, hash, |_| true)
+            })
+        }
+    };
+}
+pub(crate) use pick_by_preference;
+
 /// The preference order of the table pickers (Maglev's slots, Jump's buckets): the
 /// entry of the key, then of up to [`MAX_PROBES`] − 1 rehashed keys, then every entry
 /// from the last one on, wrapping — so every member holding an entry is reached.

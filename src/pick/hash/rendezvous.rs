@@ -248,6 +248,10 @@ const EXACT_PASSES: usize = 4;
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
     type Table = WithFallback<RendezvousTable, F::Table>;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let members: Box<[(u64, f64)]> = members(snapshot)
             .iter()

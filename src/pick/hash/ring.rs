@@ -46,7 +46,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::ring_build::{Core, build, point_counts};
-use super::{BackendKey, HashPicker, WithFallback, key_hash, reuse_or_build};
+use super::{BackendKey, HashPicker, WithFallback, key_hash, pick_by_preference, reuse_or_build};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -218,6 +218,10 @@ impl fmt::Debug for RingTable {
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
     type Table = WithFallback<RingTable, F::Table>;
 
+    fn uses_affinity(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let (per_weight, max) = (self.points_per_weight, self.max_points);
         let scale = snapshot.weight_scale();
@@ -244,17 +248,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
         WithFallback::prepare(RingTable { core }, &self.fallback, snapshot, previous)
     }
 
-    #[inline]
-    fn pick(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        ctx: &PickContext,
-    ) -> Option<usize> {
-        table.pick(&self.fallback, snapshot, ctx, |hash| {
-            self.find(table, snapshot, hash, |_| true)
-        })
-    }
+    pick_by_preference!();
 }
 
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Ring<F> {
