@@ -152,14 +152,15 @@ pub enum SpawnError {
 /// A setting was refused. One type for every setting of the crate; the message and
 /// [`setting`](Self::setting) name the setter the value came through.
 ///
-/// Where it is raised, by one policy: a value that stands alone and parses or checks its
-/// input (a picker's table size, a probe's path, a key's prefix) is refused by its
-/// constructor, so an invalid one cannot exist; settings chained on a builder are taken
-/// as given and checked together, once, by the call that uses them —
-/// [`PoolBuilder::build`](crate::PoolBuilder::build) for health settings,
-/// [`Pool::spawn_health_probes`](crate::Pool::spawn_health_probes) for the probe
-/// schedule. Nothing is clamped silently; counts that must not be zero take a `NonZero`
-/// type.
+/// Where it is raised, by one policy: a value with no build step of its own — a picker,
+/// a classifier, a key extractor, a probe — refuses a bad setting where it is given
+/// (`Maglev::with_table_size`, `BoundedLoad::with_balance_factor`,
+/// `ServerLoad::error_utilization_penalty`, `GrpcStatus::failure_code`,
+/// `PeerIpKey::with_prefix`, `HttpProbe::new`, `PanicThreshold::new`), so an invalid one
+/// cannot exist; settings chained on a builder are taken as given and checked together,
+/// once, by the call that uses them — [`PoolBuilder::build`](crate::PoolBuilder::build)
+/// for health settings, [`Pool::spawn_health_probes`](crate::Pool::spawn_health_probes)
+/// for the probe schedule. Nothing is clamped silently.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

@@ -136,6 +136,24 @@ async fn empty_or_all_down_fails_at_once_with_a_typed_error() {
     assert_eq!(balance.committed(), Some(0));
 }
 
+/// `max_in_flight(0)` is no limit (as NGINX's `max_conns=0`), not a limit of one.
+#[tokio::test(start_paused = true)]
+async fn a_zero_in_flight_limit_means_none() {
+    let (pool, _) = pool_of(RoundRobin::new(), &["a", "b"]);
+    let balance = BalanceLayer::new(pool.clone())
+        .max_in_flight(0)
+        .on_overload(OnOverload::Shed)
+        .build(tower_lb::balance::PerBackend);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut f = Box::pin(balance.clone().oneshot(1_000));
+        assert!(futures::poll!(f.as_mut()).is_pending());
+        held.push(f);
+    }
+    assert_eq!(in_flight(&pool), [10, 10]);
+    assert_eq!(balance.clone().oneshot(0).await.unwrap().len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn sheds_with_the_numbers_when_every_backend_is_full() {
     let (pool, _) = pool_of(RoundRobin::new(), &["a", "b"]);

@@ -415,6 +415,7 @@ fn sync_makes_a_pool_hold_exactly_the_subset() {
     for _ in 0..100 {
         let picked = pool.pick(&PickContext::new()).unwrap();
         assert!(held.contains(picked.addr()));
+        picked.start().success(); // a request sent: counted in `picks`
     }
     // Remove one held backend from the world: one out, at most a few in, survivors keep
     // their pick counts.

@@ -196,9 +196,11 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
         self
     }
 
-    /// At most `max` requests in flight per backend from this balancer (at least 1).
+    /// At most `max` requests in flight per backend from this balancer; 0 means no limit
+    /// (as NGINX's `max_conns=0`), the default.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         let on_overload = self.limit.map(|(_, o)| o).unwrap_or_default();
+        let max = if max == 0 { usize::MAX } else { max };
         self.limit = Some((max, on_overload));
         self
     }

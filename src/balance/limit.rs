@@ -42,7 +42,7 @@ pub(crate) struct Limit {
 impl Limit {
     pub(crate) fn new(max_in_flight: usize, on_overload: OnOverload) -> Self {
         Limit {
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight,
             on_overload,
             committed: AtomicUsize::new(0),
             waiters: Mutex::new(VecDeque::new()),

@@ -67,6 +67,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 
+mod ejection;
 pub(crate) mod engine;
 pub mod outlier;
 pub mod panic;

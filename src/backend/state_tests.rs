@@ -1,0 +1,125 @@
+//! Unit tests of [`BackendState`](super::BackendState) and its in-flight guard.
+
+use super::*;
+
+/// `picks` is every request started — in flight, succeeded, failed or dropped —
+/// counted from the other counters, never twice and never lost.
+#[test]
+fn picks_count_every_started_request_once() {
+    let state = Arc::new(BackendState::new(DEFAULT_EWMA_DECAY));
+    assert_eq!(state.picks(), 0);
+    let held = state.start();
+    assert_eq!((state.picks(), state.in_flight()), (1, 1));
+    state.start().success();
+    state.start().failure();
+    drop(state.start()); // cancelled: not a failure outside a pool
+    assert_eq!(state.picks(), 4);
+    assert_eq!((state.successes(), state.failures()), (1, 1));
+    held.success();
+    assert_eq!((state.picks(), state.in_flight()), (4, 0));
+}
+
+#[test]
+fn in_flight_guard_releases_on_drop_and_finish() {
+    let state = Arc::new(BackendState::new(DEFAULT_EWMA_DECAY));
+    let a = state.start();
+    let b = state.start();
+    assert_eq!(state.in_flight(), 2);
+    drop(a);
+    assert_eq!(state.in_flight(), 1);
+    b.failure();
+    assert_eq!(state.in_flight(), 0);
+    assert_eq!(state.failures(), 1);
+    assert_eq!(state.successes(), 0);
+    assert!(state.rtt_estimate(Instant::now()).is_some());
+}
+
+#[test]
+fn ewma_decays_towards_zero_when_idle() {
+    let state = BackendState::new(Duration::from_secs(10));
+    let t0 = Instant::now();
+    state.record_rtt(Duration::from_millis(100), t0);
+    let at0 = state.rtt_estimate(t0).unwrap();
+    let later = state.rtt_estimate(t0 + Duration::from_secs(10)).unwrap();
+    assert_eq!(at0, Duration::from_millis(100));
+    // e^-1 of the estimate after one decay window, within rounding.
+    let expected = 100e6 * (-1.0f64).exp();
+    assert!(
+        (later.as_nanos() as f64 - expected).abs() < 1e3,
+        "{later:?}"
+    );
+}
+
+#[test]
+fn decay_factor_is_close_to_exp_on_both_paths() {
+    let tau = 10e9;
+    let inv = 1.0 / tau;
+    for elapsed in [
+        0u64,
+        1,
+        1_000_000,
+        4_882_000,
+        4_883_000,
+        10_000_000,
+        10_000_000_000,
+    ] {
+        let exact = (-(elapsed as f64) / tau).exp();
+        let got = decay_factor(elapsed, inv);
+        assert!((got - exact).abs() < 2e-7, "{elapsed}: {got} vs {exact}");
+    }
+}
+
+#[test]
+fn a_cancellation_raises_the_estimate_and_past_the_threshold_is_a_failure() {
+    let shared = Arc::new(HealthShared::new(5, Some(Duration::from_millis(100))));
+    let state = BackendState::linked(DEFAULT_EWMA_DECAY, shared);
+    state.record_rtt_at_nanos(Duration::from_millis(10), 1_000);
+    // Cancelled after 5 ms: below the estimate, so nothing changes but the count.
+    assert!(!state.record_cancel(Duration::from_millis(5), 2_000));
+    assert_eq!((state.successes(), state.failures()), (0, 0));
+    assert_eq!(f64::from_bits(state.rtt_bits.load(Ordering::Relaxed)), 10e6);
+    // Cancelled after 50 ms: a latency floor above the estimate, not a failure.
+    assert!(!state.record_cancel(Duration::from_millis(50), 3_000));
+    assert_eq!(state.failures(), 0);
+    assert_eq!(f64::from_bits(state.rtt_bits.load(Ordering::Relaxed)), 50e6);
+    assert_eq!(state.failure_score_at(3_000), 0.0);
+    // Cancelled after 300 ms (a caller's time-out): a failure, scored.
+    assert!(!state.record_cancel(Duration::from_millis(300), 4_000));
+    assert_eq!(state.failures(), 1);
+    assert_eq!(
+        f64::from_bits(state.rtt_bits.load(Ordering::Relaxed)),
+        300e6
+    );
+    assert!((state.failure_score_at(4_000) - 1.0).abs() < 1e-9);
+    // Outside a pool (no threshold), a cancellation is never a failure.
+    let alone = BackendState::new(DEFAULT_EWMA_DECAY);
+    assert!(!alone.record_cancel(Duration::from_secs(60), 1_000));
+    assert_eq!(alone.failures(), 0);
+}
+
+#[test]
+fn the_failure_score_adds_halves_fades_and_doubles_the_load() {
+    let state = BackendState::new(DEFAULT_EWMA_DECAY);
+    let t = 10_000_000_000u64;
+    for _ in 0..3 {
+        state.record_outcome(false, None, t);
+    }
+    assert!((state.failure_score_at(t) - 3.0).abs() < 1e-9);
+    // (0 in flight + 1) × 2³ − 1
+    assert!((state.load_with(|| t) - 7.0).abs() < 1e-9);
+    state.record_outcome(true, None, t);
+    assert!((state.failure_score_at(t) - 1.5).abs() < 1e-9);
+    // Fades as e^(−Δt / 1 s): one second later, 1.5 / e.
+    let later = t + 1_000_000_000;
+    let expected = 1.5 * (-1.0f64).exp();
+    assert!((state.failure_score_at(later) - expected).abs() < 1e-6);
+    // Faded below 1/64: none, and the load is the in-flight count again.
+    let much_later = t + 6_000_000_000;
+    assert_eq!(state.failure_score_at(much_later), 0.0);
+    assert_eq!(state.load_with(|| much_later), 0.0);
+    // Successes halve it away: cleared below 1/64.
+    for _ in 0..7 {
+        state.record_outcome(true, None, t);
+    }
+    assert_eq!(state.fail_bits.load(Ordering::Relaxed), 0);
+}
