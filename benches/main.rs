@@ -8,6 +8,7 @@ mod hashing;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod pickers;
+mod scale;
 
 /// The `metrics` feature's group, when the feature is on.
 fn metrics_register(_c: &mut criterion::Criterion) {
@@ -20,6 +21,7 @@ criterion_group!(
     pickers::register,
     hashing::register,
     balance::register,
+    scale::register,
     metrics_register
 );
 criterion_main!(benches);

@@ -5,6 +5,8 @@
 //! with the demo backends of `examples/support`. Every listener binds port 0; every test
 //! is bounded by [`bounded`] (real sockets need real time, so no paused clock here).
 
+#[path = "../examples/discovery/registry.rs"]
+mod discovery;
 #[path = "../examples/http_proxy/proxy.rs"]
 mod http_proxy;
 #[path = "../examples/support/mod.rs"]
@@ -1672,6 +1674,24 @@ async fn http_proxy_serves_prometheus_metrics() -> Result<(), Error> {
             label(addrs[1])
         ))?;
         assert_eq!(timed, 9.0);
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Discovery from a channel
+
+/// `examples/discovery`: the first request waits for the first backend, weights arrive
+/// through discovery, and membership follows the registry while no request comes.
+#[tokio::test]
+async fn discovery_example_follows_its_registry() -> Result<(), Error> {
+    bounded(async {
+        let summary = discovery::run().await?;
+        assert_eq!(summary.first, "a", "served once a backend arrived");
+        assert_eq!(summary.before, BTreeMap::from([("a", 30), ("b", 10)]));
+        assert_eq!(summary.members_while_idle, ["b", "c"]);
+        assert_eq!(summary.after, BTreeMap::from([("b", 10), ("c", 20)]));
         Ok(())
     })
     .await

@@ -44,6 +44,7 @@ pub struct BalanceLayer<A, P: Picker<A>, K = NoAffinity, C = ErrorsAsFailures> {
     classify: C,
     limit: Option<(usize, OnOverload)>,
     timeout: Option<Duration>,
+    wait_for_backends: bool,
 }
 
 impl<A, P: Picker<A>> BalanceLayer<A, P> {
@@ -60,6 +61,7 @@ impl<A, P: Picker<A>> BalanceLayer<A, P> {
             classify: ErrorsAsFailures,
             limit: None,
             timeout: None,
+            wait_for_backends: false,
         }
     }
 }
@@ -162,6 +164,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             classify: self.classify,
             limit: self.limit,
             timeout: self.timeout,
+            wait_for_backends: self.wait_for_backends,
         }
     }
 
@@ -173,6 +176,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             classify,
             limit: self.limit,
             timeout: self.timeout,
+            wait_for_backends: self.wait_for_backends,
         }
     }
 
@@ -211,6 +215,16 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
         self
     }
 
+    /// While the set has no member, `poll_ready` waits for the first one (woken by the
+    /// publication that brings it, from discovery or a direct insert) instead of letting
+    /// `call` fail at once with [`PickError::NoBackends`](crate::PickError::NoBackends),
+    /// as tower's p2c balancer waits for its first endpoint. Bound the wait with a
+    /// time-out layer. A set whose members are all ineligible still fails at once.
+    pub fn wait_for_backends(mut self) -> Self {
+        self.wait_for_backends = true;
+        self
+    }
+
     /// The pool.
     pub fn pool(&self) -> &Pool<A, P> {
         &self.pool
@@ -233,6 +247,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             timeout: self.timeout,
             discover: Mutex::new(None),
             discovering: Default::default(),
+            wait_for_backends: self.wait_for_backends,
         })
     }
 }
@@ -253,6 +268,7 @@ impl<A, P: Picker<A>, K: Clone, C: Clone> Clone for BalanceLayer<A, P, K, C> {
             classify: self.classify.clone(),
             limit: self.limit,
             timeout: self.timeout,
+            wait_for_backends: self.wait_for_backends,
         }
     }
 }

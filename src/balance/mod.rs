@@ -68,7 +68,7 @@ pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody};
 #[allow(deprecated)]
 pub use classify::AnyError;
 pub use classify::{Classify, ClassifyTrailers, ErrorsAsFailures};
-pub use discover::Change;
+pub use discover::{Change, Discovery, Weighted};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use dns::DnsDiscover;

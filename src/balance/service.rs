@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::BoxError;
 use super::backend_service::BackendService;
 use super::classify::{Classify, ErrorsAsFailures};
-use super::discover::{Change, Driver, Membership, StreamDriver};
+use super::discover::Driver;
 use super::future::{ResponseFuture, Tracked};
 use super::layer::BalanceLayer;
 use super::limit::{Limit, OnOverload};
@@ -23,7 +23,7 @@ use super::steer::{Steer, Steering};
 use crate::affinity::AffinityKey;
 use crate::clock::now_nanos;
 use crate::error::{DiscoverError, Overloaded};
-use crate::{BackendId, MembershipError, Picker, Pool, Snapshot, Weight};
+use crate::{BackendId, Picker, Pool, Snapshot};
 
 /// No affinity: every request is placed by the picker alone.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +47,9 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
     pub(crate) discover: Mutex<Option<Box<dyn Driver<A>>>>,
     /// Whether a discovery stream is set: spares `poll_ready` the mutex when none is.
     pub(crate) discovering: AtomicBool,
+    /// Whether `poll_ready` waits for the set's first member instead of letting `call`
+    /// fail with `NoBackends` (tower's p2c waits).
+    pub(crate) wait_for_backends: bool,
 }
 
 /// A `tower::Service` that sends each request to one backend of a [`Pool`].
@@ -78,7 +81,7 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
 /// # }
 /// ```
 pub struct Balance<A, P: Picker<A>, R, K = NoAffinity, C = ErrorsAsFailures> {
-    shared: Arc<Shared<A, P, R, K, C>>,
+    pub(super) shared: Arc<Shared<A, P, R, K, C>>,
     /// A unit of capacity reserved by `poll_ready` for the next `call`.
     reserved: bool,
     /// Whether the last `poll_ready` returned `Pending` on the limit.
@@ -92,22 +95,6 @@ where
     /// A balancer over a pool of [`BackendService`]s, each with its own service.
     pub fn new(pool: Pool<BackendService<K, S>, P>) -> Self {
         BalanceLayer::new(pool).build(PerBackend)
-    }
-
-    /// A balancer whose set follows tower's `Discover` (a stream of `Change<K, S>`),
-    /// as `tower::balance::p2c::Balance::new` does; every backend gets weight 1.
-    pub fn from_discover<D, E>(picker: P, discover: D) -> Self
-    where
-        D: futures_core::Stream<Item = Result<Change<K, S>, E>> + Send + 'static,
-        E: Into<BoxError>,
-        K: Clone + Hash + Eq + Send + Sync + 'static,
-        S: Clone + Send + Sync + 'static,
-    {
-        let balance = Balance::new(Pool::new(picker));
-        balance.discover(discover, |key: &K, service| {
-            (BackendService::new(key.clone(), service), Weight::ONE)
-        });
-        balance
     }
 }
 
@@ -130,43 +117,12 @@ impl<A, P: Picker<A>, R, K, C> Balance<A, P, R, K, C> {
         self.shared.limit.as_ref().map(|l| l.committed())
     }
 
-    /// Follows a discovery stream: each `Change::Insert(k, v)` adds the backend `make`
-    /// builds from it, each `Change::Remove(k)` removes it. Replaces any earlier stream.
-    /// The stream is polled from `poll_ready`.
-    pub fn discover<D, DK, V, E, F>(&self, discover: D, make: F)
-    where
-        D: futures_core::Stream<Item = Result<Change<DK, V>, E>> + Send + 'static,
-        DK: Hash + Eq + Send + 'static,
-        E: Into<BoxError>,
-        F: FnMut(&DK, V) -> (A, Weight) + Send + 'static,
-        A: Clone + Eq + Hash + 'static,
-    {
-        let driver = StreamDriver {
-            stream: Box::pin(discover),
-            make,
-            ids: Default::default(),
-        };
-        *self.shared.discover.lock() = Some(Box::new(driver));
-        // Release pairs with the Acquire in `poll_ready`: who sees the flag finds the stream.
-        self.shared.discovering.store(true, Ordering::Release);
-    }
-
     /// Units of capacity: eligible backends × the per-backend limit.
     fn capacity(snapshot: &Snapshot<A>, limit: &Limit) -> usize {
         snapshot
             .eligible()
             .len()
             .saturating_mul(limit.max_in_flight)
-    }
-}
-
-impl<A: Clone + Eq + Hash, P: Picker<A>> Membership<A> for Pool<A, P> {
-    fn add(&self, addr: A, weight: Weight) -> Result<BackendId, MembershipError> {
-        self.insert(addr, weight)
-    }
-
-    fn drop_backend(&self, id: BackendId) -> Result<(), MembershipError> {
-        self.remove(id).map(drop)
     }
 }
 
@@ -193,6 +149,9 @@ where
             && let Some(driver) = slot.as_mut()
         {
             match driver.poll_apply(cx, &self.shared.pool) {
+                // A batch still arriving (see `discover::MAX_DEFERRED`): the pick waits
+                // for it, so it sees every change already announced.
+                Poll::Pending if driver.is_deferring() => return Poll::Pending,
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => {
                     *slot = None;
@@ -202,6 +161,11 @@ where
                     return Poll::Ready(Err(DiscoverError::new(e).into()));
                 }
             }
+        }
+        if self.shared.wait_for_backends {
+            // No backend yet: wait for the first publication that brings one, as tower's
+            // p2c does, instead of letting `call` fail with `NoBackends`.
+            ready!(self.shared.pool.poll_members(cx));
         }
         let Some(limit) = &self.shared.limit else {
             return Poll::Ready(Ok(()));

@@ -182,6 +182,7 @@ impl<A, P> PoolBuilder<A, P> {
                     version: 0,
                     engine: Engine::new(self.health, self.seed),
                     in_task: false,
+                    index: Default::default(),
                     observer: {
                         #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
                         let mut observer = super::observe::Observer::default();
@@ -195,6 +196,7 @@ impl<A, P> PoolBuilder<A, P> {
                 decay: self.decay,
                 shared: Arc::new(HealthShared::new(threshold, self.cancel_failure_after)),
                 clock: self.clock.unwrap_or_else(Clock::system),
+                waiters: Default::default(),
             }),
         }
     }

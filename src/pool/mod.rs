@@ -114,6 +114,8 @@ pub(crate) struct Inner<A, P: Picker<A>> {
     decay: Duration,
     pub(crate) shared: Arc<HealthShared>,
     clock: Clock,
+    /// Tasks waiting for the set to have a member (`poll_members`), woken by `publish`.
+    waiters: Mutex<Vec<std::task::Waker>>,
 }
 
 impl<A, P: Picker<A>> Drop for Inner<A, P> {
@@ -129,6 +131,9 @@ struct Writer<A> {
     engine: Engine<A>,
     /// Set while the background task publishes, which needs no wake-up.
     in_task: bool,
+    /// Address → id of every member: kept across updates so that a change does not
+    /// rehash every address (see `update.rs`).
+    index: std::collections::HashMap<A, BackendId>,
     /// Turns publications into events (and the `metrics` feature's gauges).
     observer: observe::Observer<A>,
 }
@@ -259,6 +264,30 @@ impl<A, P: Picker<A>> Pool<A, P> {
         (0..prepared.snapshot.len())
             .filter_map(|i| prepared.snapshot.stats(i, now, health_now))
             .collect()
+    }
+
+    /// `Ready` once the set has a member; otherwise registers `cx` to be woken by the
+    /// next publication and returns `Pending`.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn poll_members(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if !self.inner.current.load().snapshot.is_empty() {
+            return std::task::Poll::Ready(());
+        }
+        let mut waiters = self.inner.waiters.lock();
+        // Checked again under the lock: a publication in between took it to wake us.
+        if !self.inner.current.load().snapshot.is_empty() {
+            return std::task::Poll::Ready(());
+        }
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    }
+
+    /// Wakes every task waiting in `poll_members`.
+    pub(crate) fn wake_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.inner.waiters.lock());
+        waiters.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// The pool's health clock now.

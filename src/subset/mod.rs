@@ -162,7 +162,6 @@ where
             .collect();
         let leaving: Vec<_> = edit
             .members()
-            .iter()
             .filter(|b| !wanted.contains_key(b.addr()))
             .map(|b| b.id())
             .collect();
@@ -170,11 +169,8 @@ where
             edit.remove(id)?;
             report.removed += 1;
         }
-        let present: std::collections::HashMap<A, crate::BackendId> = edit
-            .members()
-            .iter()
-            .map(|b| (b.addr().clone(), b.id()))
-            .collect();
+        let present: std::collections::HashMap<A, crate::BackendId> =
+            edit.members().map(|b| (b.addr().clone(), b.id())).collect();
         for (addr, weight) in wanted {
             match present.get(addr) {
                 Some(&id) => edit.set_weight(id, weight)?,

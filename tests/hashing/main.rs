@@ -21,6 +21,10 @@ const SEED: u64 = 0x7EB1_0003;
 const CASES: u32 = 32;
 /// Cases for the heavy ones (a 65 537-slot Maglev table, up to 1000 backends, in a debug build).
 const HEAVY_CASES: u32 = 3;
+/// Cases for the Maglev table sized for 10 000 backends (a 1 048 573-slot table).
+const MAGLEV_SIZED_CASES: u32 = 2;
+/// Maglev sized for the set: the busiest backend's share over the ideal 1/N (issue #17).
+const MAGLEV_MAX_BUSIEST: f64 = 1.02;
 /// Keys sampled per case.
 const KEYS: usize = 20_000;
 

@@ -45,9 +45,7 @@
 
 use std::fmt;
 
-use super::{
-    BackendKey, HashPicker, WithFallback, key_hash, members, pick_by_preference, probe_then_scan,
-};
+use super::{BackendKey, HashPicker, WithFallback, key_hash, pick_by_preference, probe_then_scan};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -236,9 +234,34 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
     }
 
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
-        let mut members = members(snapshot);
-        members.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let buckets = members.iter().map(|m| m.index).collect();
+        // Sorted by key bytes. Each key's first 16 bytes, big-endian, settle most
+        // comparisons without reading the key itself (an address such as
+        // "10.0.195.80:8080" fits whole): zero padding keeps the order lexicographic,
+        // and equal prefixes fall back to the full keys.
+        let keys: Vec<Vec<u8>> = snapshot
+            .backends()
+            .iter()
+            .map(|b| {
+                let mut key = Vec::new();
+                b.addr().write_key(&mut key);
+                key
+            })
+            .collect();
+        let mut order: Vec<(u128, u32)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, key)| {
+                let mut prefix = [0u8; 16];
+                let n = key.len().min(16);
+                prefix[..n].copy_from_slice(&key[..n]);
+                Some((u128::from_be_bytes(prefix), u32::try_from(i).ok()?))
+            })
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| keys[a.1 as usize].cmp(&keys[b.1 as usize]))
+        });
+        let buckets = order.into_iter().map(|(_, index)| index).collect();
         WithFallback::prepare(JumpTable { buckets }, &self.fallback, snapshot, previous)
     }
 

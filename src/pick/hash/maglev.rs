@@ -18,11 +18,21 @@
 //! another slot (up to 32 probes, then a scan of the table from there), so its keys
 //! spread over the others in proportion to their shares and no other key moves.
 //!
+//! **Table size**: by default the table grows with the set, as the paper asks (M ≥ 100 ·
+//! N): 65 537 slots up to 655 backends, then the smallest of [`TABLE_SIZES`] (primes,
+//! each about double the last) with at least 100 slots per backend, up to
+//! [`MAX_TABLE_SIZE`] — so every backend owns within 1 % of the same share of the keys
+//! (the property tests check ≤ 1.02 × the ideal share at N = 10 000; with the old fixed
+//! 65 537 slots the busiest backend had 1.06× at 10 000 and 1.41× at 50 000). A set that
+//! crosses a step gets a new M, which moves most keys; [`Maglev::with_table_size`] fixes
+//! M and rules that out.
+//!
 //! **Cost**: lookup O(1) — a hash mix, a multiply-shift and one read of a 4-byte entry:
-//! 6–7 ns at N = 8, 64 and 1024 including the key hash; memory 4 B × M (256 KiB at the
-//! default M = 65 537; the paper sizes M ≥ 100 × N, so past a few hundred backends
-//! consider a larger prime such as 655 373, or [`MAX_TABLE_SIZE`]); build O(M log N) on
-//! the change path, 3–6 ms.
+//! 6–7 ns at N = 8, 64 and 1024 including the key hash; memory 4 B × M: 256 KiB up to 655
+//! backends, then 400–800 B per backend (4 MiB at 10 000, 19 MiB at 50 000); build
+//! O(M log N) on the change path (O(M) plus the probe walks with equal weights), which
+//! makes Maglev the one strategy whose change cost grows with its table rather than
+//! with the change: see the README's "Scale" table.
 //!
 //! Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load Balancer",
 //! NSDI 2016; weights as in Envoy's `MaglevTable`.
@@ -42,9 +52,15 @@ use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
 use crate::stable_hash::seeded;
 
-/// The default table size M: the prime 65 537, as Envoy and the paper's evaluation
-/// use; good for the 1 % disruption bound up to ≈ 650 backends.
+/// The smallest table an automatically sized Maglev uses (and the size up to 655
+/// backends): the prime 65 537, as Envoy and the paper's evaluation use.
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+
+/// The sizes an automatically sized table takes: primes, each about twice the last,
+/// from [`DEFAULT_TABLE_SIZE`] to [`MAX_TABLE_SIZE`].
+pub const TABLE_SIZES: [u32; 8] = [
+    65_537, 131_071, 262_147, 524_287, 1_048_573, 2_097_143, 4_194_301, 5_000_011,
+];
 
 /// The largest accepted table size: the prime 5 000 011 (20 MB), Envoy's upper bound.
 pub const MAX_TABLE_SIZE: u32 = 5_000_011;
@@ -75,16 +91,18 @@ const EMPTY: u32 = u32::MAX;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Maglev<F = RoundRobin> {
-    size: u32,
+    /// `None`: sized for the set ([`Maglev::table_size_for`]).
+    size: Option<u32>,
     fallback: F,
 }
 
 impl Maglev {
-    /// Maglev with a table of [`DEFAULT_TABLE_SIZE`] slots and a round-robin fallback for
-    /// requests without a key.
+    /// Maglev with a table sized for the set ([`table_size_for`](Self::table_size_for):
+    /// at least 100 slots per backend, 65 537 up to 655 backends) and a round-robin
+    /// fallback for requests without a key.
     pub fn new() -> Self {
         Maglev {
-            size: DEFAULT_TABLE_SIZE,
+            size: None,
             fallback: RoundRobin::new(),
         }
     }
@@ -109,7 +127,7 @@ impl<F> Maglev<F> {
     pub fn with_table_size(self, size: u64) -> Result<Self, ConfigError> {
         match u32::try_from(size) {
             Ok(s) if (2..=MAX_TABLE_SIZE).contains(&s) && is_prime(s) => Ok(Maglev {
-                size: s,
+                size: Some(s),
                 fallback: self.fallback,
             }),
             _ => Err(ConfigError::MaglevTableSize {
@@ -128,9 +146,44 @@ impl<F> Maglev<F> {
         }
     }
 
-    /// The table size M.
+    /// The table size M set with [`with_table_size`](Self::with_table_size), or, when
+    /// the table is sized for the set, the smallest size it takes
+    /// ([`DEFAULT_TABLE_SIZE`]).
     pub fn table_size(&self) -> u32 {
-        self.size
+        self.size.unwrap_or(DEFAULT_TABLE_SIZE)
+    }
+
+    /// The table size M for a set of `members` backends (every member, eligible or not):
+    /// the size set with [`with_table_size`](Self::with_table_size), else the smallest of
+    /// [`TABLE_SIZES`] with at least 100 slots per backend (the paper's M ≥ 100 · N, so
+    /// each backend's share of the keys is within 1 % of the others'), capped at
+    /// [`MAX_TABLE_SIZE`] (from 50 000 backends on).
+    ///
+    /// Memory is 4 bytes per slot: 256 KiB up to 655 backends, then 400–800 B per
+    /// backend (4 MiB at 10 000, 19 MiB at 50 000). The sizes are a fixed ladder,
+    /// doubling, rather than the next prime after 100 · N: M changes only when the set
+    /// crosses a step (655, 1 310, 2 621, 5 242, 10 485, 20 971, 41 943 backends), and a
+    /// change of M moves most keys, as any new table size does — set a size to rule it
+    /// out. Independent instances with the same set still agree: M follows from the set.
+    ///
+    /// ```
+    /// use tower_lb::Maglev;
+    ///
+    /// assert_eq!(Maglev::new().table_size_for(3), 65_537);
+    /// assert_eq!(Maglev::new().table_size_for(10_000), 1_048_573);
+    /// assert_eq!(Maglev::new().table_size_for(1_000_000), 5_000_011);
+    /// assert_eq!(Maglev::new().with_table_size(7).unwrap().table_size_for(10_000), 7);
+    /// ```
+    pub fn table_size_for(&self, members: usize) -> u32 {
+        self.size.unwrap_or_else(|| {
+            let wanted = u64::try_from(members)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(100);
+            TABLE_SIZES
+                .into_iter()
+                .find(|&m| u64::from(m) >= wanted)
+                .unwrap_or(MAX_TABLE_SIZE)
+        })
     }
 
     /// The picker for requests without a key.
@@ -210,6 +263,27 @@ fn build(members: Vec<Member>, fingerprint: Fingerprint, size: u32) -> Core {
         })
         .collect();
     let mut entries = vec![EMPTY; size as usize].into_boxed_slice();
+    // Which slots are taken, one bit each: the walks probe this (M/8 bytes, 610 KiB at
+    // the largest M, cache-resident) rather than the 4-byte entries (up to 19 MiB).
+    let mut taken = vec![0u64; (size as usize).div_ceil(64)];
+    if cursors.iter().all(|c| c.weight == max_weight) {
+        // Equal weights: every backend claims once per round, in canonical order — the
+        // heap's order, without the heap.
+        let mut filled = 0u64;
+        'rounds: loop {
+            for c in &mut cursors {
+                claim(&mut entries, &mut taken, c, m);
+                filled += 1;
+                if filled >= m {
+                    break 'rounds;
+                }
+            }
+        }
+        return Core {
+            entries,
+            fingerprint,
+        };
+    }
     let mut turns: BinaryHeap<Reverse<(u64, usize)>> =
         (0..cursors.len()).map(|pos| Reverse((1, pos))).collect();
     let mut filled = 0u64;
@@ -220,23 +294,8 @@ fn build(members: Vec<Member>, fingerprint: Fingerprint, size: u32) -> Core {
         let Some(c) = cursors.get_mut(pos) else {
             break;
         };
-        // M is prime and 1 ≤ skip < M, so the walk visits every slot: a free one exists.
-        for _ in 0..m {
-            match entries.get_mut(c.slot as usize) {
-                Some(e) if *e == EMPTY => {
-                    *e = c.index;
-                    filled += 1;
-                    break;
-                }
-                _ => {
-                    // slot, skip < m: one conditional subtraction instead of a division.
-                    c.slot += c.skip;
-                    if c.slot >= m {
-                        c.slot -= m;
-                    }
-                }
-            }
-        }
+        claim(&mut entries, &mut taken, c, m);
+        filled += 1;
         c.claimed += 1;
         let due = (u128::from(c.claimed) * u128::from(max_weight)).div_ceil(u128::from(c.weight));
         let next = u64::try_from(due).unwrap_or(u64::MAX).max(round + 1);
@@ -245,6 +304,32 @@ fn build(members: Vec<Member>, fingerprint: Fingerprint, size: u32) -> Core {
     Core {
         entries,
         fingerprint,
+    }
+}
+
+/// `c` claims its next free preferred slot.
+#[inline]
+fn claim(entries: &mut [u32], taken: &mut [u64], c: &mut Cursor, m: u64) {
+    // M is prime and 1 ≤ skip < M, so the walk visits every slot: a free one exists.
+    for _ in 0..m {
+        let slot = c.slot as usize;
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        match taken.get_mut(word) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                if let Some(e) = entries.get_mut(slot) {
+                    *e = c.index;
+                }
+                return;
+            }
+            _ => {
+                // slot, skip < m: one conditional subtraction instead of a division.
+                c.slot += c.skip;
+                if c.slot >= m {
+                    c.slot -= m;
+                }
+            }
+        }
     }
 }
 
@@ -264,7 +349,8 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
     }
 
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
-        let size = self.size;
+        // Every member, eligible or not: a health change never resizes (nor rebuilds).
+        let size = self.table_size_for(snapshot.len());
         let previous_core = previous
             .map(|p| &p.table.core)
             .filter(|core| core.entries.len() == size as usize || core.entries.is_empty());
@@ -316,6 +402,10 @@ mod tests {
         assert!(is_prime(DEFAULT_TABLE_SIZE));
         assert!(is_prime(655_373));
         assert!(is_prime(MAX_TABLE_SIZE));
+        assert!(TABLE_SIZES.iter().all(|&m| is_prime(m)));
+        assert!(TABLE_SIZES.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(TABLE_SIZES[0], DEFAULT_TABLE_SIZE);
+        assert_eq!(TABLE_SIZES[7], MAX_TABLE_SIZE);
         assert!(!is_prime(65_535));
     }
 

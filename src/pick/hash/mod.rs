@@ -23,8 +23,8 @@
 //!
 //! | picker | moves on a change | lookup (N = 8 / 64 / 1024) | memory per table | build (N = 1024) |
 //! | --- | --- | --- | --- | --- |
-//! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000) | O(1): 6 / 7 / 7 ns | 4 B × M (M = 65 537: 256 KiB) | O(M log N): 6 ms |
-//! | [`Ring`] | only the removed/added backend's keys | O(1) expected: 16 / 18 / 27 ns | 16 B per point + a 4 B directory entry per 1–2 points (V = 160: 3.2–3.8 KiB per unit of weight) | O(P log P), P = V·Σw: 10 ms |
+//! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000) | O(1): 6 / 7 / 7 ns | 4 B × M, M sized for the set (≥ 100 · N, from 65 537: 256 KiB, to 5 000 011: 19 MiB) | O(M log N): 6 ms at M = 65 537; O(M log M) past it (1.1 s at N = 50 000) |
+//! | [`Ring`] | only the removed/added backend's keys | O(1) expected: 16 / 18 / 27 ns | 16 B per point + a 4 B directory entry per 1–2 points (V = 160: 3.2–3.8 KiB per unit of weight) | O(P log P), P = V·Σw: 10 ms; a change O(P) + its own points |
 //! | [`Rendezvous`] | only the removed/added backend's keys | O(n): 21 / 134 / 2160 ns | 16 B per member | O(n): 77 µs |
 //! | [`Jump`] | growing/shrinking at the end: only the last bucket's keys | O(log n): 34 / 48 / 67 ns | 4 B per member | O(n log n): 0.13 ms |
 //!
@@ -62,6 +62,7 @@ pub mod jump;
 pub mod maglev;
 pub mod rendezvous;
 pub mod ring;
+mod ring_build;
 
 pub use backend_key::BackendKey;
 
@@ -246,6 +247,11 @@ impl Fingerprint {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// The key hash of the member at snapshot index `i`.
+    pub(crate) fn hash(&self, i: usize) -> Option<u64> {
+        self.0.get(i).map(|&(hash, _)| hash)
     }
 }
 

@@ -33,7 +33,9 @@
 //! 2^⌈log₂ P⌉ entries that narrows the search to about one point, then the point is
 //! read: 16 / 18 / 27 ns at N = 8 / 64 / 1024 including the key hash (pingora's Ketama,
 //! a binary search, is quoted at 60 / 76 / 133 ns); build O(P log P) for P points, 10 ms
-//! at N = 1024; memory 16 B per point + 4 B per directory entry, 1 to 2 points per entry
+//! at N = 1024, and a change O(P + c log c) for c changed points: the points of members
+//! that stay are kept, only the new ones hashed and sorted, and the two runs merged
+//! (the same ring as a build from scratch, which the unit tests check); memory 16 B per point + 4 B per directory entry, 1 to 2 points per entry
 //! (3.5 MiB at N = 1024, V = 160).
 //!
 //! Karger et al., "Consistent hashing and random trees", STOC 1997; Ketama (last.fm,
@@ -43,23 +45,17 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use super::{
-    BackendKey, Fingerprint, HashPicker, Member, SEED_RING, WithFallback, key_hash,
-    pick_by_preference, reuse_or_build,
-};
+use super::ring_build::{Core, build, point_counts};
+use super::{BackendKey, HashPicker, WithFallback, key_hash, pick_by_preference, reuse_or_build};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
-use crate::stable_hash::seeded;
 
 /// The default number of points per unit of weight: 160, as Ketama and NGINX.
 pub const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
 
 /// The default cap on the ring's total points: 2²⁰ (≈ 20 MiB with the directory).
 pub const DEFAULT_MAX_POINTS: u32 = 1 << 20;
-
-/// The largest directory: 2²⁴ entries (64 MiB); past it points per entry grow.
-const MAX_DIRECTORY_BITS: u32 = 24;
 
 /// Ring (Ketama) consistent hashing. See the [module docs](self).
 ///
@@ -139,27 +135,11 @@ impl<F> Ring<F> {
     }
 }
 
-/// One point on the circle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Point {
-    hash: u64,
-    owner: u32,
-}
-
 /// A built ring. Cheap to clone: rings are shared between snapshots that differ only in
 /// eligibility.
 #[derive(Clone)]
 pub struct RingTable {
     core: Arc<Core>,
-}
-
-struct Core {
-    /// Sorted by hash (ties by owner key bytes).
-    points: Box<[Point]>,
-    /// `directory[b]` = the first point with `hash >= b << shift`; one more entry at the end.
-    directory: Box<[u32]>,
-    shift: u32,
-    fingerprint: Fingerprint,
 }
 
 impl RingTable {
@@ -235,95 +215,6 @@ impl fmt::Debug for RingTable {
     }
 }
 
-/// How many points each member gets: V per unit of weight — `V × w / scale`, rounded,
-/// at least one for a positive weight, where `scale` is the snapshot's
-/// [`weight_scale`](Snapshot::weight_scale) (effective weights are multiplied by it while a
-/// slow-start ramp runs; dividing it out keeps every other backend's points unchanged and
-/// makes a ramping backend's points a growing prefix of its full set). Scaled down in
-/// proportion (at least one each) when the total would pass `max_points`.
-fn point_counts(members: &[Member], per_weight: u32, max_points: u32, scale: u32) -> Vec<u64> {
-    let scale = u128::from(scale.max(1));
-    let wanted: Vec<u128> = members
-        .iter()
-        .map(|m| {
-            let w = u128::from(m.weight);
-            let n = (w * u128::from(per_weight) + scale / 2) / scale;
-            if w > 0 { n.max(1) } else { 0 }
-        })
-        .collect();
-    let total: u128 = wanted.iter().sum();
-    let max = u128::from(max_points);
-    let weight_sum: u128 = members.iter().map(|m| u128::from(m.weight)).sum();
-    members
-        .iter()
-        .zip(wanted)
-        .map(|(m, n)| {
-            let w = u128::from(m.weight);
-            let n = if total <= max || w == 0 {
-                n
-            } else {
-                (max * w / weight_sum).max(1)
-            };
-            u64::try_from(n).unwrap_or(u64::MAX)
-        })
-        .collect()
-}
-
-fn build(
-    members: Vec<Member>,
-    fingerprint: Fingerprint,
-    per_weight: u32,
-    max: u32,
-    scale: u32,
-) -> Core {
-    let counts = point_counts(&members, per_weight, max, scale);
-    let total = counts.iter().sum::<u64>() as usize;
-    let mut points: Vec<(u64, usize)> = Vec::with_capacity(total);
-    let mut input = Vec::new();
-    for (pos, (m, &count)) in members.iter().zip(&counts).enumerate() {
-        // Point r hashes the key bytes followed by r (as Ketama hashes "addr-r"): distinct
-        // inputs, so points are independent. (Varying XXH3's *seed* instead would not do:
-        // for short inputs the seed enters linearly, and similar names would collide.)
-        input.clear();
-        input.extend_from_slice(&m.key);
-        let at = input.len();
-        for replica in 0..count {
-            input.truncate(at);
-            input.extend_from_slice(&replica.to_le_bytes());
-            points.push((seeded(&input, SEED_RING), pos));
-        }
-    }
-    // Order by position; equal positions by owner key bytes, so the order (and who
-    // wins a collision) does not depend on the snapshot's member order.
-    points.sort_unstable_by(|a, b| (a.0, &members[a.1].key).cmp(&(b.0, &members[b.1].key)));
-    let points: Box<[Point]> = points
-        .into_iter()
-        .map(|(hash, pos)| Point {
-            hash,
-            owner: members[pos].index,
-        })
-        .collect();
-
-    let bits = usize::BITS - points.len().max(2).next_power_of_two().leading_zeros() - 1;
-    let bits = bits.clamp(1, MAX_DIRECTORY_BITS);
-    let shift = 64 - bits;
-    let mut directory = vec![0u32; (1usize << bits) + 1];
-    let mut next = 0usize;
-    for (b, entry) in directory.iter_mut().enumerate() {
-        let start = (b as u64).checked_shl(shift).filter(|_| b < 1 << bits);
-        while next < points.len() && start.is_none_or(|s| points[next].hash < s) {
-            next += 1;
-        }
-        *entry = u32::try_from(next).unwrap_or(u32::MAX);
-    }
-    Core {
-        points,
-        directory: directory.into_boxed_slice(),
-        shift,
-        fingerprint,
-    }
-}
-
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
     type Table = WithFallback<RingTable, F::Table>;
 
@@ -334,11 +225,25 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let (per_weight, max) = (self.points_per_weight, self.max_points);
         let scale = snapshot.weight_scale();
+        let previous_core = previous.map(|p| &p.table.core);
         let core = reuse_or_build(
             snapshot,
-            previous.map(|p| &p.table.core),
+            previous_core,
             |core| &core.fingerprint,
-            |members, fingerprint| build(members, fingerprint, per_weight, max, scale),
+            |members, fingerprint| {
+                let counts = point_counts(&members, per_weight, max, scale);
+                let ids = members
+                    .iter()
+                    .map(|m| snapshot.backends()[m.index as usize].id())
+                    .collect();
+                build(
+                    members,
+                    fingerprint,
+                    ids,
+                    counts,
+                    previous_core.map(|c| &**c),
+                )
+            },
         );
         WithFallback::prepare(RingTable { core }, &self.fallback, snapshot, previous)
     }
