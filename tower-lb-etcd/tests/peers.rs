@@ -142,8 +142,11 @@ fn subsets_change_by_o1_members_when_instances_join_or_leave() {
         mean(&leaves),
         max(&leaves)
     );
+    // `tower_lb::subset`'s documented bound for an instance added or removed is
+    // S/C + 2 = 4 per instance (the arc may grow or shrink by one instance width, S/C
+    // backends, when ⌈k·C/S⌉ steps); O(1) in the fleet size, whatever C.
     assert!(
-        mean(&joins) <= 2.0 && mean(&leaves) <= 2.0,
+        mean(&joins) <= 4.0 && mean(&leaves) <= 4.0,
         "{joins:?} {leaves:?}"
     );
     assert!(
