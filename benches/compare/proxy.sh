@@ -37,7 +37,7 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build --release --features http,tokio --example http_proxy --example tcp_proxy >&2
+cargo build --release --features http,tokio,metrics --example http_proxy --example tcp_proxy >&2
 HTTP_PROXY="$TARGET/release/examples/http_proxy"
 TCP_PROXY="$TARGET/release/examples/tcp_proxy"
 
