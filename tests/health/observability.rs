@@ -150,6 +150,52 @@ fn every_transition_is_an_event_with_backend_states_and_reason() {
     );
 }
 
+/// A backend that joins healthy is no transition; one that joins already unhealthy (a
+/// health source says so) is one, from "new".
+#[test]
+fn a_backend_joining_unhealthy_is_a_transition_from_new() {
+    let capture = capture::Capture::default();
+    // Two live dispatchers, as above.
+    let _second = tracing::Dispatch::new(capture::Capture::default());
+    let dispatch = tracing::Dispatch::new(capture.clone());
+    tracing::dispatcher::with_default(&dispatch, || {
+        let pool = Pool::new(RoundRobin::new());
+        pool.add_health_source(|b: &tower_lb::Backend<&str>, _: Instant| {
+            if *b.addr() == "joins-down" {
+                Verdict::Unhealthy(Reason::other("registry: not ready"))
+            } else {
+                Verdict::Healthy
+            }
+        });
+        pool.extend([("joins-up", Weight::ONE), ("joins-down", Weight::ONE)])
+            .unwrap();
+    });
+    let events = capture.0.lock().unwrap();
+    let transitions: Vec<[&str; 4]> = events
+        .iter()
+        .filter(|(target, f)| {
+            target == "tower_lb::health" && f["message"] == "backend health changed"
+        })
+        .map(|(_, f)| {
+            [
+                f["backend"].as_str(),
+                f["from"].as_str(),
+                f["to"].as_str(),
+                f["reason"].as_str(),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [[
+            "backend#1",
+            "new",
+            "unhealthy (registry: not ready)",
+            "registry: not ready"
+        ]]
+    );
+}
+
 #[test]
 fn stats_show_health_ejections_and_time_until_return() {
     let clock = ManualClock::new();
