@@ -660,18 +660,32 @@ fn counting(i: usize, fail: bool, calls: Arc<AtomicU64>) -> HttpEp {
     BackendService::new(i, BoxCloneSyncService::new(svc))
 }
 
+/// A round-robin pool (no ejection) of `n` backends, backend `i` made by
+/// `make(i, its call counter)`; the pool and the counters.
+fn counted(
+    n: usize,
+    make: impl Fn(usize, Arc<AtomicU64>) -> HttpEp,
+) -> (Pool<HttpEp, RoundRobin>, Vec<Arc<AtomicU64>>) {
+    let calls: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::default()).collect();
+    let pool = Pool::new(RoundRobin::new());
+    for (i, c) in calls.iter().enumerate() {
+        pool.insert(make(i, c.clone()), Weight::ONE).unwrap();
+    }
+    (pool, calls)
+}
+
+/// The calls all backends received.
+fn total(calls: &[Arc<AtomicU64>]) -> u64 {
+    calls.iter().map(|c| c.load(Ordering::SeqCst)).sum()
+}
+
 /// One of 3 backends fails every request: with one retry, every request succeeds, and a
 /// retry never goes back to the backend that failed it.
 #[tokio::test(start_paused = true)]
 async fn a_retry_goes_to_another_backend() {
-    let calls: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::default()).collect();
     // Round robin without ejection: the failing backend keeps its turn, so only the
     // retry's exclusion keeps it from answering twice.
-    let pool = Pool::new(RoundRobin::new());
-    for (i, c) in calls.iter().enumerate() {
-        pool.insert(counting(i, i == 1, c.clone()), Weight::ONE)
-            .unwrap();
-    }
+    let (pool, calls) = counted(3, |i, c| counting(i, i == 1, c));
     let svc = tower::ServiceBuilder::new()
         .layer(RetryLayer::new().policy(Always))
         .service(Balance::new(pool.clone()));
@@ -694,12 +708,7 @@ async fn a_retry_goes_to_another_backend() {
 /// to one backend (3 attempts at most over 3 backends even with 5 retries allowed).
 #[tokio::test(start_paused = true)]
 async fn retries_stay_within_the_budget() {
-    let calls: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::default()).collect();
-    let pool = Pool::new(RoundRobin::new());
-    for (i, c) in calls.iter().enumerate() {
-        pool.insert(counting(i, true, c.clone()), Weight::ONE)
-            .unwrap();
-    }
+    let (pool, calls) = counted(3, |i, c| counting(i, true, c));
     let svc = tower::ServiceBuilder::new()
         .layer(
             RetryLayer::new()
@@ -712,7 +721,7 @@ async fn retries_stay_within_the_budget() {
     for req in 0..REQUESTS {
         assert!(svc.clone().oneshot(http::Request::new(req)).await.is_err());
     }
-    let attempts: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+    let attempts = total(&calls);
     let retries = attempts - REQUESTS;
     println!("all backends failing: {REQUESTS} requests, {retries} retries");
     assert!(retries > 0, "the budget allows some retries");
@@ -726,7 +735,7 @@ async fn retries_stay_within_the_budget() {
     let generous = tower::ServiceBuilder::new()
         .layer(RetryLayer::new().policy(Always).max_retries(5))
         .service(Balance::new(pool.clone()));
-    let before: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+    let before = total(&calls);
     assert!(
         generous
             .clone()
@@ -734,7 +743,7 @@ async fn retries_stay_within_the_budget() {
             .await
             .is_err()
     );
-    let after: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+    let after = total(&calls);
     assert_eq!(after - before, 3, "each backend once");
 }
 
@@ -768,12 +777,7 @@ async fn the_default_policy_retries_once_what_is_safe_to_send_again() {
     for method in idempotent.iter().chain(&[Method::POST, Method::PATCH]) {
         for (error, connect) in [(reset, false), (refused, true)] {
             // Every backend fails, so the calls made count the attempts.
-            let calls: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::default()).collect();
-            let pool = Pool::new(RoundRobin::new());
-            for (i, c) in calls.iter().enumerate() {
-                pool.insert(failing_with(i, error, c.clone()), Weight::ONE)
-                    .unwrap();
-            }
+            let (pool, calls) = counted(3, |i, c| failing_with(i, error, c));
             let svc = tower::ServiceBuilder::new()
                 .layer(RetryLayer::new())
                 .service(Balance::new(pool));
@@ -782,7 +786,7 @@ async fn the_default_policy_retries_once_what_is_safe_to_send_again() {
                 .body(0)
                 .unwrap();
             assert!(svc.oneshot(request).await.is_err());
-            let attempts: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+            let attempts = total(&calls);
             let retried = connect || idempotent.contains(method);
             assert_eq!(
                 attempts,
@@ -797,12 +801,7 @@ async fn the_default_policy_retries_once_what_is_safe_to_send_again() {
         }
     }
     // An answer is final, for any method.
-    let calls: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::default()).collect();
-    let pool = Pool::new(RoundRobin::new());
-    for (i, c) in calls.iter().enumerate() {
-        pool.insert(counting(i, false, c.clone()), Weight::ONE)
-            .unwrap();
-    }
+    let (pool, calls) = counted(2, |i, c| counting(i, false, c));
     let svc = tower::ServiceBuilder::new()
         .layer(RetryLayer::new())
         .service(Balance::new(pool));
@@ -812,8 +811,7 @@ async fn the_default_policy_retries_once_what_is_safe_to_send_again() {
             .await
             .unwrap();
     }
-    let attempts: u64 = calls.iter().map(|c| c.load(Ordering::SeqCst)).sum();
-    assert_eq!(attempts, 10);
+    assert_eq!(total(&calls), 10);
 }
 
 /// The balancer's own refusals — no eligible backend, or every backend at its limit —

@@ -10,6 +10,15 @@ use tower_lb::health::{ProbeConfig, ProbeError, TcpProbe, probe_fn};
 
 use super::*;
 
+/// Probes without jitter whose every result sets the verdict (rise 1, fall 1).
+fn every_result_counts() -> ProbeConfig {
+    ProbeConfig::new()
+        .jitter(Duration::ZERO)
+        .rise(1)
+        .and_then(|c| c.fall(1))
+        .expect("rise and fall of 1 are valid")
+}
+
 /// Lets the runtime run (the task, probes, IO) until `at` on the paused clock.
 async fn until(at: TokioInstant) {
     tokio::time::sleep_until(at).await;
@@ -348,12 +357,7 @@ async fn the_http_probe_treats_2xx_3xx_as_healthy() {
     });
     let pool: Pool<SocketAddr, _> = Pool::new(RoundRobin::new());
     let id = pool.insert(addr, Weight::ONE).unwrap();
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .unwrap()
-        .fall(1)
-        .unwrap();
+    let config = every_result_counts();
     let probe = HttpProbe::new("/healthz")
         .unwrap()
         .host("api.test")
@@ -463,12 +467,7 @@ async fn slow_start_reenters_after_failed_probes() {
         Pool::builder(RoundRobin::new()).slow_start(SlowStart::new(window).unwrap()),
         letters(3),
     );
-    let config = ProbeConfig::new()
-        .jitter(Duration::ZERO)
-        .rise(1)
-        .unwrap()
-        .fall(1)
-        .unwrap();
+    let config = every_result_counts();
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     // The joins' ramps end; then b fails its probe at 105 s and passes at 110 s.

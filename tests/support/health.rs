@@ -125,3 +125,17 @@ pub fn ramp_from_one_percent(window: Duration) -> SlowStart {
         .and_then(|ramp| ramp.min_weight_percent(1))
         .expect("a valid ramp")
 }
+
+/// Lets the ramps of joining end (`window` on `clock`), then takes `id` down and back
+/// up: its ramp starts again now, the others at full weight.
+pub fn restart_ramp<A: Clone, P: Picker<A>>(
+    pool: &Pool<A, P>,
+    clock: &ManualClock,
+    window: Duration,
+    id: BackendId,
+) {
+    clock.advance(window);
+    pool.tick();
+    pool.mark_down(id).unwrap();
+    pool.mark_up(id).unwrap();
+}
