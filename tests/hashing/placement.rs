@@ -380,6 +380,26 @@ fn jump_matches_the_reference_implementation() {
         );
     }
     assert_eq!(Jump::bucket(7, 0), None);
+    // And the paper's own code (Lamping & Veach, Fig. 1) over many keys and sizes: the
+    // vectors alone would not see a step divided by `r` instead of `r + 1`.
+    fn paper(mut key: u64, buckets: u32) -> u32 {
+        let (mut b, mut j): (i64, i64) = (-1, 0);
+        while j < i64::from(buckets) {
+            b = j;
+            key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+            j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+        }
+        b as u32
+    }
+    for key in keys(0x1A3B, 5_000) {
+        for buckets in [1, 7, 128, 1_000, 1_000_000, 100_000_000, u32::MAX] {
+            assert_eq!(
+                Jump::bucket(key, buckets),
+                Some(paper(key, buckets)),
+                "jump({key}, {buckets})"
+            );
+        }
+    }
     let snapshot = Snapshot::build(["c", "a", "b"].map(|a| (a, Weight::ONE))).unwrap();
     let table = Jump::new().prepare(&snapshot, None);
     assert_eq!(table.table().buckets(), [1, 2, 0]);
