@@ -350,3 +350,93 @@ proptest! {
         prop_assert!(std <= RING_STD_PER_INV_SQRT_V * inv_sqrt_v, "std {:.4} at V = {}", std, v);
     }
 }
+
+/// `BackendKey`'s encodings are the documented ones, for every provided type: strings
+/// and byte strings their bytes, addresses their `Display` text, integers big-endian as
+/// a `u64` (`u128`: 16 bytes) — so a set held as any of them hashes the same way.
+#[test]
+fn backend_keys_are_the_documented_bytes() {
+    use std::borrow::Cow;
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    use std::sync::Arc;
+    use tower_lb::pick::hash::BackendKey;
+
+    fn bytes<K: BackendKey + ?Sized>(key: &K) -> Vec<u8> {
+        let mut out = Vec::new();
+        key.write_key(&mut out);
+        out
+    }
+    let text = "10.0.0.1:8080";
+    let want = text.as_bytes().to_vec();
+    assert_eq!(bytes(text), want);
+    assert_eq!(bytes(&text.to_owned()), want);
+    assert_eq!(bytes(&Cow::Borrowed(text)), want);
+    assert_eq!(bytes(&Cow::<str>::Owned(text.to_owned())), want);
+    assert_eq!(bytes(text.as_bytes()), want);
+    assert_eq!(bytes(&want.clone()), want);
+    assert_eq!(bytes(&&text), want);
+    assert_eq!(bytes(&Box::<str>::from(text)), want);
+    assert_eq!(bytes(&Arc::<[u8]>::from(text.as_bytes())), want);
+    assert_eq!(bytes(&text.parse::<SocketAddr>().unwrap()), want);
+    assert_eq!(bytes(&IpAddr::from([10, 0, 0, 1])), b"10.0.0.1");
+    assert_eq!(bytes(&Ipv6Addr::LOCALHOST), b"::1");
+    assert_eq!(bytes(&7u8), [0, 0, 0, 0, 0, 0, 0, 7]);
+    assert_eq!(bytes(&0x0102_0304u32), [0, 0, 0, 0, 1, 2, 3, 4]);
+    let mut wide = [0u8; 16];
+    wide[15] = 7;
+    assert_eq!(bytes(&7u128), wide);
+    #[cfg(feature = "http")]
+    {
+        let uri: http::Uri = "http://10.0.0.1:8080/health".parse().unwrap();
+        assert_eq!(bytes(&uri), b"http://10.0.0.1:8080/health");
+    }
+}
+
+/// `Jump::bucket` is Lamping & Veach's function exactly: the reference implementation's
+/// vectors (as dgryski/go-jump and other ports check them), and no bucket of none. The
+/// table's buckets are the members in ascending order of key bytes.
+#[test]
+fn jump_matches_the_reference_implementation() {
+    let vectors: [(u64, u32, u32); 9] = [
+        (1, 1, 0),
+        (1, 128, 55),
+        (129, 128, 120),
+        (128, 100_000_000, 38_172_097),
+        (u64::MAX, 128, 92),
+        (42, 57, 43),
+        (0xDEAD_10CC, 1, 0),
+        (0xDEAD_10CC, 666, 361),
+        (256, 1024, 520),
+    ];
+    for (key, buckets, want) in vectors {
+        assert_eq!(
+            Jump::bucket(key, buckets),
+            Some(want),
+            "jump({key}, {buckets})"
+        );
+    }
+    assert_eq!(Jump::bucket(7, 0), None);
+    // And the paper's own code (Lamping & Veach, Fig. 1) over many keys and sizes: the
+    // vectors alone would not see a step divided by `r` instead of `r + 1`.
+    fn paper(mut key: u64, buckets: u32) -> u32 {
+        let (mut b, mut j): (i64, i64) = (-1, 0);
+        while j < i64::from(buckets) {
+            b = j;
+            key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+            j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+        }
+        b as u32
+    }
+    for key in keys(0x1A3B, 5_000) {
+        for buckets in [1, 7, 128, 1_000, 1_000_000, 100_000_000, u32::MAX] {
+            assert_eq!(
+                Jump::bucket(key, buckets),
+                Some(paper(key, buckets)),
+                "jump({key}, {buckets})"
+            );
+        }
+    }
+    let snapshot = Snapshot::build(["c", "a", "b"].map(|a| (a, Weight::ONE))).unwrap();
+    let table = Jump::new().prepare(&snapshot, None);
+    assert_eq!(table.table().buckets(), [1, 2, 0]);
+}

@@ -86,3 +86,35 @@ fn empty_and_all_down_sets_give_none() {
         }
     }
 }
+
+/// The tables describe themselves in debug output: their size and members (Maglev's M
+/// slots, the ring's V = 160 points per unit of weight, a bucket per member for jump,
+/// and whether rendezvous' weights are uniform), inside the fallback wrapper.
+#[test]
+fn tables_describe_themselves_in_debug_output() {
+    let uniform = snapshot(&[1, 2, 3], false);
+    let debug = |table: &dyn std::fmt::Debug| format!("{table:?}");
+    assert_eq!(
+        debug(&Maglev::new().prepare(&uniform, None)),
+        format!(
+            "WithFallback {{ table: MaglevTable {{ size: {DEFAULT_TABLE_SIZE}, members: 3 }}, .. }}"
+        )
+    );
+    assert_eq!(
+        debug(Ring::new().prepare(&uniform, None).table()),
+        "RingTable { points: 480, members: 3 }"
+    );
+    assert_eq!(
+        debug(Jump::new().prepare(&uniform, None).table()),
+        "JumpTable { buckets: 3 }"
+    );
+    assert_eq!(
+        debug(Rendezvous::new().prepare(&uniform, None).table()),
+        "RendezvousTable { members: 3, uniform: true }"
+    );
+    let weighted = snapshot(&[1, 2, 3], true);
+    assert_eq!(
+        debug(Rendezvous::new().prepare(&weighted, None).table()),
+        "RendezvousTable { members: 3, uniform: false }"
+    );
+}

@@ -38,6 +38,37 @@ fn sets_of_two_to_nine_can_eject_one_and_only_one() {
     }
 }
 
+/// The cap guards against a signal that fails everyone; it does not keep a confirmed
+/// failure in rotation. Consecutive failures eject past the cap while another backend
+/// answers (in rotation, its last outcome a success), and only then: when nobody
+/// answers, or the only "answering" backend is the failing one itself, is ejected, or
+/// has failed since, the cap holds.
+#[test]
+fn consecutive_failures_pass_the_cap_only_while_another_backend_answers() {
+    // `answering(pool, c)` prepares the third backend `c`; then `a` and `b` fail five
+    // times in a row; returns how many are ejected (the cap of three is one).
+    fn ejected_after(answering: impl Fn(&Pool<String, RoundRobin>, &[BackendId])) -> usize {
+        let (pool, ids) = holding(
+            Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
+            hosts(3),
+        );
+        answering(&pool, &ids);
+        fail(&pool, ids[0], 5);
+        fail(&pool, ids[1], 5);
+        ejected_count(&pool)
+    }
+    // c answered: both failing backends leave.
+    assert_eq!(ejected_after(|pool, ids| outcomes(pool, ids[2], 1, 0)), 2);
+    // c never had a request: nobody is known to answer, the cap holds.
+    assert_eq!(ejected_after(|_, _| {}), 1);
+    // c answered once, then failed: its last outcome is a failure.
+    assert_eq!(ejected_after(|pool, ids| outcomes(pool, ids[2], 1, 1)), 1);
+    // b's own successes before its streak do not count for b.
+    assert_eq!(ejected_after(|pool, ids| outcomes(pool, ids[1], 10, 0)), 1);
+    // a answered before its streak, but a is ejected by the time b's streak ends.
+    assert_eq!(ejected_after(|pool, ids| outcomes(pool, ids[0], 10, 0)), 1);
+}
+
 #[derive(Debug, Clone)]
 enum CapOp {
     Fail(usize, u8),

@@ -54,18 +54,36 @@ mod capture {
         fn enter(&self, _: &Id) {}
         fn exit(&self, _: &Id) {}
     }
+
+    /// Runs `f` with a capturing subscriber; every event it emitted.
+    pub fn events_of(f: impl FnOnce()) -> Vec<Captured> {
+        let capture = Capture::default();
+        // Two live dispatchers: with exactly one, tracing-core computes a callsite's
+        // interest from whichever thread registers it first, and a parallel test thread
+        // without a subscriber would switch our callsites off.
+        let _second = tracing::Dispatch::new(Capture::default());
+        let dispatch = tracing::Dispatch::new(capture.clone());
+        tracing::dispatcher::with_default(&dispatch, f);
+        let events = capture.0.lock().unwrap();
+        events.clone()
+    }
+
+    /// The health transitions among `events`: backend, from, to, reason.
+    pub fn transitions(events: &[Captured]) -> Vec<[String; 4]> {
+        events
+            .iter()
+            .filter(|(target, f)| {
+                target == "tower_lb::health" && f["message"] == "backend health changed"
+            })
+            .map(|(_, f)| ["backend", "from", "to", "reason"].map(|k| f[k].clone()))
+            .collect()
+    }
 }
 
 #[test]
 fn every_transition_is_an_event_with_backend_states_and_reason() {
-    let capture = capture::Capture::default();
     let clock = ManualClock::new();
-    // Two live dispatchers: with exactly one, tracing-core computes a callsite's interest
-    // from whichever thread registers it first, and a parallel test thread without a
-    // subscriber would switch our callsites off.
-    let _second = tracing::Dispatch::new(capture::Capture::default());
-    let dispatch = tracing::Dispatch::new(capture.clone());
-    tracing::dispatcher::with_default(&dispatch, || {
+    let events = capture::events_of(|| {
         let (pool, ids) = holding(
             round_robin_on(&clock).outlier_detection(consecutive_only()),
             letters(3),
@@ -78,63 +96,46 @@ fn every_transition_is_an_event_with_backend_states_and_reason() {
         pool.mark_down(ids[0]).unwrap(); // 0 of 2: panic
         pool.mark_up(ids[0]).unwrap();
     });
-    let events = capture.0.lock().unwrap();
-    let transitions: Vec<(String, String, String, String)> = events
-        .iter()
-        .filter(|(target, f)| {
-            target == "tower_lb::health" && f["message"] == "backend health changed"
-        })
-        .map(|(_, f)| {
-            (
-                f["backend"].clone(),
-                f["from"].clone(),
-                f["to"].clone(),
-                f["reason"].clone(),
-            )
-        })
-        .collect();
+    let transitions = capture::transitions(&events);
     let expected = [
-        (
+        [
             "backend#0",
             "healthy",
             "unhealthy (ejected: consecutive failures)",
             "ejected: consecutive failures",
-        ),
-        (
+        ],
+        [
             "backend#0",
             "unhealthy (ejected: consecutive failures)",
             "healthy",
             "ejected: consecutive failures",
-        ),
-        (
+        ],
+        [
             "backend#1",
             "healthy",
             "draining (set by admin)",
             "set by admin",
-        ),
-        (
+        ],
+        [
             "backend#2",
             "healthy",
             "unhealthy (set by admin)",
             "set by admin",
-        ),
-        (
+        ],
+        [
             "backend#0",
             "healthy",
             "unhealthy (set by admin)",
             "set by admin",
-        ),
-        (
+        ],
+        [
             "backend#0",
             "unhealthy (set by admin)",
             "healthy",
             "set by admin",
-        ),
+        ],
     ];
-    let expected: Vec<(String, String, String, String)> = expected
-        .iter()
-        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
-        .collect();
+    let expected: Vec<[String; 4]> = expected.iter().map(|t| t.map(String::from)).collect();
     assert_eq!(transitions, expected);
     let panics: Vec<&String> = events
         .iter()
@@ -147,6 +148,35 @@ fn every_transition_is_an_event_with_backend_states_and_reason() {
             "panic threshold crossed: too few healthy backends",
             "panic threshold cleared: routing to healthy backends only"
         ]
+    );
+}
+
+/// A backend that joins healthy is no transition; one that joins already unhealthy (a
+/// health source says so) is one, from "new".
+#[test]
+fn a_backend_joining_unhealthy_is_a_transition_from_new() {
+    let events = capture::events_of(|| {
+        let pool = Pool::new(RoundRobin::new());
+        pool.add_health_source(|b: &tower_lb::Backend<&str>, _: Instant| {
+            if *b.addr() == "joins-down" {
+                Verdict::Unhealthy(Reason::other("registry: not ready"))
+            } else {
+                Verdict::Healthy
+            }
+        });
+        pool.extend([("joins-up", Weight::ONE), ("joins-down", Weight::ONE)])
+            .unwrap();
+    });
+    let transitions = capture::transitions(&events);
+    assert_eq!(
+        transitions,
+        [[
+            "backend#1",
+            "new",
+            "unhealthy (registry: not ready)",
+            "registry: not ready"
+        ]
+        .map(String::from)]
     );
 }
 

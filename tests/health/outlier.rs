@@ -528,3 +528,65 @@ fn settings_read_back() {
     let window = Duration::from_secs(42);
     assert_eq!(SlowStart::new(window).window(), window);
 }
+
+/// The outlier interval keeps its cadence whatever the tick times: due every `interval`
+/// from the first evaluation (t = 0), a late tick runs the interval that was due and
+/// the next stays on the grid (t = 13 → the next at 20, not 23); a tick that lands
+/// exactly on the following grid point after a missed one (due 30, tick at 40) runs
+/// one interval, and the next is a whole interval later — not again at once. Judged on
+/// what `tick` says is next, and on when a success-rate outlier is ejected.
+#[test]
+fn the_outlier_interval_keeps_its_cadence_whatever_the_tick_times() {
+    let clock = ManualClock::new();
+    let t0 = clock.now();
+    let secs = |s: u64| t0 + Duration::from_secs(s);
+    let detection = success_rate_only(SuccessRate::new()).interval(Duration::from_secs(10));
+    let (pool, ids) = detected(&clock, detection, 7);
+    // One backend answers nothing right; the others everything.
+    let one_outlier = |bad: BackendId| {
+        for &id in &ids {
+            if id == bad {
+                outcomes(&pool, id, 0, 100);
+            } else {
+                outcomes(&pool, id, 100, 0);
+            }
+        }
+    };
+    clock.advance(Duration::from_secs(13));
+    assert_eq!(pool.tick(), Some(secs(20)), "a late tick moved the grid");
+    one_outlier(ids[0]);
+    clock.advance(Duration::from_secs(7));
+    assert_eq!(pool.tick(), Some(secs(30)));
+    assert!(
+        !is_healthy(&pool, ids[0]),
+        "the interval due at 20 did not run"
+    );
+    // Due at 30, the next tick comes at 40: one interval, the next at 50.
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(pool.tick(), Some(secs(50)));
+    one_outlier(ids[1]);
+    pool.tick();
+    assert!(is_healthy(&pool, ids[1]), "a second interval ran at 40");
+    clock.advance(Duration::from_secs(10));
+    pool.tick();
+    assert!(
+        !is_healthy(&pool, ids[1]),
+        "the interval due at 50 did not run"
+    );
+}
+
+/// A setting of `Duration::MAX` means "never", not "at once": the next interval is
+/// decades away, so the task sleeps instead of spinning (an overflow that fell back to
+/// "now" would wake it at once, for ever).
+#[test]
+fn an_interval_of_duration_max_is_never_due() {
+    let clock = ManualClock::new();
+    let detection = consecutive_only().interval(Duration::MAX);
+    let (pool, _) = detected(&clock, detection, 3);
+    let next = pool.tick().expect("the interval is time-driven work");
+    assert!(
+        next >= clock.now() + Duration::from_secs(10 * 365 * 86_400),
+        "next in {:?}",
+        next - clock.now()
+    );
+}

@@ -216,10 +216,7 @@ fn slow_start_republishes_at_most_once_per_update_interval() {
             .slow_start(ramp_from_one_percent(window).update_interval(Duration::from_secs(1))),
         letters(2),
     );
-    clock.advance(window);
-    pool.tick();
-    pool.mark_down(ids[1]).unwrap();
-    pool.mark_up(ids[1]).unwrap();
+    restart_ramp(&pool, &clock, window, ids[1]);
     let version = || pool.snapshot().snapshot().version();
     let start = version();
     let mut published = Vec::new();
@@ -248,10 +245,7 @@ fn slow_start_republishes_only_while_a_weight_changes() {
         round_robin_on(&clock).slow_start(ramp_from_one_percent(window)),
         letters(2),
     );
-    clock.advance(window);
-    pool.tick();
-    pool.mark_down(ids[1]).unwrap();
-    pool.mark_up(ids[1]).unwrap();
+    restart_ramp(&pool, &clock, window, ids[1]);
     let version = || pool.snapshot().snapshot().version();
     let mut last_weight = pool.snapshot().snapshot().effective_weight(1);
     for second in 1..=15u64 {

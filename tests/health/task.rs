@@ -10,6 +10,11 @@ use tower_lb::health::{ProbeConfig, ProbeError, TcpProbe, probe_fn};
 
 use super::*;
 
+/// Probes without jitter whose every result sets the verdict (rise 1, fall 1).
+fn every_result_counts() -> ProbeConfig {
+    ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1)
+}
+
 /// Lets the runtime run (the task, probes, IO) until `at` on the paused clock.
 async fn until(at: TokioInstant) {
     tokio::time::sleep_until(at).await;
@@ -348,7 +353,7 @@ async fn the_http_probe_treats_2xx_3xx_as_healthy() {
     });
     let pool: Pool<SocketAddr, _> = Pool::new(RoundRobin::new());
     let id = pool.insert(addr, Weight::ONE).unwrap();
-    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
+    let config = every_result_counts();
     let probe = HttpProbe::new("/healthz")
         .unwrap()
         .host("api.test")
@@ -458,7 +463,7 @@ async fn slow_start_reenters_after_failed_probes() {
         Pool::builder(RoundRobin::new()).slow_start(SlowStart::new(window)),
         letters(3),
     );
-    let config = ProbeConfig::new().jitter(Duration::ZERO).rise(1).fall(1);
+    let config = every_result_counts();
     let start = TokioInstant::now();
     let _task = pool.spawn_health_probes(probe, config).unwrap();
     // The joins' ramps end; then b fails its probe at 105 s and passes at 110 s.
@@ -522,4 +527,53 @@ async fn a_successful_probe_leaves_an_ejection_alone_when_told_to() {
     assert!(!is_healthy(&pool, ids[0]), "a probe ended the ejection");
     until(start + Duration::from_millis(31_100)).await;
     assert!(is_healthy(&pool, ids[0]), "back when its time was up");
+}
+
+/// The probe settings are honoured: an interval that is not the default (2 s ± 0.5 s
+/// between one backend's probes), and the seed — the same seed gives the same jittered
+/// schedule, another seed another one.
+#[tokio::test(start_paused = true)]
+async fn a_seeded_schedule_at_a_custom_interval_is_reproducible() {
+    async fn schedule(seed: u64) -> Vec<Duration> {
+        let log: Arc<Mutex<Vec<TokioInstant>>> = Arc::default();
+        let record = Arc::clone(&log);
+        let probe = probe_fn(move |_: &&str| {
+            record.lock().unwrap().push(TokioInstant::now());
+            async { Ok::<(), ProbeError>(()) }
+        });
+        let pool = Pool::new(RoundRobin::new());
+        pool.insert("a", Weight::ONE).unwrap();
+        let config = ProbeConfig::new()
+            .interval(Duration::from_secs(2))
+            .jitter(Duration::from_millis(500))
+            .seed(seed);
+        let start = TokioInstant::now();
+        let task = pool.spawn_health_probes(probe, config).unwrap();
+        until(start + Duration::from_secs(60)).await;
+        drop(task);
+        let times = log.lock().unwrap();
+        times.iter().map(|&t| t - start).collect()
+    }
+    let first = schedule(7).await;
+    assert_eq!(first, schedule(7).await, "the same seed, another schedule");
+    assert_ne!(first, schedule(8).await, "another seed, the same schedule");
+    assert!(first.len() >= 24, "{} probes in 60 s", first.len());
+    for pair in first.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (Duration::from_millis(1500)..=Duration::from_millis(2500)).contains(&gap),
+            "gap {gap:?}"
+        );
+    }
+}
+
+/// Probes name themselves in debug output (closures and services have none of their own).
+#[cfg(feature = "tower")]
+#[test]
+fn probes_name_themselves_in_debug_output() {
+    let closure = probe_fn(|_: &&str| async { Ok::<(), ProbeError>(()) });
+    assert_eq!(format!("{closure:?}"), "ProbeFn { .. }");
+    let service = tower::service_fn(|_: &str| async { Ok::<(), std::io::Error>(()) });
+    let probe = tower_lb::health::ServiceProbe::new(service);
+    assert_eq!(format!("{probe:?}"), "ServiceProbe { .. }");
 }

@@ -122,3 +122,17 @@ pub fn success_rate_only(rule: SuccessRate) -> OutlierDetection {
 pub fn ramp_from_one_percent(window: Duration) -> SlowStart {
     SlowStart::new(window).min_weight_percent(1)
 }
+
+/// Lets the ramps of joining end (`window` on `clock`), then takes `id` down and back
+/// up: its ramp starts again now, the others at full weight.
+pub fn restart_ramp<A: Clone, P: Picker<A>>(
+    pool: &Pool<A, P>,
+    clock: &ManualClock,
+    window: Duration,
+    id: BackendId,
+) {
+    clock.advance(window);
+    pool.tick();
+    pool.mark_down(id).unwrap();
+    pool.mark_up(id).unwrap();
+}
