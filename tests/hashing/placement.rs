@@ -392,7 +392,8 @@ fn backend_keys_are_the_documented_bytes() {
     }
 }
 
-/// `Jump::bucket` is Lamping & Veach's function exactly: the reference implementation's
+/// `Jump::lamping_veach_bucket` is Lamping & Veach's function exactly (the placement of
+/// `Jump::lamping_veach()`; `Jump::new()` looks up with JumpBackHash): the reference implementation's
 /// vectors (as dgryski/go-jump and other ports check them), and no bucket of none. The
 /// table's buckets are the members in ascending order of key bytes.
 #[test]
@@ -410,11 +411,12 @@ fn jump_matches_the_reference_implementation() {
     ];
     for (key, buckets, want) in vectors {
         assert_eq!(
-            Jump::bucket(key, buckets),
+            Jump::lamping_veach_bucket(key, buckets),
             Some(want),
             "jump({key}, {buckets})"
         );
     }
+    assert_eq!(Jump::lamping_veach_bucket(7, 0), None);
     assert_eq!(Jump::bucket(7, 0), None);
     // And the paper's own code (Lamping & Veach, Fig. 1) over many keys and sizes: the
     // vectors alone would not see a step divided by `r` instead of `r + 1`.
@@ -430,7 +432,7 @@ fn jump_matches_the_reference_implementation() {
     for key in keys(0x1A3B, 5_000) {
         for buckets in [1, 7, 128, 1_000, 1_000_000, 100_000_000, u32::MAX] {
             assert_eq!(
-                Jump::bucket(key, buckets),
+                Jump::lamping_veach_bucket(key, buckets),
                 Some(paper(key, buckets)),
                 "jump({key}, {buckets})"
             );
