@@ -26,7 +26,7 @@
 //! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000) | O(1): 6 / 7 / 7 ns | 4 B × M, M sized for the set (≥ 100 · N, from 65 537: 256 KiB, to 5 000 011: 19 MiB) | O(M log N): 6 ms at M = 65 537; O(M log M) past it (1.1 s at N = 50 000) |
 //! | [`Ring`] | only the removed/added backend's keys | O(1) expected: 16 / 18 / 27 ns | 16 B per point + a 4 B directory entry per 1–2 points (V = 160: 3.2–3.8 KiB per unit of weight) | O(P log P), P = V·Σw: 10 ms; a change O(P) + its own points |
 //! | [`Rendezvous`] | only the removed/added backend's keys | O(n): 21 / 134 / 2160 ns | 16 B per member | O(n): 77 µs |
-//! | [`Jump`] | growing/shrinking at the end: only the last bucket's keys | O(log n): 34 / 48 / 67 ns | 4 B per member | O(n log n): 0.13 ms |
+//! | [`Jump`] | growing/shrinking at the end: only the last bucket's keys | O(1) (JumpBackHash): 12 / 9 / 10 ns; [`Jump::lamping_veach`](crate::Jump::lamping_veach): O(log n), 39 / 57 / 119 ns (one run, Maglev 6 / 4 / 5 ns in it) | 4 B per member | O(n log n): 0.13 ms |
 //!
 //! Lookup times are criterion medians on the 2-core bench machine, *including* hashing a
 //! 16-byte key with [`hash_key`](crate::affinity::hash_key) (3 ns); the floor on the same
