@@ -118,3 +118,45 @@ fn tables_describe_themselves_in_debug_output() {
         "RendezvousTable { members: 3, uniform: false }"
     );
 }
+
+/// The ring reports its settings and size (V points per unit of weight, none without
+/// members), and both ring and rendezvous declare that they place by the request's key.
+#[test]
+fn ring_and_rendezvous_report_their_settings() {
+    let ring = Ring::new();
+    assert_eq!(ring.points_per_weight(), 160);
+    let ring = ring
+        .with_points_per_weight(NonZeroU32::new(7).unwrap())
+        .with_fallback(RoundRobin::new());
+    assert_eq!(ring.points_per_weight(), 7);
+    let three = ring.prepare(&snapshot(&[1, 2, 3], false), None);
+    assert_eq!((three.table().len(), three.table().is_empty()), (21, false));
+    let none = ring.prepare(&snapshot(&[], false), None);
+    assert_eq!((none.table().len(), none.table().is_empty()), (0, true));
+    assert!(Picker::<String>::uses_affinity(&ring));
+    assert!(Picker::<String>::uses_affinity(&Rendezvous::new()));
+    assert!(!Picker::<String>::uses_affinity(&RoundRobin::new()));
+}
+
+/// Rendezvous' preference walk past its exact passes (the best 32 refused): the answer is
+/// still the best-scored member `accept` takes, which is the pick when only the accepted
+/// members are eligible.
+#[test]
+fn rendezvous_finds_the_best_accepted_member_beyond_the_first_32() {
+    let ids: Vec<u32> = (0..100).collect();
+    for weighted in [false, true] {
+        let all = snapshot(&ids, weighted);
+        let accepted = |i: usize| i % 50 == 7;
+        let only = all.with_eligibility(accepted);
+        let p = Rendezvous::new();
+        let (t_all, t_only) = (p.prepare(&all, None), p.prepare(&only, None));
+        for key in keys(0x5EED_0020, 400) {
+            let expected = p.pick(&t_only, &only, &ctx(key));
+            assert_eq!(
+                p.find(&t_all, &all, key, accepted),
+                expected,
+                "key {key:#x}"
+            );
+        }
+    }
+}

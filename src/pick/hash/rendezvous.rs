@@ -366,9 +366,29 @@ mod tests {
         // Bit patterns, so a change of the series (which would remap keys) is caught.
         assert_eq!(neg_ln_unit(1 << 63).to_bits(), PINNED_HALF);
         assert_eq!(neg_ln_unit(0x1234_5678_9ABC_DEF0).to_bits(), PINNED_OTHER);
+        // x = √2 / 2 exactly, so m = √2 exactly: m stays in [1, √2] with e = −1 (halving
+        // it with e = 0 instead gives 0x3FD6_2E42_FEFA_391C, 419 ulp away).
+        assert_eq!(
+            neg_ln_unit(0xB504_F333_F9DE_6000).to_bits(),
+            PINNED_SQRT_HALF
+        );
+    }
+
+    #[test]
+    fn the_lower_bound_is_one_minus_x_less_its_margin() {
+        // The bound is what lets a weighted scan skip logarithms: it must stay tight.
+        for u in (0..10_000u64).map(|i| mix(i).wrapping_mul(i | 1)) {
+            let x = ((u >> 12) as f64 + 0.5) / (1u64 << 52) as f64;
+            let bound = neg_ln_lower_bound(u);
+            assert!(
+                bound <= 1.0 - x && bound >= (1.0 - x) * (1.0 - 2e-9),
+                "u={u:#x}"
+            );
+        }
     }
 
     // Also reproduced by an independent IEEE-754 implementation (Python floats).
     const PINNED_HALF: u64 = 0x3FE6_2E42_FEFA_39ED;
     const PINNED_OTHER: u64 = 0x4005_25E9_73A0_5652;
+    const PINNED_SQRT_HALF: u64 = 0x3FD6_2E42_FEFA_3ABF;
 }
