@@ -139,7 +139,7 @@ pub use pick::hash::jump::Jump;
 pub use pick::hash::maglev::Maglev;
 pub use pick::hash::rendezvous::Rendezvous;
 pub use pick::hash::ring::Ring;
-pub use pick::hash::{BackendKey, HashPicker};
+pub use pick::hash::{Accept, BackendKey, HashPicker, Lookup};
 pub use pick::least_loaded::LeastLoaded;
 pub use pick::p2c::PowerOfTwoChoices;
 pub use pick::peak_ewma::PeakEwma;

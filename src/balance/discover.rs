@@ -314,6 +314,8 @@ impl<A, P: Picker<A>> fmt::Debug for Discovery<A, P> {
 impl<K, S, P> Balance<BackendService<K, S>, P, PerBackend>
 where
     P: Picker<BackendService<K, S>>,
+    K: Clone + Hash + Eq + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
 {
     /// A balancer whose set follows tower's `Discover` (a stream of `Change<K, S>`),
     /// as `tower::balance::p2c::Balance::new` does: every backend gets weight 1, the
@@ -326,16 +328,8 @@ where
     where
         D: futures_core::Stream<Item = Result<Change<K, S>, E>> + Send + 'static,
         E: Into<BoxError>,
-        K: Clone + Hash + Eq + Send + Sync + 'static,
-        S: Clone + Send + Sync + 'static,
     {
-        let balance = BalanceLayer::new(Pool::new(picker))
-            .wait_for_backends()
-            .build(PerBackend);
-        balance.discover(discover, |key: &K, service| {
-            (BackendService::new(key.clone(), service), Weight::ONE)
-        });
-        balance
+        Self::following(picker, discover, |service| (service, Weight::ONE))
     }
 
     /// [`from_discover`](Self::from_discover) for a stream whose services carry their
@@ -367,14 +361,24 @@ where
     where
         D: futures_core::Stream<Item = Result<Change<K, Weighted<S>>, E>> + Send + 'static,
         E: Into<BoxError>,
-        K: Clone + Hash + Eq + Send + Sync + 'static,
-        S: Clone + Send + Sync + 'static,
+    {
+        Self::following(picker, discover, |w| (w.service, w.weight))
+    }
+
+    /// A balancer over `discover`'s backends, each value split into its service and
+    /// weight by `split`; waits for the first backend.
+    fn following<D, E, V>(picker: P, discover: D, split: fn(V) -> (S, Weight)) -> Self
+    where
+        D: futures_core::Stream<Item = Result<Change<K, V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+        V: Send + 'static,
     {
         let balance = BalanceLayer::new(Pool::new(picker))
             .wait_for_backends()
             .build(PerBackend);
-        balance.discover(discover, |key: &K, w: Weighted<S>| {
-            (BackendService::new(key.clone(), w.service), w.weight)
+        balance.discover(discover, move |key: &K, value: V| {
+            let (service, weight) = split(value);
+            (BackendService::new(key.clone(), service), weight)
         });
         balance
     }

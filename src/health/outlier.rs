@@ -250,6 +250,25 @@ impl Default for SuccessRate {
     }
 }
 
+/// The two settings the success-rate and failure-percentage rules share: how many
+/// backends must have enough requests, and how many are enough.
+macro_rules! volume_gate {
+    ($volume:literal) => {
+        /// The rule runs only when at least this many backends have enough requests
+        /// (default 5).
+        pub fn minimum_hosts(mut self, hosts: usize) -> Self {
+            self.minimum_hosts = hosts;
+            self
+        }
+
+        #[doc = concat!("Requests a backend needs in an interval to be judged (default ", stringify!($volume), ").")]
+        pub fn request_volume(mut self, requests: u64) -> Self {
+            self.request_volume = requests;
+            self
+        }
+    };
+}
+
 impl SuccessRate {
     /// The defaults.
     pub fn new() -> Self {
@@ -262,17 +281,7 @@ impl SuccessRate {
         self
     }
 
-    /// The rule runs only when at least this many backends have enough requests (default 5).
-    pub fn minimum_hosts(mut self, hosts: usize) -> Self {
-        self.minimum_hosts = hosts;
-        self
-    }
-
-    /// Requests a backend needs in an interval to be judged (default 100).
-    pub fn request_volume(mut self, requests: u64) -> Self {
-        self.request_volume = requests;
-        self
-    }
+    volume_gate!(100);
 }
 
 /// The failure-percentage rule (Envoy's defaults: 85%, 5 backends, 50 requests).
@@ -305,17 +314,7 @@ impl FailurePercentage {
         self
     }
 
-    /// The rule runs only when at least this many backends have enough requests (default 5).
-    pub fn minimum_hosts(mut self, hosts: usize) -> Self {
-        self.minimum_hosts = hosts;
-        self
-    }
-
-    /// Requests a backend needs in an interval to be judged (default 50).
-    pub fn request_volume(mut self, requests: u64) -> Self {
-        self.request_volume = requests;
-        self
-    }
+    volume_gate!(50);
 }
 
 /// One backend's requests in an interval.

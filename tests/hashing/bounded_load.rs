@@ -33,10 +33,12 @@ impl<H: HashPicker<String>> Placer<H> {
         let chosen = self.picker.pick(&self.table, s, &ctx(key)).unwrap();
         // The rank of the chosen backend in the key's own preference order.
         let mut asked = BTreeSet::new();
-        self.picker.inner().find(&self.table, s, key, |i| {
-            asked.insert(i);
-            i == chosen
-        });
+        self.picker
+            .inner()
+            .find(Lookup::new(&self.table, s, key), |i| {
+                asked.insert(i);
+                i == chosen
+            });
         guards.push(s.backends()[chosen].state().start());
         let m = guards.len() as f64;
         let bound = (self.c * m / s.len() as f64 - 1e-9).ceil() as usize;
@@ -146,7 +148,7 @@ fn preference<H: HashPicker<String>>(
     key: u64,
 ) -> Vec<usize> {
     let mut order = Vec::new();
-    inner.find(table, s, key, |i| {
+    inner.find(Lookup::new(table, s, key), |i| {
         if !order.contains(&i) {
             order.push(i);
         }

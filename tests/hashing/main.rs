@@ -7,13 +7,13 @@ use std::num::NonZeroU32;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
-use tower_lb::HashPicker;
 use tower_lb::affinity::hash_key;
 use tower_lb::pick::hash::maglev::DEFAULT_TABLE_SIZE;
 use tower_lb::{
     BoundedLoad, InFlight, Jump, Maglev, PickContext, Picker, Pool, Rendezvous, Ring, RoundRobin,
     Snapshot, Weight,
 };
+use tower_lb::{HashPicker, Lookup};
 
 /// The runner's seed: every run explores the same cases.
 const SEED: u64 = 0x7EB1_0003;

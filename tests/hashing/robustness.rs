@@ -153,7 +153,7 @@ fn rendezvous_finds_the_best_accepted_member_beyond_the_first_32() {
         for key in keys(0x5EED_0020, 400) {
             let expected = p.pick(&t_only, &only, &ctx(key));
             assert_eq!(
-                p.find(&t_all, &all, key, accepted),
+                p.find(Lookup::new(&t_all, &all, key), accepted),
                 expected,
                 "key {key:#x}"
             );

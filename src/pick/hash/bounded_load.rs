@@ -41,7 +41,7 @@
 //! Mirrokni, Thorup & Zadimoghaddam, "Consistent Hashing with Bounded Loads", SODA 2018;
 //! HAProxy `hash-balance-factor`.
 
-use super::HashPicker;
+use super::{Accept, HashPicker, Lookup};
 use crate::error::ConfigError;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -192,16 +192,11 @@ impl<A, H: HashPicker<A>> Picker<A> for BoundedLoad<H> {
     }
 
     #[inline]
-    fn pick(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        ctx: &PickContext,
-    ) -> Option<usize> {
+    fn pick(&self, table: &H::Table, snapshot: &Snapshot<A>, ctx: &PickContext) -> Option<usize> {
         let Some(hash) = ctx.hash() else {
             return self.inner.pick(table, snapshot, ctx);
         };
-        self.find(table, snapshot, hash, |_| true)
+        self.find(Lookup::new(table, snapshot, hash), |_| true)
             // Every eligible backend at its bound (load from outside this picker): the
             // key's first choice with no recent failure, else its first choice.
             .or_else(|| {
@@ -216,7 +211,7 @@ impl<A, H: HashPicker<A>> Picker<A> for BoundedLoad<H> {
                     .eligible()
                     .iter()
                     .any(|&i| sound(i as usize))
-                    .then(|| self.inner.find(table, snapshot, hash, sound))
+                    .then(|| self.inner.find(Lookup::new(table, snapshot, hash), sound))
                     .flatten()
             })
             .or_else(|| self.inner.pick(table, snapshot, ctx))
@@ -225,16 +220,8 @@ impl<A, H: HashPicker<A>> Picker<A> for BoundedLoad<H> {
 
 impl<A, H: HashPicker<A>> HashPicker<A> for BoundedLoad<H> {
     /// The wrapped picker's preference order, restricted to backends below their bound.
-    fn find<G>(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        hash: u64,
-        mut accept: G,
-    ) -> Option<usize>
-    where
-        G: FnMut(usize) -> bool,
-    {
+    fn find(&self, key: Lookup<'_, A, Self::Table>, mut accept: impl Accept) -> Option<usize> {
+        let snapshot = key.snapshot;
         let mut bound: Option<Bound> = None;
         let now = std::cell::OnceCell::new();
         let mut below = |i: usize| {
@@ -250,7 +237,7 @@ impl<A, H: HashPicker<A>> HashPicker<A> for BoundedLoad<H> {
             }
         };
         // The common case: the key's first choice is below its bound.
-        let first = self.inner.find(table, snapshot, hash, |_| true)?;
+        let first = self.inner.find(key, |_| true)?;
         if below(first) && accept(first) {
             return Some(first);
         }
@@ -263,8 +250,7 @@ impl<A, H: HashPicker<A>> HashPicker<A> for BoundedLoad<H> {
         if !any {
             return None;
         }
-        self.inner
-            .find(table, snapshot, hash, |i| below(i) && accept(i))
+        self.inner.find(key, |i| below(i) && accept(i))
     }
 }
 

@@ -45,7 +45,10 @@
 
 use std::fmt;
 
-use super::{BackendKey, HashPicker, WithFallback, key_hash, pick_by_preference, probe_then_scan};
+use super::{
+    Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, pick_by_preference,
+    probe_then_scan,
+};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -271,25 +274,16 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Jump<F> {
     /// The preference order: the key's bucket, then up to 31 buckets of rehashed keys,
     /// then every bucket from the last one on, wrapping.
-    fn find<G>(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        hash: u64,
-        accept: G,
-    ) -> Option<usize>
-    where
-        G: FnMut(usize) -> bool,
-    {
-        let buckets = &table.table.buckets;
+    fn find(&self, key: Lookup<'_, A, Self::Table>, accept: impl Accept) -> Option<usize> {
+        let (buckets, snapshot) = (&key.table.table.buckets, key.snapshot);
         // (`n` fits: a table is never built past u32::MAX members.)
         let n = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         if self.classic {
             let entry_of = |k, size| jump(k, n(size)) as usize;
-            probe_then_scan(buckets, key_hash(hash), entry_of, snapshot, accept)
+            probe_then_scan(buckets, key_hash(key.hash), entry_of, snapshot, accept)
         } else {
             let entry_of = |k, size| jump_back(k, n(size)) as usize;
-            probe_then_scan(buckets, key_hash(hash), entry_of, snapshot, accept)
+            probe_then_scan(buckets, key_hash(key.hash), entry_of, snapshot, accept)
         }
     }
 }

@@ -43,8 +43,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{
-    BackendKey, Fingerprint, HashPicker, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
-    WithFallback, key_hash, pick_by_preference, probe_then_scan, reduce, reuse_or_build,
+    Accept, BackendKey, Fingerprint, HashPicker, Lookup, Member, SEED_MAGLEV_OFFSET,
+    SEED_MAGLEV_SKIP, WithFallback, key_hash, pick_by_preference, probe_then_scan, reduce,
+    reuse_or_build,
 };
 use crate::error::ConfigError;
 use crate::pick::round_robin::RoundRobin;
@@ -370,23 +371,9 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Maglev<F> {
     /// The preference order: the key's slot, then up to 31 rehashed slots, then every
     /// slot from the last one on, wrapping — so every backend owning a slot is reached.
     #[inline]
-    fn find<G>(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        hash: u64,
-        accept: G,
-    ) -> Option<usize>
-    where
-        G: FnMut(usize) -> bool,
-    {
-        probe_then_scan(
-            &table.table.core.entries,
-            key_hash(hash),
-            reduce,
-            snapshot,
-            accept,
-        )
+    fn find(&self, key: Lookup<'_, A, Self::Table>, accept: impl Accept) -> Option<usize> {
+        let entries = &key.table.table.core.entries;
+        probe_then_scan(entries, key_hash(key.hash), reduce, key.snapshot, accept)
     }
 }
 

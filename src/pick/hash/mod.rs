@@ -74,20 +74,64 @@ pub use backend_key::BackendKey;
 /// capacity test, a retry policy can pass "not tried yet" to fail over the way the key's
 /// own failover would.
 pub trait HashPicker<A>: Picker<A> {
-    /// The first eligible member in `hash`'s preference order that `accept` takes, or
+    /// The first eligible member in the key's preference order that `accept` takes, or
     /// `None` when the walk finds none. Calls `accept` only on eligible members, in
     /// preference order (see each picker for how far the walk goes); may offer the same
     /// member more than once.
-    fn find<F>(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        hash: u64,
-        accept: F,
-    ) -> Option<usize>
-    where
-        F: FnMut(usize) -> bool;
+    fn find(&self, key: Lookup<'_, A, Self::Table>, accept: impl Accept) -> Option<usize>;
 }
+
+/// What a [`HashPicker::find`] reads: the key's affinity hash, and the table and
+/// snapshot it is placed by.
+///
+/// ```
+/// use tower_lb::affinity::hash_key;
+/// use tower_lb::{HashPicker, Lookup, Maglev, Picker, Snapshot, Weight};
+///
+/// let snapshot = Snapshot::build([("a", Weight::ONE), ("b", Weight::ONE)])?;
+/// let maglev = Maglev::new();
+/// let table = maglev.prepare(&snapshot, None);
+/// let key = Lookup::new(&table, &snapshot, hash_key(b"user-42"));
+/// let home = maglev.find(key, |_| true).unwrap();
+/// // The key's next choice, as a retry that must avoid `home` would take it.
+/// let next = maglev.find(key, |i| i != home).unwrap();
+/// assert_ne!(home, next);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Lookup<'a, A, T> {
+    /// The picker's table, from [`Picker::prepare`] over `snapshot`.
+    pub table: &'a T,
+    /// The snapshot the table was prepared from.
+    pub snapshot: &'a Snapshot<A>,
+    /// The key's affinity hash ([`PickContext::with_hash`]).
+    pub hash: u64,
+}
+
+impl<'a, A, T> Lookup<'a, A, T> {
+    /// The lookup of the key `hash` in `table`, prepared from `snapshot`.
+    pub fn new(table: &'a T, snapshot: &'a Snapshot<A>, hash: u64) -> Self {
+        Lookup {
+            table,
+            snapshot,
+            hash,
+        }
+    }
+}
+
+impl<A, T> Clone for Lookup<'_, A, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A, T> Copy for Lookup<'_, A, T> {}
+
+/// The test a [`HashPicker::find`] puts each eligible member's index to: any
+/// `FnMut(usize) -> bool`.
+pub trait Accept: FnMut(usize) -> bool {}
+
+impl<F: FnMut(usize) -> bool> Accept for F {}
 
 /// A hashing picker's table together with its fallback picker's table.
 pub struct WithFallback<T, U> {
@@ -142,19 +186,25 @@ impl<T, U> WithFallback<T, U> {
 }
 
 /// The `pick` of a [`HashPicker`] whose table is a [`WithFallback`]: the first backend of
-/// the key's preference order, else the fallback's pick.
+/// the key's preference order (or, given `|picker, table, snapshot, hash| expr`, the
+/// backend `expr` finds), else the fallback's pick.
 macro_rules! pick_by_preference {
     () => {
+        $crate::pick::hash::pick_by_preference!(|picker, table, snapshot, hash| {
+            let key = $crate::pick::hash::Lookup::new(table, snapshot, hash);
+            $crate::pick::hash::HashPicker::find(picker, key, |_| true)
+        });
+    };
+    (|$picker:ident, $table:ident, $snapshot:ident, $hash:ident| $by_key:expr) => {
         #[inline]
         fn pick(
             &self,
-            table: &Self::Table,
-            snapshot: &Snapshot<A>,
+            $table: &Self::Table,
+            $snapshot: &Snapshot<A>,
             ctx: &PickContext,
         ) -> Option<usize> {
-            table.pick(&self.fallback, snapshot, ctx, |hash| {
-                $crate::pick::hash::HashPicker::find(self, table, snapshot, hash, |_| true)
-            })
+            let $picker = self;
+            $table.pick(&$picker.fallback, $snapshot, ctx, |$hash| $by_key)
         }
     };
 }

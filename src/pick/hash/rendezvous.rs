@@ -29,7 +29,9 @@
 
 use std::fmt;
 
-use super::{BackendKey, HashPicker, WithFallback, key_hash, members};
+use super::{
+    Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, members, pick_by_preference,
+};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -267,17 +269,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
         )
     }
 
-    #[inline]
-    fn pick(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        ctx: &PickContext,
-    ) -> Option<usize> {
-        table.pick(&self.fallback, snapshot, ctx, |hash| {
-            table.table.best(snapshot, key_hash(hash))
-        })
-    }
+    pick_by_preference!(|_picker, table, snapshot, hash| table
+        .table
+        .best(snapshot, key_hash(hash)));
 }
 
 impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Rendezvous<F> {
@@ -286,18 +280,9 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Rendezvous<F> {
     /// refused, the rest are considered in one more pass, in snapshot order, and the
     /// best-scored one accepted is returned — the same answer as a full walk when
     /// `accept` is a pure test, in O(n) instead of O(n²).
-    fn find<G>(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        hash: u64,
-        mut accept: G,
-    ) -> Option<usize>
-    where
-        G: FnMut(usize) -> bool,
-    {
-        let table = &table.table;
-        let k = key_hash(hash);
+    fn find(&self, key: Lookup<'_, A, Self::Table>, mut accept: impl Accept) -> Option<usize> {
+        let (table, snapshot) = (&key.table.table, key.snapshot);
+        let k = key_hash(key.hash);
         let mut bound = None;
         for _ in 0..EXACT_PASSES {
             let (top, len) = table.top_below(snapshot, k, bound);

@@ -46,7 +46,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::ring_build::{Core, build, point_counts};
-use super::{BackendKey, HashPicker, WithFallback, key_hash, pick_by_preference, reuse_or_build};
+use super::{
+    Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, pick_by_preference,
+    reuse_or_build,
+};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -255,19 +258,10 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Ring<F> {
     /// The preference order: the owners of the points from the key's position on,
     /// clockwise, once round the circle — every backend with a point is reached.
     #[inline]
-    fn find<G>(
-        &self,
-        table: &Self::Table,
-        snapshot: &Snapshot<A>,
-        hash: u64,
-        mut accept: G,
-    ) -> Option<usize>
-    where
-        G: FnMut(usize) -> bool,
-    {
-        let ring = &table.table;
+    fn find(&self, key: Lookup<'_, A, Self::Table>, mut accept: impl Accept) -> Option<usize> {
+        let (ring, snapshot) = (&key.table.table, key.snapshot);
         let points = &ring.core.points;
-        let start = ring.successor(key_hash(hash));
+        let start = ring.successor(key_hash(key.hash));
         let first = points.get(start)?.owner as usize;
         if snapshot.is_eligible(first) && accept(first) {
             return Some(first);
