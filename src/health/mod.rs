@@ -44,7 +44,7 @@
 //! (feature `tokio`) do it. Every transition is a `tracing` event on the target
 //! `tower_lb::health` carrying the backend, the old and the new verdict and the reason.
 //!
-//! # Guarantees (checked by `tests/health.rs` and `tests/failures.rs`)
+//! # Guarantees (checked by `tests/health/` and `tests/failures/`)
 //!
 //! - while the panic threshold is not crossed, no pick returns a backend whose verdict is
 //!   not healthy, for every strategy;

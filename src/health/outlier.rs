@@ -34,7 +34,7 @@
 //! success) is ejected even past the cap: the cap exists to survive a broken network or
 //! caller that makes every backend fail, and a peer answering at the same moment proves
 //! this failure is the backend's own. So with 2 of 3 (or 9 of 10) backends refusing, all
-//! of them leave rotation within their first five failures each (`tests/failures.rs`).
+//! of them leave rotation within their first five failures each (`tests/failures/`).
 //! When everything fails, nobody answers and the cap holds as before. Such an ejection
 //! is also never ended early when the set shrinks.
 //!

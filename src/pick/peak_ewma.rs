@@ -30,7 +30,7 @@
 //! workloads where latency does not grow with load a cubic penalty pushes traffic onto
 //! slow backends, so the linear (in-flight + 1) factor is kept.
 //!
-//! **Guarantees** (checked by `tests/pickers.rs` and `tests/proptests.rs`): the strictly
+//! **Guarantees** (checked by `tests/pickers/` and `tests/proptests.rs`): the strictly
 //! costliest candidate is never taken; a backend that is strictly the cheapest wins every
 //! pick from the first one it is drawn in until another is cheaper (so, with costs fixed,
 //! all but the first few picks); cost is monotone in latency and in load. The pick is
