@@ -237,32 +237,38 @@ impl<A> Snapshot<A> {
     }
 
     /// Every member, eligible or not, in insertion order.
+    #[inline]
     pub fn backends(&self) -> &[Backend<A>] {
         &self.backends
     }
 
     /// The member at `index`, if any.
+    #[inline]
     pub fn get(&self, index: usize) -> Option<&Backend<A>> {
         self.backends.get(index)
     }
 
     /// The index of the member with this id: a binary search, O(log n) — members are in
     /// insertion order, and ids are assigned in increasing order.
+    #[inline]
     pub fn index_of(&self, id: BackendId) -> Option<usize> {
         self.backends.binary_search_by_key(&id, Backend::id).ok()
     }
 
     /// How many members the snapshot holds.
+    #[inline]
     pub fn len(&self) -> usize {
         self.backends.len()
     }
 
     /// Whether the snapshot has no members.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.backends.is_empty()
     }
 
     /// Indices of the members that may receive traffic, ascending.
+    #[inline]
     pub fn eligible(&self) -> &[u32] {
         &self.eligible
     }
@@ -284,28 +290,33 @@ impl<A> Snapshot<A> {
 
     /// The common factor of this snapshot's effective weights: 1, unless a slow-start ramp
     /// runs, when weights are scaled up so that a ramp moves in steps of 1%.
+    #[inline]
     pub fn weight_scale(&self) -> u32 {
         self.weight_scale
     }
 
     /// The sum of the eligible members' effective weights.
+    #[inline]
     pub fn total_weight(&self) -> u64 {
         self.total_weight
     }
 
     /// Whether every eligible member has the same effective weight (pickers take a faster
     /// path).
+    #[inline]
     pub fn uniform_weights(&self) -> bool {
         self.uniform_weights
     }
 
     /// The health verdict of the member at `index` when this snapshot was published.
+    #[inline]
     pub fn verdict(&self, index: usize) -> Option<&Verdict> {
         self.verdicts.get(index)
     }
 
     /// Whether the member at `index` was healthy when this snapshot was published. Outside
     /// panic mode, exactly the healthy members are eligible.
+    #[inline]
     pub fn is_healthy(&self, index: usize) -> bool {
         self.verdicts.get(index).is_some_and(Verdict::is_healthy)
     }
@@ -322,6 +333,7 @@ impl<A> Snapshot<A> {
     }
 
     /// A number that grows with every published change of the set.
+    #[inline]
     pub fn version(&self) -> u64 {
         self.version
     }

@@ -66,6 +66,7 @@ impl HealthShared {
     }
 
     /// Whether a signal is not yet published.
+    #[inline]
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn is_dirty(&self) -> bool {
         // Acquire pairs with the Release in `handled`: who sees a signal handled also

@@ -44,21 +44,25 @@ impl<A> Backend<A> {
     }
 
     /// The backend's id.
+    #[inline]
     pub fn id(&self) -> BackendId {
         self.id
     }
 
     /// The backend's address (whatever the user keyed it by).
+    #[inline]
     pub fn addr(&self) -> &A {
         &self.addr
     }
 
     /// The configured weight.
+    #[inline]
     pub fn weight(&self) -> Weight {
         self.weight
     }
 
     /// The live state shared across snapshots.
+    #[inline]
     pub fn state(&self) -> &Arc<BackendState> {
         &self.state
     }

@@ -194,6 +194,7 @@ impl BackendState {
     }
 
     /// The failure score now (see [`load`](Self::load)).
+    #[inline]
     pub fn failure_score(&self) -> f64 {
         if self.fail_bits.load(Ordering::Relaxed) == 0 {
             return 0.0;
@@ -205,6 +206,7 @@ impl BackendState {
     /// failures counted as load — (in flight + 1) × 2^score − 1, the score being about
     /// the number of recent failures (see the [`pick`](crate::pick) module docs). With no
     /// recent failure it is the in-flight count exactly.
+    #[inline]
     pub fn load(&self) -> f64 {
         self.load_with(now_nanos)
     }
@@ -228,7 +230,15 @@ impl BackendState {
         self.failure_score_at(now_ns()).exp2()
     }
 
+    /// Whether the backend has a failure score at all (the one load of the common case,
+    /// before any decay is computed).
+    #[inline]
+    pub(crate) fn has_failure_score(&self) -> bool {
+        self.fail_bits.load(Ordering::Relaxed) != 0
+    }
+
     /// Requests currently in flight on this backend.
+    #[inline]
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -239,6 +249,7 @@ impl BackendState {
     /// ([`Pool::report`](crate::Pool::report)). A [`Pool::pick`](crate::Pool::pick) that
     /// is never started is not counted: the count is derived from the in-flight and
     /// outcome counters, so a pick writes no shared counter of its own.
+    #[inline]
     pub fn picks(&self) -> u64 {
         (self.in_flight.load(Ordering::Relaxed) as u64)
             .wrapping_add(self.successes.load(Ordering::Relaxed))
@@ -247,11 +258,13 @@ impl BackendState {
     }
 
     /// Requests that finished successfully.
+    #[inline]
     pub fn successes(&self) -> u64 {
         self.successes.load(Ordering::Relaxed)
     }
 
     /// Requests that finished with a failure.
+    #[inline]
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
@@ -331,7 +344,12 @@ impl BackendState {
                 };
                 Some(next.to_bits())
             });
-        self.rtt_stamp.fetch_max(now, Ordering::Relaxed);
+        // A load and a store, not a read-modify-write (one locked instruction less per
+        // request): two writers racing may leave the earlier of their stamps, which
+        // only shortens the next decay step, as the lag above does.
+        if now > self.rtt_stamp.load(Ordering::Relaxed) {
+            self.rtt_stamp.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -377,7 +395,9 @@ const LINEAR_DECAY_BELOW: f64 = 1.0 / 2048.0;
 /// e^(−Δt/τ), the weight the old estimate keeps after `elapsed_ns`.
 #[inline]
 pub(crate) fn decay_factor(elapsed_ns: u64, inv_decay_ns: f64) -> f64 {
-    let x = elapsed_ns as f64 * inv_decay_ns;
+    // Through i64 (one conversion instruction where u64 → f64 takes six); past
+    // i64::MAX ns (292 years) the decay is complete either way.
+    let x = elapsed_ns.min(i64::MAX as u64) as i64 as f64 * inv_decay_ns;
     if x < LINEAR_DECAY_BELOW {
         1.0 - x
     } else {

@@ -115,6 +115,47 @@ impl PeakEwma {
             weight: f64::from(snapshot.effective_weight(index).max(1)),
         })
     }
+
+    /// The cost in the common case — measured and no recent failure: estimate × (in
+    /// flight + 1), ÷ weight unless every weight is the same (then dividing by it changes
+    /// no comparison). `None` in every other case, which [`Parts::cost`] handles. Loads
+    /// two atomics fewer and divides not at all where weights are equal.
+    #[inline]
+    fn common_cost<A>(snapshot: &Snapshot<A>, index: usize, now_ns: u64) -> Option<f64> {
+        let state = snapshot.get(index)?.state();
+        if state.has_failure_score() {
+            return None;
+        }
+        // (Through u32: one conversion instruction where u64 → f64 takes six.)
+        let in_flight = f64::from(u32::try_from(state.in_flight()).unwrap_or(u32::MAX));
+        let cost = state.rtt_nanos_at(now_ns)? * (in_flight + 1.0);
+        Some(if snapshot.uniform_weights() {
+            cost
+        } else {
+            cost / f64::from(snapshot.effective_weight(index).max(1))
+        })
+    }
+
+    /// Whether the member at `x` costs strictly less than the one at `y` (a failing
+    /// one's estimate floored at the other's), given their common-case costs where
+    /// known; `None` if either is not in the snapshot.
+    #[inline]
+    fn cheaper<A>(
+        &self,
+        snapshot: &Snapshot<A>,
+        (x, cx): (usize, Option<f64>),
+        (y, cy): (usize, Option<f64>),
+        now_ns: u64,
+    ) -> Option<bool> {
+        if let (Some(cx), Some(cy)) = (cx, cy) {
+            return Some(cx < cy);
+        }
+        let (px, py) = (
+            self.parts(snapshot, x, now_ns)?,
+            self.parts(snapshot, y, now_ns)?,
+        );
+        Some(px.cost(py.rtt) < py.cost(px.rtt))
+    }
 }
 
 /// One candidate's cost, in parts.
@@ -180,28 +221,25 @@ impl<A> Picker<A> for PeakEwma {
         let now_ns = ctx.now_nanos().unwrap_or_else(now_nanos);
         let (a, b) = table.candidates.two(&self.rng, n);
         let (ia, ib) = (*eligible.get(a)? as usize, *eligible.get(b)? as usize);
-        let (Some(pa), Some(pb)) = (
-            self.parts(snapshot, ia, now_ns),
-            self.parts(snapshot, ib, now_ns),
-        ) else {
+        // Each candidate's cost is read once (the common case's; `cheaper` reads the
+        // rest only when one is not).
+        let common = |i| Self::common_cost(snapshot, i, now_ns);
+        let (pa, pb) = ((ia, common(ia)), (ib, common(ib)));
+        let Some(b_wins) = self.cheaper(snapshot, pb, pa, now_ns) else {
             return Some(ia);
         };
         // Ties go to `a`, itself a random (or weighted) draw.
-        let (mut slot, mut best, parts) = if pb.cost(pa.rtt) < pa.cost(pb.rtt) {
-            (b, ib, pb)
-        } else {
-            (a, ia, pa)
-        };
+        let (mut slot, mut best) = if b_wins { (b, pb) } else { (a, pa) };
         // The remembered leader: a third candidate, taken only when strictly cheaper
         // (so idle ties still follow the draws, and the weights).
         // Relaxed: a hint; a stale or torn-between-picks value only costs one comparison.
         let leader = table.leader.load(Ordering::Relaxed) as usize;
         if leader != slot
             && let Some(&li) = eligible.get(leader)
-            && let Some(pl) = self.parts(snapshot, li as usize, now_ns)
-            && pl.cost(parts.rtt) < parts.cost(pl.rtt)
+            && let pl = (li as usize, common(li as usize))
+            && self.cheaper(snapshot, pl, best, now_ns) == Some(true)
         {
-            best = li as usize;
+            best = pl;
             slot = leader;
         }
         if slot != leader {
@@ -209,7 +247,7 @@ impl<A> Picker<A> for PeakEwma {
             // Written only when the lead changes, not on every pick.
             table.leader.store(slot as u32, Ordering::Relaxed);
         }
-        Some(best)
+        Some(best.0)
     }
 }
 
