@@ -130,6 +130,39 @@ async fn the_first_request_waits_for_the_first_backend() {
     );
 }
 
+/// A discovery stream that ends before bringing any backend: the waiting request fails
+/// with `NoBackends` when the stream ends (nothing will bring a member any more; tower's
+/// p2c would wait forever), and so do later ones, at once.
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_ends_empty_fails_instead_of_waiting_forever() {
+    let (tx, stream) = channel::<Svc>();
+    let balance = Balance::from_discover(RoundRobin::new(), Box::pin(stream));
+    let request = tokio::spawn(balance.clone().oneshot(7));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !request.is_finished(),
+        "waits while the stream may still bring one"
+    );
+    drop(tx);
+    let err: BoxError = tokio::time::timeout(Duration::from_secs(1), request)
+        .await
+        .expect("the stream's end wakes the waiting request")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<PickError>(),
+        Some(&PickError::NoBackends)
+    );
+    let err: BoxError = tokio::time::timeout(Duration::from_secs(1), balance.oneshot(8))
+        .await
+        .expect("fails at once")
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<PickError>(),
+        Some(&PickError::NoBackends)
+    );
+}
+
 /// Weights travel through discovery: weights 3 and 1 under smooth WRR.
 #[tokio::test(start_paused = true)]
 async fn weights_travel_through_discovery() {

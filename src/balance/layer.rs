@@ -219,7 +219,9 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
     /// publication that brings it, from discovery or a direct insert) instead of letting
     /// `call` fail at once with [`PickError::NoBackends`](crate::PickError::NoBackends),
     /// as tower's p2c balancer waits for its first endpoint. Bound the wait with a
-    /// time-out layer. A set whose members are all ineligible still fails at once.
+    /// time-out layer. A set whose members are all ineligible still fails at once, and
+    /// so does an empty set once the balancer's discovery stream has ended (nothing will
+    /// bring a member then; tower's balancer would wait forever).
     pub fn wait_for_backends(mut self) -> Self {
         self.wait_for_backends = true;
         self
@@ -247,6 +249,7 @@ impl<A, P: Picker<A>, K, C> BalanceLayer<A, P, K, C> {
             timeout: self.timeout,
             discover: Mutex::new(None),
             discovering: Default::default(),
+            discovery_ended: Default::default(),
             wait_for_backends: self.wait_for_backends,
         })
     }

@@ -47,6 +47,9 @@ pub(crate) struct Shared<A, P: Picker<A>, R, K, C> {
     pub(crate) discover: Mutex<Option<Box<dyn Driver<A>>>>,
     /// Whether a discovery stream is set: spares `poll_ready` the mutex when none is.
     pub(crate) discovering: AtomicBool,
+    /// Whether a discovery stream ended: nothing will bring a first member any more, so
+    /// `poll_ready` stops waiting for one and `call` fails with `NoBackends`.
+    pub(crate) discovery_ended: AtomicBool,
     /// Whether `poll_ready` waits for the set's first member instead of letting `call`
     /// fail with `NoBackends` (tower's p2c waits).
     pub(crate) wait_for_backends: bool,
@@ -156,15 +159,17 @@ where
                 Poll::Ready(Ok(())) => {
                     *slot = None;
                     self.shared.discovering.store(false, Ordering::Relaxed);
+                    self.shared.discovery_ended.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(Err(e)) => {
                     return Poll::Ready(Err(DiscoverError::new(e).into()));
                 }
             }
         }
-        if self.shared.wait_for_backends {
+        if self.shared.wait_for_backends && !self.shared.discovery_ended.load(Ordering::Relaxed) {
             // No backend yet: wait for the first publication that brings one, as tower's
-            // p2c does, instead of letting `call` fail with `NoBackends`.
+            // p2c does, instead of letting `call` fail with `NoBackends` — unless the
+            // discovery stream ended (tower's would wait forever).
             ready!(self.shared.pool.poll_members(cx));
         }
         let Some(limit) = &self.shared.limit else {
