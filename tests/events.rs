@@ -201,3 +201,55 @@ async fn probe_down_and_up_reach_a_subscription() {
         Some(PoolEvent::Removed { id: a, addr: "a" })
     );
 }
+
+/// A listener added late hears of changes from then on only: not of the members already
+/// there (publications before it are not even compared: no listener, no cost), but of
+/// their removal, and of the return of a backend ejected before it arrived.
+#[test]
+fn a_late_listener_hears_later_changes_to_earlier_members() {
+    let clock = ManualClock::new();
+    let pool = Pool::builder(RoundRobin::new())
+        .clock(clock.reader())
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(1)
+                .ejection_jitter(Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+    let [a, b, c] = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE), ("c", Weight::ONE)])
+        .unwrap()[..]
+    else {
+        unreachable!()
+    };
+    state(&pool, a).start().failure();
+    pool.tick();
+    assert!(
+        !pool.snapshot().is_eligible(0),
+        "a ejected before the listener"
+    );
+    let log = Log::attach(&pool);
+    let d = pool.insert("d", Weight::ONE).unwrap();
+    pool.remove(b).unwrap();
+    clock.advance(Duration::from_secs(31));
+    pool.tick();
+    pool.remove(c).unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            PoolEvent::Inserted {
+                id: d,
+                addr: "d",
+                weight: Weight::ONE
+            },
+            PoolEvent::Removed { id: b, addr: "b" },
+            PoolEvent::Returned {
+                id: a,
+                addr: "a",
+                reason: Ejection::ConsecutiveFailures
+            },
+            PoolEvent::Removed { id: c, addr: "c" },
+        ]
+    );
+}

@@ -9,7 +9,6 @@
 //! change that begins and ends between two publications (an ejection that a single
 //! evaluation both starts and ends) is not seen, as it never reached a snapshot.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -94,6 +93,7 @@ type Listener<A> = Box<dyn Fn(&PoolEvent<A>) + Send + Sync>;
 
 /// What the observer saw of one member at the last publication.
 struct Seen<A> {
+    /// The member as first published (kept for its `Removed` event and metrics).
     backend: Backend<A>,
     ejection: Option<Ejection>,
     probe_down: bool,
@@ -101,7 +101,11 @@ struct Seen<A> {
 
 /// The writer-side memory that turns publications into events and gauges.
 pub(crate) struct Observer<A> {
-    seen: HashMap<BackendId, Seen<A>>,
+    /// The members at the last publication observed, in id order (as snapshots are).
+    seen: Vec<Seen<A>>,
+    /// Whether publications went unobserved (no listener, no metrics): `seen` is then
+    /// out of date and is brought up to date, silently, when a listener arrives.
+    stale: bool,
     panicking: bool,
     listeners: Vec<Listener<A>>,
     #[cfg(feature = "metrics")]
@@ -111,7 +115,8 @@ pub(crate) struct Observer<A> {
 impl<A> Default for Observer<A> {
     fn default() -> Self {
         Observer {
-            seen: HashMap::new(),
+            seen: Vec::new(),
+            stale: false,
             panicking: false,
             listeners: Vec::new(),
             #[cfg(feature = "metrics")]
@@ -138,23 +143,50 @@ fn probe_error(verdict: Verdict) -> Option<Arc<str>> {
 
 impl<A: Clone> Observer<A> {
     /// Compares `snapshot`, just published, with what was seen before; emits the events.
+    /// With no listener (and no metrics) it only notes that it missed a publication: the
+    /// comparison is O(members), and nobody would hear its events.
     pub(crate) fn published(&mut self, snapshot: &Snapshot<A>) {
+        if self.listeners.is_empty() && !cfg!(feature = "metrics") {
+            self.stale = true;
+            return;
+        }
+        self.observe(snapshot);
+    }
+
+    /// Brings `seen` up to date with `snapshot` without telling anyone (before the first
+    /// listener is added, so that it hears of changes from then on only).
+    fn catch_up(&mut self, snapshot: &Snapshot<A>) {
+        if std::mem::take(&mut self.stale) {
+            let listeners = std::mem::take(&mut self.listeners);
+            self.observe(snapshot);
+            self.listeners = listeners;
+        }
+    }
+
+    /// The comparison: one merge of two id-ordered lists, cloning only new members.
+    fn observe(&mut self, snapshot: &Snapshot<A>) {
         let mut events = Vec::new();
-        let mut next = HashMap::with_capacity(snapshot.len());
+        let mut old = std::mem::take(&mut self.seen).into_iter().peekable();
+        let mut next = Vec::with_capacity(snapshot.len());
+        let mut gone = Vec::new();
         for (index, backend) in snapshot.backends().iter().enumerate() {
             let cell = &backend.state().health;
             let ejection = cell.ejection();
             let probe = probe_error(cell.probe_verdict());
             let (id, addr) = (backend.id(), || backend.addr().clone());
-            let (was_ejected, was_down) = match self.seen.remove(&id) {
-                Some(old) => (old.ejection, old.probe_down),
+            // Seen members with a smaller id are not in this snapshot any more.
+            while let Some(left) = old.next_if(|s| s.backend.id() < id) {
+                gone.push(left);
+            }
+            let (was_ejected, was_down, kept) = match old.next_if(|s| s.backend.id() == id) {
+                Some(old) => (old.ejection, old.probe_down, old.backend),
                 None => {
                     events.push(PoolEvent::Inserted {
                         id,
                         addr: addr(),
                         weight: backend.weight(),
                     });
-                    (None, false)
+                    (None, false, backend.clone())
                 }
             };
             match (was_ejected, ejection) {
@@ -183,22 +215,20 @@ impl<A: Clone> Observer<A> {
             self.gauges(snapshot, index, backend);
             #[cfg(not(feature = "metrics"))]
             let _ = index;
-            next.insert(
-                id,
-                Seen {
-                    backend: backend.clone(),
-                    ejection,
-                    probe_down: probe.is_some(),
-                },
-            );
+            next.push(Seen {
+                backend: kept,
+                ejection,
+                probe_down: probe.is_some(),
+            });
         }
-        for (id, gone) in self.seen.drain() {
+        gone.extend(old);
+        for gone in gone {
             #[cfg(feature = "metrics")]
             if let Some(m) = gone.backend.state().metrics.get() {
                 m.removed();
             }
             events.push(PoolEvent::Removed {
-                id,
+                id: gone.backend.id(),
                 addr: gone.backend.addr().clone(),
             });
         }
@@ -273,12 +303,12 @@ impl<A: Clone, P: Picker<A>> Pool<A, P> {
     /// # Ok::<(), tower_lb::MembershipError>(())
     /// ```
     pub fn on_event(&self, listener: impl Fn(&PoolEvent<A>) + Send + Sync + 'static) {
-        self.inner
-            .writer
-            .lock()
+        let mut writer = self.inner.writer.lock();
+        // Under the writer lock: no publication between this snapshot and the listener.
+        writer
             .observer
-            .listeners
-            .push(Box::new(listener));
+            .catch_up(&self.inner.current.load().snapshot);
+        writer.observer.listeners.push(Box::new(listener));
     }
 
     /// A channel of every health and membership change from now on (tokio's
