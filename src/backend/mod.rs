@@ -25,19 +25,33 @@ pub use stats::BackendStats;
 pub use weight::{Weight, WeightError};
 
 /// One member of a backend set.
-#[derive(Debug, Clone)]
+///
+/// Cheap to clone whatever the address type: the address is shared (an `Arc`), so a
+/// new snapshot of N members copies N pointers and allocates nothing per member.
+#[derive(Debug)]
 pub struct Backend<A> {
     id: BackendId,
-    addr: A,
+    addr: Arc<A>,
     weight: Weight,
     state: Arc<BackendState>,
+}
+
+impl<A> Clone for Backend<A> {
+    fn clone(&self) -> Self {
+        Backend {
+            id: self.id,
+            addr: Arc::clone(&self.addr),
+            weight: self.weight,
+            state: Arc::clone(&self.state),
+        }
+    }
 }
 
 impl<A> Backend<A> {
     pub(crate) fn new(id: BackendId, addr: A, weight: Weight, state: Arc<BackendState>) -> Self {
         Backend {
             id,
-            addr,
+            addr: Arc::new(addr),
             weight,
             state,
         }
@@ -67,10 +81,7 @@ impl<A> Backend<A> {
         &self.state
     }
 
-    pub(crate) fn with_weight(&self, weight: Weight) -> Self
-    where
-        A: Clone,
-    {
+    pub(crate) fn with_weight(&self, weight: Weight) -> Self {
         Backend {
             weight,
             ..self.clone()

@@ -46,8 +46,8 @@
 use std::fmt;
 
 use super::{
-    Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, pick_by_preference,
-    probe_then_scan,
+    Accept, BackendKey, HashPicker, KeyBytes, Lookup, WithFallback, key_hash, members,
+    pick_by_preference, probe_then_scan,
 };
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
@@ -241,23 +241,17 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
         // comparisons without reading the key itself (an address such as
         // "10.0.195.80:8080" fits whole): zero padding keeps the order lexicographic,
         // and equal prefixes fall back to the full keys.
-        let keys: Vec<Vec<u8>> = snapshot
-            .backends()
-            .iter()
-            .map(|b| {
-                let mut key = Vec::new();
-                b.addr().write_key(&mut key);
-                key
-            })
-            .collect();
+        let keys: Vec<KeyBytes> = members(snapshot).into_iter().map(|m| m.key).collect();
+        // (Zipped with a u32 count, exact in size: one allocation. `members` stops at
+        // u32::MAX members.)
         let mut order: Vec<(u128, u32)> = keys
             .iter()
-            .enumerate()
-            .filter_map(|(i, key)| {
+            .zip(0u32..)
+            .map(|(key, i)| {
                 let mut prefix = [0u8; 16];
                 let n = key.len().min(16);
                 prefix[..n].copy_from_slice(&key[..n]);
-                Some((u128::from_be_bytes(prefix), u32::try_from(i).ok()?))
+                (u128::from_be_bytes(prefix), i)
             })
             .collect();
         order.sort_unstable_by(|a, b| {

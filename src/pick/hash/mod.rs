@@ -252,37 +252,42 @@ impl<T: fmt::Debug, U> fmt::Debug for WithFallback<T, U> {
     }
 }
 
+/// A member's [`BackendKey`] bytes, inline up to 40 bytes (an address such as
+/// "backend-123.svc.cluster.local:8080" fits): a table built at every membership change
+/// allocates nothing per member for them.
+pub(crate) type KeyBytes = smallvec::SmallVec<[u8; 40]>;
+
 /// One member as the table builders see it.
 #[derive(Debug)]
 pub(crate) struct Member {
     /// Its index in the snapshot.
     pub(crate) index: u32,
     /// Its [`BackendKey`] bytes.
-    pub(crate) key: Vec<u8>,
+    pub(crate) key: KeyBytes,
     /// The stable hash of `key`.
     pub(crate) hash: u64,
     /// Its effective weight.
     pub(crate) weight: u32,
 }
 
-/// Every member of `snapshot` (eligible or not), in snapshot order.
+/// Every member of `snapshot` (eligible or not), in snapshot order. Keys are written
+/// through one scratch buffer and kept inline.
 pub(crate) fn members<A: BackendKey>(snapshot: &Snapshot<A>) -> Vec<Member> {
-    snapshot
-        .backends()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| {
-            let index = u32::try_from(i).ok()?;
-            let mut key = Vec::new();
-            b.addr().write_key(&mut key);
-            Some(Member {
-                index,
-                hash: seeded(&key, SEED_IDENTITY),
-                key,
-                weight: snapshot.effective_weight(i),
-            })
-        })
-        .collect()
+    let mut scratch = Vec::new();
+    // Sized once: a collect through `filter_map` would grow it by doubling, copying.
+    let mut members = Vec::with_capacity(snapshot.len());
+    for (i, b) in snapshot.backends().iter().enumerate() {
+        let Ok(index) = u32::try_from(i) else { break };
+        scratch.clear();
+        b.addr().write_key(&mut scratch);
+        members.push(Member {
+            index,
+            hash: seeded(&scratch, SEED_IDENTITY),
+            key: KeyBytes::from_slice(&scratch),
+            weight: snapshot.effective_weight(i),
+        });
+    }
+    members
 }
 
 /// What a table was built from: each member's key hash and weight, in snapshot order.
