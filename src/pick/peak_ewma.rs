@@ -120,7 +120,7 @@ impl PeakEwma {
     /// flight + 1), ÷ weight unless every weight is the same (then dividing by it changes
     /// no comparison). `None` in every other case, which [`Parts::cost`] handles. Loads
     /// two atomics fewer and divides not at all where weights are equal.
-    #[inline]
+    #[inline(always)]
     fn common_cost<A>(snapshot: &Snapshot<A>, index: usize, now_ns: u64) -> Option<f64> {
         let state = snapshot.get(index)?.state();
         if state.has_failure_score() {
@@ -139,7 +139,7 @@ impl PeakEwma {
     /// Whether the member at `x` costs strictly less than the one at `y` (a failing
     /// one's estimate floored at the other's), given their common-case costs where
     /// known; `None` if either is not in the snapshot.
-    #[inline]
+    #[inline(always)]
     fn cheaper<A>(
         &self,
         snapshot: &Snapshot<A>,
@@ -147,9 +147,22 @@ impl PeakEwma {
         (y, cy): (usize, Option<f64>),
         now_ns: u64,
     ) -> Option<bool> {
-        if let (Some(cx), Some(cy)) = (cx, cy) {
-            return Some(cx < cy);
+        match (cx, cy) {
+            (Some(cx), Some(cy)) => Some(cx < cy),
+            _ => self.cheaper_in_parts(snapshot, x, y, now_ns),
         }
+    }
+
+    /// [`cheaper`](Self::cheaper) outside the common case: every part read.
+    #[cold]
+    #[inline(never)]
+    fn cheaper_in_parts<A>(
+        &self,
+        snapshot: &Snapshot<A>,
+        x: usize,
+        y: usize,
+        now_ns: u64,
+    ) -> Option<bool> {
         let (px, py) = (
             self.parts(snapshot, x, now_ns)?,
             self.parts(snapshot, y, now_ns)?,
@@ -228,19 +241,19 @@ impl<A> Picker<A> for PeakEwma {
         let Some(b_wins) = self.cheaper(snapshot, pb, pa, now_ns) else {
             return Some(ia);
         };
-        // Ties go to `a`, itself a random (or weighted) draw.
-        let (mut slot, mut best) = if b_wins { (b, pb) } else { (a, pa) };
+        // Ties go to `a`, itself a random (or weighted) draw. Which one wins is a coin
+        // flip to the branch predictor: selected without a branch.
+        let (mut slot, mut best) = std::hint::select_unpredictable(b_wins, (b, pb), (a, pa));
         // The remembered leader: a third candidate, taken only when strictly cheaper
         // (so idle ties still follow the draws, and the weights).
         // Relaxed: a hint; a stale or torn-between-picks value only costs one comparison.
         let leader = table.leader.load(Ordering::Relaxed) as usize;
         if leader != slot
             && let Some(&li) = eligible.get(leader)
-            && let pl = (li as usize, common(li as usize))
-            && self.cheaper(snapshot, pl, best, now_ns) == Some(true)
         {
-            best = pl;
-            slot = leader;
+            let pl = (li as usize, common(li as usize));
+            let leads = self.cheaper(snapshot, pl, best, now_ns) == Some(true);
+            (slot, best) = std::hint::select_unpredictable(leads, (leader, pl), (slot, best));
         }
         if slot != leader {
             // The winner beat the leader (or there was none): it leads from now on.
