@@ -113,11 +113,13 @@ pub(super) fn build(
     let mut input = Vec::new();
     let mut fresh: Vec<Point> = Vec::new();
     // Old index → (new index, points to keep), by id: both snapshots are in id order. A
-    // member whose key differs under the same id is a new member.
-    let mut moved: Vec<Option<(u32, u64)>> = Vec::new();
+    // member whose key differs under the same id is a new member; one that left keeps
+    // nothing. Eight bytes an entry, so the array stays in cache while the renumbering
+    // reads it at random.
+    let mut moved: Vec<(u32, u32)> = Vec::new();
     match previous {
         Some(prev) => {
-            moved = vec![None; prev.members.len()];
+            moved = vec![(0, 0); prev.members.len()];
             let mut j = 0;
             for (old, &(id, old_count)) in prev.members.iter().enumerate() {
                 while j < ids.len() && ids[j] < id {
@@ -127,12 +129,13 @@ pub(super) fn build(
                     && ids[j] == id
                     && prev.fingerprint.hash(old) == Some(members[j].hash)
                 {
-                    moved[old] = Some((members[j].index, old_count.min(counts[j])));
+                    let keep = u32::try_from(old_count.min(counts[j])).unwrap_or(u32::MAX);
+                    moved[old] = (members[j].index, keep);
                 }
             }
             let mut have = vec![0u64; members.len()];
-            for &(owner, keep) in moved.iter().flatten() {
-                have[owner as usize] = keep;
+            for &(owner, keep) in moved.iter().filter(|&&(_, keep)| keep > 0) {
+                have[owner as usize] = u64::from(keep);
             }
             for (m, (&count, &from)) in members.iter().zip(counts.iter().zip(&have)) {
                 replicas(m, from, count, &mut input, &mut fresh);
@@ -149,20 +152,35 @@ pub(super) fn build(
     let points: Box<[Point]> = match previous {
         None => fresh.into_boxed_slice(),
         Some(prev) => {
-            // The kept points, renumbered, straight from the old ring into the merge.
-            let kept = prev
-                .points
-                .iter()
-                .filter_map(|p| match moved.get(p.owner as usize) {
-                    Some(Some((owner, keep))) if u64::from(p.replica) < *keep => Some(Point {
-                        owner: *owner,
-                        ..*p
-                    }),
-                    _ => None,
-                });
-            merge(kept, fresh, prev.points.len(), |a, b| {
-                order(&members, a, b).is_le()
-            })
+            // The kept points, renumbered, straight from the old ring: between two new
+            // points they are copied in one tight run (found by binary search on the
+            // hash), not compared one by one with the next new point.
+            let renumbered = |p: &Point| match moved.get(p.owner as usize) {
+                Some(&(owner, keep)) if p.replica < keep => Some(Point { owner, ..*p }),
+                _ => None,
+            };
+            let mut out = Vec::with_capacity(prev.points.len() + fresh.len());
+            let mut rest: &[Point] = &prev.points;
+            for f in fresh {
+                let (before, after) = rest.split_at(rest.partition_point(|p| p.hash < f.hash));
+                out.extend(before.iter().filter_map(renumbered));
+                rest = after;
+                // Old points at the new one's very position (a collision, rare) go
+                // first if the circle's order says so.
+                while let Some((p, tail)) = rest.split_first()
+                    && p.hash == f.hash
+                {
+                    match renumbered(p) {
+                        Some(q) if order(&members, &q, &f).is_le() => out.push(q),
+                        Some(_) => break,
+                        None => {}
+                    }
+                    rest = tail;
+                }
+                out.push(f);
+            }
+            out.extend(rest.iter().filter_map(renumbered));
+            out.into_boxed_slice()
         }
     };
 
@@ -193,25 +211,6 @@ pub(super) fn build(
         fingerprint,
         members: ids.into_iter().zip(counts).collect(),
     }
-}
-
-/// Merges two sorted runs.
-fn merge(
-    a: impl Iterator<Item = Point>,
-    b: Vec<Point>,
-    hint: usize,
-    le: impl Fn(&Point, &Point) -> bool,
-) -> Box<[Point]> {
-    let mut out = Vec::with_capacity(hint + b.len());
-    let mut b = b.into_iter().peekable();
-    for x in a {
-        while let Some(y) = b.next_if(|y| !le(&x, y)) {
-            out.push(y);
-        }
-        out.push(x);
-    }
-    out.extend(b);
-    out.into_boxed_slice()
 }
 
 #[cfg(test)]
