@@ -220,6 +220,21 @@ pub fn register(c: &mut Criterion) {
             &n,
             |b, _| b.iter(|| pool.pick(black_box(&plain)).map(|p| p.index())),
         );
+        // The same pools through a per-thread `PoolCache`: no arc-swap guard.
+        let mut cache = pool.cached();
+        group.bench_with_input(
+            BenchmarkId::new("PoolCache::pick PowerOfTwoChoices", n),
+            &n,
+            |b, _| b.iter(|| cache.pick(black_box(&plain)).map(|p| p.index())),
+        );
+        let pool = Pool::new(RoundRobin::new());
+        pool.extend((0..n).map(|i| (i, Weight::ONE))).unwrap();
+        let mut cache = pool.cached();
+        group.bench_with_input(
+            BenchmarkId::new("PoolCache::pick RoundRobin", n),
+            &n,
+            |b, _| b.iter(|| cache.pick(black_box(&plain)).map(|p| p.index())),
+        );
     }
     group.finish();
     two_threads(c);
@@ -270,6 +285,25 @@ fn pool_scaling(c: &mut Criterion) {
     random.extend((0..n).map(|i| (i, Weight::ONE))).unwrap();
     rate(&mut group, "Pool::pick Random", &|| {
         black_box(random.pick(&PickContext::new()).map(|p| p.index()).ok());
+    });
+    // Each thread through its own `PoolCache` of one shared pool: no guard, no locked
+    // instruction, nothing written that the other thread reads.
+    static CACHED: std::sync::OnceLock<Pool<usize, Random>> = std::sync::OnceLock::new();
+    thread_local! {
+        static CACHE: RefCell<Option<tower_lb::PoolCache<usize, Random>>> =
+            const { RefCell::new(None) };
+    }
+    let shared = CACHED.get_or_init(|| {
+        let pool = Pool::new(Random::new());
+        pool.extend((0..n).map(|i| (i, Weight::ONE))).unwrap();
+        pool
+    });
+    rate(&mut group, "PoolCache::pick Random", &|| {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let cache = c.get_or_insert_with(|| shared.cached());
+            black_box(cache.pick(&PickContext::new()).map(|p| p.index()).ok());
+        })
     });
     let maglev = Pool::new(Maglev::new());
     maglev

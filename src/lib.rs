@@ -149,7 +149,7 @@ pub use pick::server_load::ServerLoad;
 pub use pick::weighted_random::WeightedRandom;
 pub use pick::weighted_round_robin::WeightedRoundRobin;
 pub use pick::{PickContext, Picker};
-pub use pool::{Edit, Picked, Pool, PoolBuilder, PoolEvent, Prepared};
+pub use pool::{CachedPick, Edit, Picked, Pool, PoolBuilder, PoolCache, PoolEvent, Prepared};
 pub use snapshot::Snapshot;
 
 /// The README's examples, compiled and run as doctests.

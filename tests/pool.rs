@@ -177,3 +177,31 @@ fn p2c_with_two_eligible_backends_and_no_load_spreads_its_picks() {
         }
     }
 }
+
+/// A `PoolCache` picks from the current snapshot like `Pool::pick`, and keeps the last
+/// snapshot it saw until its next pick: a removed backend's state is released by that
+/// pick, not before (the documented price of skipping the guard).
+#[test]
+fn a_pool_cache_follows_changes_and_releases_the_old_snapshot_at_its_next_pick() {
+    let pool = Pool::new(RoundRobin::new());
+    let ids = pool
+        .extend([("a", Weight::ONE), ("b", Weight::ONE)])
+        .unwrap();
+    let mut cache = pool.cached();
+    let ctx = PickContext::new();
+    let direct: Vec<_> = (0..4).map(|_| pool.pick(&ctx).unwrap().id()).collect();
+    let cached: Vec<_> = (0..4).map(|_| cache.pick(&ctx).unwrap().id()).collect();
+    assert_eq!(direct, [ids[0], ids[1], ids[0], ids[1]]);
+    assert_eq!(cached, direct, "one picker, one rotation, whichever handle");
+    let state_a = std::sync::Arc::downgrade(pool.snapshot().backends()[0].state());
+    pool.remove(ids[0]).unwrap();
+    assert!(
+        state_a.upgrade().is_some(),
+        "the idle cache still holds the old snapshot"
+    );
+    assert_eq!(cache.pick(&ctx).unwrap().id(), ids[1]);
+    assert!(
+        state_a.upgrade().is_none(),
+        "released by the cache's next pick"
+    );
+}

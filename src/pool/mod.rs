@@ -20,7 +20,10 @@
 //! points (ticks, reported outcomes, the admin switch, probes); `builder.rs` the builder;
 //! `observe.rs` the events and gauges derived from each publication.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,7 @@ use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
 
 mod builder;
+mod cache;
 mod health;
 mod observe;
 #[cfg(feature = "tokio")]
@@ -42,6 +46,7 @@ mod task;
 mod update;
 
 pub use builder::{DEFAULT_CANCEL_FAILURE_AFTER, PoolBuilder};
+pub use cache::{CachedPick, PoolCache};
 pub use observe::PoolEvent;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -244,13 +249,20 @@ impl<A, P: Picker<A>> Pool<A, P> {
     /// load-aware pickers and the stats' `picks` see started requests.
     ///
     /// Lock-free; allocates nothing; writes no shared memory (the snapshot is read
-    /// through an `arc-swap` guard, whose bookkeeping is per thread). The returned [`Picked`] borrows the snapshot it was
-    /// picked from, so it stays valid whatever changes are published meanwhile.
+    /// through an `arc-swap` guard, whose bookkeeping is per thread: two locked
+    /// instructions on the thread's own cache line). The returned [`Picked`] borrows the
+    /// snapshot it was picked from, so it stays valid whatever changes are published
+    /// meanwhile. A thread that picks continuously can skip the guard with a
+    /// [`PoolCache`] ([`cached`](Self::cached)).
     #[inline]
     pub fn pick(&self, ctx: &PickContext) -> Result<Picked<A, P::Table>, PickError> {
         let prepared = self.inner.current.load();
         let index = prepared.pick(&self.inner.picker, ctx)?;
-        Ok(Picked { prepared, index })
+        Ok(Picked {
+            prepared,
+            index,
+            _snapshot: PhantomData,
+        })
     }
 
     /// Per-backend statistics, in insertion order.
@@ -300,17 +312,23 @@ impl<A, P: Picker<A>> Pool<A, P> {
 ///
 /// Short-lived by design: it holds that snapshot alive. Copy out what you need
 /// ([`id`](Self::id), [`addr`](Self::addr)) and call [`start`](Self::start) to track the
-/// request.
-pub struct Picked<A, T> {
-    prepared: Guard<Arc<Prepared<A, T>>>,
+/// request. `H` is how it holds the snapshot: an `arc-swap` guard from [`Pool::pick`], a
+/// plain reference from [`PoolCache::pick`].
+pub struct Picked<A, T, H = Guard<Arc<Prepared<A, T>>>> {
+    prepared: H,
     index: usize,
+    _snapshot: PhantomData<fn() -> Prepared<A, T>>,
 }
 
-impl<A, T> Picked<A, T> {
+impl<A, T, H: Deref<Target: Borrow<Prepared<A, T>>>> Picked<A, T, H> {
+    fn prepared(&self) -> &Prepared<A, T> {
+        (*self.prepared).borrow()
+    }
+
     /// The chosen backend.
     pub fn backend(&self) -> &Backend<A> {
         // `Prepared::pick` checked `index` against this very snapshot.
-        &self.prepared.snapshot.backends()[self.index]
+        &self.prepared().snapshot.backends()[self.index]
     }
 
     /// Its id.
@@ -325,7 +343,7 @@ impl<A, T> Picked<A, T> {
 
     /// The snapshot it was picked from.
     pub fn snapshot(&self) -> &Snapshot<A> {
-        &self.prepared.snapshot
+        &self.prepared().snapshot
     }
 
     /// Its index in the snapshot it was picked from.
@@ -346,7 +364,7 @@ impl<A, T> Picked<A, T> {
     }
 }
 
-impl<A: fmt::Debug, T> fmt::Debug for Picked<A, T> {
+impl<A: fmt::Debug, T, H: Deref<Target: Borrow<Prepared<A, T>>>> fmt::Debug for Picked<A, T, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Picked")
             .field("id", &self.id())
