@@ -46,8 +46,8 @@
 use std::fmt;
 
 use super::{
-    Accept, BackendKey, HashPicker, KeyBytes, Lookup, WithFallback, key_hash, members,
-    pick_by_preference, probe_then_scan,
+    Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, members, pick_by_preference,
+    probe_then_scan,
 };
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
@@ -241,23 +241,21 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
         // comparisons without reading the key itself (an address such as
         // "10.0.195.80:8080" fits whole): zero padding keeps the order lexicographic,
         // and equal prefixes fall back to the full keys.
-        let keys: Vec<KeyBytes> = members(snapshot).into_iter().map(|m| m.key).collect();
+        let members = members(snapshot);
         // (Zipped with a u32 count, exact in size: one allocation. `members` stops at
         // u32::MAX members.)
-        let mut order: Vec<(u128, u32)> = keys
+        let mut order: Vec<(u128, u32)> = members
             .iter()
             .zip(0u32..)
-            .map(|(key, i)| {
+            .map(|(m, i)| {
                 let mut prefix = [0u8; 16];
-                let n = key.len().min(16);
-                prefix[..n].copy_from_slice(&key[..n]);
+                let n = m.key.len().min(16);
+                prefix[..n].copy_from_slice(&m.key[..n]);
                 (u128::from_be_bytes(prefix), i)
             })
             .collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| keys[a.1 as usize].cmp(&keys[b.1 as usize]))
-        });
+        let key = |i: u32| members.get(i as usize).map(|m| &m.key[..]);
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a.1).cmp(&key(b.1))));
         let buckets = order.into_iter().map(|(_, index)| index).collect();
         WithFallback::prepare(JumpTable { buckets }, &self.fallback, snapshot, previous)
     }
