@@ -128,6 +128,7 @@ fn ids(sizes: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<u32>
 mod support;
 
 mod bounded_load;
+mod changes;
 mod health;
 mod placement;
 mod robustness;

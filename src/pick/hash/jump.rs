@@ -32,8 +32,11 @@
 //!
 //! **Health**: a key whose bucket is ineligible is rehashed and jumped again (up to 32
 //! times, then the buckets are scanned in order from there), so only that bucket's keys
-//! move and they return when it does. The bucket order is rebuilt in O(n log n) on each
-//! change; it is 4 B per member.
+//! move and they return when it does. The bucket order is 12 B per member (the order
+//! and each member's id). A small change (at most 1/64 of the set, or 8 members) keeps
+//! the previous order, renumbered in O(n), and places each new member by binary search
+//! on the keys (log n keys written); a larger one sorts again in O(n log n). Either way
+//! the order is the same.
 //!
 //! **Cost**: JumpBackHash's lookup does not grow with n (see the `hash-lookup` bench
 //! group, beside Maglev's table read); Lamping and Veach's takes ln n + 1 jumps, each a
@@ -46,9 +49,10 @@
 use std::fmt;
 
 use super::{
-    Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, members, pick_by_preference,
-    probe_then_scan,
+    Accept, BackendKey, HashPicker, Lookup, WithFallback, ids, key_hash, members,
+    pick_by_preference, previous_positions, probe_then_scan,
 };
+use crate::backend::BackendId;
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -212,6 +216,8 @@ fn jump(mut key: u64, buckets: u32) -> u32 {
 /// The members in bucket order: snapshot indices sorted by key bytes.
 pub struct JumpTable {
     buckets: Box<[u32]>,
+    /// Each member's id, in snapshot order (the next change keeps survivors' order).
+    ids: Box<[BackendId]>,
 }
 
 impl JumpTable {
@@ -229,6 +235,73 @@ impl fmt::Debug for JumpTable {
     }
 }
 
+/// The members in key order, sorted from scratch: O(n log n). Each key's first 16
+/// bytes, big-endian, settle most comparisons without reading the key itself (an
+/// address such as "10.0.195.80:8080" fits whole): zero padding keeps the order
+/// lexicographic, and equal prefixes fall back to the full keys.
+fn sorted<A: BackendKey>(snapshot: &Snapshot<A>) -> Box<[u32]> {
+    let members = members(snapshot);
+    // (Zipped with a u32 count, exact in size: one allocation. `members` stops at
+    // u32::MAX members.)
+    let mut order: Vec<(u128, u32)> = members
+        .iter()
+        .zip(0u32..)
+        .map(|(m, i)| {
+            let mut prefix = [0u8; 16];
+            let n = m.key.len().min(16);
+            prefix[..n].copy_from_slice(&m.key[..n]);
+            (u128::from_be_bytes(prefix), i)
+        })
+        .collect();
+    let key = |i: u32| members.get(i as usize).map(|m| &m.key[..]);
+    order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a.1).cmp(&key(b.1))));
+    order.into_iter().map(|(_, index)| index).collect()
+}
+
+/// The previous key order with the change applied, when the change is small (at most
+/// 1/64 of the set, or 8 members): survivors keep their order, renumbered; each new
+/// member is placed by binary search on the keys (log n keys written, not n). The same
+/// order [`sorted`] gives; `None` for a larger change.
+fn patched<A: BackendKey>(previous: &JumpTable, snapshot: &Snapshot<A>) -> Option<Box<[u32]>> {
+    let positions = previous_positions(&previous.ids, snapshot);
+    let added: Vec<u32> = (0u32..)
+        .zip(&positions)
+        .filter_map(|(i, p)| p.is_none().then_some(i))
+        .collect();
+    let removed = previous.ids.len() - (positions.len() - added.len());
+    if added.len() + removed > (snapshot.len() / 64).max(8) {
+        return None;
+    }
+    let mut new_of_old = vec![u32::MAX; previous.ids.len()];
+    for (i, p) in (0u32..).zip(&positions) {
+        if let Some(slot) = p.and_then(|old| new_of_old.get_mut(old as usize)) {
+            *slot = i;
+        }
+    }
+    let mut order: Vec<u32> = previous
+        .buckets
+        .iter()
+        .filter_map(|&old| new_of_old.get(old as usize).copied())
+        .filter(|&i| i != u32::MAX)
+        .collect();
+    let (mut key, mut other) = (Vec::new(), Vec::new());
+    let write = |i: u32, out: &mut Vec<u8>| {
+        out.clear();
+        if let Some(b) = snapshot.get(i as usize) {
+            b.addr().write_key(out);
+        }
+    };
+    for i in added {
+        write(i, &mut key);
+        let at = order.partition_point(|&k| {
+            write(k, &mut other);
+            other < key
+        });
+        order.insert(at, i);
+    }
+    Some(order.into_boxed_slice())
+}
+
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
     type Table = WithFallback<JumpTable, F::Table>;
 
@@ -237,27 +310,14 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
     }
 
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
-        // Sorted by key bytes. Each key's first 16 bytes, big-endian, settle most
-        // comparisons without reading the key itself (an address such as
-        // "10.0.195.80:8080" fits whole): zero padding keeps the order lexicographic,
-        // and equal prefixes fall back to the full keys.
-        let members = members(snapshot);
-        // (Zipped with a u32 count, exact in size: one allocation. `members` stops at
-        // u32::MAX members.)
-        let mut order: Vec<(u128, u32)> = members
-            .iter()
-            .zip(0u32..)
-            .map(|(m, i)| {
-                let mut prefix = [0u8; 16];
-                let n = m.key.len().min(16);
-                prefix[..n].copy_from_slice(&m.key[..n]);
-                (u128::from_be_bytes(prefix), i)
-            })
-            .collect();
-        let key = |i: u32| members.get(i as usize).map(|m| &m.key[..]);
-        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a.1).cmp(&key(b.1))));
-        let buckets = order.into_iter().map(|(_, index)| index).collect();
-        WithFallback::prepare(JumpTable { buckets }, &self.fallback, snapshot, previous)
+        let buckets = previous
+            .and_then(|p| patched(&p.table, snapshot))
+            .unwrap_or_else(|| sorted(snapshot));
+        let table = JumpTable {
+            buckets,
+            ids: ids(snapshot),
+        };
+        WithFallback::prepare(table, &self.fallback, snapshot, previous)
     }
 
     pick_by_preference!();

@@ -25,8 +25,8 @@
 //! | --- | --- | --- | --- | --- |
 //! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000) | O(1): 6 / 7 / 7 ns | 4 B × M, M sized for the set (≥ 100 · N, from 65 537: 256 KiB, to 5 000 011: 19 MiB) | O(M log N): 6 ms at M = 65 537; O(M log M) past it (1.1 s at N = 50 000) |
 //! | [`Ring`] | only the removed/added backend's keys | O(1) expected: 16 / 18 / 27 ns | 16 B per point + a 4 B directory entry per 1–2 points (V = 160: 3.2–3.8 KiB per unit of weight) | O(P log P), P = V·Σw: 10 ms; a change O(P) + its own points |
-//! | [`Rendezvous`] | only the removed/added backend's keys | O(n): 21 / 134 / 2160 ns | 16 B per member | O(n): 77 µs |
-//! | [`Jump`] | growing/shrinking at the end: only the last bucket's keys | O(1) (JumpBackHash): 12 / 9 / 10 ns; [`Jump::lamping_veach`](crate::Jump::lamping_veach): O(log n), 39 / 57 / 119 ns (one run, Maglev 6 / 4 / 5 ns in it) | 4 B per member | O(n log n): 0.13 ms |
+//! | [`Rendezvous`] | only the removed/added backend's keys | O(n): 21 / 134 / 2160 ns | 24 B per member | O(n): 77 µs; a change hashes only new keys |
+//! | [`Jump`] | growing/shrinking at the end: only the last bucket's keys | O(1) (JumpBackHash): 12 / 9 / 10 ns; [`Jump::lamping_veach`](crate::Jump::lamping_veach): O(log n), 39 / 57 / 119 ns (one run, Maglev 6 / 4 / 5 ns in it) | 12 B per member | O(n log n): 0.13 ms; a small change O(n) + log n keys per new member |
 //!
 //! Lookup times are criterion medians on the 2-core bench machine, *including* hashing a
 //! 16-byte key with [`hash_key`](crate::affinity::hash_key) (3 ns); the floor on the same
@@ -53,6 +53,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{PickContext, Picker};
+use crate::backend::BackendId;
 use crate::snapshot::Snapshot;
 use crate::stable_hash::{mix, seeded};
 
@@ -288,6 +289,37 @@ pub(crate) fn members<A: BackendKey>(snapshot: &Snapshot<A>) -> Vec<Member> {
         });
     }
     members
+}
+
+/// Each member's id, in snapshot order: what the next change matches survivors by.
+pub(crate) fn ids<A>(snapshot: &Snapshot<A>) -> Box<[BackendId]> {
+    snapshot.backends().iter().map(|b| b.id()).collect()
+}
+
+/// Where each member of `snapshot` stood among `old_ids` (the previous table's members,
+/// by id): `Some(old position)` for a survivor, `None` for a new member. One merge of
+/// two id-ordered lists. A member keeps its address, hence its key, for as long as it
+/// keeps its id, so a survivor's key-derived values can be reused.
+pub(crate) fn previous_positions<A>(
+    old_ids: &[BackendId],
+    snapshot: &Snapshot<A>,
+) -> Vec<Option<u32>> {
+    let mut old = old_ids.iter().zip(0u32..).peekable();
+    snapshot
+        .backends()
+        .iter()
+        .map(|b| {
+            while old.next_if(|&(&id, _)| id < b.id()).is_some() {}
+            old.next_if(|&(&id, _)| id == b.id()).map(|(_, at)| at)
+        })
+        .collect()
+}
+
+/// A member's key hash ([`SEED_IDENTITY`]), writing its key into `scratch`.
+pub(crate) fn key_hash_of<A: BackendKey>(addr: &A, scratch: &mut Vec<u8>) -> u64 {
+    scratch.clear();
+    addr.write_key(scratch);
+    seeded(scratch, SEED_IDENTITY)
 }
 
 /// What a table was built from: each member's key hash and weight, in snapshot order.
