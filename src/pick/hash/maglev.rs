@@ -27,24 +27,46 @@
 //! crosses a step gets a new M, which moves most keys; [`Maglev::with_table_size`] fixes
 //! M and rules that out.
 //!
+//! **Changes past 65 537 slots** (more than 655 backends): a change that inserts,
+//! removes or reweighs at most one member in eight is applied at once by *patching* the
+//! previous table, moving only the slots it must: a removed backend's slots, a reweighted
+//! backend's surplus (the last of its slots in its own permutation order), and for an
+//! inserted or grown backend the slots it takes along its own permutation from backends
+//! above their share; the free slots go to backends below their share. Every backend of a
+//! patched table owns within one slot of M · w / W (checked by the unit tests, random
+//! insert/remove/reweight sequences at M = 1009 and 65 537), and a slow-start ramp down
+//! and back up returns a backend its slots. A patched table depends on the history of
+//! changes, so the *canonical* table — identical to a from-scratch build, hence on every
+//! instance with the same set — is built on a background thread and written into the
+//! live table in place (entries are atomics; any mix of old and new entries indexes the
+//! same snapshot): it replaces the patch within one build time (about 1 s at 50 000
+//! backends) once changes pause, and a newer change stops an older build.
+//! [`MaglevTable::is_canonical`] and [`MaglevTable::wait_canonical`] tell and wait;
+//! [`Maglev::with_incremental`]`(false)` builds every change from scratch, as tables of
+//! 65 537 slots and larger changes always are.
+//!
 //! **Cost**: lookup O(1) — a hash mix, a multiply-shift and one read of a 4-byte entry:
 //! 6–7 ns at N = 8, 64 and 1024 including the key hash; memory 4 B × M: 256 KiB up to 655
-//! backends, then 400–800 B per backend (4 MiB at 10 000, 19 MiB at 50 000); build
-//! O(M log N) on the change path (O(M) plus the probe walks with equal weights), which
-//! makes Maglev the one strategy whose change cost grows with its table rather than
-//! with the change: see the README's "Scale" table.
+//! backends, then 400–800 B per backend (4 MiB at 10 000, 19 MiB at 50 000), twice that
+//! while a background build runs. A build is O(M log N) (O(M) plus the probe walks with
+//! equal weights); a patch is O(M) for the copy plus O(moved slots) — PATCH_COST — and the
+//! background build's O(M log N) runs off the change path. See the README's "Scale" table.
 //!
 //! Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load Balancer",
 //! NSDI 2016; weights as in Envoy's `MaglevTable`.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::Duration;
 
 use super::{
-    BackendKey, Fingerprint, HashPicker, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
-    WithFallback, key_hash, pick_by_preference, probe_then_scan, reduce, reuse_or_build,
+    BackendKey, Entry, Fingerprint, HashPicker, Member, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP,
+    WithFallback, key_hash, members, pick_by_preference, probe_then_scan, reduce,
 };
 use crate::error::ConfigError;
 use crate::pick::round_robin::RoundRobin;
@@ -65,8 +87,11 @@ pub const TABLE_SIZES: [u32; 8] = [
 /// The largest accepted table size: the prime 5 000 011 (20 MB), Envoy's upper bound.
 pub const MAX_TABLE_SIZE: u32 = 5_000_011;
 
-/// Marks a slot not yet claimed during the build.
+/// Marks a slot not yet claimed during the build, or freed during a patch.
 const EMPTY: u32 = u32::MAX;
+
+/// Seeds the hash that hands a patch's free slots to members under their share.
+const SEED_PATCH_FILL: u64 = 0x6D61_676C_6576_6669; // "maglevfi"
 
 /// Maglev consistent hashing. See the [module docs](self).
 ///
@@ -93,6 +118,8 @@ const EMPTY: u32 = u32::MAX;
 pub struct Maglev<F = RoundRobin> {
     /// `None`: sized for the set ([`Maglev::table_size_for`]).
     size: Option<u32>,
+    /// Patch the previous table on a small change (past [`DEFAULT_TABLE_SIZE`]).
+    incremental: bool,
     fallback: F,
 }
 
@@ -103,6 +130,7 @@ impl Maglev {
     pub fn new() -> Self {
         Maglev {
             size: None,
+            incremental: true,
             fallback: RoundRobin::new(),
         }
     }
@@ -128,6 +156,7 @@ impl<F> Maglev<F> {
         match u32::try_from(size) {
             Ok(s) if (2..=MAX_TABLE_SIZE).contains(&s) && is_prime(s) => Ok(Maglev {
                 size: Some(s),
+                incremental: self.incremental,
                 fallback: self.fallback,
             }),
             _ => Err(ConfigError::MaglevTableSize {
@@ -138,10 +167,42 @@ impl<F> Maglev<F> {
         }
     }
 
+    /// The same picker, patching its table on a small change (`true`, the default) or
+    /// building it from scratch on every change (`false`).
+    ///
+    /// With `true`, a change to a set with a table larger than [`DEFAULT_TABLE_SIZE`]
+    /// (more than 655 backends) that inserts, removes or reweighs at most one member in
+    /// eight is applied at once by moving only the slots it must move, and the canonical
+    /// table — the one every instance with the same set builds — replaces the patch in
+    /// place when a background build finishes (see the [module docs](self)). With
+    /// `false`, every change builds the canonical table before `prepare` returns, as
+    /// smaller sets always do: O(M log M), about 1 s at 50 000 backends.
+    ///
+    /// ```
+    /// use tower_lb::Maglev;
+    ///
+    /// let always_canonical = Maglev::new().with_incremental(false);
+    /// assert!(!always_canonical.incremental());
+    /// assert!(Maglev::new().incremental());
+    /// ```
+    pub fn with_incremental(self, incremental: bool) -> Self {
+        Maglev {
+            incremental,
+            ..self
+        }
+    }
+
+    /// Whether a small change patches the table (see
+    /// [`with_incremental`](Self::with_incremental)).
+    pub fn incremental(&self) -> bool {
+        self.incremental
+    }
+
     /// The same picker placing requests without a key with `fallback`.
     pub fn with_fallback<G>(self, fallback: G) -> Maglev<G> {
         Maglev {
             size: self.size,
+            incremental: self.incremental,
             fallback,
         }
     }
@@ -194,6 +255,10 @@ impl<F> Maglev<F> {
 
 /// A Maglev lookup table. Cheap to clone: tables are shared between snapshots that
 /// differ only in eligibility.
+///
+/// A table patched after a change (see the [module docs](self)) is replaced in place by
+/// the canonical one once a background build finishes: [`is_canonical`](Self::is_canonical)
+/// tells which, [`wait_canonical`](Self::wait_canonical) waits for it.
 #[derive(Clone)]
 pub struct MaglevTable {
     core: Arc<Core>,
@@ -201,15 +266,107 @@ pub struct MaglevTable {
 
 struct Core {
     /// The backend index owning each slot; empty when no member has a positive weight.
-    entries: Box<[u32]>,
+    /// Atomics only so a background build can write the canonical table into a live
+    /// one: every value ever stored indexes the same snapshot, so any mix is a table.
+    entries: Box<[AtomicU32]>,
     fingerprint: Fingerprint,
+    /// Held while the entries are written by the background build or copied by a patch,
+    /// so a patch never starts from a half-written table and the counts match.
+    state: Mutex<State>,
+    /// Signalled when the background build ends (canonical or superseded).
+    settled: Condvar,
+    /// Shared by a table and every table prepared from it: each new table bumps it,
+    /// which stops the background build of the tables before it.
+    lineage: Arc<AtomicU64>,
+    /// This table's value of `lineage`.
+    generation: u64,
+}
+
+struct State {
+    /// How many slots each member (by snapshot index) owns.
+    counts: Vec<u32>,
+    status: Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Identical to a from-scratch build of the set.
+    Canonical,
+    /// Patched; the canonical table is being built in the background.
+    Pending,
+    /// Patched, and a newer table was prepared from it before the canonical one was
+    /// written: it stays patched.
+    Superseded,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves the state consistent: the
+        // entries are written before the status, and any mix of entries is a table.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn new(
+        built: Built,
+        fingerprint: Fingerprint,
+        status: Status,
+        lineage: Arc<AtomicU64>,
+        generation: u64,
+    ) -> Self {
+        Core {
+            entries: built.entries,
+            fingerprint,
+            state: Mutex::new(State {
+                counts: built.counts,
+                status,
+            }),
+            settled: Condvar::new(),
+            lineage,
+            generation,
+        }
+    }
 }
 
 impl MaglevTable {
-    /// The lookup table: the index (in the snapshot) of the backend owning each slot.
-    /// Empty when the set has no member with a positive weight.
-    pub fn entries(&self) -> &[u32] {
-        &self.core.entries
+    /// A copy of the lookup table: the index (in the snapshot) of the backend owning
+    /// each slot. Empty when the set has no member with a positive weight.
+    pub fn entries(&self) -> Vec<u32> {
+        self.core.entries.iter().map(Entry::index).collect()
+    }
+
+    /// The index of the backend owning `slot`, or `None` past the table's end.
+    pub fn entry(&self, slot: usize) -> Option<u32> {
+        self.core.entries.get(slot).map(Entry::index)
+    }
+
+    /// The table size M (0 when the set has no member with a positive weight).
+    pub fn len(&self) -> usize {
+        self.core.entries.len()
+    }
+
+    /// Whether the table has no slots (no member has a positive weight).
+    pub fn is_empty(&self) -> bool {
+        self.core.entries.is_empty()
+    }
+
+    /// Whether the table is the canonical one — identical to a from-scratch build of
+    /// its set, on every instance — rather than a patch of the previous table still
+    /// waiting for its background build (see the [module docs](self)).
+    pub fn is_canonical(&self) -> bool {
+        self.core.lock().status == Status::Canonical
+    }
+
+    /// Waits up to `timeout` for the canonical table to replace a patched one; returns
+    /// [`is_canonical`](Self::is_canonical). Returns at once with `false` when a newer
+    /// table was prepared from this one (its background build then stops).
+    pub fn wait_canonical(&self, timeout: Duration) -> bool {
+        let state = self.core.lock();
+        let (state, _) = self
+            .core
+            .settled
+            .wait_timeout_while(state, timeout, |s| s.status == Status::Pending)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.status == Status::Canonical
     }
 
     /// Whether `self` and `other` are the same table in memory (a table reused across a
@@ -228,6 +385,21 @@ impl fmt::Debug for MaglevTable {
     }
 }
 
+/// A table and its per-member slot counts.
+struct Built {
+    entries: Box<[AtomicU32]>,
+    counts: Vec<u32>,
+}
+
+impl Built {
+    fn empty(members: usize) -> Self {
+        Built {
+            entries: Box::new([]),
+            counts: vec![0; members],
+        }
+    }
+}
+
 /// A member's walk through its permutation of the slots during the build.
 struct Cursor {
     index: u32,
@@ -237,79 +409,97 @@ struct Cursor {
     claimed: u64,
 }
 
+/// A member's permutation of the M slots: `offset`, `offset + skip`, … mod M.
+fn permutation(key: &[u8], m: u64) -> (u64, u64) {
+    (
+        seeded(key, SEED_MAGLEV_OFFSET) % m,
+        seeded(key, SEED_MAGLEV_SKIP) % (m - 1).max(1) + 1,
+    )
+}
+
+/// How many claims pass between two checks of `cancelled` in a background build.
+const CHECK_EVERY: u64 = 4096;
+
 /// Builds the table: backends in canonical order (by key hash, then key bytes) take
 /// turns claiming their next free preferred slot; a backend of weight w claims in
 /// round t when t · w ≥ claimed · w_max (Envoy's rule), and ties within a round go in
 /// canonical order. A heap keyed by (round, canonical position) replays exactly that
-/// loop in O(M log N) whatever the weights.
-fn build(members: Vec<Member>, fingerprint: Fingerprint, size: u32) -> Core {
+/// loop in O(M log N) whatever the weights. `None` when `cancelled` said so.
+fn build(members: &[Member], size: u32, cancelled: &dyn Fn() -> bool) -> Option<Built> {
     let m = u64::from(size);
-    let mut order: Vec<Member> = members.into_iter().filter(|b| b.weight > 0).collect();
+    let mut order: Vec<&Member> = members.iter().filter(|b| b.weight > 0).collect();
     order.sort_unstable_by(|a, b| (a.hash, &a.key).cmp(&(b.hash, &b.key)));
     let Some(max_weight) = order.iter().map(|b| b.weight).max() else {
-        return Core {
-            entries: Box::new([]),
-            fingerprint,
-        };
+        return Some(Built::empty(members.len()));
     };
     let mut cursors: Vec<Cursor> = order
         .iter()
-        .map(|b| Cursor {
-            index: b.index,
-            weight: b.weight,
-            slot: seeded(&b.key, SEED_MAGLEV_OFFSET) % m,
-            skip: seeded(&b.key, SEED_MAGLEV_SKIP) % (m - 1).max(1) + 1,
-            claimed: 0,
+        .map(|b| {
+            let (slot, skip) = permutation(&b.key, m);
+            Cursor {
+                index: b.index,
+                weight: b.weight,
+                slot,
+                skip,
+                claimed: 0,
+            }
         })
         .collect();
-    let mut entries = vec![EMPTY; size as usize].into_boxed_slice();
+    let mut entries: Box<[AtomicU32]> = (0..size).map(|_| AtomicU32::new(EMPTY)).collect();
     // Which slots are taken, one bit each: the walks probe this (M/8 bytes, 610 KiB at
     // the largest M, cache-resident) rather than the 4-byte entries (up to 19 MiB).
     let mut taken = vec![0u64; (size as usize).div_ceil(64)];
+    let mut filled = 0u64;
     if cursors.iter().all(|c| c.weight == max_weight) {
         // Equal weights: every backend claims once per round, in canonical order — the
         // heap's order, without the heap.
-        let mut filled = 0u64;
         'rounds: loop {
             for c in &mut cursors {
                 claim(&mut entries, &mut taken, c, m);
+                c.claimed += 1;
                 filled += 1;
                 if filled >= m {
                     break 'rounds;
                 }
+                if filled % CHECK_EVERY == 0 && cancelled() {
+                    return None;
+                }
             }
         }
-        return Core {
-            entries,
-            fingerprint,
-        };
+    } else {
+        let mut turns: BinaryHeap<Reverse<(u64, usize)>> =
+            (0..cursors.len()).map(|pos| Reverse((1, pos))).collect();
+        while filled < m {
+            let Some(Reverse((round, pos))) = turns.pop() else {
+                break;
+            };
+            let Some(c) = cursors.get_mut(pos) else {
+                break;
+            };
+            claim(&mut entries, &mut taken, c, m);
+            filled += 1;
+            c.claimed += 1;
+            let due =
+                (u128::from(c.claimed) * u128::from(max_weight)).div_ceil(u128::from(c.weight));
+            let next = u64::try_from(due).unwrap_or(u64::MAX).max(round + 1);
+            turns.push(Reverse((next, pos)));
+            if filled % CHECK_EVERY == 0 && cancelled() {
+                return None;
+            }
+        }
     }
-    let mut turns: BinaryHeap<Reverse<(u64, usize)>> =
-        (0..cursors.len()).map(|pos| Reverse((1, pos))).collect();
-    let mut filled = 0u64;
-    while filled < m {
-        let Some(Reverse((round, pos))) = turns.pop() else {
-            break;
-        };
-        let Some(c) = cursors.get_mut(pos) else {
-            break;
-        };
-        claim(&mut entries, &mut taken, c, m);
-        filled += 1;
-        c.claimed += 1;
-        let due = (u128::from(c.claimed) * u128::from(max_weight)).div_ceil(u128::from(c.weight));
-        let next = u64::try_from(due).unwrap_or(u64::MAX).max(round + 1);
-        turns.push(Reverse((next, pos)));
+    let mut counts = vec![0u32; members.len()];
+    for c in &cursors {
+        if let Some(n) = counts.get_mut(c.index as usize) {
+            *n = u32::try_from(c.claimed).unwrap_or(u32::MAX);
+        }
     }
-    Core {
-        entries,
-        fingerprint,
-    }
+    Some(Built { entries, counts })
 }
 
 /// `c` claims its next free preferred slot.
 #[inline]
-fn claim(entries: &mut [u32], taken: &mut [u64], c: &mut Cursor, m: u64) {
+fn claim(entries: &mut [AtomicU32], taken: &mut [u64], c: &mut Cursor, m: u64) {
     // M is prime and 1 ≤ skip < M, so the walk visits every slot: a free one exists.
     for _ in 0..m {
         let slot = c.slot as usize;
@@ -318,7 +508,7 @@ fn claim(entries: &mut [u32], taken: &mut [u64], c: &mut Cursor, m: u64) {
             Some(w) if *w & bit == 0 => {
                 *w |= bit;
                 if let Some(e) = entries.get_mut(slot) {
-                    *e = c.index;
+                    *e.get_mut() = c.index;
                 }
                 return;
             }
@@ -333,12 +523,414 @@ fn claim(entries: &mut [u32], taken: &mut [u64], c: &mut Cursor, m: u64) {
     }
 }
 
+/// A patch applies only when at most one member in `PATCH_MAX_CHANGED_PER` changed
+/// (inserted, removed or reweighted); a larger change is built from scratch.
+const PATCH_MAX_CHANGED_PER: usize = 8;
+
+/// Each member's share of the M slots, M · wᵢ / W, compared exactly (in u128).
+struct Targets<'a> {
+    m: u128,
+    total: u128,
+    members: &'a [Member],
+}
+
+impl Targets<'_> {
+    /// M · wᵢ and W, for `c` compared with M · wᵢ / W as c · W against M · wᵢ.
+    fn share(&self, j: usize) -> u128 {
+        self.members
+            .get(j)
+            .map_or(0, |b| self.m * u128::from(b.weight))
+    }
+
+    /// c < target.
+    fn below(&self, j: usize, c: u32) -> bool {
+        u128::from(c) * self.total < self.share(j)
+    }
+
+    /// c + 1 ≤ target: one more slot keeps it at or under its share.
+    fn wants(&self, j: usize, c: u32) -> bool {
+        (u128::from(c) + 1) * self.total <= self.share(j)
+    }
+
+    /// c > target: it may give a slot and stay within one of its share.
+    fn above(&self, j: usize, c: u32) -> bool {
+        u128::from(c) * self.total > self.share(j)
+    }
+
+    /// ⌈target⌉: the most slots within one of its share.
+    fn ceil(&self, j: usize) -> u32 {
+        u32::try_from(self.share(j).div_ceil(self.total.max(1))).unwrap_or(u32::MAX)
+    }
+}
+
+/// Maps a 64-bit key hash to itself: the fingerprint's hashes are already mixed.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// `base`^`exp` mod `m`, for m < 2³².
+fn pow_mod(base: u64, mut exp: u64, m: u64) -> u64 {
+    let (mut result, mut base) = (1 % m, base % m);
+    while exp > 0 {
+        if exp & 1 == 1 {
+            result = result * base % m;
+        }
+        base = base * base % m;
+        exp >>= 1;
+    }
+    result
+}
+
+/// The table of `members` patched from `prev` (same size M): only the slots that must
+/// move do. `None` when the change is too large or anything is off (then build).
+///
+/// Removed members' slots become free; a member above its share by a slot or more
+/// (a weight decrease, or a share that shrank) keeps the first ⌈M · w / W⌉ of its
+/// slots in its own permutation order and frees the rest; an inserted member or a
+/// weight increase walks its permutation (the build's offset and skip) taking free slots
+/// and slots of members above their share until it reaches its share; the free slots
+/// left go to members under their share, chosen by a hash of the slot (those a whole
+/// slot short first); a member still a whole slot short walks its permutation taking
+/// slots of members above their share. Every member ends within one slot of M · w / W.
+fn patch(prev: &Core, members: &[Member], size: u32) -> Option<Built> {
+    let m = size as usize;
+    let n = members.len();
+    let old = prev.fingerprint.entries();
+    if prev.entries.len() != m || m < 3 || u32::try_from(n).is_err() {
+        return None;
+    }
+    let total: u128 = members.iter().map(|b| u128::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut old_index: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>> =
+        HashMap::with_capacity_and_hasher(old.len(), BuildHasherDefault::default());
+    for (i, &(hash, _)) in old.iter().enumerate() {
+        if old_index.insert(hash, u32::try_from(i).ok()?).is_some() {
+            return None; // Two members with one key hash: identity is ambiguous.
+        }
+    }
+    // Old index → new index (FREE: removed); the members that must walk their own
+    // permutation to reach their share (inserted or weight increased).
+    let mut remap = vec![EMPTY; old.len()];
+    let mut grows = Vec::new();
+    let mut changed = 0usize;
+    for (j, b) in members.iter().enumerate() {
+        match old_index.get(&b.hash) {
+            Some(&i) => {
+                let (slot, &(_, weight)) = remap.get_mut(i as usize).zip(old.get(i as usize))?;
+                if *slot != EMPTY {
+                    return None;
+                }
+                *slot = b.index;
+                if weight != b.weight {
+                    changed += 1;
+                    if b.weight > weight {
+                        grows.push(j);
+                    }
+                }
+            }
+            None => {
+                changed += 1;
+                grows.push(j);
+            }
+        }
+        if b.index as usize != j {
+            return None;
+        }
+    }
+    changed += remap.iter().filter(|&&j| j == EMPTY).count();
+    if changed.saturating_mul(PATCH_MAX_CHANGED_PER) > n {
+        return None;
+    }
+    let targets = Targets {
+        m: m as u128,
+        total,
+        members,
+    };
+    let m64 = m as u64;
+
+    let state = prev.lock();
+    if state.counts.len() != old.len() {
+        return None;
+    }
+    let mut counts = vec![0u32; n];
+    for (&j, &c) in remap.iter().zip(&state.counts) {
+        if let Some(n) = counts.get_mut(j as usize) {
+            *n = c;
+        }
+    }
+    // Members a whole slot or more above their share: they shed slots.
+    let sheds: Vec<bool> = counts
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| c > 0 && !targets.below(j, c - 1))
+        .collect();
+    let any_shed = sheds.iter().any(|&s| s);
+    let mut free: Vec<u32> = Vec::new();
+    let mut shed: Vec<(u32, u32)> = Vec::new();
+    // One pass: copy, re-index, and collect the free and shedding slots.
+    let mut entries: Box<[AtomicU32]> = prev
+        .entries
+        .iter()
+        .zip(0u32..)
+        .map(|(e, slot)| {
+            let j = remap.get(e.index() as usize).copied().unwrap_or(EMPTY);
+            if j == EMPTY {
+                free.push(slot);
+            } else if any_shed && sheds.get(j as usize).copied().unwrap_or(false) {
+                shed.push((j, slot));
+            }
+            AtomicU32::new(j)
+        })
+        .collect();
+    drop(state);
+
+    // Shedding: keep the first ⌈share⌉ slots in the member's own permutation order.
+    if !shed.is_empty() {
+        let mut inverse: HashMap<u32, (u64, u64)> = HashMap::new();
+        for &(j, _) in &shed {
+            if let std::collections::hash_map::Entry::Vacant(v) = inverse.entry(j) {
+                let (offset, skip) = permutation(&members.get(j as usize)?.key, m64);
+                v.insert((offset, pow_mod(skip, m64 - 2, m64)));
+            }
+        }
+        let rank = |j: u32, slot: u32| {
+            inverse.get(&j).map_or(0, |&(offset, inv)| {
+                (u64::from(slot) + m64 - offset) % m64 * inv % m64
+            })
+        };
+        shed.sort_unstable_by_key(|&(j, slot)| (j, rank(j, slot)));
+        let mut kept = 0u32;
+        let mut last = EMPTY;
+        for &(j, slot) in &shed {
+            if j != last {
+                (last, kept) = (j, 0);
+            }
+            if kept < targets.ceil(j as usize) {
+                kept += 1;
+            } else {
+                *entries.get_mut(slot as usize)?.get_mut() = EMPTY;
+                *counts.get_mut(j as usize)? -= 1;
+                free.push(slot);
+            }
+        }
+    }
+
+    // Inserted and grown members walk their own permutation up to their share.
+    for &j in &grows {
+        walk(&mut entries, &mut counts, &targets, members, j, true, |c| {
+            !targets.below(j, c)
+        })?;
+    }
+
+    // The free slots left go to members under their share: a whole slot short first.
+    free.retain(|&slot| {
+        entries
+            .get_mut(slot as usize)
+            .is_some_and(|e| *e.get_mut() == EMPTY)
+    });
+    free.sort_unstable();
+    for whole in [true, false] {
+        let needs = |j: usize, c: u32| {
+            if whole {
+                targets.wants(j, c)
+            } else {
+                targets.below(j, c)
+            }
+        };
+        let mut needy: Vec<usize> = (0..n)
+            .filter(|&j| counts.get(j).is_some_and(|&c| needs(j, c)))
+            .collect();
+        while !needy.is_empty() {
+            let Some(slot) = free.pop() else { break };
+            let k = reduce(key_hash(u64::from(slot) ^ SEED_PATCH_FILL), needy.len());
+            let j = *needy.get(k)?;
+            let c = counts.get_mut(j)?;
+            *c += 1;
+            if !needs(j, *c) {
+                needy.swap_remove(k);
+            }
+            *entries.get_mut(slot as usize)?.get_mut() = u32::try_from(j).ok()?;
+        }
+    }
+    if !free.is_empty() {
+        return None;
+    }
+    // Anyone still a whole slot short takes from members above their share.
+    for j in 0..n {
+        if counts.get(j).is_some_and(|&c| targets.wants(j, c)) {
+            walk(
+                &mut entries,
+                &mut counts,
+                &targets,
+                members,
+                j,
+                false,
+                |c| !targets.wants(j, c),
+            )?;
+        }
+    }
+    Some(Built { entries, counts })
+}
+
+/// Member `j` walks its permutation, taking slots of members above their share (and
+/// free slots when `take_free`) until `done(count)`. `None` if the walk ends first.
+fn walk(
+    entries: &mut [AtomicU32],
+    counts: &mut [u32],
+    targets: &Targets<'_>,
+    members: &[Member],
+    j: usize,
+    take_free: bool,
+    done: impl Fn(u32) -> bool,
+) -> Option<()> {
+    let m = entries.len() as u64;
+    let (mut slot, skip) = permutation(&members.get(j)?.key, m);
+    let index = u32::try_from(j).ok()?;
+    if done(*counts.get(j)?) {
+        return Some(());
+    }
+    // M is prime and 1 ≤ skip < M: the walk visits every slot once.
+    for _ in 0..m {
+        let e = entries.get_mut(slot as usize)?.get_mut();
+        let owner = *e;
+        let take = if owner == EMPTY {
+            take_free
+        } else {
+            owner != index
+                && counts
+                    .get(owner as usize)
+                    .is_some_and(|&c| targets.above(owner as usize, c))
+        };
+        if take {
+            if let Some(c) = counts.get_mut(owner as usize) {
+                *c -= 1;
+            }
+            *e = index;
+            let c = counts.get_mut(j)?;
+            *c += 1;
+            if done(*c) {
+                return Some(());
+            }
+        }
+        slot += skip;
+        if slot >= m {
+            slot -= m;
+        }
+    }
+    None
+}
+
+/// Writes the canonical table of `members` into `core` (a patched table), unless a
+/// newer table was prepared from it first.
+fn canonicalize(core: &Core, members: &[Member], size: u32) {
+    // Relaxed: a stale read only delays the stop; the decision to write is taken
+    // under the lock, which orders it after a newer patch's bump (see `prepare`).
+    let cancelled = || core.lineage.load(Ordering::Relaxed) != core.generation;
+    // A burst of changes stops most builds before they allocate anything.
+    let built = if cancelled() {
+        None
+    } else {
+        build(members, size, &cancelled)
+    };
+    let mut state = core.lock();
+    match built {
+        Some(built) if !cancelled() && built.entries.len() == core.entries.len() => {
+            for (live, new) in core.entries.iter().zip(built.entries.iter()) {
+                let new = new.index();
+                if live.index() != new {
+                    live.store(new, Ordering::Relaxed);
+                }
+            }
+            state.counts = built.counts;
+            state.status = Status::Canonical;
+        }
+        _ => state.status = Status::Superseded,
+    }
+    drop(state);
+    core.settled.notify_all();
+}
+
+/// Runs [`canonicalize`] on a thread of its own (in place if none can be started).
+fn spawn_canonical(core: Arc<Core>, members: Vec<Member>, size: u32) {
+    let job = Arc::new(Mutex::new(Some((core, members))));
+    let run = move |job: &Mutex<Option<(Arc<Core>, Vec<Member>)>>| {
+        let taken = job.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some((core, members)) = taken {
+            canonicalize(&core, &members, size);
+        }
+    };
+    let theirs = Arc::clone(&job);
+    let spawned = thread::Builder::new()
+        .name("tower-lb-maglev".into())
+        .spawn(move || run(&theirs));
+    if spawned.is_err() {
+        run(&job);
+    }
+}
+
 fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
     let n = u64::from(n);
     (2u64..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+impl<F> Maglev<F> {
+    /// The table of `members` for `snapshot`, built or patched from `previous`.
+    fn table(&self, members: Vec<Member>, size: u32, previous: Option<&Arc<Core>>) -> Arc<Core> {
+        let fingerprint = Fingerprint::of(&members);
+        if let Some(prev) = previous {
+            // Only eligibility changed: the same table.
+            if prev.fingerprint == fingerprint
+                && (prev.entries.len() == size as usize || prev.entries.is_empty())
+            {
+                return Arc::clone(prev);
+            }
+        }
+        let lineage = previous.map_or_else(Arc::default, |p| Arc::clone(&p.lineage));
+        // Stops the previous table's background build. Bumped before a patch locks the
+        // previous table, so a build that takes the lock after the patch sees it.
+        let generation = lineage.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if self.incremental && size > DEFAULT_TABLE_SIZE {
+            if let Some(built) = previous.and_then(|prev| patch(prev, &members, size)) {
+                let core = Arc::new(Core::new(
+                    built,
+                    fingerprint,
+                    Status::Pending,
+                    lineage,
+                    generation,
+                ));
+                spawn_canonical(Arc::clone(&core), members, size);
+                return core;
+            }
+        }
+        let built = build(&members, size, &|| false).unwrap_or_else(|| Built::empty(members.len()));
+        Arc::new(Core::new(
+            built,
+            fingerprint,
+            Status::Canonical,
+            lineage,
+            generation,
+        ))
+    }
 }
 
 impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
@@ -351,15 +943,7 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         // Every member, eligible or not: a health change never resizes (nor rebuilds).
         let size = self.table_size_for(snapshot.len());
-        let previous_core = previous
-            .map(|p| &p.table.core)
-            .filter(|core| core.entries.len() == size as usize || core.entries.is_empty());
-        let core = reuse_or_build(
-            snapshot,
-            previous_core,
-            |core| &core.fingerprint,
-            |members, fingerprint| build(members, fingerprint, size),
-        );
+        let core = self.table(members(snapshot), size, previous.map(|p| &p.table.core));
         WithFallback::prepare(MaglevTable { core }, &self.fallback, snapshot, previous)
     }
 
@@ -429,7 +1013,7 @@ mod tests {
         let maglev = Maglev::new().with_table_size(8191).unwrap();
         let table = maglev.prepare(&snapshot, None);
         let mut counts = [0usize; 3];
-        for &e in table.table().entries() {
+        for e in table.table().entries() {
             counts[e as usize] += 1;
         }
         assert_eq!(counts.iter().sum::<usize>(), 8191);
@@ -460,8 +1044,295 @@ mod tests {
         let snapshot = Snapshot::build([("a", Weight::ONE), ("b", Weight::ONE)]).unwrap();
         let maglev = Maglev::new().with_table_size(2).unwrap();
         let table = maglev.prepare(&snapshot, None);
-        let mut entries = table.table().entries().to_vec();
+        let mut entries = table.table().entries();
         entries.sort_unstable();
         assert_eq!(entries, [0, 1]);
+    }
+
+    /// A member list for the patch tests: `(id, weight)` in snapshot order.
+    fn set(ids: &[(u32, u32)]) -> Vec<Member> {
+        ids.iter()
+            .zip(0u32..)
+            .map(|(&(id, weight), index)| {
+                let key = format!("10.1.{id}:80").into_bytes();
+                Member {
+                    index,
+                    hash: seeded(&key, super::super::SEED_IDENTITY),
+                    key,
+                    weight,
+                }
+            })
+            .collect()
+    }
+
+    fn core(built: Built, members: &[Member]) -> Core {
+        Core::new(
+            built,
+            Fingerprint::of(members),
+            Status::Canonical,
+            Arc::default(),
+            0,
+        )
+    }
+
+    fn snapshot_entries(core: &Core) -> Vec<u32> {
+        core.entries.iter().map(Entry::index).collect()
+    }
+
+    /// SplitMix64: the tests' seeded randomness.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(super::super::GAMMA);
+            crate::stable_hash::mix(self.0)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            reduce(self.next(), n)
+        }
+    }
+
+    /// Every member owns within one slot of M · w / W, the counts kept match the
+    /// entries, and no slot is free.
+    fn check_balanced(built: &Built, members: &[Member], m: usize) {
+        let total: u64 = members.iter().map(|b| u64::from(b.weight)).sum();
+        let mut counts = vec![0u32; members.len()];
+        for e in built.entries.iter() {
+            counts[e.index() as usize] += 1;
+        }
+        assert_eq!(counts, built.counts, "kept counts match the entries");
+        for (b, &c) in members.iter().zip(&counts) {
+            let target = m as f64 * f64::from(b.weight) / total as f64;
+            assert!(
+                (f64::from(c) - target).abs() < 1.0,
+                "member {} of weight {} owns {c} slots, target {target:.3}",
+                b.index,
+                b.weight
+            );
+        }
+    }
+
+    /// Random insert/remove/reweight sequences, at most one member in eight changed per
+    /// step, equal and mixed weights, M = 1009 and 65 537: every patch keeps each member
+    /// within one slot of its share, and a slot changes owner only if its owner was
+    /// removed or reweighted, or owned more than its new share (a donor).
+    #[test]
+    fn patches_stay_balanced_and_move_only_what_they_must() {
+        for (seed, m, mixed) in [
+            (1u64, 1009u32, false),
+            (2, 1009, true),
+            (3, 65_537, false),
+            (4, 65_537, true),
+        ] {
+            let mut rng = Rng(seed);
+            let weight = |rng: &mut Rng| if mixed { 1 + rng.below(4) as u32 } else { 1 };
+            let n0 = if m < 2000 { 40 } else { 300 };
+            let mut ids: Vec<(u32, u32)> = (0..n0).map(|i| (i, weight(&mut rng))).collect();
+            let mut next_id = n0;
+            let mut members = set(&ids);
+            let mut prev = core(build(&members, m, &|| false).unwrap(), &members);
+            for step in 0..30 {
+                let old_ids = ids.clone();
+                let changes = 1 + rng.below(ids.len() / 8);
+                for _ in 0..changes {
+                    match rng.below(if mixed { 4 } else { 3 }) {
+                        0 => {
+                            ids.push((next_id, weight(&mut rng)));
+                            next_id += 1;
+                        }
+                        1 if ids.len() > 8 => {
+                            ids.remove(rng.below(ids.len()));
+                        }
+                        // Reweight, weight 0 included (a drained or ramping backend).
+                        _ => {
+                            let k = rng.below(ids.len());
+                            ids[k].1 = rng.below(5) as u32;
+                        }
+                    }
+                }
+                if ids.iter().all(|&(_, w)| w == 0) {
+                    ids[0].1 = 1;
+                }
+                let next = set(&ids);
+                let old_total: u64 = old_ids.iter().map(|&(_, w)| u64::from(w)).sum();
+                let patched = patch(&prev, &next, m);
+                let changed = ids.iter().filter(|b| !old_ids.contains(b)).count()
+                    + old_ids
+                        .iter()
+                        .filter(|b| !ids.iter().any(|c| c.0 == b.0))
+                        .count();
+                if changed * PATCH_MAX_CHANGED_PER > ids.len() {
+                    assert!(patched.is_none(), "seed {seed} step {step}: too large");
+                    prev = core(build(&next, m, &|| false).unwrap(), &next);
+                    members = next;
+                    continue;
+                }
+                let built = patched.unwrap_or_else(|| panic!("seed {seed} step {step}"));
+                check_balanced(&built, &next, m as usize);
+                // Same inputs, same patch.
+                let again = patch(&prev, &next, m).unwrap();
+                assert_eq!(
+                    again.entries.iter().map(Entry::index).collect::<Vec<_>>(),
+                    built.entries.iter().map(Entry::index).collect::<Vec<_>>()
+                );
+                let total: u64 = ids.iter().map(|&(_, w)| u64::from(w)).sum();
+                let old_counts = prev.lock().counts.clone();
+                let now: std::collections::HashMap<u32, u32> = ids.iter().copied().collect();
+                // Whether a slot of old member `i` may move: it was removed, reweighted,
+                // or owned more than its new share, M · w / W (a donor).
+                let may_move: Vec<bool> = old_ids
+                    .iter()
+                    .zip(&old_counts)
+                    .map(|(&(id, w), &c)| match now.get(&id) {
+                        None => true,
+                        Some(&v) if v != w => true,
+                        Some(&v) => u64::from(c) * total > u64::from(m) * u64::from(v),
+                    })
+                    .collect();
+                let mut moved = 0usize;
+                for (slot, e) in built.entries.iter().enumerate() {
+                    let i = prev.entries[slot].index() as usize;
+                    if old_ids[i].0 == ids[e.index() as usize].0 {
+                        continue;
+                    }
+                    moved += 1;
+                    assert!(
+                        may_move[i],
+                        "seed {seed} step {step}: slot {slot} moved from a member at its share"
+                    );
+                }
+                // Far fewer than a rebuild's moves: at most what the changed members
+                // owned or now own, plus one per member whose share moved.
+                let bound: u64 = old_ids
+                    .iter()
+                    .chain(&ids)
+                    .filter(|b| !(old_ids.contains(b) && ids.contains(b)))
+                    .map(|&(_, w)| u64::from(m) * u64::from(w) / old_total.min(total).max(1) + 2)
+                    .sum::<u64>()
+                    + ids.len() as u64;
+                assert!(
+                    moved as u64 <= bound,
+                    "seed {seed} step {step}: {moved} moved, bound {bound}"
+                );
+                prev = core(built, &next);
+                members = next;
+            }
+            assert!(!members.is_empty());
+        }
+    }
+
+    /// A slow-start ramp down and back up moves only the ramping member's slots: going
+    /// down it keeps a subset of its slots (the first in its own permutation order),
+    /// going up it only gains, and each step moves about its change of share.
+    #[test]
+    fn a_ramp_moves_only_the_ramping_members_slots() {
+        let m = 65_537;
+        let mut ids: Vec<(u32, u32)> = (0..200).map(|i| (i, 4)).collect();
+        let full = set(&ids);
+        let mut prev = core(build(&full, m, &|| false).unwrap(), &full);
+        let owned = |core: &Core| -> Vec<usize> {
+            (0..m as usize)
+                .filter(|&s| core.entries[s].index() == 7)
+                .collect()
+        };
+        let mut weight = 4;
+        for w in [3, 2, 1, 0, 1, 2, 3, 4] {
+            ids[7].1 = w;
+            let next = set(&ids);
+            let built = patch(&prev, &next, m).unwrap();
+            check_balanced(&built, &next, m as usize);
+            let next = core(built, &next);
+            let (before, after) = (owned(&prev), owned(&next));
+            if w < weight {
+                assert!(after.iter().all(|s| before.contains(s)), "down to {w}");
+            } else {
+                assert!(before.iter().all(|s| after.contains(s)), "up to {w}");
+            }
+            let moved = (0..m as usize)
+                .filter(|&s| prev.entries[s].index() != next.entries[s].index())
+                .count();
+            let change = before.len().abs_diff(after.len());
+            // The ramping member's own change, plus the others' one-slot adjustments
+            // to their shares.
+            assert!(moved <= change + 200, "to {w}: {moved} moved for {change}");
+            (prev, weight) = (next, w);
+        }
+    }
+
+    /// A change of more than one member in eight, a different M or no weight at all is
+    /// built, not patched.
+    #[test]
+    fn large_changes_are_built() {
+        let m = 1009;
+        let ids: Vec<(u32, u32)> = (0..40).map(|i| (i, 1)).collect();
+        let first = set(&ids);
+        let prev = core(build(&first, m, &|| false).unwrap(), &first);
+        assert!(
+            patch(&prev, &set(&ids[..34]), m).is_none(),
+            "6 of 34 removed"
+        );
+        assert!(
+            patch(&prev, &set(&ids[..36]), m).is_some(),
+            "4 of 36 removed"
+        );
+        assert!(patch(&prev, &set(&ids), 1013).is_none(), "another M");
+        let zero: Vec<(u32, u32)> = ids.iter().map(|&(id, _)| (id, 0)).collect();
+        assert!(patch(&prev, &set(&zero), m).is_none(), "no weight");
+    }
+
+    /// Through `prepare`: past 65 537 slots a small change is patched at once, and the
+    /// background build then makes it identical to a from-scratch build; with
+    /// `with_incremental(false)` it is canonical at once.
+    #[test]
+    fn a_patched_table_becomes_canonical() {
+        let names = |range: std::ops::Range<u32>| {
+            Snapshot::build(range.map(|i| (format!("10.2.{i}:80"), Weight::ONE))).unwrap()
+        };
+        let (before, after) = (names(0..800), names(0..801));
+        let maglev = Maglev::new().with_table_size(131_071).unwrap();
+        let t1 = maglev.prepare(&before, None);
+        assert!(t1.table().is_canonical());
+        let t2 = maglev.prepare(&after, Some(&t1));
+        assert!(!t2.table().ptr_eq(t1.table()));
+        assert!(
+            t2.table().wait_canonical(Duration::from_secs(120)),
+            "the background build finishes"
+        );
+        let fresh = maglev.prepare(&after, None);
+        assert_eq!(t2.table().entries(), fresh.table().entries());
+        assert_eq!(snapshot_entries(&t2.table().core), fresh.table().entries());
+        // Two patches in a row: the first one's build is stopped, the second finishes.
+        let t3 = maglev.prepare(&before, Some(&t2));
+        let t4 = maglev.prepare(&after, Some(&t3));
+        assert!(t4.table().wait_canonical(Duration::from_secs(120)));
+        assert_eq!(t4.table().entries(), fresh.table().entries());
+        let t3_done = t3.table().wait_canonical(Duration::from_secs(120));
+        let t3_status = t3.table().core.lock().status;
+        assert!(t3_done == (t3_status == Status::Canonical));
+        assert_ne!(t3_status, Status::Pending);
+
+        let rebuilt = Maglev::new()
+            .with_table_size(131_071)
+            .unwrap()
+            .with_incremental(false);
+        let t5 = rebuilt.prepare(&after, Some(&t1));
+        assert!(t5.table().is_canonical());
+        assert_eq!(t5.table().entries(), fresh.table().entries());
+        // The default size stays synchronous and canonical.
+        let small = Maglev::new();
+        let s1 = small.prepare(&names(0..100), None);
+        let s2 = small.prepare(&names(0..101), Some(&s1));
+        assert!(s2.table().is_canonical());
+        assert_eq!(s2.table().len(), DEFAULT_TABLE_SIZE as usize);
+    }
+
+    #[test]
+    fn modular_inverse() {
+        for m in [1009u64, 65_537, 5_000_011] {
+            for skip in [1u64, 2, 3, 1000, m - 1] {
+                assert_eq!(skip * pow_mod(skip, m - 2, m) % m, 1);
+            }
+        }
     }
 }

@@ -51,6 +51,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -160,13 +161,36 @@ macro_rules! pick_by_preference {
 }
 pub(crate) use pick_by_preference;
 
+/// A table entry the lookups read: a plain `u32` (Jump's buckets) or an `AtomicU32`
+/// (Maglev's slots, which a background build may overwrite in place).
+pub(crate) trait Entry {
+    /// The member index the entry holds.
+    fn index(&self) -> u32;
+}
+
+impl Entry for u32 {
+    #[inline]
+    fn index(&self) -> u32 {
+        *self
+    }
+}
+
+impl Entry for AtomicU32 {
+    /// `Relaxed`: any value ever stored is a valid index into the same snapshot, and
+    /// nothing else is published through the entry. A plain load on x86 and ARM.
+    #[inline]
+    fn index(&self) -> u32 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
 /// The preference order of the table pickers (Maglev's slots, Jump's buckets): the
 /// entry of the key, then of up to [`MAX_PROBES`] − 1 rehashed keys, then every entry
 /// from the last one on, wrapping — so every member holding an entry is reached.
 /// `entry_of(h, n)` is the entry of key hash `h` among `n`.
 #[inline]
-pub(crate) fn probe_then_scan<A>(
-    entries: &[u32],
+pub(crate) fn probe_then_scan<A, E: Entry>(
+    entries: &[E],
     key: u64,
     entry_of: impl Fn(u64, usize) -> usize,
     snapshot: &Snapshot<A>,
@@ -180,7 +204,7 @@ pub(crate) fn probe_then_scan<A>(
     let mut slot = 0;
     for _ in 0..MAX_PROBES {
         slot = entry_of(h, n);
-        let index = *entries.get(slot)? as usize;
+        let index = entries.get(slot)?.index() as usize;
         if snapshot.is_eligible(index) && accept(index) {
             return Some(index);
         }
@@ -190,7 +214,7 @@ pub(crate) fn probe_then_scan<A>(
     after
         .iter()
         .chain(before)
-        .map(|&i| i as usize)
+        .map(|e| e.index() as usize)
         .find(|&index| snapshot.is_eligible(index) && accept(index))
 }
 
@@ -247,6 +271,11 @@ impl Fingerprint {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Each member's key hash and weight, in snapshot order.
+    pub(crate) fn entries(&self) -> &[(u64, u32)] {
+        &self.0
     }
 
     /// The key hash of the member at snapshot index `i`.
