@@ -793,27 +793,38 @@ fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
             let (offset, skip) = permutation(members.get(j)?.key, m64);
             *inverse.get_mut(j)? = (offset, pow_mod(skip, m64 - 2, m64));
         }
-        let mut ranked: Vec<(u32, u64, u32)> = shed
-            .iter()
-            .map(|&(j, slot)| {
-                let (offset, inv) = inverse.get(j as usize).copied().unwrap_or((0, 0));
-                let rank = (u64::from(slot) + m64 - offset) % m64 * inv % m64;
-                (j, rank, slot)
-            })
-            .collect();
-        ranked.sort_unstable();
-        let mut kept = 0u32;
-        let mut last = EMPTY;
-        for &(j, _, slot) in &ranked {
-            if j != last {
-                (last, kept) = (j, 0);
-            }
-            if kept < targets.ceil(j as usize) {
-                kept += 1;
-            } else {
-                *entries.get_mut(slot as usize)?.get_mut() = EMPTY;
-                *counts.get_mut(j as usize)? -= 1;
-                free.push(slot);
+        // Bucketed by member (each bucket as long as the member's count, which the
+        // entries match), then each member's highest ranks selected: O(shedding slots).
+        let mut start = vec![0usize; n + 1];
+        for (j, _) in sheds.iter().enumerate().filter(|&(_, &s)| s) {
+            *start.get_mut(j + 1)? = *counts.get(j)? as usize;
+        }
+        for j in 0..n {
+            *start.get_mut(j + 1)? += *start.get(j)?;
+        }
+        let mut fill = start.clone();
+        let mut ranked = vec![(0u64, 0u32); *start.get(n)?];
+        for &(j, slot) in &shed {
+            let (offset, inv) = *inverse.get(j as usize)?;
+            let at = fill.get_mut(j as usize)?;
+            *ranked.get_mut(*at)? = ((u64::from(slot) + m64 - offset) % m64 * inv % m64, slot);
+            *at += 1;
+        }
+        if fill.get(..n) != start.get(1..) {
+            return None; // The counts kept do not match the entries.
+        }
+        for (j, _) in sheds.iter().enumerate().filter(|&(_, &s)| s) {
+            let bucket = ranked.get_mut(*start.get(j)?..*start.get(j + 1)?)?;
+            let keep = (targets.ceil(j) as usize).min(bucket.len());
+            if keep < bucket.len() {
+                if keep > 0 {
+                    bucket.select_nth_unstable(keep);
+                }
+                for &(_, slot) in bucket.get(keep..)? {
+                    *entries.get_mut(slot as usize)?.get_mut() = EMPTY;
+                    *counts.get_mut(j)? -= 1;
+                    free.push(slot);
+                }
             }
         }
     }
