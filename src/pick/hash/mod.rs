@@ -16,14 +16,17 @@
 //! - under slow start (a recovering backend's effective weight ramps up, see
 //!   [`health::slow_start`](crate::health::slow_start)) ring and rendezvous move keys only
 //!   onto the ramping backend and Maglev, rebuilt at each step, a few percent of the
-//!   others' at most; when the ramp ends every key is where it was before the failure.
+//!   others' at most (past 655 backends Maglev patches each step instead: keys move onto
+//!   the ramping backend, plus a slot from a backend above its share); when the ramp ends
+//!   every key is where it was before the failure (for a patched Maglev table, once the
+//!   canonical table replaces it in the background).
 //!
 //! A request without a hash goes to the picker's non-affine fallback,
 //! [`RoundRobin`](crate::RoundRobin) by default (`with_fallback` changes it).
 //!
 //! | picker | moves on a change | lookup (N = 8 / 64 / 1024) | memory per table | build (N = 1024) |
 //! | --- | --- | --- | --- | --- |
-//! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000) | O(1): 6 / 7 / 7 ns | 4 B × M, M sized for the set (≥ 100 · N, from 65 537: 256 KiB, to 5 000 011: 19 MiB) | O(M log N): 6 ms at M = 65 537; O(M log M) past it (1.1 s at N = 50 000) |
+//! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000); past 655 backends a patch moves the changed backend's keys and ≤ 1 slot of each other backend, the canonical table that replaces it the ≈ 1 % | O(1): 6 / 7 / 7 ns | 4 B × M, M sized for the set (≥ 100 · N, from 65 537: 256 KiB, to 5 000 011: 19 MiB) | O(M log N): 6 ms at M = 65 537; O(M log M) past it (1.1 s at N = 50 000), where a change of ≤ 1/8 of the set is patched in O(M) (≈ 11 ms at N = 50 000: 1.6× `RoundRobin`'s change) and the canonical table built in the background |
 //! | [`Ring`] | only the removed/added backend's keys | O(1) expected: 16 / 18 / 27 ns | 16 B per point + a 4 B directory entry per 1–2 points (V = 160: 3.2–3.8 KiB per unit of weight) | O(P log P), P = V·Σw: 10 ms; a change O(P) + its own points |
 //! | [`Rendezvous`] | only the removed/added backend's keys | O(n): 21 / 134 / 2160 ns | 16 B per member | O(n): 77 µs |
 //! | [`Jump`] | growing/shrinking at the end: only the last bucket's keys | O(1) (JumpBackHash): 12 / 9 / 10 ns; [`Jump::lamping_veach`](crate::Jump::lamping_veach): O(log n), 39 / 57 / 119 ns (one run, Maglev 6 / 4 / 5 ns in it) | 4 B per member | O(n log n): 0.13 ms |
