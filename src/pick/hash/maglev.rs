@@ -537,7 +537,7 @@ fn build(members: &Set, size: u32, cancelled: &dyn Fn() -> bool) -> Option<Built
                 if filled >= m {
                     break 'rounds;
                 }
-                if filled % CHECK_EVERY == 0 && cancelled() {
+                if filled.is_multiple_of(CHECK_EVERY) && cancelled() {
                     return None;
                 }
             }
@@ -559,7 +559,7 @@ fn build(members: &Set, size: u32, cancelled: &dyn Fn() -> bool) -> Option<Built
                 (u128::from(c.claimed) * u128::from(max_weight)).div_ceil(u128::from(c.weight));
             let next = u64::try_from(due).unwrap_or(u64::MAX).max(round + 1);
             turns.push(Reverse((next, pos)));
-            if filled % CHECK_EVERY == 0 && cancelled() {
+            if filled.is_multiple_of(CHECK_EVERY) && cancelled() {
                 return None;
             }
         }
@@ -1035,18 +1035,19 @@ impl<F> Maglev<F> {
             // Wakes its background build if it waits for the changes to pause.
             prev.settled.notify_all();
         }
-        if self.incremental && size > DEFAULT_TABLE_SIZE {
-            if let Some(built) = previous.and_then(|prev| patch(prev, &members, size)) {
-                let core = Arc::new(Core::new(
-                    built,
-                    fingerprint,
-                    Status::Pending,
-                    lineage,
-                    generation,
-                ));
-                spawn_canonical(Arc::clone(&core), members, size);
-                return core;
-            }
+        let patched = (self.incremental && size > DEFAULT_TABLE_SIZE)
+            .then(|| previous.and_then(|prev| patch(prev, &members, size)))
+            .flatten();
+        if let Some(built) = patched {
+            let core = Arc::new(Core::new(
+                built,
+                fingerprint,
+                Status::Pending,
+                lineage,
+                generation,
+            ));
+            spawn_canonical(Arc::clone(&core), members, size);
+            return core;
         }
         let built = build(&members, size, &|| false).unwrap_or_else(|| Built::empty(members.len()));
         Arc::new(Core::new(
