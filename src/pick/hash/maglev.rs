@@ -62,7 +62,7 @@
 //! equal weights): 6 ms at M = 65 537, 1 s at 5 000 011. A patch is O(M + N) — one pass
 //! copying and re-indexing the table, plus the moved slots: ≈ 11 ms of a change's cost at
 //! 50 000 backends (M = 5 000 011), so one `insert` or `remove` on a `Pool` of 50 000
-//! costs 1.6× `RoundRobin`'s change (1.1 s, 55×, before patching); the canonical build's
+//! costs 1.3–1.8× `RoundRobin`'s change (19–55× before patching); the canonical build's
 //! CPU time is spent off the change path, on its own thread. See the README's "Scale".
 //!
 //! Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load Balancer",
