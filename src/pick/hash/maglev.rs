@@ -955,7 +955,7 @@ fn canonicalize(core: &Core, members: &Set, size: u32) {
     let cancelled = || core.lineage.load(Ordering::Relaxed) != core.generation;
     // Waits for the changes to pause: in a burst, each change stops the build of the
     // one before, and a build that has not started costs nothing. A newer table wakes
-    // this wait (a wake-up missed between the check and the wait costs only the delay).
+    // this wait (it bumps the lineage, then takes the lock and notifies).
     let state = core.lock();
     let (state, _) = core
         .settled
@@ -1032,7 +1032,9 @@ impl<F> Maglev<F> {
         // previous table, so a build that takes the lock after the patch sees it.
         let generation = lineage.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if let Some(prev) = previous {
-            // Wakes its background build if it waits for the changes to pause.
+            // Wakes its background build if it waits for the changes to pause. Taking
+            // the lock first, a build about to wait either sees the bump or is waiting.
+            drop(prev.lock());
             prev.settled.notify_all();
         }
         let patched = (self.incremental && size > DEFAULT_TABLE_SIZE)
