@@ -281,7 +281,7 @@ fn maglev_and_jump_spread_a_down_backends_keys_by_share() {
         let maglev = Maglev::new();
         let table = maglev.prepare(&all, None);
         let mut owned = vec![0f64; ids.len()];
-        for &e in table.table().entries() {
+        for e in table.table().entries() {
             owned[e as usize] += 1.0;
         }
         check(

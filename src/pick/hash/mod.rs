@@ -16,14 +16,17 @@
 //! - under slow start (a recovering backend's effective weight ramps up, see
 //!   [`health::slow_start`](crate::health::slow_start)) ring and rendezvous move keys only
 //!   onto the ramping backend and Maglev, rebuilt at each step, a few percent of the
-//!   others' at most; when the ramp ends every key is where it was before the failure.
+//!   others' at most (past 655 backends Maglev patches each step instead: keys move onto
+//!   the ramping backend, plus a slot from a backend above its share); when the ramp ends
+//!   every key is where it was before the failure (for a patched Maglev table, once the
+//!   canonical table replaces it in the background).
 //!
 //! A request without a hash goes to the picker's non-affine fallback,
 //! [`RoundRobin`](crate::RoundRobin) by default (`with_fallback` changes it).
 //!
 //! | picker | moves on a change | lookup (N = 8 / 64 / 1024) | memory per table | build (N = 1024) |
 //! | --- | --- | --- | --- | --- |
-//! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000) | O(1): 6 / 7 / 7 ns | 4 B × M, M sized for the set (≥ 100 · N, from 65 537: 256 KiB, to 5 000 011: 19 MiB) | O(M log N): 6 ms at M = 65 537; O(M log M) past it (1.1 s at N = 50 000) |
+//! | [`Maglev`] | removed backend's keys + ≈ 1 % of the table (≤ 1.25 % for N ≤ 1000); past 655 backends a patch moves the changed backend's keys and ≤ 1 slot of each other backend, the canonical table that replaces it the ≈ 1 % | O(1): 6 / 7 / 7 ns | 4 B × M, M sized for the set (≥ 100 · N, from 65 537: 256 KiB, to 5 000 011: 19 MiB) | O(M log N): 6 ms at M = 65 537; O(M log M) past it (1.1 s at N = 50 000), where a change of ≤ 1/8 of the set is patched in O(M) (≈ 11 ms at N = 50 000: 1.3–1.8× `RoundRobin`'s change) and the canonical table built in the background |
 //! | [`Ring`] | only the removed/added backend's keys | O(1) expected: 16 / 18 / 27 ns | 16 B per point + a 4 B directory entry per 1–2 points (V = 160: 3.2–3.8 KiB per unit of weight) | O(P log P), P = V·Σw: 10 ms; a change O(P) + its own points |
 //! | [`Rendezvous`] | only the removed/added backend's keys | O(n): 21 / 134 / 2160 ns | 24 B per member | O(n): 77 µs; a change hashes only new keys |
 //! | [`Jump`] | growing/shrinking at the end: only the last bucket's keys | O(1) (JumpBackHash): 12 / 9 / 10 ns; [`Jump::lamping_veach`](crate::Jump::lamping_veach): O(log n), 39 / 57 / 119 ns (one run, Maglev 6 / 4 / 5 ns in it) | 12 B per member | O(n log n): 0.13 ms; a small change O(n) + log n keys per new member |
@@ -51,6 +54,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{PickContext, Picker};
 use crate::backend::BackendId;
@@ -211,13 +215,36 @@ macro_rules! pick_by_preference {
 }
 pub(crate) use pick_by_preference;
 
+/// A table entry the lookups read: a plain `u32` (Jump's buckets) or an `AtomicU32`
+/// (Maglev's slots, which a background build may overwrite in place).
+pub(crate) trait Entry {
+    /// The member index the entry holds.
+    fn index(&self) -> u32;
+}
+
+impl Entry for u32 {
+    #[inline]
+    fn index(&self) -> u32 {
+        *self
+    }
+}
+
+impl Entry for AtomicU32 {
+    /// `Relaxed`: any value ever stored is a valid index into the same snapshot, and
+    /// nothing else is published through the entry. A plain load on x86 and ARM.
+    #[inline]
+    fn index(&self) -> u32 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
 /// The preference order of the table pickers (Maglev's slots, Jump's buckets): the
 /// entry of the key, then of up to [`MAX_PROBES`] − 1 rehashed keys, then every entry
 /// from the last one on, wrapping — so every member holding an entry is reached.
 /// `entry_of(h, n)` is the entry of key hash `h` among `n`.
 #[inline]
-pub(crate) fn probe_then_scan<A>(
-    entries: &[u32],
+pub(crate) fn probe_then_scan<A, E: Entry>(
+    entries: &[E],
     key: u64,
     entry_of: impl Fn(u64, usize) -> usize,
     snapshot: &Snapshot<A>,
@@ -231,7 +258,7 @@ pub(crate) fn probe_then_scan<A>(
     let mut slot = 0;
     for _ in 0..MAX_PROBES {
         slot = entry_of(h, n);
-        let index = *entries.get(slot)? as usize;
+        let index = entries.get(slot)?.index() as usize;
         if snapshot.is_eligible(index) && accept(index) {
             return Some(index);
         }
@@ -241,7 +268,7 @@ pub(crate) fn probe_then_scan<A>(
     after
         .iter()
         .chain(before)
-        .map(|&i| i as usize)
+        .map(|e| e.index() as usize)
         .find(|&index| snapshot.is_eligible(index) && accept(index))
 }
 
@@ -334,6 +361,11 @@ impl Fingerprint {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Each member's key hash and weight, in snapshot order.
+    pub(crate) fn entries(&self) -> &[(u64, u32)] {
+        &self.0
     }
 
     /// The key hash of the member at snapshot index `i`.
