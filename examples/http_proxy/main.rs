@@ -58,9 +58,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    program::main(Settings::parse, run).await
+fn main() -> ExitCode {
+    match program::runtime() {
+        Ok(runtime) => runtime.block_on(program::main(Settings::parse, run)),
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the proxy until Ctrl-C; an error says why it could not start.
