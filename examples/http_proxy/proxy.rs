@@ -59,7 +59,7 @@ pub use metrics::serve_metrics;
 pub use serve::serve;
 
 use serve::ClientTimeouts;
-use upstream::{Failure, Resend, ServedBy, Upstream, UpstreamError};
+use upstream::{Failure, Resend, ServedBy, Upstream, UpstreamBody, UpstreamError};
 
 /// The target of the core's logs, whichever of its files logs: `http_proxy::proxy`, as
 /// the README shows them.
@@ -194,11 +194,11 @@ async fn handle(
     inner: &Inner,
     req: Request<Incoming>,
     peer: SocketAddr,
-    https: bool,
+    hop: &forward::Hop,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    forward::request_headers(&mut parts.headers, peer, https);
+    forward::request_headers(&mut parts.headers, hop);
     let resend = Resend::new(parts, body, peer);
     let first = match &inner.sticky {
         Some(sticky) => sticky.clone().oneshot(resend.first()).await,
@@ -211,16 +211,16 @@ async fn handle(
     match result {
         Ok(response) => {
             record_load(inner, &response);
-            let served = response
-                .extensions()
-                .get::<ServedBy>()
-                .map(|s| s.0.to_string());
             let response = forward::response(response);
+            // Field values are only computed when the line is logged (`RUST_LOG`).
             tracing::info!(
                 %peer,
                 method = %resend.method,
                 path = %resend.uri.path(),
-                backend = served.as_deref().unwrap_or("?"),
+                backend = response
+                    .extensions()
+                    .get::<ServedBy>()
+                    .map_or("?", |s| s.0.as_str()),
                 status = response.status().as_u16(),
                 ms = started.elapsed().as_millis() as u64,
                 "proxied"
@@ -260,7 +260,7 @@ async fn retry(
     inner: &Inner,
     resend: &Resend,
     first: BoxError,
-) -> Result<Response<Incoming>, BoxError> {
+) -> Result<Response<UpstreamBody>, BoxError> {
     let failed = find_error::<UpstreamError>(&first).and_then(|u| u.target().cloned());
     let Some((other, target)) = another_backend(&inner.balance, failed.as_ref()) else {
         return Err(first);
