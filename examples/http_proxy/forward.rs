@@ -85,37 +85,40 @@ where
     Response::from_parts(parts, body.map_err(Into::into).boxed())
 }
 
-/// Headers that describe one connection, not the message (RFC 9110, section 7.6.1),
-/// and `transfer-encoding` (hyper frames the body anew for each side).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::TRANSFER_ENCODING,
-];
+/// Whether `name` is a header that describes one connection, not the message (RFC
+/// 9110, section 7.6.1), or `transfer-encoding` (hyper frames the body anew for each
+/// side). A comparison of names, no hashing.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "transfer-encoding"
+    )
+}
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. Most messages
 /// carry none: one pass over their names finds that out without hashing any.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let mut remove: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_str(name.trim()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    // Only those present: a removal hashes the name, a pass over the names does not.
+    remove.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
+    for name in remove {
         headers.remove(name);
     }
 }
