@@ -199,7 +199,10 @@ async fn handle(
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     forward::request_headers(&mut parts.headers, hop);
-    let resend = Resend::new(parts, body, peer);
+    // The client's address is a hashing strategy's key (or its fallback); the other
+    // strategies never read it, so their requests go without it.
+    let hashing = inner.balance.pool().picker().is_hashing();
+    let resend = Resend::new(parts, body, hashing.then_some(peer));
     let first = match &inner.sticky {
         Some(sticky) => sticky.clone().oneshot(resend.first()).await,
         None => inner.balance.clone().oneshot(resend.first()).await,

@@ -426,12 +426,14 @@ pub struct Resend {
     pub uri: Uri,
     version: Version,
     headers: HeaderMap,
-    peer: SocketAddr,
+    /// The client's address, for a hashing strategy's key (in each attempt's
+    /// extensions); `None` when nothing reads it.
+    peer: Option<SocketAddr>,
     slot: Arc<Mutex<BodySlot>>,
 }
 
 impl Resend {
-    pub fn new(parts: http::request::Parts, body: Incoming, peer: SocketAddr) -> Self {
+    pub fn new(parts: http::request::Parts, body: Incoming, peer: Option<SocketAddr>) -> Self {
         let (empty, hint) = (body.is_end_stream(), body.size_hint());
         Resend {
             method: parts.method,
@@ -480,7 +482,9 @@ impl Resend {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        req.extensions_mut().insert(self.peer);
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(peer);
+        }
         req
     }
 }
