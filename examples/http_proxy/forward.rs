@@ -89,19 +89,21 @@ where
 /// 9110, section 7.6.1), or `transfer-encoding` (hyper frames the body anew for each
 /// side). A comparison of names, no hashing.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "transfer-encoding"
-    )
+    HOP_BY_HOP.contains(&name.as_str())
 }
+
+/// The names [`is_hop_by_hop`] accepts.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
+];
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. Most messages
 /// carry none: one pass over their names finds that out without hashing any.
@@ -109,13 +111,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let mut remove: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_str(name.trim()).ok())
-        .collect();
+    let mut remove: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',').map(str::trim) {
+            // `Connection: keep-alive` (or `close`) names nothing the next loop misses.
+            if name.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_str(name) {
+                remove.push(name);
+            }
+        }
+    }
     // Only those present: a removal hashes the name, a pass over the names does not.
     remove.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
     for name in remove {
