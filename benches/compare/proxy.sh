@@ -17,13 +17,20 @@
 # run keep-alive (one connection carries many requests) and new connections (`Connection:
 # close`, a TCP connection per request). Every process it starts, it stops (also on ^C).
 #
-# Environment: CONNS (default 64), SECS (default 10), WARM (default 2), PROXY_CORE (0),
-# LOAD_CORE (1), CARGO_TARGET_DIR (default ./target).
+# Besides wrk's rate and latency, each row has the proxy's CPU time per request (user +
+# system, its processes' own counters, from /proc): on a machine other jobs share, the
+# rate follows the share of core 0 the proxy gets, while its CPU time per request
+# moves much less. ROUNDS > 1 measures each row that many times, the proxies of a test
+# taking turns, and reports the median of each column.
+#
+# Environment: CONNS (default 64), SECS (default 10), WARM (default 2), ROUNDS (1),
+# PROXY_CORE (0), LOAD_CORE (1), CARGO_TARGET_DIR (default ./target).
 set -eu
 cd "$(dirname "$0")/../.."
 CONNS="${CONNS:-64}"
 SECS="${SECS:-10}"
 WARM="${WARM:-2}"
+ROUNDS="${ROUNDS:-1}"
 PROXY_CORE="${PROXY_CORE:-0}"
 LOAD_CORE="${LOAD_CORE:-1}"
 TARGET="${CARGO_TARGET_DIR:-target}"
@@ -107,13 +114,26 @@ taskset -c "$LOAD_CORE" "$NGINX" -p "$WORK" -c "$WORK/backends.conf" &
 BACKENDS_PID=$!
 for p in $B1 $B2 $B3; do wait_port "$p"; done
 
-# One wrk run against 127.0.0.1:$1 with extra wrk arguments; prints "rps p50_ms p99_ms".
+# CPU time (clock ticks, user + system) of process $1 and its children so far.
+cpu_ticks() {
+    ticks=0
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        ticks=$((ticks + t))
+    done
+    echo "$ticks"
+}
+
+# One wrk run against 127.0.0.1:$1 with extra wrk arguments, the proxy being process
+# $FRONT_PID; prints "rps p50_ms p99_ms non2xx cpu_us_per_request".
 load() {
     port=$1
     shift
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARM}s" "$@" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+    before=$(cpu_ticks "$FRONT_PID")
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "http://127.0.0.1:$port/" >"$WORK/wrk.out" 2>&1 || true
-    python3 - "$WORK/wrk.out" <<'EOF'
+    after=$(cpu_ticks "$FRONT_PID")
+    python3 - "$WORK/wrk.out" "$((after - before))" "$(getconf CLK_TCK)" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 def ms(label):
@@ -123,14 +143,17 @@ def ms(label):
     return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print("%.0f %.3f %.3f %s" % (float(rps.group(1)) if rps else float("nan"), ms("50%"), ms("99%"),
-                             errors.group(1) if errors else "0"))
+done = re.search(r"(\d+) requests in", text)
+cpu_us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / int(done.group(1)) if done else float("nan")
+print("%.0f %.3f %.3f %s %.1f" % (float(rps.group(1)) if rps else float("nan"), ms("50%"), ms("99%"),
+                                  errors.group(1) if errors else "0", cpu_us))
 EOF
 }
 
 # Starts a proxy on core $PROXY_CORE: "$@" is its command line; waits for port $FRONT.
 front() {
     taskset -c "$PROXY_CORE" "$@" >"$WORK/front.log" 2>&1 &
+    FRONT_PID=$!
     PIDS="$PIDS $!"
     wait_port "$FRONT"
 }
@@ -196,56 +219,64 @@ row() { # $1: test, $2: proxy, then the load arguments
 }
 BACKEND_ARGS="--backend 127.0.0.1:$B1 --backend 127.0.0.1:$B2 --backend 127.0.0.1:$B3"
 
-echo "== layer 7: round robin" >&2
-nginx_conf ""
-front "$NGINX" -p "$WORK" -c "$WORK/nginx.conf"
-row l7-round-robin nginx
-haproxy_conf http roundrobin
-front "$HAPROXY" -f "$WORK/haproxy.cfg"
-row l7-round-robin haproxy
-# shellcheck disable=SC2086
-front env RUST_LOG=warn "$HTTP_PROXY" --listen "127.0.0.1:$FRONT" --strategy round-robin $BACKEND_ARGS
-row l7-round-robin tower-lb
+# Each test: its proxies in turn, ROUNDS times.
+l7() { # $1: test, $2: NGINX directive, $3: HAProxy balance, $4: our strategy
+    round=1
+    while [ "$round" -le "$ROUNDS" ]; do
+        nginx_conf "$2"
+        front "$NGINX" -p "$WORK" -c "$WORK/nginx.conf"
+        row "$1" nginx
+        haproxy_conf http "$3"
+        front "$HAPROXY" -f "$WORK/haproxy.cfg"
+        row "$1" haproxy
+        # shellcheck disable=SC2086
+        front env RUST_LOG=warn "$HTTP_PROXY" --listen "127.0.0.1:$FRONT" --strategy "$4" $BACKEND_ARGS
+        row "$1" tower-lb
+        round=$((round + 1))
+    done
+}
 
+echo "== layer 7: round robin" >&2
+l7 l7-round-robin "" roundrobin round-robin
 echo "== layer 7: least loaded" >&2
-nginx_conf "least_conn;"
-front "$NGINX" -p "$WORK" -c "$WORK/nginx.conf"
-row l7-least-loaded nginx
-haproxy_conf http leastconn
-front "$HAPROXY" -f "$WORK/haproxy.cfg"
-row l7-least-loaded haproxy
-# shellcheck disable=SC2086
-front env RUST_LOG=warn "$HTTP_PROXY" --listen "127.0.0.1:$FRONT" --strategy p2c $BACKEND_ARGS
-row l7-least-loaded tower-lb
+l7 l7-least-loaded "least_conn;" leastconn p2c
 
 echo "== layer 4: keep-alive and new connections" >&2
 for mode in keep-alive new-connection; do
     if [ "$mode" = new-connection ]; then set -- -H "Connection: close"; else set --; fi
-    haproxy_conf tcp roundrobin
-    front "$HAPROXY" -f "$WORK/haproxy.cfg"
-    row "l4-$mode" haproxy "$@"
-    # shellcheck disable=SC2086
-    front env RUST_LOG=warn "$TCP_PROXY" --listen "127.0.0.1:$FRONT" --strategy round-robin $BACKEND_ARGS
-    row "l4-$mode" tower-lb "$@"
+    round=1
+    while [ "$round" -le "$ROUNDS" ]; do
+        haproxy_conf tcp roundrobin
+        front "$HAPROXY" -f "$WORK/haproxy.cfg"
+        row "l4-$mode" haproxy "$@"
+        # shellcheck disable=SC2086
+        front env RUST_LOG=warn "$TCP_PROXY" --listen "127.0.0.1:$FRONT" --strategy round-robin $BACKEND_ARGS
+        row "l4-$mode" tower-lb "$@"
+        round=$((round + 1))
+    done
 done
 
 echo "# $(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# wrk -t1 -c$CONNS -d${SECS}s on core $LOAD_CORE; each proxy on core $PROXY_CORE with one worker"
+echo "# wrk -t1 -c$CONNS -d${SECS}s on core $LOAD_CORE; each proxy on core $PROXY_CORE with one worker; median of $ROUNDS round(s)"
 python3 - "$ROWS" <<'EOF'
-import sys
+import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-by = {}
-for test, proxy, rps, p50, p99, errors in rows:
-    by.setdefault(test, {})[proxy] = (float(rps), float(p50), float(p99), int(errors))
-print("| test | proxy | rps | p50 ms | p99 ms | non-2xx | rps ours ÷ theirs | p99 ours ÷ theirs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for test, proxies in by.items():
-    ours = proxies.get("tower-lb")
-    for proxy, (rps, p50, p99, errors) in proxies.items():
-        ratio = ""
+runs = {}
+for test, proxy, rps, p50, p99, errors, cpu in rows:
+    runs.setdefault(test, {}).setdefault(proxy, []).append(
+        (float(rps), float(p50), float(p99), int(errors), float(cpu)))
+print("| test | proxy | rps | p50 ms | p99 ms | non-2xx | CPU µs/req | rps ours ÷ theirs | p99 ours ÷ theirs | CPU/req ours ÷ theirs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for test, proxies in runs.items():
+    by = {}
+    for proxy, rs in proxies.items():
+        rps, p50, p99, _, cpu = (statistics.median(col) for col in zip(*rs))
+        by[proxy] = (rps, p50, p99, sum(r[3] for r in rs), cpu)
+    ours = by.get("tower-lb")
+    for proxy, (rps, p50, p99, errors, cpu) in by.items():
         if ours and proxy != "tower-lb":
-            ratio = "| %.2f | %.2f" % (ours[0] / rps, ours[2] / p99)
+            ratio = "| %.2f | %.2f | %.2f" % (ours[0] / rps, ours[2] / p99, ours[4] / cpu)
         else:
-            ratio = "| |"
-        print("| %s | %s | %.0f | %.3f | %.3f | %d %s |" % (test, proxy, rps, p50, p99, errors, ratio))
+            ratio = "| | |"
+        print("| %s | %s | %.0f | %.3f | %.3f | %d | %.1f %s |" % (test, proxy, rps, p50, p99, errors, cpu, ratio))
 EOF

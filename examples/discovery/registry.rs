@@ -1,4 +1,4 @@
-//! The example's core, also run by `tests/examples.rs`.
+//! The example's core, also run by `tests/examples/`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

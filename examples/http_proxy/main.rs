@@ -33,9 +33,9 @@
 //!   the message names it, the exit code is 2.
 //!
 //! The core lives in `proxy.rs` and the files it declares beside it (`cli.rs`, `tls.rs`,
-//! `upstream.rs`, `forward.rs`, `serve.rs`); `tests/examples.rs` runs it on loopback.
+//! `upstream.rs`, `forward.rs`, `serve.rs`); `tests/examples/` runs it on loopback.
 
-// With `#[path]` (as in tests/examples.rs) a module file finds its own modules beside
+// With `#[path]` (as in tests/examples/) a module file finds its own modules beside
 // it: `proxy.rs`'s `mod cli;` is `cli.rs` in this folder, in both builds.
 #[path = "proxy.rs"]
 mod proxy;
@@ -58,9 +58,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    program::main(Settings::parse, run).await
+fn main() -> ExitCode {
+    match program::runtime() {
+        Ok(runtime) => runtime.block_on(program::main(Settings::parse, run)),
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the proxy until Ctrl-C; an error says why it could not start.

@@ -10,7 +10,7 @@
 //! - `serve.rs`: the accept loop, the client connections' time-outs, graceful shutdown;
 //! - `metrics.rs`: the Prometheus recorder and the `/metrics` endpoint (`--metrics`).
 //!
-//! `main.rs` parses the command line and runs [`serve`]; `tests/examples.rs` runs the
+//! `main.rs` parses the command line and runs [`serve`]; `tests/examples/` runs the
 //! same code against backends on loopback. Both load this file with `#[path]`, which
 //! makes the modules it declares the files beside it.
 //!
@@ -59,7 +59,7 @@ pub use metrics::serve_metrics;
 pub use serve::serve;
 
 use serve::ClientTimeouts;
-use upstream::{Failure, Resend, ServedBy, Upstream, UpstreamError};
+use upstream::{Failure, Resend, ServedBy, Upstream, UpstreamBody, UpstreamError};
 
 /// The target of the core's logs, whichever of its files logs: `http_proxy::proxy`, as
 /// the README shows them.
@@ -194,12 +194,15 @@ async fn handle(
     inner: &Inner,
     req: Request<Incoming>,
     peer: SocketAddr,
-    https: bool,
+    hop: &forward::Hop,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    forward::request_headers(&mut parts.headers, peer, https);
-    let resend = Resend::new(parts, body, peer);
+    forward::request_headers(&mut parts.headers, hop);
+    // The client's address is a hashing strategy's key (or its fallback); the other
+    // strategies never read it, so their requests go without it.
+    let hashing = inner.balance.pool().picker().is_hashing();
+    let resend = Resend::new(parts, body, hashing.then_some(peer));
     let first = match &inner.sticky {
         Some(sticky) => sticky.clone().oneshot(resend.first()).await,
         None => inner.balance.clone().oneshot(resend.first()).await,
@@ -211,16 +214,16 @@ async fn handle(
     match result {
         Ok(response) => {
             record_load(inner, &response);
-            let served = response
-                .extensions()
-                .get::<ServedBy>()
-                .map(|s| s.0.to_string());
             let response = forward::response(response);
+            // Field values are only computed when the line is logged (`RUST_LOG`).
             tracing::info!(
                 %peer,
                 method = %resend.method,
                 path = %resend.uri.path(),
-                backend = served.as_deref().unwrap_or("?"),
+                backend = response
+                    .extensions()
+                    .get::<ServedBy>()
+                    .map_or("?", |s| s.0.as_str()),
                 status = response.status().as_u16(),
                 ms = started.elapsed().as_millis() as u64,
                 "proxied"
@@ -260,7 +263,7 @@ async fn retry(
     inner: &Inner,
     resend: &Resend,
     first: BoxError,
-) -> Result<Response<Incoming>, BoxError> {
+) -> Result<Response<UpstreamBody>, BoxError> {
     let failed = find_error::<UpstreamError>(&first).and_then(|u| u.target().cloned());
     let Some((other, target)) = another_backend(&inner.balance, failed.as_ref()) else {
         return Err(first);

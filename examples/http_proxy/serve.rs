@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower_lb::balance::BoxError;
 
+use super::forward::Hop;
 use super::{LOG_TARGET, Proxy, ProxyBody, handle, tls};
 
 /// Accepts connections on `listener` until `shutdown` completes, then lets in-flight
@@ -53,16 +54,17 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let https = acceptor.is_some();
+            let hop = Arc::new(Hop::new(peer, acceptor.is_some()));
             let activity = Activity::new(inner.client);
             let service = hyper::service::service_fn({
                 let activity = Arc::clone(&activity);
                 move |req| {
                     let inner = Arc::clone(&inner);
+                    let hop = Arc::clone(&hop);
                     // In progress from the parsed head to the response's last byte.
                     let busy = Busy::begin(&activity);
                     async move {
-                        let response = handle(&inner, req, peer, https).await;
+                        let response = handle(&inner, req, peer, &hop).await;
                         Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
                     }
                 }

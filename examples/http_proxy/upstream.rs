@@ -1,93 +1,289 @@
 //! The HTTP client under the balancer, and the request body its attempts share.
 //!
-//! [`Upstream`] is hyper-util's pooled client; each attempt gets `--timeout` to produce
-//! the response head, and each connect [`CONNECT_TIMEOUT`] of it. Its [`UpstreamError`]
-//! says which backend failed and how ([`Failure`]): what the balancer counts against
-//! the backend, and what `handle` decides a retry on.
+//! [`Upstream`] speaks HTTP/1.1 to the backends with hyper's connection-level client
+//! (`hyper::client::conn::http1`) over a small pool of keep-alive connections per
+//! backend: a request takes an idle connection (or opens one), and its response body
+//! puts the connection back once read to the end. Each attempt gets `--timeout` to
+//! produce the response head, and each connect [`CONNECT_TIMEOUT`] of it. Its
+//! [`UpstreamError`] says which backend failed and how ([`Failure`]): what the balancer
+//! counts against the backend, and what `handle` decides a retry on.
 //!
 //! A request may go to a second backend, body and all, as long as the first never read
 //! its body: the client's body waits in a [`BodySlot`] until an attempt polls it (its
 //! [`Deferred`] body), and [`Resend`] builds each attempt's request around the slot.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::header::HeaderMap;
-use http::uri::Authority;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tower::Service;
 use tower_lb::balance::BoxError;
+
+use super::LOG_TARGET;
 
 /// How long one connect to a backend may take (and at most ¾ of `--timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The HTTP client under the balancer: hyper-util's pooled client, each attempt bounded
-/// by `--timeout`, reporting which backend a failure came from. Being under the
-/// balancer, a time-out is an error the balancer's classifier sees: a failure for the
-/// backend's passive health, counted once, like a refused connection.
+/// An idle connection older than this is closed rather than reused (hyper-util's
+/// pool's default): the backend may be about to close it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// At most this many idle connections are kept per backend; more are closed.
+const MAX_IDLE: usize = 512;
+
+/// The HTTP client under the balancer: keep-alive connections per backend, each attempt
+/// bounded by `--timeout`, reporting which backend a failure came from. Being under
+/// the balancer, a time-out is an error the balancer's classifier sees: a failure for
+/// the backend's passive health, counted once, like a refused connection.
 #[derive(Clone)]
 pub struct Upstream {
-    client: HyperClient<HttpConnector, Deferred>,
+    pools: Arc<Pools>,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Upstream {
     /// A client whose attempts each get `timeout` (`--timeout`).
     pub fn new(timeout: Duration) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // A refused or unanswered connect is a connect failure, retried for any method
-        // (nothing was sent). So that a hanging connect is reported as one, never as
-        // the attempt's time-out, it gets at most three quarters of --timeout.
-        let connect_timeout = CONNECT_TIMEOUT.min(timeout.mul_f64(0.75));
-        connector.set_connect_timeout(Some(connect_timeout));
         Upstream {
-            client: HyperClient::builder(TokioExecutor::new()).build(connector),
+            pools: Arc::new(Pools::default()),
             timeout,
+            // A refused or unanswered connect is a connect failure, retried for any
+            // method (nothing was sent). So that a hanging connect is reported as one,
+            // never as the attempt's time-out, it gets at most three quarters of
+            // --timeout.
+            connect_timeout: CONNECT_TIMEOUT.min(timeout.mul_f64(0.75)),
+        }
+    }
+}
+
+/// An idle connection: its request sender (hyper's connection task owns the socket),
+/// and since when it has been idle.
+struct Idle {
+    sender: SendRequest<Deferred>,
+    since: Instant,
+}
+
+/// The idle connections of each backend, the last one returned on top (it is the
+/// likeliest to be ready and its buffers warm). Keyed by the authority's text: hashing
+/// an `Authority` feeds the hasher a byte at a time (it lowercases each), which cost
+/// more than the rest of the pool's work; the balancer hands over the same text for a
+/// backend every time.
+#[derive(Default)]
+struct Pools {
+    idle: Mutex<HashMap<Box<str>, Vec<Idle>>>,
+}
+
+impl Pools {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection to `target` that is still open and young enough.
+    fn take(&self, target: &Authority) -> Option<SendRequest<Deferred>> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(target.as_str())?;
+        while let Some(Idle { sender, since }) = list.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose response was read in full back, unless it is closing.
+    fn put(&self, target: &Authority, sender: SendRequest<Deferred>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        let list = match idle.get_mut(target.as_str()) {
+            Some(list) => list,
+            None => idle.entry(target.as_str().into()).or_default(),
+        };
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Opens a connection to `target` and starts the task that drives it.
+async fn connect(target: &Authority, within: Duration) -> io::Result<SendRequest<Deferred>> {
+    let stream = match tokio::time::timeout(within, TcpStream::connect(target.as_str())).await {
+        Ok(stream) => stream?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {within:?}"),
+            ));
+        }
+    };
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(target: LOG_TARGET, error = %e, "backend connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+impl Upstream {
+    /// Sends `req` to its URI's authority on an idle connection, or a new one when none
+    /// is idle (or the idle ones turn out closed before the request is written).
+    async fn send(
+        &self,
+        target: &Authority,
+        mut req: Request<Deferred>,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        // On a connection, the request line carries the path only (origin form), and
+        // `Host` names the backend when the client sent none (HTTP/1.0).
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(target.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        while let Some(mut sender) = self.pools.take(target) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.body(target, sender, response)),
+                // Never written: the connection closed meanwhile. Another one.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(Failure::Other(e.into_error())),
+                },
+            }
+        }
+        let mut sender = connect(target, self.connect_timeout)
+            .await
+            .map_err(Failure::Connect)?;
+        match sender.send_request(req).await {
+            Ok(response) => Ok(self.body(target, sender, response)),
+            Err(e) => Err(Failure::Other(e)),
+        }
+    }
+
+    fn body(
+        &self,
+        target: &Authority,
+        sender: SendRequest<Deferred>,
+        response: Response<Incoming>,
+    ) -> Response<UpstreamBody> {
+        let mut response = response.map(|body| UpstreamBody {
+            body,
+            done: false,
+            back: Some((Arc::clone(&self.pools), target.clone(), sender)),
+        });
+        response.extensions_mut().insert(ServedBy(target.clone()));
+        response
+    }
+}
+
+/// A backend's response body; once read to the end, its connection goes back to the
+/// pool. Dropped before the end, it closes the connection (hyper's connection task
+/// sees the body go).
+pub struct UpstreamBody {
+    body: Incoming,
+    done: bool,
+    back: Option<(Arc<Pools>, Authority, SendRequest<Deferred>)>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if (self.done || self.body.is_end_stream())
+            && let Some((pools, target, sender)) = self.back.take()
+        {
+            pools.put(&target, sender);
         }
     }
 }
 
 type UpstreamFuture =
-    Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
 
 impl Service<Request<Deferred>> for Upstream {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody>;
     type Error = UpstreamError;
     type Future = UpstreamFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        // hyper-util's client is always ready: it queues for a connection per request.
+        // Always ready: each request takes an idle connection or opens one.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Deferred>) -> UpstreamFuture {
-        let target = req.uri().authority().cloned();
-        let sent = self.client.request(req);
-        let timeout = self.timeout;
+        let upstream = self.clone();
         Box::pin(async move {
-            // On time-out the request is dropped: its connection, if any, is closed.
-            let failure = match tokio::time::timeout(timeout, sent).await {
-                Ok(Ok(mut response)) => {
-                    if let Some(target) = target {
-                        response.extensions_mut().insert(ServedBy(target));
-                    }
-                    return Ok(response);
-                }
-                Ok(Err(e)) if e.is_connect() => Failure::Connect(e),
-                Ok(Err(e)) => Failure::Other(e),
-                Err(_) => Failure::TimedOut(timeout),
+            let Some(target) = req.uri().authority().cloned() else {
+                return Err(UpstreamError {
+                    target: None,
+                    failure: Failure::Connect(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "the request names no backend",
+                    )),
+                });
             };
-            Err(UpstreamError { target, failure })
+            // On time-out the request is dropped: its connection, if any, is closed.
+            let failure =
+                match tokio::time::timeout(upstream.timeout, upstream.send(&target, req)).await {
+                    Ok(Ok(response)) => return Ok(response),
+                    Ok(Err(failure)) => failure,
+                    Err(_) => Failure::TimedOut(upstream.timeout),
+                };
+            Err(UpstreamError {
+                target: Some(target),
+                failure,
+            })
         })
     }
 }
@@ -99,13 +295,14 @@ pub struct ServedBy(pub Authority);
 /// Why a backend request failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// No connection: nothing was sent.
-    Connect(hyper_util::client::legacy::Error),
+    /// No connection (refused, or not accepted within the connect time-out): nothing
+    /// was sent.
+    Connect(io::Error),
     /// No response head within the attempt's time-out; the request may have been sent.
     TimedOut(Duration),
     /// Any other error once connected (reset, closed, a failed request body): the
     /// request may have been sent.
-    Other(hyper_util::client::legacy::Error),
+    Other(hyper::Error),
 }
 
 /// A backend request that failed: where it went, and how.
@@ -131,7 +328,7 @@ impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let target = self.target.as_ref().map_or("?", |t| t.as_str());
         match &self.failure {
-            Failure::Connect(e) => write!(f, "backend {target}: connect failed: {e:?}"),
+            Failure::Connect(e) => write!(f, "backend {target}: connect failed: {e}"),
             Failure::TimedOut(after) => {
                 write!(f, "backend {target}: no response within {after:?}")
             }
@@ -143,7 +340,8 @@ impl fmt::Display for UpstreamError {
 impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.failure {
-            Failure::Connect(e) | Failure::Other(e) => Some(e),
+            Failure::Connect(e) => Some(e),
+            Failure::Other(e) => Some(e),
             Failure::TimedOut(_) => None,
         }
     }
@@ -228,12 +426,14 @@ pub struct Resend {
     pub uri: Uri,
     version: Version,
     headers: HeaderMap,
-    peer: SocketAddr,
+    /// The client's address, for a hashing strategy's key (in each attempt's
+    /// extensions); `None` when nothing reads it.
+    peer: Option<SocketAddr>,
     slot: Arc<Mutex<BodySlot>>,
 }
 
 impl Resend {
-    pub fn new(parts: http::request::Parts, body: Incoming, peer: SocketAddr) -> Self {
+    pub fn new(parts: http::request::Parts, body: Incoming, peer: Option<SocketAddr>) -> Self {
         let (empty, hint) = (body.is_end_stream(), body.size_hint());
         Resend {
             method: parts.method,
@@ -282,7 +482,9 @@ impl Resend {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        req.extensions_mut().insert(self.peer);
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(peer);
+        }
         req
     }
 }

@@ -1,4 +1,4 @@
-//! Code shared by the examples and by `tests/examples.rs`, which runs their cores.
+//! Code shared by the examples and by `tests/examples/`, which runs their cores.
 #![allow(dead_code)] // each program uses a part of it
 
 pub mod backend;

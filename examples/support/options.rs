@@ -1,7 +1,7 @@
 //! Option values both proxies parse alike: seconds, `ADDR[=WEIGHT]`, strategy names.
 //!
 //! The proxies' cores use these through `crate::support`, so a crate that compiles a
-//! core declares this module at its root too (both `main.rs` and `tests/examples.rs` do).
+//! core declares this module at its root too (both `main.rs` and `tests/examples/` do).
 
 use std::time::Duration;
 

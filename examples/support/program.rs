@@ -22,6 +22,21 @@ use super::backend::HttpBackend;
 /// The target of these log lines: the crate's root module, `http_proxy` or `tcp_proxy`.
 const TARGET: &str = env!("CARGO_CRATE_NAME");
 
+/// The proxies' tokio runtime: the current-thread scheduler when the process may run on
+/// one core only (under `taskset -c 0`, say, or a one-CPU container), the work-stealing
+/// one with a worker per core otherwise. On one core a work-stealing worker has no one
+/// to steal from, and it pays for the machinery anyway: atomic run queues, a wake-up
+/// that goes through the shared injector when it comes from the I/O driver.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
+}
+
 /// A proxy's `main`: parses the command line with `parse`, starts logging, then runs
 /// the proxy with `run`, whose error says why it could not start.
 pub async fn main<S, F>(

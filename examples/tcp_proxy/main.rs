@@ -16,7 +16,7 @@
 //! `curl localhost:9090/` works as is. Ctrl-C stops accepting and waits for open
 //! connections. Logs: `RUST_LOG` (default `info`).
 //!
-//! The core lives in `proxy.rs`, which `tests/examples.rs` runs on loopback.
+//! The core lives in `proxy.rs`, which `tests/examples/` runs on loopback.
 
 mod proxy;
 #[path = "../support/mod.rs"]
@@ -27,9 +27,14 @@ use std::process::ExitCode;
 use proxy::{Settings, TcpProxy};
 use support::program;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    program::main(Settings::parse, run).await
+fn main() -> ExitCode {
+    match program::runtime() {
+        Ok(runtime) => runtime.block_on(program::main(Settings::parse, run)),
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the proxy until Ctrl-C; an error says why it could not start.

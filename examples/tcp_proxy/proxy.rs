@@ -1,6 +1,6 @@
 //! The TCP proxy's core: options, the backend choice, the copy loop, the server.
 //!
-//! `main.rs` parses the command line and runs [`serve`]; `tests/examples.rs` runs the
+//! `main.rs` parses the command line and runs [`serve`]; `tests/examples/` runs the
 //! same code against backends on loopback.
 
 use std::fmt;
@@ -202,7 +202,7 @@ impl TcpProxy {
 
     /// The backend the strategy chooses for a connection from `peer`, without
     /// connecting (and without counting a pick).
-    #[cfg_attr(not(test), allow(dead_code))] // for tests/examples.rs
+    #[cfg_attr(not(test), allow(dead_code))] // for tests/examples/
     pub fn choose(&self, peer: SocketAddr) -> Result<SocketAddr, PickError> {
         let prepared = self.pool.snapshot();
         let index = prepared.pick(self.pool.picker(), &self.context(&peer))?;
