@@ -37,6 +37,23 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
+/// A proxy's `fn main`: [`main`] on the [`runtime`] for this process.
+pub fn run_main<S, F>(
+    parse: impl FnOnce(ArgsOs) -> Result<S, clap::Error>,
+    run: impl FnOnce(S) -> F,
+) -> ExitCode
+where
+    F: Future<Output = Result<(), String>>,
+{
+    match runtime() {
+        Ok(runtime) => runtime.block_on(main(parse, run)),
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A proxy's `main`: parses the command line with `parse`, starts logging, then runs
 /// the proxy with `run`, whose error says why it could not start.
 pub async fn main<S, F>(

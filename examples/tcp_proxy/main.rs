@@ -28,13 +28,7 @@ use proxy::{Settings, TcpProxy};
 use support::program;
 
 fn main() -> ExitCode {
-    match program::runtime() {
-        Ok(runtime) => runtime.block_on(program::main(Settings::parse, run)),
-        Err(e) => {
-            eprintln!("error: cannot start the tokio runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    program::run_main(Settings::parse, run)
 }
 
 /// Runs the proxy until Ctrl-C; an error says why it could not start.

@@ -83,73 +83,33 @@ async fn http_proxy_streams_bodies_both_ways() -> Result<(), Error> {
     .await
 }
 
-/// A keep-alive HTTP/1.1 backend that counts the connections it accepts.
-struct Counting {
-    addr: SocketAddr,
-    connections: Arc<std::sync::atomic::AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl Counting {
-    async fn start() -> Result<Self, Error> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = Arc::clone(&connections);
-        let task = tokio::spawn(async move {
-            // Dropping the set (when this task is aborted) closes every connection.
-            let mut open = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        open.spawn(async move {
-                            let mut stream = BufReader::new(stream);
-                            let mut line = String::new();
-                            // Each request is a head without a body; each gets `ok`.
-                            loop {
-                                line.clear();
-                                match stream.read_line(&mut line).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(_) if line == "\r\n" => {
-                                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
-                                        if stream.get_mut().write_all(answer).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Ok(_) => {}
-                                }
-                            }
-                        });
+/// A keep-alive HTTP/1.1 backend that counts the connections it accepts: each request
+/// is a head without a body, and each gets `ok`.
+async fn keep_alive_backend() -> Result<Counting, Error> {
+    Counting::start(|stream: TcpStream| async move {
+        let mut stream = BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match stream.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => {
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if stream.get_mut().write_all(answer).await.is_err() {
+                        return;
                     }
-                    Some(_) = open.join_next(), if !open.is_empty() => {}
                 }
+                Ok(_) => {}
             }
-        });
-        Ok(Counting {
-            addr,
-            connections,
-            task,
-        })
-    }
-
-    /// Connections accepted.
-    fn connections(&self) -> u64 {
-        self.connections.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl Drop for Counting {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn http_proxy_reuses_its_backend_connections() -> Result<(), Error> {
     bounded(async {
-        let backend = Counting::start().await?;
+        let backend = keep_alive_backend().await?;
         let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
         let client = http_client();
         for _ in 0..20 {

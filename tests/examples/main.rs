@@ -307,15 +307,20 @@ impl PoweredOff {
     }
 }
 
-/// A backend that accepts connections and reads what they send, and never answers.
-struct Unresponsive {
+/// A loopback server that counts the connections it accepts and runs `serve` on each;
+/// dropping it closes every connection.
+struct Counting {
     addr: SocketAddr,
     connections: Arc<std::sync::atomic::AtomicU64>,
     task: JoinHandle<()>,
 }
 
-impl Unresponsive {
-    async fn start() -> Result<Self, Error> {
+impl Counting {
+    async fn start<F, Fut>(serve: F) -> Result<Self, Error>
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -326,18 +331,15 @@ impl Unresponsive {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((mut stream, _)) = accepted else { continue };
+                        let Ok((stream, _)) = accepted else { continue };
                         counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        open.spawn(async move {
-                            let mut buf = [0u8; 4096];
-                            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                        });
+                        open.spawn(serve(stream));
                     }
                     Some(_) = open.join_next(), if !open.is_empty() => {}
                 }
             }
         });
-        Ok(Unresponsive {
+        Ok(Counting {
             addr,
             connections,
             task,
@@ -350,9 +352,22 @@ impl Unresponsive {
     }
 }
 
-impl Drop for Unresponsive {
+impl Drop for Counting {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A backend that accepts connections and reads what they send, and never answers.
+struct Unresponsive;
+
+impl Unresponsive {
+    async fn start() -> Result<Counting, Error> {
+        Counting::start(|mut stream: TcpStream| async move {
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await
     }
 }
 
