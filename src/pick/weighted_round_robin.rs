@@ -91,20 +91,43 @@ fn cycle_weights(weights: &[u64]) -> (Vec<u64>, bool) {
     // Largest remainders (Hamilton's apportionment): each member gets the floor or the
     // ceiling of its exact quota of the cycle, so no share is a full entry off; then
     // members whose quota is below one entry are raised to one.
-    let m = u128::from(MAX_SCHEDULE);
     let mut scaled: Vec<u64> = Vec::with_capacity(reduced.len());
-    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(reduced.len());
-    for (i, &w) in reduced.iter().enumerate() {
-        let quota = u128::from(w) * m;
-        scaled.push((quota / total) as u64);
-        remainders.push((quota % total, i));
+    let mut remainders: Vec<(u128, u32)> = Vec::with_capacity(reduced.len());
+    let fits = |total: u128| {
+        let max = reduced.iter().copied().max().unwrap_or(0);
+        u64::try_from(total).is_ok() && max.checked_mul(MAX_SCHEDULE).is_some()
+    };
+    if fits(total) {
+        // Weights from a snapshot are u32, so this is the path: one u64 division per
+        // member instead of u128's (several times slower).
+        let total = total as u64;
+        for &w in &reduced {
+            let quota = w * MAX_SCHEDULE;
+            scaled.push(quota / total);
+            remainders.push((u128::from(quota % total), remainders.len() as u32));
+        }
+    } else {
+        let m = u128::from(MAX_SCHEDULE);
+        for &w in &reduced {
+            let quota = u128::from(w) * m;
+            scaled.push((quota / total) as u64);
+            remainders.push((quota % total, remainders.len() as u32));
+        }
     }
     let given: u128 = scaled.iter().map(|&s| u128::from(s)).sum();
-    let left = usize::try_from(m.saturating_sub(given)).unwrap_or(usize::MAX);
-    // Largest remainder first; ties to the earlier member, so the result is deterministic.
-    remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let left = usize::try_from(u128::from(MAX_SCHEDULE).saturating_sub(given))
+        .unwrap_or(usize::MAX)
+        .min(remainders.len());
+    // Largest remainder first; ties to the earlier member, so the result is deterministic
+    // (a total order: the `left` largest are one set, selected in O(n), not sorted).
+    let largest_first = |a: &(u128, u32), b: &(u128, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+    if left > 0 && left < remainders.len() {
+        remainders.select_nth_unstable_by(left - 1, largest_first);
+    }
     for &(_, i) in remainders.iter().take(left) {
-        scaled[i] += 1;
+        if let Some(s) = scaled.get_mut(i as usize) {
+            *s += 1;
+        }
     }
     for s in &mut scaled {
         *s = (*s).max(1);
@@ -124,14 +147,7 @@ fn cycle_weights(weights: &[u64]) -> (Vec<u64>, bool) {
 /// the weights — 1 when they are all equal.
 pub(crate) fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
     let total: i64 = weights.iter().map(|&w| w as i64).sum();
-    // Positions grouped by weight, each group in index order.
-    let mut by_weight: Vec<(u64, u32)> = weights
-        .iter()
-        .enumerate()
-        .filter(|&(_, &w)| w > 0)
-        .map(|(i, &w)| (w, i as u32))
-        .collect();
-    by_weight.sort_unstable();
+    let by_weight = group_by_weight(weights);
     struct Group<'a> {
         weight: i64,
         members: &'a [(u64, u32)],
@@ -164,6 +180,48 @@ pub(crate) fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
         order.push(position);
     }
     order
+}
+
+/// Positive-weight positions as (weight, position), grouped by weight in increasing
+/// order, each group in position order. With few distinct weights (the usual case) a
+/// counting sort, O(n · D); else a sort.
+fn group_by_weight(weights: &[u64]) -> Vec<(u64, u32)> {
+    const FEW: usize = 16;
+    let mut distinct: Vec<u64> = Vec::with_capacity(FEW);
+    for &w in weights.iter().filter(|&&w| w > 0) {
+        if !distinct.contains(&w) {
+            if distinct.len() == FEW {
+                let mut by_weight: Vec<(u64, u32)> = weights
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &w)| w > 0)
+                    .map(|(i, &w)| (w, i as u32))
+                    .collect();
+                by_weight.sort_unstable();
+                return by_weight;
+            }
+            distinct.push(w);
+        }
+    }
+    distinct.sort_unstable();
+    let group = |w: u64| distinct.iter().position(|&d| d == w);
+    let mut start = vec![0usize; distinct.len() + 1];
+    for &w in weights {
+        if let Some(g) = group(w) {
+            start[g + 1] += 1;
+        }
+    }
+    for g in 0..distinct.len() {
+        start[g + 1] += start[g];
+    }
+    let mut by_weight = vec![(0u64, 0u32); start[distinct.len()]];
+    for (i, &w) in weights.iter().enumerate() {
+        if let Some(g) = group(w) {
+            by_weight[start[g]] = (w, i as u32);
+            start[g] += 1;
+        }
+    }
+    by_weight
 }
 
 /// NGINX's loop itself, O(S · n): the oracle the fast cycle is tested against.
@@ -259,6 +317,56 @@ mod tests {
             assert_eq!(smooth_cycle(&weights), nginx_cycle(&weights), "{weights:?}");
         }
         assert_eq!(smooth_cycle(&[3; 5]), nginx_cycle(&[3; 5]));
+    }
+
+    /// The scaled weights are Hamilton's apportionment as a full sort of the remainders
+    /// gives it (the O(n) selection picks the same set), zero weights included.
+    #[test]
+    fn scaled_weights_are_the_largest_remainders() {
+        let reference = |weights: &[u64]| {
+            let g = weights.iter().copied().fold(0, gcd).max(1);
+            let reduced: Vec<u64> = weights.iter().map(|w| w / g).collect();
+            let total: u128 = reduced.iter().map(|&w| u128::from(w)).sum();
+            let m = u128::from(MAX_SCHEDULE);
+            let mut scaled: Vec<u64> = reduced
+                .iter()
+                .map(|&w| (u128::from(w) * m / total) as u64)
+                .collect();
+            let mut rem: Vec<(u128, usize)> = reduced
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| (u128::from(w) * m % total, i))
+                .collect();
+            rem.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let left = (m - scaled.iter().map(|&s| u128::from(s)).sum::<u128>()) as usize;
+            for &(_, i) in rem.iter().take(left) {
+                scaled[i] += 1;
+            }
+            let scaled: Vec<u64> = scaled.into_iter().map(|s| s.max(1)).collect();
+            let g = scaled.iter().copied().fold(0, gcd).max(1);
+            scaled.into_iter().map(|w| w / g).collect::<Vec<_>>()
+        };
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for case in 0..40 {
+            let n = [3usize, 100, 5000, 40_000][case % 4];
+            let spread = [4u64, 1000, u64::from(u32::MAX)][case % 3];
+            let weights: Vec<u64> = (0..n).map(|_| next(spread + 1)).collect();
+            if weights.iter().map(|&w| u128::from(w)).sum::<u128>() <= u128::from(MAX_SCHEDULE) {
+                continue;
+            }
+            let (got, exact) = cycle_weights(&weights);
+            assert!(!exact);
+            assert_eq!(got, reference(&weights), "case {case}");
+        }
+        // Past u64 (the u128 path).
+        let (got, _) = cycle_weights(&[u64::MAX, u64::MAX - 1, 3]);
+        assert_eq!(got, reference(&[u64::MAX, u64::MAX - 1, 3]));
     }
 
     #[test]

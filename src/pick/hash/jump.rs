@@ -330,12 +330,14 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Jump<F> {
         let (buckets, snapshot) = (&key.table.table.buckets, key.snapshot);
         // (`n` fits: a table is never built past u32::MAX members.)
         let n = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let entry = |i: usize| buckets.get(i).map(|&b| b as usize);
+        let (len, hash) = (buckets.len(), key_hash(key.hash));
         if self.classic {
             let entry_of = |k, size| jump(k, n(size)) as usize;
-            probe_then_scan(buckets, key_hash(key.hash), entry_of, snapshot, accept)
+            probe_then_scan(len, entry, hash, entry_of, snapshot, accept)
         } else {
             let entry_of = |k, size| jump_back(k, n(size)) as usize;
-            probe_then_scan(buckets, key_hash(key.hash), entry_of, snapshot, accept)
+            probe_then_scan(len, entry, hash, entry_of, snapshot, accept)
         }
     }
 }

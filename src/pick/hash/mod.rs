@@ -54,7 +54,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{PickContext, Picker};
 use crate::backend::BackendId;
@@ -215,42 +214,20 @@ macro_rules! pick_by_preference {
 }
 pub(crate) use pick_by_preference;
 
-/// A table entry the lookups read: a plain `u32` (Jump's buckets) or an `AtomicU32`
-/// (Maglev's slots, which a background build may overwrite in place).
-pub(crate) trait Entry {
-    /// The member index the entry holds.
-    fn index(&self) -> u32;
-}
-
-impl Entry for u32 {
-    #[inline]
-    fn index(&self) -> u32 {
-        *self
-    }
-}
-
-impl Entry for AtomicU32 {
-    /// `Relaxed`: any value ever stored is a valid index into the same snapshot, and
-    /// nothing else is published through the entry. A plain load on x86 and ARM.
-    #[inline]
-    fn index(&self) -> u32 {
-        self.load(Ordering::Relaxed)
-    }
-}
-
 /// The preference order of the table pickers (Maglev's slots, Jump's buckets): the
 /// entry of the key, then of up to [`MAX_PROBES`] − 1 rehashed keys, then every entry
 /// from the last one on, wrapping — so every member holding an entry is reached.
-/// `entry_of(h, n)` is the entry of key hash `h` among `n`.
+/// `entry(i)` is the member index held by entry `i` of `n`; `entry_of(h, n)` is the
+/// entry of key hash `h` among `n`.
 #[inline]
-pub(crate) fn probe_then_scan<A, E: Entry>(
-    entries: &[E],
+pub(crate) fn probe_then_scan<A>(
+    n: usize,
+    entry: impl Fn(usize) -> Option<usize>,
     key: u64,
     entry_of: impl Fn(u64, usize) -> usize,
     snapshot: &Snapshot<A>,
     mut accept: impl FnMut(usize) -> bool,
 ) -> Option<usize> {
-    let n = entries.len();
     if n == 0 {
         return None;
     }
@@ -258,17 +235,17 @@ pub(crate) fn probe_then_scan<A, E: Entry>(
     let mut slot = 0;
     for _ in 0..MAX_PROBES {
         slot = entry_of(h, n);
-        let index = entries.get(slot)?.index() as usize;
-        if snapshot.is_eligible(index) && accept(index) {
+        if let Some(index) = entry(slot)
+            && snapshot.is_eligible(index)
+            && accept(index)
+        {
             return Some(index);
         }
         h = next_probe(h);
     }
-    let (before, after) = entries.split_at_checked(slot)?;
-    after
-        .iter()
-        .chain(before)
-        .map(|e| e.index() as usize)
+    (slot..n)
+        .chain(0..slot.min(n))
+        .filter_map(entry)
         .find(|&index| snapshot.is_eligible(index) && accept(index))
 }
 

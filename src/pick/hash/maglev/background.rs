@@ -25,12 +25,21 @@ pub(super) fn canonicalize(core: &Core, members: &Set, size: u32) {
     };
     let mut state = core.lock();
     match built {
-        Some(built) if !cancelled() && built.entries.len() == core.entries.len() => {
-            for (live, new) in core.entries.iter().zip(built.entries.iter()) {
-                let new = new.index();
-                if live.index() != new {
-                    live.store(new, Ordering::Relaxed);
+        Some(built) if !cancelled() && built.entries.len() == core.slots.len() => {
+            // The members' numbers, written in place (chunks shared with the tables
+            // before this one take them too: a pick on a superseded snapshot maps each
+            // through its own numbering to one of its members, as any mix of tables
+            // does).
+            for (slot, &j) in built.entries.iter().enumerate() {
+                let number = core.numbering.number_of.get(j as usize).copied();
+                if let Some(number) = number
+                    && core.slots.get(slot) != Some(number)
+                {
+                    core.slots.store(slot, number);
                 }
+            }
+            if !state.owned.is_empty() {
+                state.owned = owned_lists(&core.slots, &core.numbering, built.counts.len());
             }
             state.counts = built.counts;
             state.status = Status::Canonical;

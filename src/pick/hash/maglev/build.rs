@@ -66,18 +66,57 @@ impl Set {
     }
 }
 
-/// A table and its per-member slot counts.
-pub(super) struct Built {
-    pub(super) entries: Box<[AtomicU32]>,
+/// A table built from scratch: each slot's member index, and each member's slot count.
+pub(super) struct Flat {
+    pub(super) entries: Vec<u32>,
     pub(super) counts: Vec<u32>,
 }
 
-impl Built {
+impl Flat {
     pub(super) fn empty(members: usize) -> Self {
-        Built {
-            entries: Box::new([]),
+        Flat {
+            entries: Vec::new(),
             counts: vec![0; members],
         }
+    }
+}
+
+/// A table ready to publish: its slots and numbering, and what the next patch needs —
+/// each member's slot count and slots.
+pub(super) struct Built {
+    pub(super) slots: Slots,
+    pub(super) numbering: Numbering,
+    pub(super) counts: Vec<u32>,
+    /// Each member's slots (by snapshot index); empty when the table is never patched.
+    pub(super) owned: Vec<Vec<u32>>,
+}
+
+impl Built {
+    /// The table of a from-scratch build, member `j` numbered `j`; with each member's
+    /// slots listed when `patchable`.
+    pub(super) fn canonical(flat: Flat, patchable: bool) -> Self {
+        let numbering = Numbering::identity(flat.counts.len());
+        let slots = Slots::of(&flat.entries);
+        let owned = if patchable {
+            owned_lists(&slots, &numbering, flat.counts.len())
+        } else {
+            Vec::new()
+        };
+        Built {
+            slots,
+            numbering,
+            counts: flat.counts,
+            owned,
+        }
+    }
+
+    /// Each slot's member index ([`EMPTY`] for none).
+    #[cfg(test)]
+    pub(super) fn indices(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .map(|n| self.numbering.index(n).unwrap_or(EMPTY))
+            .collect()
     }
 }
 
@@ -106,12 +145,12 @@ pub(super) const CHECK_EVERY: u64 = 4096;
 /// round t when t · w ≥ claimed · w_max (Envoy's rule), and ties within a round go in
 /// canonical order. A heap keyed by (round, canonical position) replays exactly that
 /// loop in O(M log N) whatever the weights. `None` when `cancelled` said so.
-pub(super) fn build(members: &Set, size: u32, cancelled: &dyn Fn() -> bool) -> Option<Built> {
+pub(super) fn build(members: &Set, size: u32, cancelled: &dyn Fn() -> bool) -> Option<Flat> {
     let m = u64::from(size);
     let mut order: Vec<View<'_>> = members.iter().filter(|b| b.weight > 0).collect();
     order.sort_unstable_by(|a, b| (a.hash, a.key).cmp(&(b.hash, b.key)));
     let Some(max_weight) = order.iter().map(|b| b.weight).max() else {
-        return Some(Built::empty(members.len()));
+        return Some(Flat::empty(members.len()));
     };
     let mut cursors: Vec<Cursor> = order
         .iter()
@@ -126,7 +165,7 @@ pub(super) fn build(members: &Set, size: u32, cancelled: &dyn Fn() -> bool) -> O
             }
         })
         .collect();
-    let mut entries: Box<[AtomicU32]> = (0..size).map(|_| AtomicU32::new(EMPTY)).collect();
+    let mut entries = vec![EMPTY; size as usize];
     // Which slots are taken, one bit each: the walks probe this (M/8 bytes, 610 KiB at
     // the largest M, cache-resident) rather than the 4-byte entries (up to 19 MiB).
     let mut taken = vec![0u64; (size as usize).div_ceil(64)];
@@ -175,12 +214,12 @@ pub(super) fn build(members: &Set, size: u32, cancelled: &dyn Fn() -> bool) -> O
             *n = u32::try_from(c.claimed).unwrap_or(u32::MAX);
         }
     }
-    Some(Built { entries, counts })
+    Some(Flat { entries, counts })
 }
 
 /// `c` claims its next free preferred slot.
 #[inline]
-pub(super) fn claim(entries: &mut [AtomicU32], taken: &mut [u64], c: &mut Cursor, m: u64) {
+pub(super) fn claim(entries: &mut [u32], taken: &mut [u64], c: &mut Cursor, m: u64) {
     // M is prime and 1 ≤ skip < M, so the walk visits every slot: a free one exists.
     for _ in 0..m {
         let slot = c.slot as usize;
@@ -189,7 +228,7 @@ pub(super) fn claim(entries: &mut [AtomicU32], taken: &mut [u64], c: &mut Cursor
             Some(w) if *w & bit == 0 => {
                 *w |= bit;
                 if let Some(e) = entries.get_mut(slot) {
-                    *e.get_mut() = c.index;
+                    *e = c.index;
                 }
                 return;
             }

@@ -78,7 +78,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::{
-    Accept, BackendKey, Entry, Fingerprint, HashPicker, Lookup, SEED_IDENTITY, SEED_MAGLEV_OFFSET,
+    Accept, BackendKey, Fingerprint, HashPicker, Lookup, SEED_IDENTITY, SEED_MAGLEV_OFFSET,
     SEED_MAGLEV_SKIP, WithFallback, key_hash, pick_by_preference, probe_then_scan, reduce,
 };
 use crate::error::ConfigError;
@@ -90,10 +90,12 @@ use crate::stable_hash::seeded;
 mod background;
 mod build;
 mod patch;
+mod slots;
 
 use background::*;
 use build::*;
 use patch::*;
+use slots::*;
 
 /// The smallest table an automatically sized Maglev uses (and the size up to 655
 /// backends): the prime 65 537, as Envoy and the paper's evaluation use.
@@ -286,10 +288,12 @@ pub struct MaglevTable {
 }
 
 struct Core {
-    /// The backend index owning each slot; empty when no member has a positive weight.
+    /// Each slot's member number; no slot when no member has a positive weight.
     /// Atomics only so a background build can write the canonical table into a live
-    /// one: every value ever stored indexes the same snapshot, so any mix is a table.
-    entries: Box<[AtomicU32]>,
+    /// one (see [`canonicalize`]).
+    slots: Slots,
+    /// Which member holds which number.
+    numbering: Numbering,
     fingerprint: Fingerprint,
     /// Held while the entries are written by the background build or copied by a patch,
     /// so a patch never starts from a half-written table and the counts match.
@@ -306,6 +310,9 @@ struct Core {
 struct State {
     /// How many slots each member (by snapshot index) owns.
     counts: Vec<u32>,
+    /// Each member's slots (by snapshot index), for the next patch, which takes them;
+    /// empty for a table never patched (or already patched from).
+    owned: Vec<Vec<u32>>,
     status: Status,
 }
 
@@ -335,10 +342,12 @@ impl Core {
         generation: u64,
     ) -> Self {
         Core {
-            entries: built.entries,
+            slots: built.slots,
+            numbering: built.numbering,
             fingerprint,
             state: Mutex::new(State {
                 counts: built.counts,
+                owned: built.owned,
                 status,
             }),
             settled: Condvar::new(),
@@ -346,28 +355,42 @@ impl Core {
             generation,
         }
     }
+
+    /// The index of the member owning `slot`.
+    #[inline]
+    fn index_at(&self, slot: usize) -> Option<u32> {
+        self.numbering.index(self.slots.get(slot)?)
+    }
+
+    /// Each slot's member index.
+    fn indices(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .map(|n| self.numbering.index(n).unwrap_or(EMPTY))
+            .collect()
+    }
 }
 
 impl MaglevTable {
     /// A copy of the lookup table: the index (in the snapshot) of the backend owning
     /// each slot. Empty when the set has no member with a positive weight.
     pub fn entries(&self) -> Vec<u32> {
-        self.core.entries.iter().map(Entry::index).collect()
+        self.core.indices()
     }
 
     /// The index of the backend owning `slot`, or `None` past the table's end.
     pub fn entry(&self, slot: usize) -> Option<u32> {
-        self.core.entries.get(slot).map(Entry::index)
+        self.core.index_at(slot)
     }
 
     /// The table size M (0 when the set has no member with a positive weight).
     pub fn len(&self) -> usize {
-        self.core.entries.len()
+        self.core.slots.len()
     }
 
     /// Whether the table has no slots (no member has a positive weight).
     pub fn is_empty(&self) -> bool {
-        self.core.entries.is_empty()
+        self.core.slots.len() == 0
     }
 
     /// Whether the table is the canonical one — identical to a from-scratch build of
@@ -400,7 +423,7 @@ impl MaglevTable {
 impl fmt::Debug for MaglevTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MaglevTable")
-            .field("size", &self.core.entries.len())
+            .field("size", &self.core.slots.len())
             .field("members", &self.core.fingerprint.len())
             .finish()
     }
@@ -421,7 +444,7 @@ impl<F> Maglev<F> {
         if let Some(prev) = previous {
             // Only eligibility changed: the same table.
             if prev.fingerprint == fingerprint
-                && (prev.entries.len() == size as usize || prev.entries.is_empty())
+                && (prev.slots.len() == size as usize || prev.slots.len() == 0)
             {
                 return Arc::clone(prev);
             }
@@ -436,7 +459,8 @@ impl<F> Maglev<F> {
             drop(prev.lock());
             prev.settled.notify_all();
         }
-        let patched = (self.incremental && size > DEFAULT_TABLE_SIZE)
+        let patchable = self.incremental && size > DEFAULT_TABLE_SIZE;
+        let patched = patchable
             .then(|| previous.and_then(|prev| patch(prev, &members, size)))
             .flatten();
         if let Some(built) = patched {
@@ -450,7 +474,8 @@ impl<F> Maglev<F> {
             spawn_canonical(Arc::clone(&core), members, size);
             return core;
         }
-        let built = build(&members, size, &|| false).unwrap_or_else(|| Built::empty(members.len()));
+        let flat = build(&members, size, &|| false).unwrap_or_else(|| Flat::empty(members.len()));
+        let built = Built::canonical(flat, patchable);
         Arc::new(Core::new(
             built,
             fingerprint,
@@ -483,8 +508,10 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Maglev<F> {
     /// slot from the last one on, wrapping — so every backend owning a slot is reached.
     #[inline]
     fn find(&self, key: Lookup<'_, A, Self::Table>, accept: impl Accept) -> Option<usize> {
-        let entries = &key.table.table.core.entries;
-        probe_then_scan(entries, key_hash(key.hash), reduce, key.snapshot, accept)
+        let core = &*key.table.table.core;
+        let entry = |slot| core.index_at(slot).map(|i| i as usize);
+        let hash = key_hash(key.hash);
+        probe_then_scan(core.slots.len(), entry, hash, reduce, key.snapshot, accept)
     }
 }
 

@@ -75,6 +75,48 @@ pub(super) fn pow_mod(base: u64, mut exp: u64, m: u64) -> u64 {
     result
 }
 
+/// A patch in progress: the new table's slots (copied chunk by chunk as they are
+/// written), numbering, counts and slot lists.
+pub(super) struct Work {
+    pub(super) slots: SlotsMut,
+    pub(super) numbering: Numbering,
+    pub(super) counts: Vec<u32>,
+    pub(super) owned: Vec<Vec<u32>>,
+}
+
+impl Work {
+    /// The member index owning `slot` in the new table ([`EMPTY`]: free — a removed
+    /// member's slot or one given up).
+    #[inline]
+    pub(super) fn owner(&self, slot: usize) -> u32 {
+        self.slots
+            .get(slot)
+            .and_then(|n| self.numbering.index(n))
+            .unwrap_or(EMPTY)
+    }
+
+    /// Gives `slot` to member `j` (or frees it: `j` = [`EMPTY`]), keeping counts and
+    /// lists.
+    pub(super) fn assign(&mut self, slot: usize, j: u32) -> Option<()> {
+        let owner = self.owner(slot);
+        let slot32 = u32::try_from(slot).ok()?;
+        if owner != EMPTY {
+            *self.counts.get_mut(owner as usize)? -= 1;
+            let list = self.owned.get_mut(owner as usize)?;
+            let at = list.iter().position(|&s| s == slot32)?;
+            list.swap_remove(at);
+        }
+        let number = if j == EMPTY {
+            EMPTY
+        } else {
+            *self.counts.get_mut(j as usize)? += 1;
+            self.owned.get_mut(j as usize)?.push(slot32);
+            *self.numbering.number_of.get(j as usize)?
+        };
+        self.slots.set(slot, number)
+    }
+}
+
 /// The table of `members` patched from `prev` (same size M): only the slots that must
 /// move do. `None` when the change is too large or anything is off (then build).
 ///
@@ -86,11 +128,15 @@ pub(super) fn pow_mod(base: u64, mut exp: u64, m: u64) -> u64 {
 /// left go to members under their share, chosen by a hash of the slot (those a whole
 /// slot short first); a member still a whole slot short walks its permutation taking
 /// slots of members above their share. Every member ends within one slot of M · w / W.
+///
+/// Cost: O(N) for the bookkeeping, plus a copy of each 16 KiB chunk holding a moved
+/// slot; the members' slot lists are taken from `prev` (a second patch from `prev`
+/// finds none and returns `None`).
 pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
     let m = size as usize;
     let n = members.len();
     let old = prev.fingerprint.entries();
-    if prev.entries.len() != m || m < 3 || u32::try_from(n).is_err() {
+    if prev.slots.len() != m || m < 3 || u32::try_from(n).is_err() {
         return None;
     }
     let total: u128 = members.iter().map(|b| u128::from(b.weight)).sum();
@@ -148,16 +194,35 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
     let old_total: u128 = old.iter().map(|&(_, w)| u128::from(w)).sum();
     let m64 = m as u64;
 
-    let state = prev.lock();
-    if state.counts.len() != old.len() {
+    let mut state = prev.lock();
+    if state.counts.len() != old.len() || state.owned.len() != old.len() {
         return None;
     }
+    // The old table's chunks, shared until written: taken under the lock, so a
+    // background build never writes into them halfway (it stops: see `prepare`).
+    let slots = SlotsMut::of(&prev.slots);
+    let mut old_owned = std::mem::take(&mut state.owned);
+    let old_counts = state.counts.clone();
+    drop(state);
     let mut counts = vec![0u32; n];
-    for (&j, &c) in remap.iter().zip(&state.counts) {
-        if let Some(n) = counts.get_mut(j as usize) {
-            *n = c;
+    let mut owned = vec![Vec::new(); n];
+    let mut free: Vec<u32> = Vec::new();
+    for (i, (&j, list)) in remap.iter().zip(&mut old_owned).enumerate() {
+        match (counts.get_mut(j as usize), owned.get_mut(j as usize)) {
+            (Some(c), Some(o)) => {
+                *c = *old_counts.get(i)?;
+                *o = std::mem::take(list);
+            }
+            // A removed member's slots are free.
+            _ => free.append(list),
         }
     }
+    let mut work = Work {
+        slots,
+        numbering: prev.numbering.next(&old_of)?,
+        counts,
+        owned,
+    };
     // Whose balance the patch enforces: inserted and reweighted members, and those
     // within one slot of their share before the change. A member already further from
     // it (a canonical weighted table has a few: Envoy's rounds) is not moved for that
@@ -165,7 +230,7 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
     let enforce: Vec<bool> = (0..n)
         .map(|j| {
             let i = old_of.get(j).copied().unwrap_or(EMPTY) as usize;
-            let (Some(&(_, w)), Some(&c)) = (old.get(i), state.counts.get(i)) else {
+            let (Some(&(_, w)), Some(&c)) = (old.get(i), old_counts.get(i)) else {
                 return true;
             };
             let (c, share) = (u128::from(c), m as u128 * u128::from(w));
@@ -173,92 +238,48 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
                 || ((c + 1) * old_total > share && (c == 0 || (c - 1) * old_total < share))
         })
         .collect();
-    // Members a whole slot or more above their share: they shed slots.
-    let sheds: Vec<bool> = counts
-        .iter()
-        .zip(&enforce)
-        .enumerate()
-        .map(|(j, (&c, &e))| e && c > 0 && !targets.below(j, c - 1))
-        .collect();
-    let any_shed = sheds.iter().any(|&s| s);
-    let mut free: Vec<u32> = Vec::new();
-    let mut shed: Vec<(u32, u32)> = Vec::new();
-    // One pass: copy, re-index, and collect the free and shedding slots.
-    let mut entries: Box<[AtomicU32]> = prev
-        .entries
-        .iter()
-        .zip(0u32..)
-        .map(|(e, slot)| {
-            let j = remap.get(e.index() as usize).copied().unwrap_or(EMPTY);
-            if j == EMPTY {
-                free.push(slot);
-            } else if any_shed && sheds.get(j as usize).copied().unwrap_or(false) {
-                shed.push((j, slot));
-            }
-            AtomicU32::new(j)
-        })
-        .collect();
-    drop(state);
 
-    // Shedding: keep the first ⌈share⌉ slots in the member's own permutation order.
-    if !shed.is_empty() {
-        // Each shedding member's offset and inverse skip: slot s is at position
-        // (s − offset) · skip⁻¹ mod M of its permutation.
-        let mut inverse = vec![(0u64, 0u64); n];
-        for (j, _) in sheds.iter().enumerate().filter(|&(_, &s)| s) {
-            let (offset, skip) = permutation(members.get(j)?.key, m64);
-            *inverse.get_mut(j)? = (offset, pow_mod(skip, m64 - 2, m64));
+    // Members a whole slot or more above their share shed slots: each keeps the first
+    // ⌈share⌉ of its slots in its own permutation order.
+    for j in 0..n {
+        let c = *work.counts.get(j)?;
+        if !(*enforce.get(j)? && c > 0 && !targets.below(j, c - 1)) {
+            continue;
         }
-        // Bucketed by member (each bucket as long as the member's count, which the
-        // entries match), then each member's highest ranks selected: O(shedding slots).
-        let mut start = vec![0usize; n + 1];
-        for (j, _) in sheds.iter().enumerate().filter(|&(_, &s)| s) {
-            *start.get_mut(j + 1)? = *counts.get(j)? as usize;
+        let keep = (targets.ceil(j) as usize).min(c as usize);
+        if keep >= c as usize {
+            continue;
         }
-        for j in 0..n {
-            *start.get_mut(j + 1)? += *start.get(j)?;
+        // Slot s is at position (s − offset) · skip⁻¹ mod M of the member's permutation.
+        let (offset, skip) = permutation(members.get(j)?.key, m64);
+        let inv = pow_mod(skip, m64 - 2, m64);
+        let mut ranked: Vec<(u64, u32)> = work
+            .owned
+            .get(j)?
+            .iter()
+            .map(|&slot| ((u64::from(slot) + m64 - offset) % m64 * inv % m64, slot))
+            .collect();
+        if keep >= ranked.len() {
+            continue;
         }
-        let mut fill = start.clone();
-        let mut ranked = vec![(0u64, 0u32); *start.get(n)?];
-        for &(j, slot) in &shed {
-            let (offset, inv) = *inverse.get(j as usize)?;
-            let at = fill.get_mut(j as usize)?;
-            *ranked.get_mut(*at)? = ((u64::from(slot) + m64 - offset) % m64 * inv % m64, slot);
-            *at += 1;
+        if keep > 0 {
+            ranked.select_nth_unstable(keep);
         }
-        if fill.get(..n) != start.get(1..) {
-            return None; // The counts kept do not match the entries.
-        }
-        for (j, _) in sheds.iter().enumerate().filter(|&(_, &s)| s) {
-            let bucket = ranked.get_mut(*start.get(j)?..*start.get(j + 1)?)?;
-            let keep = (targets.ceil(j) as usize).min(bucket.len());
-            if keep < bucket.len() {
-                if keep > 0 {
-                    bucket.select_nth_unstable(keep);
-                }
-                for &(_, slot) in bucket.get(keep..)? {
-                    *entries.get_mut(slot as usize)?.get_mut() = EMPTY;
-                    *counts.get_mut(j)? -= 1;
-                    free.push(slot);
-                }
-            }
+        for &(_, slot) in ranked.get(keep..)? {
+            work.assign(slot as usize, EMPTY)?;
+            free.push(slot);
         }
     }
 
     // Inserted and grown members walk their own permutation up to their share.
     for &j in &grows {
-        walk(&mut entries, &mut counts, &targets, members, j, true, |c| {
-            !targets.below(j, c)
-        })?;
+        walk(&mut work, &targets, members, j, true, |c| !targets.below(j, c))?;
     }
 
     // The free slots left go to members under their share: a whole slot short first.
-    free.retain(|&slot| {
-        entries
-            .get_mut(slot as usize)
-            .is_some_and(|e| *e.get_mut() == EMPTY)
-    });
+    free.retain(|&slot| work.owner(slot as usize) == EMPTY);
     free.sort_unstable();
+    free.dedup();
     for whole in [true, false] {
         let needs = |j: usize, c: u32| {
             if whole {
@@ -268,18 +289,16 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
             }
         };
         let mut needy: Vec<usize> = (0..n)
-            .filter(|&j| counts.get(j).is_some_and(|&c| needs(j, c)))
+            .filter(|&j| work.counts.get(j).is_some_and(|&c| needs(j, c)))
             .collect();
         while !needy.is_empty() {
             let Some(slot) = free.pop() else { break };
             let k = reduce(key_hash(u64::from(slot) ^ SEED_PATCH_FILL), needy.len());
             let j = *needy.get(k)?;
-            let c = counts.get_mut(j)?;
-            *c += 1;
-            if !needs(j, *c) {
+            work.assign(slot as usize, u32::try_from(j).ok()?)?;
+            if !needs(j, *work.counts.get(j)?) {
                 needy.swap_remove(k);
             }
-            *entries.get_mut(slot as usize)?.get_mut() = u32::try_from(j).ok()?;
         }
     }
     if !free.is_empty() {
@@ -287,58 +306,53 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
     }
     // Anyone still a whole slot short takes from members above their share.
     for j in 0..n {
-        if enforce.get(j) == Some(&true) && counts.get(j).is_some_and(|&c| targets.wants(j, c)) {
-            walk(
-                &mut entries,
-                &mut counts,
-                &targets,
-                members,
-                j,
-                false,
-                |c| !targets.wants(j, c),
-            )?;
+        if enforce.get(j) == Some(&true)
+            && work.counts.get(j).is_some_and(|&c| targets.wants(j, c))
+        {
+            walk(&mut work, &targets, members, j, false, |c| {
+                !targets.wants(j, c)
+            })?;
         }
     }
-    Some(Built { entries, counts })
+    Some(Built {
+        slots: work.slots.finish(),
+        numbering: work.numbering,
+        counts: work.counts,
+        owned: work.owned,
+    })
 }
 
 /// Member `j` walks its permutation, taking slots of members above their share (and
 /// free slots when `take_free`) until `done(count)`. `None` if the walk ends first.
 pub(super) fn walk(
-    entries: &mut [AtomicU32],
-    counts: &mut [u32],
+    work: &mut Work,
     targets: &Targets<'_>,
     members: &Set,
     j: usize,
     take_free: bool,
     done: impl Fn(u32) -> bool,
 ) -> Option<()> {
-    let m = entries.len() as u64;
+    let m = work.slots.len() as u64;
     let (mut slot, skip) = permutation(members.get(j)?.key, m);
     let index = u32::try_from(j).ok()?;
-    if done(*counts.get(j)?) {
+    if done(*work.counts.get(j)?) {
         return Some(());
     }
     // M is prime and 1 ≤ skip < M: the walk visits every slot once.
     for _ in 0..m {
-        let e = entries.get_mut(slot as usize)?.get_mut();
-        let owner = *e;
+        let owner = work.owner(slot as usize);
         let take = if owner == EMPTY {
             take_free
         } else {
             owner != index
-                && counts
+                && work
+                    .counts
                     .get(owner as usize)
                     .is_some_and(|&c| targets.above(owner as usize, c))
         };
         if take {
-            if let Some(c) = counts.get_mut(owner as usize) {
-                *c -= 1;
-            }
-            *e = index;
-            let c = counts.get_mut(j)?;
-            *c += 1;
-            if done(*c) {
+            work.assign(slot as usize, index)?;
+            if done(*work.counts.get(j)?) {
                 return Some(());
             }
         }

@@ -100,7 +100,19 @@ fn core(built: Built, members: &Set) -> Core {
 }
 
 fn snapshot_entries(core: &Core) -> Vec<u32> {
-    core.entries.iter().map(Entry::index).collect()
+    core.indices()
+}
+
+/// Lists each member's slots again in `core` (a patch takes them from the table it
+/// patches), so a test can patch the same table twice.
+fn relist(core: &Core) {
+    let mut state = core.lock();
+    state.owned = owned_lists(&core.slots, &core.numbering, state.counts.len());
+}
+
+/// A canonical table, patchable.
+fn built(members: &Set, m: u32) -> Built {
+    Built::canonical(build(members, m, &|| false).unwrap(), true)
 }
 
 /// SplitMix64: the tests' seeded randomness.
@@ -122,10 +134,15 @@ impl Rng {
 fn check_balanced(built: &Built, members: &Set, m: usize, within: Option<&[f64]>) {
     let total: u64 = members.iter().map(|b| u64::from(b.weight)).sum();
     let mut counts = vec![0u32; members.len()];
-    for e in built.entries.iter() {
-        counts[e.index() as usize] += 1;
+    let mut lists = vec![Vec::new(); members.len()];
+    for (slot, e) in built.indices().into_iter().enumerate() {
+        counts[e as usize] += 1;
+        lists[e as usize].push(slot as u32);
     }
     assert_eq!(counts, built.counts, "kept counts match the entries");
+    let mut owned = built.owned.clone();
+    owned.iter_mut().for_each(|l| l.sort_unstable());
+    assert_eq!(lists, owned, "kept slot lists match the entries");
     for (i, (b, &c)) in members.iter().zip(&counts).enumerate() {
         let b = &b;
         let target = m as f64 * f64::from(b.weight) / total as f64;
@@ -157,7 +174,7 @@ fn patches_stay_balanced_and_move_only_what_they_must() {
         let mut ids: Vec<(u32, u32)> = (0..n0).map(|i| (i, weight(&mut rng))).collect();
         let mut next_id = n0;
         let mut members = set(&ids);
-        let mut prev = core(build(&members, m, &|| false).unwrap(), &members);
+        let mut prev = core(built(&members, m), &members);
         for step in 0..30 {
             let old_ids = ids.clone();
             let changes = 1 + rng.below(ids.len() / 8);
@@ -195,7 +212,7 @@ fn patches_stay_balanced_and_move_only_what_they_must() {
                     .count();
             if changed * PATCH_MAX_CHANGED_PER > ids.len() {
                 assert!(patched.is_none(), "seed {seed} step {step}: too large");
-                prev = core(build(&next, m, &|| false).unwrap(), &next);
+                prev = core(built(&next, m), &next);
                 members = next;
                 continue;
             }
@@ -224,11 +241,9 @@ fn patches_stay_balanced_and_move_only_what_they_must() {
                 .collect();
             check_balanced(&built, &next, m as usize, Some(&within));
             // Same inputs, same patch.
+            relist(&prev);
             let again = patch(&prev, &next, m).unwrap();
-            assert_eq!(
-                again.entries.iter().map(Entry::index).collect::<Vec<_>>(),
-                built.entries.iter().map(Entry::index).collect::<Vec<_>>()
-            );
+            assert_eq!(again.indices(), built.indices());
             let now: std::collections::HashMap<u32, u32> = ids.iter().copied().collect();
             // Whether a slot of old member `i` may move: it was removed, reweighted,
             // or owned more than its new share, M · w / W (a donor).
@@ -242,9 +257,10 @@ fn patches_stay_balanced_and_move_only_what_they_must() {
                 })
                 .collect();
             let mut moved = 0usize;
-            for (slot, e) in built.entries.iter().enumerate() {
-                let i = prev.entries[slot].index() as usize;
-                if old_ids[i].0 == ids[e.index() as usize].0 {
+            let before = prev.indices();
+            for (slot, e) in built.indices().into_iter().enumerate() {
+                let i = before[slot] as usize;
+                if old_ids[i].0 == ids[e as usize].0 {
                     continue;
                 }
                 moved += 1;
@@ -281,11 +297,10 @@ fn a_ramp_moves_only_the_ramping_members_slots() {
     let m = 65_537;
     let mut ids: Vec<(u32, u32)> = (0..200).map(|i| (i, 4)).collect();
     let full = set(&ids);
-    let mut prev = core(build(&full, m, &|| false).unwrap(), &full);
+    let mut prev = core(built(&full, m), &full);
     let owned = |core: &Core| -> Vec<usize> {
-        (0..m as usize)
-            .filter(|&s| core.entries[s].index() == 7)
-            .collect()
+        let indices = core.indices();
+        (0..m as usize).filter(|&s| indices[s] == 7).collect()
     };
     let mut weight = 4;
     for w in [3, 2, 1, 0, 1, 2, 3, 4] {
@@ -300,9 +315,8 @@ fn a_ramp_moves_only_the_ramping_members_slots() {
         } else {
             assert!(before.iter().all(|s| after.contains(s)), "up to {w}");
         }
-        let moved = (0..m as usize)
-            .filter(|&s| prev.entries[s].index() != next.entries[s].index())
-            .count();
+        let (a, b) = (prev.indices(), next.indices());
+        let moved = (0..m as usize).filter(|&s| a[s] != b[s]).count();
         let change = before.len().abs_diff(after.len());
         // The ramping member's own change, plus the others' one-slot adjustments
         // to their shares.
@@ -318,7 +332,7 @@ fn large_changes_are_built() {
     let m = 1009;
     let ids: Vec<(u32, u32)> = (0..40).map(|i| (i, 1)).collect();
     let first = set(&ids);
-    let prev = core(build(&first, m, &|| false).unwrap(), &first);
+    let prev = core(built(&first, m), &first);
     assert!(
         patch(&prev, &set(&ids[..34]), m).is_none(),
         "6 of 34 removed"
