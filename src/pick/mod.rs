@@ -174,7 +174,10 @@ pub trait Picker<A>: Send + Sync {
     type Table: Send + Sync;
 
     /// Builds the table for `snapshot` (the change path). `previous` is the table of the
-    /// snapshot this one replaces, for pickers that can reuse part of it.
+    /// snapshot this one replaces, for pickers that can reuse part of it: a member with
+    /// the same [`BackendId`](crate::BackendId) in both is taken to have the same
+    /// address, as in a [`Pool`](crate::Pool), which never reuses an id nor changes a
+    /// member's address (pass `None` after an unrelated snapshot).
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table;
 
     /// Picks one eligible member, by its index in [`Snapshot::backends`]; `None` when

@@ -69,11 +69,10 @@
 //! NSDI 2016; weights as in Envoy's `MaglevTable`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -81,6 +80,7 @@ use super::{
     Accept, BackendKey, Fingerprint, HashPicker, Lookup, SEED_IDENTITY, SEED_MAGLEV_OFFSET,
     SEED_MAGLEV_SKIP, WithFallback, key_hash, pick_by_preference, probe_then_scan, reduce,
 };
+use crate::backend::BackendId;
 use crate::error::ConfigError;
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
@@ -294,7 +294,8 @@ struct Core {
     slots: Slots,
     /// Which member holds which number.
     numbering: Numbering,
-    fingerprint: Fingerprint,
+    /// The members: keys, key hashes (the fingerprint), weights and ids.
+    members: Arc<Set>,
     /// Held while the entries are written by the background build or copied by a patch,
     /// so a patch never starts from a half-written table and the counts match.
     state: Mutex<State>,
@@ -302,8 +303,8 @@ struct Core {
     settled: Condvar,
     /// Shared by a table and every table prepared from it: each new table bumps it,
     /// which stops the background build of the tables before it.
-    lineage: Arc<AtomicU64>,
-    /// This table's value of `lineage`.
+    lineage: Arc<Lineage>,
+    /// This table's value of `lineage`'s generation.
     generation: u64,
 }
 
@@ -336,15 +337,15 @@ impl Core {
 
     fn new(
         built: Built,
-        fingerprint: Fingerprint,
+        members: Arc<Set>,
         status: Status,
-        lineage: Arc<AtomicU64>,
+        lineage: Arc<Lineage>,
         generation: u64,
     ) -> Self {
         Core {
             slots: built.slots,
             numbering: built.numbering,
-            fingerprint,
+            members,
             state: Mutex::new(State {
                 counts: built.counts,
                 owned: built.owned,
@@ -424,7 +425,7 @@ impl fmt::Debug for MaglevTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MaglevTable")
             .field("size", &self.core.slots.len())
-            .field("members", &self.core.fingerprint.len())
+            .field("members", &self.core.members.len())
             .finish()
     }
 }
@@ -440,10 +441,9 @@ fn is_prime(n: u32) -> bool {
 impl<F> Maglev<F> {
     /// The table of `members` for `snapshot`, built or patched from `previous`.
     fn table(&self, members: Set, size: u32, previous: Option<&Arc<Core>>) -> Arc<Core> {
-        let fingerprint = members.fingerprint.clone();
         if let Some(prev) = previous {
             // Only eligibility changed: the same table.
-            if prev.fingerprint == fingerprint
+            if prev.members.fingerprint == members.fingerprint
                 && (prev.slots.len() == size as usize || prev.slots.len() == 0)
             {
                 return Arc::clone(prev);
@@ -451,34 +451,31 @@ impl<F> Maglev<F> {
         }
         let lineage = previous.map_or_else(Arc::default, |p| Arc::clone(&p.lineage));
         // Stops the previous table's background build. Bumped before a patch locks the
-        // previous table, so a build that takes the lock after the patch sees it.
-        let generation = lineage.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        if let Some(prev) = previous {
-            // Wakes its background build if it waits for the changes to pause. Taking
-            // the lock first, a build about to wait either sees the bump or is waiting.
-            drop(prev.lock());
-            prev.settled.notify_all();
-        }
+        // previous table, so a build that takes the lock after the patch sees it. (A
+        // build still waiting for the changes to pause is not woken: it sees the bump
+        // when its wait ends, which spares each change a wake-up.)
+        let generation = lineage.bump();
         let patchable = self.incremental && size > DEFAULT_TABLE_SIZE;
         let patched = patchable
             .then(|| previous.and_then(|prev| patch(prev, &members, size)))
             .flatten();
+        let members = Arc::new(members);
         if let Some(built) = patched {
             let core = Arc::new(Core::new(
                 built,
-                fingerprint,
+                members,
                 Status::Pending,
-                lineage,
+                Arc::clone(&lineage),
                 generation,
             ));
-            spawn_canonical(Arc::clone(&core), members, size);
+            lineage.canonicalize(&core, size);
             return core;
         }
         let flat = build(&members, size, &|| false).unwrap_or_else(|| Flat::empty(members.len()));
         let built = Built::canonical(flat, patchable);
         Arc::new(Core::new(
             built,
-            fingerprint,
+            members,
             Status::Canonical,
             lineage,
             generation,
@@ -496,7 +493,9 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         // Every member, eligible or not: a health change never resizes (nor rebuilds).
         let size = self.table_size_for(snapshot.len());
-        let core = self.table(Set::of(snapshot), size, previous.map(|p| &p.table.core));
+        let prev_core = previous.map(|p| &p.table.core);
+        let set = Set::of(snapshot, prev_core.map(|core| &*core.members));
+        let core = self.table(set, size, prev_core);
         WithFallback::prepare(MaglevTable { core }, &self.fallback, snapshot, previous)
     }
 

@@ -6,59 +6,44 @@ use super::*;
 /// (inserted, removed or reweighted); a larger change is built from scratch.
 pub(super) const PATCH_MAX_CHANGED_PER: usize = 8;
 
-/// Each member's share of the M slots, M · wᵢ / W, compared exactly (in u128).
+/// Each member's share of the M slots, M · wᵢ / W, compared exactly — in u64: a patch
+/// applies only where M · W fits (W < 3.6 · 10¹² at the largest M).
 pub(super) struct Targets<'a> {
-    pub(super) m: u128,
-    pub(super) total: u128,
-    pub(super) members: &'a Set,
+    pub(super) m: u64,
+    pub(super) total: u64,
+    pub(super) weights: &'a [(u64, u32)],
 }
 
 impl Targets<'_> {
-    /// M · wᵢ and W, for `c` compared with M · wᵢ / W as c · W against M · wᵢ.
-    pub(super) fn share(&self, j: usize) -> u128 {
-        self.members
+    /// M · wᵢ, for `c` compared with M · wᵢ / W as c · W against M · wᵢ.
+    #[inline]
+    pub(super) fn share(&self, j: usize) -> u64 {
+        self.weights
             .get(j)
-            .map_or(0, |b| self.m * u128::from(b.weight))
+            .map_or(0, |&(_, w)| self.m * u64::from(w))
     }
 
     /// c < target.
+    #[inline]
     pub(super) fn below(&self, j: usize, c: u32) -> bool {
-        u128::from(c) * self.total < self.share(j)
+        u64::from(c) * self.total < self.share(j)
     }
 
     /// c + 1 ≤ target: one more slot keeps it at or under its share.
+    #[inline]
     pub(super) fn wants(&self, j: usize, c: u32) -> bool {
-        (u128::from(c) + 1) * self.total <= self.share(j)
+        (u64::from(c) + 1) * self.total <= self.share(j)
     }
 
     /// c > target: it may give a slot and stay within one of its share.
+    #[inline]
     pub(super) fn above(&self, j: usize, c: u32) -> bool {
-        u128::from(c) * self.total > self.share(j)
+        u64::from(c) * self.total > self.share(j)
     }
 
     /// ⌈target⌉: the most slots within one of its share.
     pub(super) fn ceil(&self, j: usize) -> u32 {
         u32::try_from(self.share(j).div_ceil(self.total.max(1))).unwrap_or(u32::MAX)
-    }
-}
-
-/// Maps a 64-bit key hash to itself: the fingerprint's hashes are already mixed.
-#[derive(Default)]
-pub(super) struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
@@ -135,51 +120,52 @@ impl Work {
 pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
     let m = size as usize;
     let n = members.len();
-    let old = prev.fingerprint.entries();
+    let old = prev.members.fingerprint.entries();
     if prev.slots.len() != m || m < 3 || u32::try_from(n).is_err() {
         return None;
     }
-    let total: u128 = members.iter().map(|b| u128::from(b.weight)).sum();
-    if total == 0 {
+    let weights = members.fingerprint.entries();
+    let sum = |w: &[(u64, u32)]| w.iter().map(|&(_, w)| u64::from(w)).try_fold(0u64, u64::checked_add);
+    let (total, old_total) = (sum(weights)?, sum(old)?);
+    let m64 = m as u64;
+    // Shares compared in u64 (see `Targets`); past that, build.
+    if total == 0 || total.max(old_total).checked_mul(m64 + 1).is_none() {
         return None;
-    }
-    let mut old_index: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>> =
-        HashMap::with_capacity_and_hasher(old.len(), BuildHasherDefault::default());
-    for (i, &(hash, _)) in old.iter().enumerate() {
-        if old_index.insert(hash, u32::try_from(i).ok()?).is_some() {
-            return None; // Two members with one key hash: identity is ambiguous.
-        }
     }
     // Old index → new index (EMPTY: removed), new → old (EMPTY: inserted), and the
     // members that must walk their own permutation to reach their share (inserted or
-    // weight increased).
+    // weight increased). A member is the same when its id and key are: both sets are in
+    // id order, so one merge matches them.
+    let (old_ids, ids) = (&prev.members.ids, &members.ids);
+    if ids.len() != n || old_ids.len() != old.len() {
+        return None;
+    }
     let mut remap = vec![EMPTY; old.len()];
     let mut old_of = vec![EMPTY; n];
     let mut grows = Vec::new();
     let mut changed = 0usize;
-    for (j, b) in members.iter().enumerate() {
-        if b.index as usize != j || j >= n {
-            return None;
+    let mut i = 0usize;
+    for (j, (&id, &(hash, weight))) in ids.iter().zip(weights).enumerate() {
+        while old_ids.get(i).is_some_and(|&o| o < id) {
+            i += 1;
         }
-        match old_index.get(&b.hash) {
-            Some(&i) => {
-                let (slot, &(_, weight)) = remap.get_mut(i as usize).zip(old.get(i as usize))?;
-                if *slot != EMPTY {
-                    return None;
-                }
-                *slot = b.index;
-                *old_of.get_mut(j)? = i;
-                if weight != b.weight {
-                    changed += 1;
-                    if b.weight > weight {
-                        grows.push(j);
-                    }
-                }
-            }
-            None => {
+        // (The key hash stands for the key: a 64-bit collision under one id is not
+        // a case.)
+        let same = old_ids.get(i) == Some(&id) && old.get(i).map(|&(h, _)| h) == Some(hash);
+        if same {
+            let (slot, &(_, was)) = remap.get_mut(i).zip(old.get(i))?;
+            *slot = u32::try_from(j).ok()?;
+            *old_of.get_mut(j)? = u32::try_from(i).ok()?;
+            if was != weight {
                 changed += 1;
-                grows.push(j);
+                if weight > was {
+                    grows.push(j);
+                }
             }
+            i += 1;
+        } else {
+            changed += 1;
+            grows.push(j);
         }
     }
     changed += remap.iter().filter(|&&j| j == EMPTY).count();
@@ -187,12 +173,10 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
         return None;
     }
     let targets = Targets {
-        m: m as u128,
+        m: m64,
         total,
-        members,
+        weights,
     };
-    let old_total: u128 = old.iter().map(|&(_, w)| u128::from(w)).sum();
-    let m64 = m as u64;
 
     let mut state = prev.lock();
     if state.counts.len() != old.len() || state.owned.len() != old.len() {
@@ -233,8 +217,8 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
             let (Some(&(_, w)), Some(&c)) = (old.get(i), old_counts.get(i)) else {
                 return true;
             };
-            let (c, share) = (u128::from(c), m as u128 * u128::from(w));
-            w != members.get(j).map_or(0, |b| b.weight)
+            let (c, share) = (u64::from(c), m64 * u64::from(w));
+            w != weights.get(j).map_or(0, |&(_, w)| w)
                 || ((c + 1) * old_total > share && (c == 0 || (c - 1) * old_total < share))
         })
         .collect();

@@ -5,10 +5,15 @@
 
 use super::*;
 
-/// Slots per chunk: 2¹² (16 KiB). A removal at 50 000 backends (M = 5 000 011, ≈ 100
-/// slots each, in ≈ 100 of the 1 221 chunks) copies ≈ 1.6 MiB instead of 19 MiB.
-const CHUNK_BITS: u32 = 12;
-const CHUNK: usize = 1 << CHUNK_BITS;
+/// log₂ of the slots per chunk for a table of `len` slots: about √(M / 3), between 2⁶
+/// and 2¹². A change moves about 2M/N slots (M/N ≈ 100–200, see [`TABLE_SIZES`]) in as
+/// many chunks, and copies those chunks plus the array of M / chunk pointers: chunks of
+/// ≈ √(M/3) slots balance the two. At 50 000 backends (M = 5 000 011) a removal copies
+/// ≈ 100 chunks of 1 024 slots (400 KiB) and 4 883 pointers, instead of 19 MiB.
+fn chunk_bits(len: usize) -> u32 {
+    let root = ((len / 3).max(1) as f64).sqrt();
+    (root.log2().round() as u32).clamp(6, 12)
+}
 
 /// The M slots of a table, in chunks shared between the tables of consecutive changes
 /// until one of them writes a chunk. Entries are `AtomicU32`s read `Relaxed` so the
@@ -16,17 +21,21 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 /// docs): a plain load on x86 and ARM.
 pub(super) struct Slots {
     chunks: Box<[Arc<[AtomicU32]>]>,
+    /// log₂ of the slots per chunk.
+    bits: u32,
     len: usize,
 }
 
 impl Slots {
     /// The slots holding `entries`.
     pub(super) fn of(entries: &[u32]) -> Self {
+        let bits = chunk_bits(entries.len());
         Slots {
             chunks: entries
-                .chunks(CHUNK)
+                .chunks(1 << bits)
                 .map(|c| c.iter().map(|&e| AtomicU32::new(e)).collect())
                 .collect(),
+            bits,
             len: entries.len(),
         }
     }
@@ -34,8 +43,8 @@ impl Slots {
     /// The number held by `slot`.
     #[inline]
     pub(super) fn get(&self, slot: usize) -> Option<u32> {
-        let chunk = self.chunks.get(slot >> CHUNK_BITS)?;
-        Some(chunk.get(slot & (CHUNK - 1))?.load(Ordering::Relaxed))
+        let chunk = self.chunks.get(slot >> self.bits)?;
+        Some(chunk.get(slot & ((1 << self.bits) - 1))?.load(Ordering::Relaxed))
     }
 
     /// Writes `number` into `slot` in place, in every table sharing its chunk (the
@@ -43,8 +52,8 @@ impl Slots {
     pub(super) fn store(&self, slot: usize, number: u32) {
         let at = self
             .chunks
-            .get(slot >> CHUNK_BITS)
-            .and_then(|chunk| chunk.get(slot & (CHUNK - 1)));
+            .get(slot >> self.bits)
+            .and_then(|chunk| chunk.get(slot & ((1 << self.bits) - 1)));
         if let Some(e) = at {
             e.store(number, Ordering::Relaxed);
         }
@@ -68,6 +77,7 @@ pub(super) struct SlotsMut {
     chunks: Vec<Arc<[AtomicU32]>>,
     /// Which chunks are this patch's own copies.
     own: Vec<bool>,
+    bits: u32,
     len: usize,
 }
 
@@ -77,19 +87,20 @@ impl SlotsMut {
         SlotsMut {
             chunks: slots.chunks.to_vec(),
             own: vec![false; slots.chunks.len()],
+            bits: slots.bits,
             len: slots.len,
         }
     }
 
     #[inline]
     pub(super) fn get(&self, slot: usize) -> Option<u32> {
-        let chunk = self.chunks.get(slot >> CHUNK_BITS)?;
-        Some(chunk.get(slot & (CHUNK - 1))?.load(Ordering::Relaxed))
+        let chunk = self.chunks.get(slot >> self.bits)?;
+        Some(chunk.get(slot & ((1 << self.bits) - 1))?.load(Ordering::Relaxed))
     }
 
     /// Writes `number` into `slot`, copying its chunk first if it is still shared.
     pub(super) fn set(&mut self, slot: usize, number: u32) -> Option<()> {
-        let k = slot >> CHUNK_BITS;
+        let k = slot >> self.bits;
         let (chunk, own) = self.chunks.get_mut(k).zip(self.own.get_mut(k))?;
         if !*own {
             *chunk = chunk
@@ -98,7 +109,7 @@ impl SlotsMut {
                 .collect();
             *own = true;
         }
-        *Arc::get_mut(chunk)?.get_mut(slot & (CHUNK - 1))?.get_mut() = number;
+        *Arc::get_mut(chunk)?.get_mut(slot & ((1 << self.bits) - 1))?.get_mut() = number;
         Some(())
     }
 
@@ -109,6 +120,7 @@ impl SlotsMut {
     pub(super) fn finish(self) -> Slots {
         Slots {
             chunks: self.chunks.into_boxed_slice(),
+            bits: self.bits,
             len: self.len,
         }
     }

@@ -86,13 +86,23 @@ fn set(ids: &[(u32, u32)]) -> Set {
         bytes,
         ends,
         fingerprint: Fingerprint(pairs.into_boxed_slice()),
+        ids: ids
+            .iter()
+            .map(|&(id, _)| BackendId::new(u64::from(id)))
+            .collect(),
     }
 }
 
 fn core(built: Built, members: &Set) -> Core {
+    let members = Set {
+        bytes: members.bytes.clone(),
+        ends: members.ends.clone(),
+        fingerprint: members.fingerprint.clone(),
+        ids: members.ids.clone(),
+    };
     Core::new(
         built,
-        members.fingerprint.clone(),
+        Arc::new(members),
         Status::Canonical,
         Arc::default(),
         0,
