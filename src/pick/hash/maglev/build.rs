@@ -127,7 +127,7 @@ impl Built {
     /// slots listed when `patchable`.
     pub(super) fn canonical(flat: Flat, patchable: bool) -> Self {
         let numbering = Numbering::identity(flat.counts.len());
-        let slots = Slots::of(&flat.entries);
+        let slots = Slots::of(&flat.entries, patchable);
         let owned = if patchable {
             owned_lists(&slots, &numbering, flat.counts.len())
         } else {

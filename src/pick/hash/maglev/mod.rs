@@ -43,27 +43,41 @@
 //! share. A slow-start ramp down keeps a subset of the backend's slots, and back up only
 //! adds to them.
 //!
+//! **How a patch stays small**: a slot holds its owner's *number*, which stays with a
+//! member from change to change (a per-table array maps numbers to snapshot indices), so
+//! a removal does not renumber the slots of the members after it; the slots are stored
+//! in copy-on-write chunks of about √(M/3) slots shared with the previous table, so a
+//! patch copies only the chunks it writes; and each member's slots are listed, so a
+//! removed or shedding member's slots are found without a scan of the table.
+//!
 //! A patched table depends on the order of past changes, so the *canonical* table —
 //! identical to a from-scratch build, hence on every instance with the same set — is
 //! built on a background thread once changes pause for 100 ms, and written into the live
-//! table in place (entries are `AtomicU32`s read `Relaxed`, a plain load; any mix of old
-//! and new entries indexes the same snapshot, so a pick racing the write is valid): it
-//! replaces the patch within 100 ms plus one build time (about 1 s at 50 000 backends)
-//! once changes pause, and a newer change stops an older build. Until then two instances
-//! that learnt the same set through different changes may place a few keys differently.
+//! table in place (entries are `AtomicU32`s read `Relaxed`, a plain load; every value
+//! ever stored names a member of the snapshot through that table's numbers, so a pick
+//! racing the write is valid; a pick on an older snapshot whose chunk is shared may see
+//! the newer owner, another of its members): it replaces the patch within 100 ms plus
+//! one build time (about 1 s at 50 000 backends) once changes pause, and a newer change
+//! stops an older build. One thread serves the tables prepared one from another (a
+//! pool's), started by the first patch and ended after 2 s without one; a table nothing
+//! holds any more is not built. Until then two instances that learnt the same set
+//! through different changes may place a few keys differently.
 //! [`MaglevTable::is_canonical`] and [`MaglevTable::wait_canonical`] tell and wait;
 //! [`Maglev::with_incremental`]`(false)` builds every change synchronously from scratch,
 //! as tables of 65 537 slots and changes of more than one member in eight always are.
 //!
-//! **Cost**: lookup O(1) — a hash mix, a multiply-shift and one read of a 4-byte entry:
-//! 6–7 ns at N = 8, 64 and 1024 including the key hash; memory 4 B × M: 256 KiB up to 655
-//! backends, then 400–800 B per backend (4 MiB at 10 000, 19 MiB at 50 000), twice that
-//! while a background build runs. A build is O(M log N) (O(M) plus the probe walks with
-//! equal weights): 6 ms at M = 65 537, 1 s at 5 000 011. A patch is O(M + N) — one pass
-//! copying and re-indexing the table, plus the moved slots: ≈ 11 ms of a change's cost at
-//! 50 000 backends (M = 5 000 011), so one `insert` or `remove` on a `Pool` of 50 000
-//! costs 1.3–1.8× `RoundRobin`'s change (19–55× before patching); the canonical build's
-//! CPU time is spent off the change path, on its own thread. See the README's "Scale".
+//! **Cost**: lookup O(1) — a hash mix, a multiply-shift and the read of a 4-byte entry
+//! (past 65 537 slots, through its chunk, and for a patched table through the numbers):
+//! 7–10 ns at N = 8, 64 and 1024 including the key hash. Memory 4 B × M: 256 KiB up to
+//! 655 backends; past that, when patching, the slot lists double it: 800–1 600 B per
+//! backend (8 MiB at 10 000, 38 MiB at 50 000), plus a build's worth while a background
+//! build runs. A build is O(M log N) (O(M) plus the probe walks with equal weights):
+//! 6 ms at M = 65 537, 1 s at 5 000 011. A patch is O(N) bookkeeping (a merge of the
+//! old and new members by id; survivors' keys and hashes are copied, not read and hashed
+//! again) plus the chunks it writes: one `insert` or `remove` on a `Pool` of 50 000
+//! costs 1.4–2.2× `RoundRobin`'s change (5.6× with a patch that copied the table; 19–55×
+//! before patching); the canonical build's CPU time is spent off the change path, on its
+//! own thread. See the README's "Scale".
 //!
 //! Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load Balancer",
 //! NSDI 2016; weights as in Envoy's `MaglevTable`.
@@ -244,7 +258,9 @@ impl<F> Maglev<F> {
     /// [`MAX_TABLE_SIZE`] (from 50 000 backends on).
     ///
     /// Memory is 4 bytes per slot: 256 KiB up to 655 backends, then 400–800 B per
-    /// backend (4 MiB at 10 000, 19 MiB at 50 000). The sizes are a fixed ladder,
+    /// backend (4 MiB at 10 000, 19 MiB at 50 000), twice that with
+    /// [`with_incremental`](Self::with_incremental) (the default), whose patches need
+    /// each member's slots listed. The sizes are a fixed ladder,
     /// doubling, rather than the next prime after 100 · N: M changes only when the set
     /// crosses a step (655, 1 310, 2 621, 5 242, 10 485, 20 971, 41 943 backends), and a
     /// change of M moves most keys, as any new table size does — set a size to rule it
@@ -360,7 +376,13 @@ impl Core {
     /// The index of the member owning `slot`.
     #[inline]
     fn index_at(&self, slot: usize) -> Option<u32> {
-        self.numbering.index(self.slots.get(slot)?)
+        let number = self.slots.get(slot)?;
+        if self.numbering.identity {
+            // A table built from scratch: numbers are indices (no second load).
+            Some(number).filter(|&n| (n as usize) < self.members.len())
+        } else {
+            self.numbering.index(number)
+        }
     }
 
     /// Each slot's member index.

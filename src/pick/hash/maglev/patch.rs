@@ -125,7 +125,11 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
         return None;
     }
     let weights = members.fingerprint.entries();
-    let sum = |w: &[(u64, u32)]| w.iter().map(|&(_, w)| u64::from(w)).try_fold(0u64, u64::checked_add);
+    let sum = |w: &[(u64, u32)]| {
+        w.iter()
+            .map(|&(_, w)| u64::from(w))
+            .try_fold(0u64, u64::checked_add)
+    };
     let (total, old_total) = (sum(weights)?, sum(old)?);
     let m64 = m as u64;
     // Shares compared in u64 (see `Targets`); past that, build.
@@ -257,7 +261,9 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
 
     // Inserted and grown members walk their own permutation up to their share.
     for &j in &grows {
-        walk(&mut work, &targets, members, j, true, |c| !targets.below(j, c))?;
+        walk(&mut work, &targets, members, j, true, |c| {
+            !targets.below(j, c)
+        })?;
     }
 
     // The free slots left go to members under their share: a whole slot short first.
@@ -290,8 +296,7 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
     }
     // Anyone still a whole slot short takes from members above their share.
     for j in 0..n {
-        if enforce.get(j) == Some(&true)
-            && work.counts.get(j).is_some_and(|&c| targets.wants(j, c))
+        if enforce.get(j) == Some(&true) && work.counts.get(j).is_some_and(|&c| targets.wants(j, c))
         {
             walk(&mut work, &targets, members, j, false, |c| {
                 !targets.wants(j, c)

@@ -15,6 +15,12 @@ fn chunk_bits(len: usize) -> u32 {
     (root.log2().round() as u32).clamp(6, 12)
 }
 
+/// The offset within its chunk of a slot, for chunks of 2^`bits` slots.
+#[inline]
+fn mask(bits: u32) -> usize {
+    1usize.checked_shl(bits).map_or(usize::MAX, |c| c - 1)
+}
+
 /// The M slots of a table, in chunks shared between the tables of consecutive changes
 /// until one of them writes a chunk. Entries are `AtomicU32`s read `Relaxed` so the
 /// background build can write the canonical table into a live one (see the module
@@ -27,9 +33,13 @@ pub(super) struct Slots {
 }
 
 impl Slots {
-    /// The slots holding `entries`.
-    pub(super) fn of(entries: &[u32]) -> Self {
-        let bits = chunk_bits(entries.len());
+    /// The slots holding `entries`: in chunks if `patchable`, else in one.
+    pub(super) fn of(entries: &[u32], patchable: bool) -> Self {
+        let bits = if patchable {
+            chunk_bits(entries.len())
+        } else {
+            usize::BITS - entries.len().leading_zeros()
+        };
         Slots {
             chunks: entries
                 .chunks(1 << bits)
@@ -44,7 +54,7 @@ impl Slots {
     #[inline]
     pub(super) fn get(&self, slot: usize) -> Option<u32> {
         let chunk = self.chunks.get(slot >> self.bits)?;
-        Some(chunk.get(slot & ((1 << self.bits) - 1))?.load(Ordering::Relaxed))
+        Some(chunk.get(slot & mask(self.bits))?.load(Ordering::Relaxed))
     }
 
     /// Writes `number` into `slot` in place, in every table sharing its chunk (the
@@ -53,7 +63,7 @@ impl Slots {
         let at = self
             .chunks
             .get(slot >> self.bits)
-            .and_then(|chunk| chunk.get(slot & ((1 << self.bits) - 1)));
+            .and_then(|chunk| chunk.get(slot & mask(self.bits)));
         if let Some(e) = at {
             e.store(number, Ordering::Relaxed);
         }
@@ -95,7 +105,7 @@ impl SlotsMut {
     #[inline]
     pub(super) fn get(&self, slot: usize) -> Option<u32> {
         let chunk = self.chunks.get(slot >> self.bits)?;
-        Some(chunk.get(slot & ((1 << self.bits) - 1))?.load(Ordering::Relaxed))
+        Some(chunk.get(slot & mask(self.bits))?.load(Ordering::Relaxed))
     }
 
     /// Writes `number` into `slot`, copying its chunk first if it is still shared.
@@ -109,7 +119,9 @@ impl SlotsMut {
                 .collect();
             *own = true;
         }
-        *Arc::get_mut(chunk)?.get_mut(slot & ((1 << self.bits) - 1))?.get_mut() = number;
+        *Arc::get_mut(chunk)?
+            .get_mut(slot & mask(self.bits))?
+            .get_mut() = number;
         Some(())
     }
 
@@ -135,6 +147,8 @@ pub(super) struct Numbering {
     pub(super) index_of: Box<[u32]>,
     /// Numbers no member holds, below `index_of.len()`.
     pub(super) free: Box<[u32]>,
+    /// Whether member `j` holds number `j`, each (a table built from scratch).
+    pub(super) identity: bool,
 }
 
 impl Numbering {
@@ -147,6 +161,7 @@ impl Numbering {
             number_of: numbers.clone(),
             index_of: numbers,
             free: Box::new([]),
+            identity: true,
         }
     }
 
@@ -185,6 +200,7 @@ impl Numbering {
             number_of,
             index_of: index_of.into_boxed_slice(),
             free: free.into_boxed_slice(),
+            identity: false,
         })
     }
 
