@@ -55,8 +55,9 @@
 //! built on a background thread once changes pause for 100 ms, and written into the live
 //! table in place (entries are `AtomicU32`s read `Relaxed`, a plain load; every value
 //! ever stored names a member of the snapshot through that table's numbers, so a pick
-//! racing the write is valid; a pick on an older snapshot whose chunk is shared may see
-//! the newer owner, another of its members): it replaces the patch within 100 ms plus
+//! racing the write is valid; a pick on an older snapshot whose chunk is shared may read
+//! a newer number, which names another of that snapshot's members or none — then the
+//! next probe): it replaces the patch within 100 ms plus
 //! one build time (about 1 s at 50 000 backends) once changes pause, and a newer change
 //! stops an older build. One thread serves the tables prepared one from another (a
 //! pool's), started by the first patch and ended after 2 s without one; a table nothing
