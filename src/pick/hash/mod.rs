@@ -68,6 +68,7 @@ pub mod maglev;
 pub mod rendezvous;
 pub mod ring;
 mod ring_build;
+mod ring_pages;
 
 pub use backend_key::BackendKey;
 

@@ -148,36 +148,39 @@ pub struct RingTable {
 impl RingTable {
     /// How many points the ring holds.
     pub fn len(&self) -> usize {
-        self.core.points.len()
+        self.core.circle.len()
     }
 
     /// Whether the ring has no points (no member with a positive weight).
     pub fn is_empty(&self) -> bool {
-        self.core.points.is_empty()
+        self.core.circle.len() == 0
     }
 
     /// The points in clockwise order: `(position, owner's index in the snapshot)`.
     pub fn points(&self) -> impl ExactSizeIterator<Item = (u64, usize)> + '_ {
-        self.core.points.iter().map(|p| (p.hash, p.owner as usize))
+        self.core
+            .circle
+            .walk((0, 0))
+            .map(|p| (p.hash, self.index_of(p.owner)))
     }
 
     /// The exact fraction of the key space each member owns, by snapshot index,
     /// ignoring eligibility (a point owns the arc from its predecessor to itself).
     pub fn shares(&self) -> Vec<f64> {
         let mut shares = vec![0.0; self.core.fingerprint.len()];
-        let points = &self.core.points;
-        let mut previous = points.last().map_or(0, |p| p.hash);
-        for p in points.iter() {
-            let arc = p.hash.wrapping_sub(previous);
-            if let Some(s) = shares.get_mut(p.owner as usize) {
+        let len = self.len();
+        let mut previous = self.points().last().map_or(0, |(h, _)| h);
+        for (hash, owner) in self.points() {
+            let arc = hash.wrapping_sub(previous);
+            if let Some(s) = shares.get_mut(owner) {
                 // A single point owns the whole circle (arc 0 after wrapping).
-                *s += if points.len() == 1 {
+                *s += if len == 1 {
                     1.0
                 } else {
                     arc as f64 / 2f64.powi(64)
                 };
             }
-            previous = p.hash;
+            previous = hash;
         }
         shares
     }
@@ -188,31 +191,20 @@ impl RingTable {
         Arc::ptr_eq(&self.core, &other.core)
     }
 
-    /// The position of the first point at or after `h`, clockwise (`0` past the end).
+    /// The snapshot index of the member in stable slot `slot`.
     #[inline]
-    fn successor(&self, h: u64) -> usize {
-        let core = &*self.core;
-        let bucket = (h >> core.shift) as usize;
-        let (mut i, end) = match (core.directory.get(bucket), core.directory.get(bucket + 1)) {
-            (Some(&lo), Some(&hi)) => (lo as usize, hi as usize),
-            _ => return 0,
-        };
-        // Points in this bucket are below the next bucket's start, so the first one at
-        // or after `h` is here or is the next bucket's first.
-        while i < end {
-            match core.points.get(i) {
-                Some(p) if p.hash < h => i += 1,
-                _ => break,
-            }
-        }
-        if i >= core.points.len() { 0 } else { i }
+    fn index_of(&self, slot: u32) -> usize {
+        self.core
+            .index_of
+            .get(slot as usize)
+            .map_or(usize::MAX, |&i| i as usize)
     }
 }
 
 impl fmt::Debug for RingTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RingTable")
-            .field("points", &self.core.points.len())
+            .field("points", &self.len())
             .field("members", &self.core.fingerprint.len())
             .finish()
     }
@@ -260,16 +252,16 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Ring<F> {
     #[inline]
     fn find(&self, key: Lookup<'_, A, Self::Table>, mut accept: impl Accept) -> Option<usize> {
         let (ring, snapshot) = (&key.table.table, key.snapshot);
-        let points = &ring.core.points;
-        let start = ring.successor(key_hash(key.hash));
-        let first = points.get(start)?.owner as usize;
+        let circle = &ring.core.circle;
+        let start = circle.successor(key_hash(key.hash))?;
+        let first = ring.index_of(circle.get(start)?.owner);
         if snapshot.is_eligible(first) && accept(first) {
             return Some(first);
         }
         // Walk on clockwise, once round the circle.
         let mut last_rejected = first;
-        for p in points[start + 1..].iter().chain(&points[..start]) {
-            let index = p.owner as usize;
+        for p in circle.walk(start).skip(1) {
+            let index = ring.index_of(p.owner);
             // Consecutive points of one backend: asking again would get the same answer.
             if index != last_rejected {
                 if snapshot.is_eligible(index) && accept(index) {
@@ -294,24 +286,34 @@ mod tests {
         (snapshot, table)
     }
 
+    /// The request hash `find` mixes to `h` (Murmur3's finaliser undone).
+    fn unmix(mut z: u64) -> u64 {
+        let inverse = |a: u64| (0..6).fold(a, |x, _| x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x))));
+        z ^= z >> 33;
+        z = z.wrapping_mul(inverse(0xC4CE_B9FE_1A85_EC53));
+        z ^= z >> 33;
+        z = z.wrapping_mul(inverse(0xFF51_AFD7_ED55_8CCD));
+        z ^ (z >> 33)
+    }
+
+    /// A key goes to the owner of the first point at or after its position (wrapping),
+    /// as a binary search of the points finds it.
     #[test]
-    fn directory_lookup_matches_binary_search() {
+    fn lookup_is_the_binary_search() {
         for (n, v) in [(1, 1), (1, 160), (3, 7), (10, 160), (64, 40)] {
-            let (_, table) = ring_of(n, v);
-            let ring = table.table();
-            let hashes: Vec<u64> = ring.points().map(|(h, _)| h).collect();
+            let (snapshot, table) = ring_of(n, v);
+            let ring = Ring::new().with_points_per_weight(NonZeroU32::new(v).unwrap());
+            let points: Vec<(u64, usize)> = table.table().points().collect();
+            let hashes: Vec<u64> = points.iter().map(|&(h, _)| h).collect();
             let probes = (0..2000u64)
                 .map(crate::stable_hash::mix)
                 .chain([0, 1, u64::MAX, hashes[0], hashes[hashes.len() - 1]])
                 .chain(hashes.iter().map(|h| h.wrapping_add(1)));
             for h in probes {
-                let expected = hashes.partition_point(|&p| p < h);
-                let expected = if expected == hashes.len() {
-                    0
-                } else {
-                    expected
-                };
-                assert_eq!(ring.successor(h), expected, "n={n} v={v} h={h:#x}");
+                let at = hashes.partition_point(|&p| p < h) % hashes.len();
+                // `find` mixes the request hash: probe with its preimage.
+                let key = Lookup::new(&table, &snapshot, unmix(h));
+                assert_eq!(ring.find(key, |_| true), Some(points[at].1), "n={n} v={v} h={h:#x}");
             }
         }
     }

@@ -1,31 +1,39 @@
-//! Building a ring: point counts, the points, their order, and the directory — from
-//! scratch, or from the previous ring by keeping the points of the members that stay.
+//! Building a ring: point counts, the points, their order, and the pages — from
+//! scratch, or from the previous ring by rewriting only the pages the change touches.
+//!
+//! Points name their owner by a *stable slot*, not by snapshot index: a member keeps its
+//! slot for as long as it stays (matched by id, as snapshots are in id order), so a
+//! change leaves the points of the members that stay as they are, and each table maps
+//! slots to snapshot indices (`index_of`, O(N) to rebuild). A slot freed by a removal is
+//! reused by a later change, never by the same one, so every point of an old page under
+//! a live slot is that member's.
 
+use super::ring_pages::{Circle, Point};
 use super::{Fingerprint, Member, SEED_RING};
 use crate::backend::BackendId;
 use crate::stable_hash::seeded;
 
-/// The largest directory: 2²⁴ entries (64 MiB); past it points per entry grow.
-const MAX_DIRECTORY_BITS: u32 = 24;
-
-/// One point on the circle: replica `replica` of its owner (16 bytes, as without it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Point {
-    pub(super) hash: u64,
-    pub(super) owner: u32,
-    pub(super) replica: u32,
+pub(super) struct Core {
+    /// The points, in circle order, owners by stable slot.
+    pub(super) circle: Circle,
+    /// Each stable slot's snapshot index (`u32::MAX` for a free slot).
+    pub(super) index_of: Box<[u32]>,
+    pub(super) fingerprint: Fingerprint,
+    /// Each member's id, point count and slot, by snapshot index: what the next change
+    /// matches survivors by.
+    held: Box<[Held]>,
+    /// Each member's key bytes, by snapshot index: where the points of a member that
+    /// leaves (or loses points) are, without scanning the ring.
+    members: Vec<Member>,
+    /// Slots free for the next change's new members.
+    free: Vec<u32>,
 }
 
-pub(super) struct Core {
-    /// Sorted by hash (ties by owner key bytes).
-    pub(super) points: Box<[Point]>,
-    /// `directory[b]` = the first point with `hash >= b << shift`; one more entry at the end.
-    pub(super) directory: Box<[u32]>,
-    pub(super) shift: u32,
-    pub(super) fingerprint: Fingerprint,
-    /// Each member's id and point count, by snapshot index: what the next change needs
-    /// to keep the points of the members that stay.
-    pub(super) members: Box<[(BackendId, u64)]>,
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    id: BackendId,
+    count: u64,
+    slot: u32,
 }
 
 /// How many points each member gets: V per unit of weight — `V × w / scale`, rounded,
@@ -67,42 +75,53 @@ pub(super) fn point_counts(
         .collect()
 }
 
-/// The points of replicas `from..to` of member `m` (at position `pos`).
-fn replicas(m: &Member, from: u64, to: u64, input: &mut Vec<u8>, out: &mut Vec<Point>) {
+/// The points of replicas `from..to` of the member with key `key`, in slot `slot`.
+fn replicas(key: &[u8], slot: u32, from: u64, to: u64, input: &mut Vec<u8>, out: &mut Vec<Point>) {
     // Point r hashes the key bytes followed by r (as Ketama hashes "addr-r"): distinct
     // inputs, so points are independent. (Varying XXH3's *seed* instead would not do:
     // for short inputs the seed enters linearly, and similar names would collide.)
     input.clear();
-    input.extend_from_slice(&m.key);
+    input.extend_from_slice(key);
     let at = input.len();
     for replica in from..to {
         input.truncate(at);
         input.extend_from_slice(&replica.to_le_bytes());
         out.push(Point {
             hash: seeded(input, SEED_RING),
-            owner: m.index,
+            owner: slot,
             replica: u32::try_from(replica).unwrap_or(u32::MAX),
         });
     }
 }
 
-/// The circle's order: by position; equal positions by owner key bytes, so the order
-/// (and who wins a collision) does not depend on the snapshot's member order.
+/// The circle's order: by position; equal positions by owner key bytes, then replica,
+/// so the order (and who wins a collision) depends neither on the snapshot's member
+/// order nor on the slots. `key(slot)` is the key of the member in `slot`.
 #[inline]
-fn order(members: &[Member], a: &Point, b: &Point) -> std::cmp::Ordering {
+fn order<'k>(key: &impl Fn(u32) -> &'k [u8], a: &Point, b: &Point) -> std::cmp::Ordering {
     // Keys are read only on a tie of positions (rare): most comparisons touch the points.
-    a.hash.cmp(&b.hash).then_with(|| {
-        let key = |p: &Point| members.get(p.owner as usize).map(|m| &m.key);
-        (key(a), a.replica).cmp(&(key(b), b.replica))
-    })
+    a.hash
+        .cmp(&b.hash)
+        .then_with(|| (key(a.owner), a.replica).cmp(&(key(b.owner), b.replica)))
+}
+
+/// The key of the member in each slot, through `index_of`.
+fn keys_by_slot<'k>(index_of: &'k [u32], members: &'k [Member]) -> impl Fn(u32) -> &'k [u8] {
+    move |slot| {
+        index_of
+            .get(slot as usize)
+            .and_then(|&i| members.get(i as usize))
+            .map_or(&[][..], |m| &m.key[..])
+    }
 }
 
 /// Builds the ring of `members` (indexed by snapshot index, as `members()` gives them).
 ///
-/// With the previous ring, the change costs O(P) plus the changed points: points of
-/// members that stay (same id, same key) are kept, those past a member's new count
-/// dropped, only the new points hashed and sorted, and the two sorted runs merged —
-/// the same ring a build from scratch gives (O(P log P) and P hashes).
+/// With the previous ring, a change costs O(N) for the members plus the pages its
+/// points fall in: survivors (same id, same key) keep their slot and their points, those
+/// past a member's new count and those of members that left are dropped, only the new
+/// points hashed and sorted, and each touched page merged from its kept points and its
+/// new ones — the same ring a build from scratch gives (O(P log P) and P hashes).
 pub(super) fn build(
     members: Vec<Member>,
     fingerprint: Fingerprint,
@@ -110,106 +129,163 @@ pub(super) fn build(
     counts: Vec<u64>,
     previous: Option<&Core>,
 ) -> Core {
-    let mut input = Vec::new();
-    let mut fresh: Vec<Point> = Vec::new();
-    // Old index → (new index, points to keep), by id: both snapshots are in id order. A
-    // member whose key differs under the same id is a new member; one that left keeps
-    // nothing. Eight bytes an entry, so the array stays in cache while the renumbering
-    // reads it at random.
-    let mut moved: Vec<(u32, u32)> = Vec::new();
     match previous {
-        Some(prev) => {
-            moved = vec![(0, 0); prev.members.len()];
-            let mut j = 0;
-            for (old, &(id, old_count)) in prev.members.iter().enumerate() {
-                while j < ids.len() && ids[j] < id {
-                    j += 1;
-                }
-                if j < ids.len()
-                    && ids[j] == id
-                    && prev.fingerprint.hash(old) == Some(members[j].hash)
-                {
-                    let keep = u32::try_from(old_count.min(counts[j])).unwrap_or(u32::MAX);
-                    moved[old] = (members[j].index, keep);
-                }
-            }
-            let mut have = vec![0u64; members.len()];
-            for &(owner, keep) in moved.iter().filter(|&&(_, keep)| keep > 0) {
-                have[owner as usize] = u64::from(keep);
-            }
-            for (m, (&count, &from)) in members.iter().zip(counts.iter().zip(&have)) {
-                replicas(m, from, count, &mut input, &mut fresh);
-            }
-        }
-        None => {
-            fresh.reserve(counts.iter().sum::<u64>() as usize);
-            for (m, &count) in members.iter().zip(&counts) {
-                replicas(m, 0, count, &mut input, &mut fresh);
-            }
-        }
+        Some(prev) => change(members, fingerprint, ids, counts, prev),
+        None => scratch(members, fingerprint, ids, counts),
     }
-    fresh.sort_unstable_by(|a, b| order(&members, a, b));
-    let points: Box<[Point]> = match previous {
-        None => fresh.into_boxed_slice(),
-        Some(prev) => {
-            // The kept points, renumbered, straight from the old ring: between two new
-            // points they are copied in one tight run (found by binary search on the
-            // hash), not compared one by one with the next new point.
-            let renumbered = |p: &Point| match moved.get(p.owner as usize) {
-                Some(&(owner, keep)) if p.replica < keep => Some(Point { owner, ..*p }),
-                _ => None,
-            };
-            let mut out = Vec::with_capacity(prev.points.len() + fresh.len());
-            let mut rest: &[Point] = &prev.points;
-            for f in fresh {
-                let (before, after) = rest.split_at(rest.partition_point(|p| p.hash < f.hash));
-                out.extend(before.iter().filter_map(renumbered));
-                rest = after;
-                // Old points at the new one's very position (a collision, rare) go
-                // first if the circle's order says so.
-                while let Some((p, tail)) = rest.split_first()
-                    && p.hash == f.hash
-                {
-                    match renumbered(p) {
-                        Some(q) if order(&members, &q, &f).is_le() => out.push(q),
-                        Some(_) => break,
-                        None => {}
-                    }
-                    rest = tail;
-                }
-                out.push(f);
-            }
-            out.extend(rest.iter().filter_map(renumbered));
-            out.into_boxed_slice()
-        }
-    };
+}
 
-    let bits = usize::BITS - points.len().max(2).next_power_of_two().leading_zeros() - 1;
-    let bits = bits.clamp(1, MAX_DIRECTORY_BITS);
-    let shift = 64 - bits;
-    // directory[b] = the first point at or after b << shift: one pass over the points,
-    // filling the entries up to each point's bucket.
-    let as_u32 = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
-    let mut directory = vec![0u32; (1usize << bits) + 1];
-    let mut b = 0usize;
-    for (i, p) in points.iter().enumerate() {
-        let bucket = (p.hash >> shift) as usize;
-        if bucket >= b
-            && let Some(entries) = directory.get_mut(b..=bucket)
-        {
-            entries.fill(as_u32(i));
-            b = bucket + 1;
+fn scratch(
+    members: Vec<Member>,
+    fingerprint: Fingerprint,
+    ids: Vec<BackendId>,
+    counts: Vec<u64>,
+) -> Core {
+    // Slots are the snapshot indices.
+    let mut input = Vec::new();
+    let mut points = Vec::with_capacity(counts.iter().sum::<u64>() as usize);
+    for (m, &count) in members.iter().zip(&counts) {
+        replicas(&m.key, m.index, 0, count, &mut input, &mut points);
+    }
+    let index_of: Box<[u32]> = members.iter().map(|m| m.index).collect();
+    points.sort_unstable_by(|a, b| order(&keys_by_slot(&index_of, &members), a, b));
+    let held = ids
+        .into_iter()
+        .zip(counts)
+        .zip(0..)
+        .map(|((id, count), slot)| Held { id, count, slot })
+        .collect();
+    Core {
+        circle: Circle::from_sorted(&points),
+        index_of,
+        fingerprint,
+        held,
+        members,
+        free: Vec::new(),
+    }
+}
+
+fn change(
+    members: Vec<Member>,
+    fingerprint: Fingerprint,
+    ids: Vec<BackendId>,
+    counts: Vec<u64>,
+    prev: &Core,
+) -> Core {
+    let layout = prev.circle.layout();
+    let mut input = Vec::new();
+    // Survivors by a merge of the two id-ordered lists. A member whose key differs under
+    // the same id is a new member; one that left frees its slot.
+    let mut slots = vec![u32::MAX; members.len()];
+    // Replicas each old slot keeps (all, unless it shrank or left).
+    let mut keep = vec![u32::MAX; prev.index_of.len()];
+    let mut freed = Vec::new();
+    let mut added: Vec<Point> = Vec::new();
+    // Pages where points go away: found by hashing them again from the key.
+    let mut gone: Vec<Point> = Vec::new();
+    let mut j = 0;
+    for (old, h) in prev.held.iter().enumerate() {
+        while j < ids.len() && ids[j] < h.id {
+            j += 1;
+        }
+        let old_key = prev.members.get(old).map_or(&[][..], |m| &m.key[..]);
+        let survivor = j < ids.len()
+            && ids[j] == h.id
+            && prev.fingerprint.hash(old) == members.get(j).map(|m| m.hash);
+        if survivor {
+            slots[j] = h.slot;
+            let count = counts[j];
+            if count < h.count {
+                keep[h.slot as usize] = u32::try_from(count).unwrap_or(u32::MAX);
+                replicas(old_key, h.slot, count, h.count, &mut input, &mut gone);
+            } else if count > h.count {
+                replicas(&members[j].key, h.slot, h.count, count, &mut input, &mut added);
+            }
+        } else {
+            keep[h.slot as usize] = 0;
+            freed.push(h.slot);
+            replicas(old_key, h.slot, 0, h.count, &mut input, &mut gone);
         }
     }
-    if let Some(rest) = directory.get_mut(b..) {
-        rest.fill(as_u32(points.len()));
+    // New members take free slots (not the ones freed just now), else fresh ones.
+    let mut free = prev.free.clone();
+    let mut next = u32::try_from(prev.index_of.len()).unwrap_or(u32::MAX);
+    for (j, m) in members.iter().enumerate() {
+        if slots[j] == u32::MAX {
+            let slot = free.pop().unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            });
+            slots[j] = slot;
+            replicas(&m.key, slot, 0, counts[j], &mut input, &mut added);
+        }
     }
+    free.extend(freed);
+    let mut index_of = vec![u32::MAX; next as usize].into_boxed_slice();
+    for (j, &slot) in slots.iter().enumerate() {
+        index_of[slot as usize] = u32::try_from(j).unwrap_or(u32::MAX);
+    }
+
+    let key = keys_by_slot(&index_of, &members);
+    added.sort_unstable_by(|a, b| order(&key, a, b));
+    let mut touched: Vec<usize> = gone
+        .iter()
+        .chain(&added)
+        .map(|p| layout.page_of(p.hash))
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    // Each touched page: its kept points merged with its new ones.
+    let mut len = prev.circle.len() + added.len();
+    let mut rewritten = Vec::with_capacity(touched.len());
+    let mut new = &added[..];
+    for page in touched {
+        let (mine, rest) = new.split_at(new.partition_point(|p| layout.page_of(p.hash) <= page));
+        new = rest;
+        let old = prev.circle.page(page);
+        let mut out = Vec::with_capacity(old.len() + mine.len());
+        let mut mine = mine.iter().peekable();
+        for p in old {
+            if p.replica >= keep.get(p.owner as usize).copied().unwrap_or(u32::MAX) {
+                len -= 1;
+                continue;
+            }
+            while let Some(f) = mine.next_if(|f| order(&key, f, &p).is_lt()) {
+                out.push(*f);
+            }
+            out.push(p);
+        }
+        out.extend(mine);
+        rewritten.push((page, out));
+    }
+    drop(key);
+    // Slots sparse after many removals: numbered again, as a build from scratch would.
+    let relabel = (index_of.len() > 2 * members.len() + 64).then(|| {
+        let mut map = vec![u32::MAX; index_of.len()];
+        for (j, &slot) in slots.iter().enumerate() {
+            map[slot as usize] = u32::try_from(j).unwrap_or(u32::MAX);
+        }
+        map
+    });
+    let circle = prev.circle.with_pages(rewritten, len, relabel.as_deref());
+    if relabel.is_some() {
+        index_of = (0..).take(members.len()).collect();
+        slots = index_of.to_vec();
+        free.clear();
+    }
+    let held = ids
+        .into_iter()
+        .zip(counts)
+        .zip(slots)
+        .map(|((id, count), slot)| Held { id, count, slot })
+        .collect();
     Core {
-        points,
-        directory: directory.into_boxed_slice(),
-        shift,
+        circle,
+        index_of,
         fingerprint,
-        members: ids.into_iter().zip(counts).collect(),
+        held,
+        members,
+        free,
     }
 }
 

@@ -1,0 +1,408 @@
+//! The ring's storage: the circle cut into 2^b *pages* by the top b bits of a position,
+//! each page's points sorted in one shared allocation of its own, with its own
+//! directory. A change clones the page array (one reference-count increment a page)
+//! and rewrites only the pages its points fall in, so it costs the pages it touches,
+//! not the ring.
+//!
+//! A page is one `Arc<[u64]>`: first its directory, 2^s + 1 `u32` entries two to a word
+//! (entry k = the first point of the page whose next s bits of position, after the
+//! page's b, are ≥ k; the last = the page's point count), then its points, two words
+//! each: the position, and the owner's stable slot (low half) with the replica number
+//! (high half). A lookup reads the page pointer, one directory word and about one
+//! point: the layout of the old single directory, one pointer away.
+
+use std::sync::Arc;
+
+/// The largest directory in all: 2²⁴ entries; past it points per entry grow.
+const MAX_DIRECTORY_BITS: u32 = 24;
+
+/// Directory bits per page: 128 entries, so a page holds 64 to 256 points (0.5 to 2
+/// an entry, as the layout lets the ring grow to twice its size before it is redone).
+const SUB_BITS: u32 = 7;
+
+/// One point on the circle: replica `replica` of the member in stable slot `owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Point {
+    pub(super) hash: u64,
+    pub(super) owner: u32,
+    pub(super) replica: u32,
+}
+
+/// How the circle is cut: 2^`page_bits` pages of 2^`sub_bits` directory entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Layout {
+    page_bits: u32,
+    sub_bits: u32,
+}
+
+impl Layout {
+    /// Directory bits in all for `points` points: ⌈log₂ points⌉, so 1 or 2 entries a
+    /// point, as a single directory would have.
+    fn bits_for(points: usize) -> u32 {
+        let bits = usize::BITS - (points.max(2) - 1).leading_zeros();
+        bits.clamp(1, MAX_DIRECTORY_BITS)
+    }
+
+    /// The layout for a ring of `points` points.
+    pub(super) fn for_len(points: usize) -> Layout {
+        let bits = Self::bits_for(points);
+        let sub_bits = bits.min(SUB_BITS);
+        Layout {
+            page_bits: bits - sub_bits,
+            sub_bits,
+        }
+    }
+
+    /// Whether this layout still serves a ring of `points` points: it may grow to twice
+    /// the size the layout was made for (≤ 2 points an entry) and not shrink below it,
+    /// so a set going back and forth across a power of two is laid out again at most
+    /// once.
+    pub(super) fn fits(self, points: usize) -> bool {
+        let bits = self.page_bits + self.sub_bits;
+        let want = Self::bits_for(points);
+        want == bits || want == bits + 1
+    }
+
+    /// How many pages.
+    pub(super) fn pages(self) -> usize {
+        1 << self.page_bits
+    }
+
+    /// The page of position `h`: its top `page_bits` bits.
+    #[inline]
+    pub(super) fn page_of(self, h: u64) -> usize {
+        // Shifted in two steps, so `page_bits = 0` (one page) needs no branch.
+        ((h >> 1) >> (63 - self.page_bits)) as usize
+    }
+
+    /// The directory entry of position `h` within its page: the next `sub_bits` bits.
+    #[inline]
+    fn entry_of(self, h: u64) -> usize {
+        (((h << self.page_bits) >> 1) >> (63 - self.sub_bits)) as usize
+    }
+
+    /// Words taken by a page's directory: 2^s + 1 entries, two a word.
+    #[inline]
+    fn directory_words(self) -> usize {
+        ((1usize << self.sub_bits) + 2) / 2
+    }
+}
+
+/// One page: its directory, then its points.
+pub(super) type Page = Arc<[u64]>;
+
+/// The circle: every page, in order.
+#[derive(Clone)]
+pub(super) struct Circle {
+    pages: Box<[Page]>,
+    layout: Layout,
+    len: usize,
+}
+
+/// Where a point is: its page, and its place in the page.
+pub(super) type At = (usize, usize);
+
+impl Circle {
+    /// The circle of `points`, sorted in circle order, laid out for their number.
+    pub(super) fn from_sorted(points: &[Point]) -> Circle {
+        Self::laid_out(points, Layout::for_len(points.len()))
+    }
+
+    /// The circle of `points`, sorted in circle order, laid out by `layout`.
+    fn laid_out(points: &[Point], layout: Layout) -> Circle {
+        let mut scratch = Vec::new();
+        let mut rest = points;
+        let pages = (0..layout.pages())
+            .map(|page| {
+                let n = rest.partition_point(|p| layout.page_of(p.hash) <= page);
+                let (mine, after) = rest.split_at(n);
+                rest = after;
+                encode(mine, layout, &mut scratch)
+            })
+            .collect();
+        Circle {
+            pages,
+            layout,
+            len: points.len(),
+        }
+    }
+
+    /// How the circle is cut.
+    pub(super) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// How many points.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The points of page `page`, in circle order.
+    pub(super) fn page(&self, page: usize) -> impl ExactSizeIterator<Item = Point> + '_ {
+        let words = self.pages.get(page).map_or(&[][..], |p| &p[..]);
+        let points = words.get(self.layout.directory_words()..).unwrap_or(&[]);
+        points.chunks_exact(2).map(|w| decode(w[0], w[1]))
+    }
+
+    /// The same circle with the pages in `rewritten` (page index, its points in circle
+    /// order; in page order) replaced, and `len` points in all. Relaid for `len` when
+    /// the layout no longer fits it, or when `relabel` is given (new slot by old).
+    pub(super) fn with_pages(
+        &self,
+        rewritten: Vec<(usize, Vec<Point>)>,
+        len: usize,
+        relabel: Option<&[u32]>,
+    ) -> Circle {
+        let mut scratch = Vec::new();
+        let mut pages = self.pages.clone();
+        for (page, points) in &rewritten {
+            if let Some(slot) = pages.get_mut(*page) {
+                *slot = encode(points, self.layout, &mut scratch);
+            }
+        }
+        let circle = Circle {
+            pages,
+            layout: self.layout,
+            len,
+        };
+        if relabel.is_none() && self.layout.fits(len) {
+            return circle;
+        }
+        let mut all: Vec<Point> = Vec::with_capacity(len);
+        all.extend(circle.walk((0, 0)));
+        if let Some(map) = relabel {
+            for p in &mut all {
+                p.owner = map.get(p.owner as usize).copied().unwrap_or(p.owner);
+            }
+        }
+        let layout = if self.layout.fits(len) {
+            self.layout
+        } else {
+            Layout::for_len(len)
+        };
+        Self::laid_out(&all, layout)
+    }
+
+    /// Where the first point at or after position `h` is, clockwise (wrapping round);
+    /// `None` on an empty circle.
+    #[inline]
+    pub(super) fn successor(&self, h: u64) -> Option<At> {
+        let layout = self.layout;
+        let page = layout.page_of(h);
+        let words = self.pages.get(page)?;
+        let k = layout.entry_of(h);
+        let dir = |k: usize| words.get(k / 2).map_or(0, |w| (w >> (32 * (k % 2))) as u32) as usize;
+        let (mut i, end) = (dir(k), dir(k + 1));
+        let points = words.get(layout.directory_words()..).unwrap_or(&[]);
+        // Points under this entry are below the next entry's, so the first one at or
+        // after `h` is here or is the next entry's first.
+        while i < end {
+            match points.get(2 * i) {
+                Some(&p) if p < h => i += 1,
+                _ => break,
+            }
+        }
+        if 2 * i < points.len() {
+            return Some((page, i));
+        }
+        self.first_from(page + 1)
+    }
+
+    /// The first point of the first non-empty page from `page` on, wrapping round.
+    fn first_from(&self, page: usize) -> Option<At> {
+        let dir_words = self.layout.directory_words();
+        let count = self.pages.len();
+        (page..count)
+            .chain(0..page.min(count))
+            .find(|&q| self.pages.get(q).is_some_and(|p| p.len() > dir_words))
+            .map(|q| (q, 0))
+    }
+
+    /// The point at `at`.
+    #[inline]
+    pub(super) fn get(&self, (page, i): At) -> Option<Point> {
+        let words = self.pages.get(page)?;
+        let at = self.layout.directory_words() + 2 * i;
+        Some(decode(*words.get(at)?, *words.get(at + 1)?))
+    }
+
+    /// Every point once, clockwise from `at` (a point's place), wrapping round.
+    pub(super) fn walk(&self, at: At) -> Walk<'_> {
+        Walk {
+            circle: self,
+            at,
+            left: self.len,
+        }
+    }
+
+    /// Heap bytes of the pages (for the docs' memory figures).
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.pages.len() * size_of::<Page>()
+            + self
+                .pages
+                .iter()
+                .map(|p| p.len() * 8 + 2 * size_of::<usize>())
+                .sum::<usize>()
+    }
+}
+
+/// Every point of a [`Circle`] once, clockwise from a given one.
+pub(super) struct Walk<'a> {
+    circle: &'a Circle,
+    at: At,
+    left: usize,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Point;
+
+    #[inline]
+    fn next(&mut self) -> Option<Point> {
+        if self.left == 0 {
+            return None;
+        }
+        // At most one lap of empty pages (the circle holds `left` > 0 points).
+        for _ in 0..=self.circle.pages.len() {
+            if let Some(p) = self.circle.get(self.at) {
+                self.at.1 += 1;
+                self.left -= 1;
+                return Some(p);
+            }
+            self.at = ((self.at.0 + 1) % self.circle.pages.len().max(1), 0);
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Walk<'_> {}
+
+/// A page of `points` (sorted, all in one page) under `layout`, built in `scratch`.
+fn encode(points: &[Point], layout: Layout, scratch: &mut Vec<u64>) -> Page {
+    let entries = (1usize << layout.sub_bits) + 1;
+    let mut directory = vec![0u32; entries];
+    // directory[k] = the first point whose entry is ≥ k: one pass, filling the entries
+    // up to each point's.
+    let mut k = 0usize;
+    for (i, p) in points.iter().enumerate() {
+        let entry = layout.entry_of(p.hash);
+        if entry >= k
+            && let Some(run) = directory.get_mut(k..=entry)
+        {
+            run.fill(as_u32(i));
+            k = entry + 1;
+        }
+    }
+    if let Some(run) = directory.get_mut(k..) {
+        run.fill(as_u32(points.len()));
+    }
+    scratch.clear();
+    scratch.extend(
+        directory
+            .chunks(2)
+            .map(|pair| u64::from(pair[0]) | pair.get(1).map_or(0, |&hi| u64::from(hi) << 32)),
+    );
+    for p in points {
+        scratch.push(p.hash);
+        scratch.push(u64::from(p.owner) | (u64::from(p.replica) << 32));
+    }
+    Arc::from(&scratch[..])
+}
+
+#[inline]
+fn decode(hash: u64, owner: u64) -> Point {
+    Point {
+        hash,
+        owner: owner as u32,
+        replica: (owner >> 32) as u32,
+    }
+}
+
+fn as_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points(hashes: impl IntoIterator<Item = u64>) -> Vec<Point> {
+        let mut v: Vec<Point> = hashes
+            .into_iter()
+            .enumerate()
+            .map(|(i, hash)| Point {
+                hash,
+                owner: i as u32,
+                replica: 0,
+            })
+            .collect();
+        v.sort_by_key(|p| p.hash);
+        v
+    }
+
+    fn flat(circle: &Circle, (page, i): At) -> usize {
+        (0..page).map(|q| circle.page(q).len()).sum::<usize>() + i
+    }
+
+    /// A lookup finds the first point at or after the position, as a binary search of
+    /// the sorted points does (wrapping to the first), for any layout.
+    #[test]
+    fn successor_is_the_binary_search() {
+        for n in [1usize, 2, 3, 7, 100, 1000, 5000] {
+            let pts = points((0..n as u64).map(crate::stable_hash::mix));
+            let hashes: Vec<u64> = pts.iter().map(|p| p.hash).collect();
+            for layout in [
+                Layout::for_len(n),
+                Layout::for_len(n / 3),
+                Layout::for_len(n * 2),
+            ] {
+                let circle = Circle::laid_out(&pts, layout);
+                let walked: Vec<Point> = circle.walk((0, 0)).collect();
+                assert_eq!(walked, pts);
+                let probes = (0..2000u64)
+                    .map(|i| crate::stable_hash::mix(i ^ 0x5555))
+                    .chain([0, 1, u64::MAX])
+                    .chain(hashes.iter().flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)]));
+                for h in probes {
+                    let expected = hashes.partition_point(|&p| p < h) % n;
+                    let at = circle.successor(h).unwrap();
+                    assert_eq!(flat(&circle, at), expected, "n={n} {layout:?} h={h:#x}");
+                    assert_eq!(circle.get(at).unwrap().hash, hashes[expected]);
+                }
+            }
+        }
+        let empty = Circle::from_sorted(&[]);
+        assert_eq!(empty.successor(42), None);
+        assert_eq!(empty.walk((0, 0)).count(), 0);
+    }
+
+    /// Rewriting pages keeps the rest, and a layout that no longer fits is redone.
+    #[test]
+    fn rewritten_pages_and_relayout() {
+        let pts = points((0..1000u64).map(crate::stable_hash::mix));
+        let circle = Circle::from_sorted(&pts);
+        let layout = circle.layout();
+        assert!(layout.fits(1000) && layout.fits(2000) && !layout.fits(400));
+        // Drop page 3's points.
+        let kept: Vec<Point> = pts
+            .iter()
+            .copied()
+            .filter(|p| layout.page_of(p.hash) != 3)
+            .collect();
+        let rewritten = circle.with_pages(vec![(3, Vec::new())], kept.len(), None);
+        assert_eq!(rewritten.walk((0, 0)).collect::<Vec<_>>(), kept);
+        assert_eq!(rewritten.layout(), layout);
+        // Relabelled and relaid: the same points, new owners.
+        let map: Vec<u32> = (0..1000).map(|i| 999 - i).collect();
+        let relabelled = circle.with_pages(Vec::new(), 1000, Some(&map));
+        let owners: Vec<u32> = relabelled.walk((0, 0)).map(|p| p.owner).collect();
+        assert_eq!(
+            owners,
+            pts.iter().map(|p| 999 - p.owner).collect::<Vec<_>>()
+        );
+    }
+}
