@@ -45,11 +45,8 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use super::ring_build::{Core, build, point_counts};
-use super::{
-    Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, pick_by_preference,
-    reuse_or_build,
-};
+use super::ring_build::{Core, prepare};
+use super::{Accept, BackendKey, HashPicker, Lookup, WithFallback, key_hash, pick_by_preference};
 use crate::pick::round_robin::RoundRobin;
 use crate::pick::{PickContext, Picker};
 use crate::snapshot::Snapshot;
@@ -167,7 +164,7 @@ impl RingTable {
     /// The exact fraction of the key space each member owns, by snapshot index,
     /// ignoring eligibility (a point owns the arc from its predecessor to itself).
     pub fn shares(&self) -> Vec<f64> {
-        let mut shares = vec![0.0; self.core.fingerprint.len()];
+        let mut shares = vec![0.0; self.core.members()];
         let len = self.len();
         let mut previous = self.points().last().map_or(0, |(h, _)| h);
         for (hash, owner) in self.points() {
@@ -205,7 +202,7 @@ impl fmt::Debug for RingTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RingTable")
             .field("points", &self.len())
-            .field("members", &self.core.fingerprint.len())
+            .field("members", &self.core.members())
             .finish()
     }
 }
@@ -218,27 +215,11 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
     }
 
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
-        let (per_weight, max) = (self.points_per_weight, self.max_points);
-        let scale = snapshot.weight_scale();
-        let previous_core = previous.map(|p| &p.table.core);
-        let core = reuse_or_build(
+        let core = prepare(
             snapshot,
-            previous_core,
-            |core| &core.fingerprint,
-            |members, fingerprint| {
-                let counts = point_counts(&members, per_weight, max, scale);
-                let ids = members
-                    .iter()
-                    .map(|m| snapshot.backends()[m.index as usize].id())
-                    .collect();
-                build(
-                    members,
-                    fingerprint,
-                    ids,
-                    counts,
-                    previous_core.map(|c| &**c),
-                )
-            },
+            self.points_per_weight,
+            self.max_points,
+            previous.map(|p| &p.table.core),
         );
         WithFallback::prepare(RingTable { core }, &self.fallback, snapshot, previous)
     }
@@ -276,6 +257,7 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Ring<F> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ring_build::point_counts;
     use super::*;
     use crate::backend::Weight;
 
@@ -320,27 +302,18 @@ mod tests {
 
     #[test]
     fn point_counts_follow_weights_and_the_cap() {
-        let snapshot =
-            Snapshot::build([("a", Weight::ONE), ("b", Weight::new(3).unwrap())]).unwrap();
-        let members = super::super::members(&snapshot);
-        assert_eq!(point_counts(&members, 160, 1 << 20, 1), [160, 480]);
-        assert_eq!(point_counts(&members, 160, 400, 1), [100, 300]);
-        assert_eq!(point_counts(&members, 160, 1, 1), [1, 1]);
+        assert_eq!(point_counts(&[1, 3], 160, 1 << 20, 1), [160, 480]);
+        assert_eq!(point_counts(&[1, 3], 160, 400, 1), [100, 300]);
+        assert_eq!(point_counts(&[1, 3], 160, 1, 1), [1, 1]);
+        assert_eq!(point_counts(&[0, 2, 0], 160, 1, 1), [0, 1, 0]);
     }
 
     #[test]
     fn point_counts_divide_out_the_slow_start_scale() {
         // Effective weights 100 and 300 at scale 100 (a ramp elsewhere): V and 3V, as at
         // scale 1; a ramping backend at 37 % of weight 1 gets round(0.37 V) points.
-        let snapshot = Snapshot::build([
-            ("a", Weight::new(100).unwrap()),
-            ("b", Weight::new(300).unwrap()),
-            ("c", Weight::new(37).unwrap()),
-            ("d", Weight::new(1).unwrap()),
-        ])
-        .unwrap();
-        let members = super::super::members(&snapshot);
-        assert_eq!(point_counts(&members, 160, 1 << 20, 100), [160, 480, 59, 2]);
+        let weights = [100, 300, 37, 1];
+        assert_eq!(point_counts(&weights, 160, 1 << 20, 100), [160, 480, 59, 2]);
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! scratch, or from the previous ring by rewriting only the pages the change touches.
 //!
 //! Points name their owner by a *stable slot*, not by snapshot index: a member keeps its
-//! slot for as long as it stays (matched by id, as snapshots are in id order), so a
-//! change leaves the points of the members that stay as they are, and each table maps
-//! slots to snapshot indices (`index_of`, O(N) to rebuild). A slot freed by a removal is
-//! reused by a later change, never by the same one, so every point of an old page under
-//! a live slot is that member's.
+//! slot for as long as it stays (matched by id with one merge, snapshots being in id
+//! order, and by key bytes), so a change leaves the points of the members that stay as
+//! they are, and each table maps slots to snapshot indices (`index_of`, O(N) to
+//! rebuild). A slot freed by a removal is reused by a later change, never by the same
+//! one, so every point of an old page under a live slot is that member's.
+
+use std::sync::Arc;
 
 use super::ring_pages::{Circle, Point};
-use super::{Fingerprint, Member, SEED_RING};
+use super::{BackendKey, SEED_RING};
 use crate::backend::BackendId;
+use crate::snapshot::Snapshot;
 use crate::stable_hash::seeded;
 
 pub(super) struct Core {
@@ -18,22 +21,80 @@ pub(super) struct Core {
     pub(super) circle: Circle,
     /// Each stable slot's snapshot index (`u32::MAX` for a free slot).
     pub(super) index_of: Box<[u32]>,
-    pub(super) fingerprint: Fingerprint,
-    /// Each member's id, point count and slot, by snapshot index: what the next change
-    /// matches survivors by.
+    /// Each member's id, by snapshot index: what the next change matches survivors by.
+    ids: Box<[BackendId]>,
+    /// Each member's weight, point count and slot, by snapshot index.
     held: Box<[Held]>,
     /// Each member's key bytes, by snapshot index: where the points of a member that
-    /// leaves (or loses points) are, without scanning the ring.
-    members: Vec<Member>,
+    /// leaves (or loses points) are, found without scanning the ring.
+    keys: Keys,
+    /// The snapshot's weight scale the counts were made with.
+    scale: u32,
     /// Slots free for the next change's new members.
     free: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Held {
-    id: BackendId,
-    count: u64,
+    weight: u32,
+    count: u32,
     slot: u32,
+}
+
+/// Every member's key bytes end to end, and where each ends.
+#[derive(Default)]
+struct Keys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    fn with_capacity(bytes: usize, members: usize) -> Keys {
+        Keys {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(members),
+        }
+    }
+
+    /// The key of member `i`.
+    fn get(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(0),
+            None => 0,
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.bytes.get(start..end).unwrap_or_default()
+    }
+
+    /// Appends `addr`'s key; returns it.
+    fn push<A: BackendKey + ?Sized>(&mut self, addr: &A) -> &[u8] {
+        let start = self.bytes.len();
+        addr.write_key(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+        self.bytes.get(start..).unwrap_or_default()
+    }
+}
+
+impl Core {
+    /// How many members the ring was built for (with a point or not).
+    pub(super) fn members(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether `snapshot` has this ring's members (ids and key bytes alike, checked by
+    /// id: an id keeps its address) at the same weights and scale.
+    fn serves<A: BackendKey>(&self, snapshot: &Snapshot<A>) -> bool {
+        self.scale == snapshot.weight_scale()
+            && self.ids.len() == snapshot.len()
+            && snapshot
+                .backends()
+                .iter()
+                .zip(self.ids.iter().zip(self.held.iter()))
+                .enumerate()
+                .all(|(i, (b, (&id, h)))| {
+                    b.id() == id && snapshot.effective_weight(i) == h.weight
+                })
+    }
 }
 
 /// How many points each member gets: V per unit of weight — `V × w / scale`, rounded,
@@ -41,193 +102,244 @@ struct Held {
 /// [`weight_scale`](Snapshot::weight_scale) (effective weights are multiplied by it while a
 /// slow-start ramp runs; dividing it out keeps every other backend's points unchanged and
 /// makes a ramping backend's points a growing prefix of its full set). Scaled down in
-/// proportion (at least one each) when the total would pass `max_points`.
+/// proportion (at least one each) when the total would pass `max_points`: ⌊max × w / Σw⌋.
+///
+/// A count depends only on the weight, given V, the cap, the scale and Σw: computed
+/// once per distinct weight (a small cache), not once per member.
 pub(super) fn point_counts(
-    members: &[Member],
+    weights: &[u32],
     per_weight: u32,
     max_points: u32,
     scale: u32,
-) -> Vec<u64> {
-    let scale = u128::from(scale.max(1));
-    let wanted: Vec<u128> = members
+) -> Vec<u32> {
+    let scale = u64::from(scale.max(1));
+    // w × V + scale / 2 < 2⁶⁴ for 32-bit w, V and scale.
+    let wanted = |w: u32| match w {
+        0 => 0,
+        _ => ((u64::from(w) * u64::from(per_weight) + scale / 2) / scale).max(1),
+    };
+    let mut cache = Cache::default();
+    let total: u128 = weights
         .iter()
-        .map(|m| {
-            let w = u128::from(m.weight);
-            let n = (w * u128::from(per_weight) + scale / 2) / scale;
-            if w > 0 { n.max(1) } else { 0 }
-        })
-        .collect();
-    let total: u128 = wanted.iter().sum();
-    let max = u128::from(max_points);
-    let weight_sum: u128 = members.iter().map(|m| u128::from(m.weight)).sum();
-    members
+        .map(|&w| u128::from(cache.get(w, wanted)))
+        .sum();
+    let weight_sum: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let max = u64::from(max_points);
+    let mut cache = Cache::default();
+    weights
         .iter()
-        .zip(wanted)
-        .map(|(m, n)| {
-            let w = u128::from(m.weight);
-            let n = if total <= max || w == 0 {
-                n
-            } else {
-                (max * w / weight_sum).max(1)
-            };
-            u64::try_from(n).unwrap_or(u64::MAX)
+        .map(|&w| {
+            let n = cache.get(w, |w| {
+                if total <= u128::from(max) || w == 0 {
+                    wanted(w)
+                } else {
+                    // max × w < 2⁶⁴, and w ≤ Σw.
+                    (max * u64::from(w) / weight_sum).max(1)
+                }
+            });
+            u32::try_from(n).unwrap_or(u32::MAX)
         })
         .collect()
 }
 
+/// A direct-mapped cache of a function of the weight (`u64::MAX`: no entry; no count
+/// reaches it).
+struct Cache([(u32, u64); 64]);
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache([(0, u64::MAX); 64])
+    }
+}
+
+impl Cache {
+    #[inline]
+    fn get(&mut self, w: u32, f: impl Fn(u32) -> u64) -> u64 {
+        let entry = &mut self.0[w as usize % 64];
+        if entry.0 != w || entry.1 == u64::MAX {
+            *entry = (w, f(w));
+        }
+        entry.1
+    }
+}
+
 /// The points of replicas `from..to` of the member with key `key`, in slot `slot`.
-fn replicas(key: &[u8], slot: u32, from: u64, to: u64, input: &mut Vec<u8>, out: &mut Vec<Point>) {
-    // Point r hashes the key bytes followed by r (as Ketama hashes "addr-r"): distinct
-    // inputs, so points are independent. (Varying XXH3's *seed* instead would not do:
-    // for short inputs the seed enters linearly, and similar names would collide.)
+fn replicas(key: &[u8], slot: u32, from: u32, to: u32, input: &mut Vec<u8>, out: &mut Vec<Point>) {
+    // Point r hashes the key bytes followed by r as a u64 (as Ketama hashes "addr-r"):
+    // distinct inputs, so points are independent. (Varying XXH3's *seed* instead would
+    // not do: for short inputs the seed enters linearly, and similar names would
+    // collide.)
     input.clear();
     input.extend_from_slice(key);
     let at = input.len();
     for replica in from..to {
         input.truncate(at);
-        input.extend_from_slice(&replica.to_le_bytes());
+        input.extend_from_slice(&u64::from(replica).to_le_bytes());
         out.push(Point {
             hash: seeded(input, SEED_RING),
             owner: slot,
-            replica: u32::try_from(replica).unwrap_or(u32::MAX),
+            replica,
         });
     }
 }
 
 /// The circle's order: by position; equal positions by owner key bytes, then replica,
 /// so the order (and who wins a collision) depends neither on the snapshot's member
-/// order nor on the slots. `key(slot)` is the key of the member in `slot`.
+/// order nor on the slots.
 #[inline]
-fn order<'k>(key: &impl Fn(u32) -> &'k [u8], a: &Point, b: &Point) -> std::cmp::Ordering {
+fn order(keys: &Keys, index_of: &[u32], a: &Point, b: &Point) -> std::cmp::Ordering {
     // Keys are read only on a tie of positions (rare): most comparisons touch the points.
-    a.hash
-        .cmp(&b.hash)
-        .then_with(|| (key(a.owner), a.replica).cmp(&(key(b.owner), b.replica)))
+    a.hash.cmp(&b.hash).then_with(|| {
+        let key = |p: &Point| {
+            let index = index_of.get(p.owner as usize).map_or(usize::MAX, |&i| i as usize);
+            keys.get(index)
+        };
+        (key(a), a.replica).cmp(&(key(b), b.replica))
+    })
 }
 
-/// The key of the member in each slot, through `index_of`.
-fn keys_by_slot<'k>(index_of: &'k [u32], members: &'k [Member]) -> impl Fn(u32) -> &'k [u8] {
-    move |slot| {
-        index_of
-            .get(slot as usize)
-            .and_then(|&i| members.get(i as usize))
-            .map_or(&[][..], |m| &m.key[..])
-    }
-}
-
-/// Builds the ring of `members` (indexed by snapshot index, as `members()` gives them).
+/// The ring of `snapshot`'s members (eligible or not): `previous` itself when the
+/// members and their weights are the same, else built from it (or from scratch).
 ///
-/// With the previous ring, a change costs O(N) for the members plus the pages its
-/// points fall in: survivors (same id, same key) keep their slot and their points, those
-/// past a member's new count and those of members that left are dropped, only the new
-/// points hashed and sorted, and each touched page merged from its kept points and its
-/// new ones — the same ring a build from scratch gives (O(P log P) and P hashes).
-pub(super) fn build(
-    members: Vec<Member>,
-    fingerprint: Fingerprint,
-    ids: Vec<BackendId>,
-    counts: Vec<u64>,
-    previous: Option<&Core>,
-) -> Core {
-    match previous {
-        Some(prev) => change(members, fingerprint, ids, counts, prev),
-        None => scratch(members, fingerprint, ids, counts),
+/// From the previous ring a change costs O(N) for the members (one merge of the id
+/// lists, every key written and compared) plus the pages its points fall in: survivors
+/// keep their slot and their points, those past a member's new count and those of
+/// members that left are dropped, only the new points hashed and sorted, and each
+/// touched page merged from its kept points and its new ones — the same ring a build
+/// from scratch gives (O(P log P) and P hashes).
+pub(super) fn prepare<A: BackendKey>(
+    snapshot: &Snapshot<A>,
+    per_weight: u32,
+    max_points: u32,
+    previous: Option<&Arc<Core>>,
+) -> Arc<Core> {
+    if let Some(prev) = previous
+        && prev.serves(snapshot)
+    {
+        return Arc::clone(prev);
     }
+    let weights: Vec<u32> = (0..snapshot.len())
+        .map(|i| snapshot.effective_weight(i))
+        .collect();
+    let counts = point_counts(&weights, per_weight, max_points, snapshot.weight_scale());
+    Arc::new(match previous {
+        Some(prev) => change(snapshot, &weights, &counts, prev),
+        None => scratch(snapshot, &weights, &counts),
+    })
 }
 
-fn scratch(
-    members: Vec<Member>,
-    fingerprint: Fingerprint,
-    ids: Vec<BackendId>,
-    counts: Vec<u64>,
-) -> Core {
+fn scratch<A: BackendKey>(snapshot: &Snapshot<A>, weights: &[u32], counts: &[u32]) -> Core {
     // Slots are the snapshot indices.
     let mut input = Vec::new();
-    let mut points = Vec::with_capacity(counts.iter().sum::<u64>() as usize);
-    for (m, &count) in members.iter().zip(&counts) {
-        replicas(&m.key, m.index, 0, count, &mut input, &mut points);
+    let mut keys = Keys::with_capacity(0, snapshot.len());
+    let mut points = Vec::with_capacity(counts.iter().map(|&c| c as usize).sum());
+    for (slot, (b, &count)) in (0..).zip(snapshot.backends().iter().zip(counts)) {
+        let key = keys.push(b.addr());
+        replicas(key, slot, 0, count, &mut input, &mut points);
     }
-    let index_of: Box<[u32]> = members.iter().map(|m| m.index).collect();
-    points.sort_unstable_by(|a, b| order(&keys_by_slot(&index_of, &members), a, b));
-    let held = ids
-        .into_iter()
+    let index_of: Box<[u32]> = (0..).take(snapshot.len()).collect();
+    points.sort_unstable_by(|a, b| order(&keys, &index_of, a, b));
+    let held = weights
+        .iter()
         .zip(counts)
         .zip(0..)
-        .map(|((id, count), slot)| Held { id, count, slot })
+        .map(|((&weight, &count), slot)| Held {
+            weight,
+            count,
+            slot,
+        })
         .collect();
     Core {
         circle: Circle::from_sorted(&points),
         index_of,
-        fingerprint,
+        ids: snapshot.backends().iter().map(|b| b.id()).collect(),
         held,
-        members,
+        keys,
+        scale: snapshot.weight_scale(),
         free: Vec::new(),
     }
 }
 
-fn change(
-    members: Vec<Member>,
-    fingerprint: Fingerprint,
-    ids: Vec<BackendId>,
-    counts: Vec<u64>,
+fn change<A: BackendKey>(
+    snapshot: &Snapshot<A>,
+    weights: &[u32],
+    counts: &[u32],
     prev: &Core,
 ) -> Core {
     let layout = prev.circle.layout();
+    let backends = snapshot.backends();
+    let n = backends.len();
     let mut input = Vec::new();
-    // Survivors by a merge of the two id-ordered lists. A member whose key differs under
-    // the same id is a new member; one that left frees its slot.
-    let mut slots = vec![u32::MAX; members.len()];
+    let mut keys = Keys::with_capacity(prev.keys.bytes.len() + 64, n);
+    let mut slots = vec![u32::MAX; n];
     // Replicas each old slot keeps (all, unless it shrank or left).
     let mut keep = vec![u32::MAX; prev.index_of.len()];
     let mut freed = Vec::new();
-    let mut added: Vec<Point> = Vec::new();
-    // Pages where points go away: found by hashing them again from the key.
-    let mut gone: Vec<Point> = Vec::new();
-    let mut j = 0;
-    for (old, h) in prev.held.iter().enumerate() {
-        while j < ids.len() && ids[j] < h.id {
-            j += 1;
+    // Survivors by a merge of the two id-ordered lists: old members that left, and
+    // survivors whose count changed (snapshot index, slot, old count, new count). A
+    // member whose key differs under the same id is a new member.
+    let mut left = Vec::new();
+    let mut resized = Vec::new();
+    let mut old = 0;
+    for (j, b) in backends.iter().enumerate() {
+        while prev.ids.get(old).is_some_and(|&id| id < b.id()) {
+            left.push(old);
+            old += 1;
         }
-        let old_key = prev.members.get(old).map_or(&[][..], |m| &m.key[..]);
-        let survivor = j < ids.len()
-            && ids[j] == h.id
-            && prev.fingerprint.hash(old) == members.get(j).map(|m| m.hash);
-        if survivor {
-            slots[j] = h.slot;
-            let count = counts[j];
-            if count < h.count {
-                keep[h.slot as usize] = u32::try_from(count).unwrap_or(u32::MAX);
-                replicas(old_key, h.slot, count, h.count, &mut input, &mut gone);
-            } else if count > h.count {
-                replicas(&members[j].key, h.slot, h.count, count, &mut input, &mut added);
-            }
+        let key = keys.push(b.addr());
+        if prev.ids.get(old) != Some(&b.id()) {
+            continue;
+        }
+        old += 1;
+        if key != prev.keys.get(old - 1) {
+            left.push(old - 1);
+            continue;
+        }
+        let h = prev.held[old - 1];
+        slots[j] = h.slot;
+        if counts[j] != h.count {
+            resized.push((j, h.slot, h.count, counts[j]));
+        }
+    }
+    left.extend(old..prev.ids.len());
+    let mut added: Vec<Point> = Vec::new();
+    // Points that go away, hashed again from the key: where the pages to rewrite are.
+    let mut gone: Vec<Point> = Vec::new();
+    for old in left {
+        let h = prev.held[old];
+        keep[h.slot as usize] = 0;
+        freed.push(h.slot);
+        replicas(prev.keys.get(old), h.slot, 0, h.count, &mut input, &mut gone);
+    }
+    for (j, slot, from, to) in resized {
+        if to < from {
+            keep[slot as usize] = to;
+            replicas(keys.get(j), slot, to, from, &mut input, &mut gone);
         } else {
-            keep[h.slot as usize] = 0;
-            freed.push(h.slot);
-            replicas(old_key, h.slot, 0, h.count, &mut input, &mut gone);
+            replicas(keys.get(j), slot, from, to, &mut input, &mut added);
         }
     }
     // New members take free slots (not the ones freed just now), else fresh ones.
     let mut free = prev.free.clone();
     let mut next = u32::try_from(prev.index_of.len()).unwrap_or(u32::MAX);
-    for (j, m) in members.iter().enumerate() {
-        if slots[j] == u32::MAX {
-            let slot = free.pop().unwrap_or_else(|| {
+    for (j, slot) in slots.iter_mut().enumerate() {
+        if *slot == u32::MAX {
+            *slot = free.pop().unwrap_or_else(|| {
                 next += 1;
                 next - 1
             });
-            slots[j] = slot;
-            replicas(&m.key, slot, 0, counts[j], &mut input, &mut added);
+            replicas(keys.get(j), *slot, 0, counts[j], &mut input, &mut added);
         }
     }
     free.extend(freed);
     let mut index_of = vec![u32::MAX; next as usize].into_boxed_slice();
-    for (j, &slot) in slots.iter().enumerate() {
-        index_of[slot as usize] = u32::try_from(j).unwrap_or(u32::MAX);
+    for (j, &slot) in (0..).zip(&slots) {
+        if let Some(at) = index_of.get_mut(slot as usize) {
+            *at = j;
+        }
     }
 
-    let key = keys_by_slot(&index_of, &members);
-    added.sort_unstable_by(|a, b| order(&key, a, b));
+    added.sort_unstable_by(|a, b| order(&keys, &index_of, a, b));
     let mut touched: Vec<usize> = gone
         .iter()
         .chain(&added)
@@ -250,7 +362,7 @@ fn change(
                 len -= 1;
                 continue;
             }
-            while let Some(f) = mine.next_if(|f| order(&key, f, &p).is_lt()) {
+            while let Some(f) = mine.next_if(|f| order(&keys, &index_of, f, &p).is_lt()) {
                 out.push(*f);
             }
             out.push(p);
@@ -258,33 +370,39 @@ fn change(
         out.extend(mine);
         rewritten.push((page, out));
     }
-    drop(key);
     // Slots sparse after many removals: numbered again, as a build from scratch would.
-    let relabel = (index_of.len() > 2 * members.len() + 64).then(|| {
+    let relabel = (index_of.len() > 2 * n + 64).then(|| {
         let mut map = vec![u32::MAX; index_of.len()];
-        for (j, &slot) in slots.iter().enumerate() {
-            map[slot as usize] = u32::try_from(j).unwrap_or(u32::MAX);
+        for (j, &slot) in (0..).zip(&slots) {
+            if let Some(at) = map.get_mut(slot as usize) {
+                *at = j;
+            }
         }
         map
     });
     let circle = prev.circle.with_pages(rewritten, len, relabel.as_deref());
     if relabel.is_some() {
-        index_of = (0..).take(members.len()).collect();
+        index_of = (0..).take(n).collect();
         slots = index_of.to_vec();
         free.clear();
     }
-    let held = ids
-        .into_iter()
+    let held = weights
+        .iter()
         .zip(counts)
         .zip(slots)
-        .map(|((id, count), slot)| Held { id, count, slot })
+        .map(|((&weight, &count), slot)| Held {
+            weight,
+            count,
+            slot,
+        })
         .collect();
     Core {
         circle,
         index_of,
-        fingerprint,
+        ids: backends.iter().map(|b| b.id()).collect(),
         held,
-        members,
+        keys,
+        scale: snapshot.weight_scale(),
         free,
     }
 }
