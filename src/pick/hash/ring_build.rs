@@ -46,6 +46,9 @@ struct Held {
 struct Keys {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// While copying from an older `Keys`: the run of its bytes copied but not yet
+    /// written, and where it goes (see [`copy`](Self::copy)).
+    run: Option<(usize, usize, usize)>,
 }
 
 impl Keys {
@@ -53,6 +56,30 @@ impl Keys {
         Keys {
             bytes: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(members),
+            run: None,
+        }
+    }
+
+    /// Appends the key of `old`'s member `i`. Consecutive members are copied in one
+    /// run, when the run ends ([`push`](Self::push) or [`finish`](Self::finish)).
+    fn copy(&mut self, old: &Keys, i: usize) {
+        let start = i.checked_sub(1).and_then(|b| old.ends.get(b)).copied().unwrap_or(0);
+        let end = old.ends.get(i).copied().unwrap_or(start);
+        let (from, to, at) = match self.run {
+            Some((from, to, at)) if to == start => (from, end, at),
+            _ => {
+                self.flush(old);
+                (start, end, self.bytes.len())
+            }
+        };
+        self.run = Some((from, to, at));
+        self.ends.push(at + (to - from));
+    }
+
+    /// Writes the run being copied from `old`.
+    fn flush(&mut self, old: &Keys) {
+        if let Some((from, to, _)) = self.run.take() {
+            self.bytes.extend_from_slice(old.bytes.get(from..to).unwrap_or_default());
         }
     }
 
@@ -66,8 +93,11 @@ impl Keys {
         self.bytes.get(start..end).unwrap_or_default()
     }
 
-    /// Appends `addr`'s key; returns it.
-    fn push<A: BackendKey + ?Sized>(&mut self, addr: &A) -> &[u8] {
+    /// Appends `addr`'s key (after the run being copied from `old`, if any).
+    fn push<A: BackendKey + ?Sized>(&mut self, addr: &A, old: Option<&Keys>) -> &[u8] {
+        if let Some(old) = old {
+            self.flush(old);
+        }
         let start = self.bytes.len();
         addr.write_key(&mut self.bytes);
         self.ends.push(self.bytes.len());
@@ -234,7 +264,7 @@ fn scratch<A: BackendKey>(snapshot: &Snapshot<A>, weights: &[u32], counts: &[u32
     let mut keys = Keys::with_capacity(0, snapshot.len());
     let mut points = Vec::with_capacity(counts.iter().map(|&c| c as usize).sum());
     for (slot, (b, &count)) in (0..).zip(snapshot.backends().iter().zip(counts)) {
-        let key = keys.push(b.addr());
+        let key = keys.push(b.addr(), None);
         replicas(key, slot, 0, count, &mut input, &mut points);
     }
     let index_of: Box<[u32]> = (0..).take(snapshot.len()).collect();
@@ -272,8 +302,6 @@ fn change<A: BackendKey>(
     let mut input = Vec::new();
     let mut keys = Keys::with_capacity(prev.keys.bytes.len() + 64, n);
     let mut slots = vec![u32::MAX; n];
-    // Replicas each old slot keeps (all, unless it shrank or left).
-    let mut keep = vec![u32::MAX; prev.index_of.len()];
     let mut freed = Vec::new();
     // Survivors by a merge of the two id-ordered lists: old members that left, and
     // survivors whose count changed (snapshot index, slot, old count, new count). A
@@ -286,34 +314,32 @@ fn change<A: BackendKey>(
             left.push(old);
             old += 1;
         }
-        let key = keys.push(b.addr());
         if prev.ids.get(old) != Some(&b.id()) {
+            keys.push(b.addr(), Some(&prev.keys));
             continue;
         }
+        // A survivor: same id, hence same address and key (the pool never gives an id
+        // to another address), whose key bytes are copied, not written again.
+        keys.copy(&prev.keys, old);
+        let h = prev.held[old];
         old += 1;
-        if key != prev.keys.get(old - 1) {
-            left.push(old - 1);
-            continue;
-        }
-        let h = prev.held[old - 1];
         slots[j] = h.slot;
         if counts[j] != h.count {
             resized.push((j, h.slot, h.count, counts[j]));
         }
     }
     left.extend(old..prev.ids.len());
+    keys.flush(&prev.keys);
     let mut added: Vec<Point> = Vec::new();
     // Points that go away, hashed again from the key: where the pages to rewrite are.
     let mut gone: Vec<Point> = Vec::new();
     for old in left {
         let h = prev.held[old];
-        keep[h.slot as usize] = 0;
         freed.push(h.slot);
         replicas(prev.keys.get(old), h.slot, 0, h.count, &mut input, &mut gone);
     }
     for (j, slot, from, to) in resized {
         if to < from {
-            keep[slot as usize] = to;
             replicas(keys.get(j), slot, to, from, &mut input, &mut gone);
         } else {
             replicas(keys.get(j), slot, from, to, &mut input, &mut added);
@@ -340,6 +366,7 @@ fn change<A: BackendKey>(
     }
 
     added.sort_unstable_by(|a, b| order(&keys, &index_of, a, b));
+    gone.sort_unstable_by_key(|p| p.hash);
     let mut touched: Vec<usize> = gone
         .iter()
         .chain(&added)
@@ -347,28 +374,47 @@ fn change<A: BackendKey>(
         .collect();
     touched.sort_unstable();
     touched.dedup();
-    // Each touched page: its kept points merged with its new ones.
+    // Each touched page patched: its points that go found by position, the new ones
+    // placed by the circle's order among the old.
     let mut len = prev.circle.len() + added.len();
     let mut rewritten = Vec::with_capacity(touched.len());
-    let mut new = &added[..];
+    let (mut new, mut old) = (&added[..], &gone[..]);
+    let (mut removed, mut placed) = (Vec::new(), Vec::new());
+    let mut scratch = Vec::new();
     for page in touched {
-        let (mine, rest) = new.split_at(new.partition_point(|p| layout.page_of(p.hash) <= page));
+        let in_page = |p: &Point| layout.page_of(p.hash) <= page;
+        let (mine, rest) = new.split_at(new.partition_point(in_page));
         new = rest;
-        let old = prev.circle.page(page);
-        let mut out = Vec::with_capacity(old.len() + mine.len());
-        let mut mine = mine.iter().peekable();
-        for p in old {
-            if p.replica >= keep.get(p.owner as usize).copied().unwrap_or(u32::MAX) {
-                len -= 1;
-                continue;
+        let (going, rest) = old.split_at(old.partition_point(in_page));
+        old = rest;
+        let view = prev.circle.page_view(page);
+        removed.clear();
+        for g in going {
+            let mut i = view.partition_point(|p| p.hash < g.hash);
+            while let Some(p) = view.get(i).filter(|p| p.hash == g.hash) {
+                if p.owner == g.owner && p.replica == g.replica {
+                    removed.push(i);
+                    break;
+                }
+                i += 1;
             }
-            while let Some(f) = mine.next_if(|f| order(&keys, &index_of, f, &p).is_lt()) {
-                out.push(*f);
-            }
-            out.push(p);
         }
-        out.extend(mine);
-        rewritten.push((page, out));
+        removed.sort_unstable();
+        len -= removed.len();
+        placed.clear();
+        for &f in mine {
+            let mut i = view.partition_point(|p| p.hash < f.hash);
+            // Among equal positions (rare), after the points that stay and come first.
+            while let Some(p) = view.get(i).filter(|p| p.hash == f.hash) {
+                if removed.contains(&i) || order(&keys, &index_of, &p, &f).is_lt() {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            placed.push((i, f));
+        }
+        rewritten.push((page, view.patched(&removed, &placed, &mut scratch)));
     }
     // Slots sparse after many removals: numbered again, as a build from scratch would.
     let relabel = (index_of.len() > 2 * n + 64).then(|| {

@@ -110,14 +110,14 @@ impl Circle {
 
     /// The circle of `points`, sorted in circle order, laid out by `layout`.
     fn laid_out(points: &[Point], layout: Layout) -> Circle {
-        let mut scratch = Vec::new();
+        let mut writer = PageWriter::new(layout);
         let mut rest = points;
         let pages = (0..layout.pages())
             .map(|page| {
                 let n = rest.partition_point(|p| layout.page_of(p.hash) <= page);
                 let (mine, after) = rest.split_at(n);
                 rest = after;
-                encode(mine, layout, &mut scratch)
+                encode(mine, &mut writer)
             })
             .collect();
         Circle {
@@ -132,6 +132,11 @@ impl Circle {
         self.layout
     }
 
+    /// A writer of pages for this circle.
+    pub(super) fn writer(&self) -> PageWriter {
+        PageWriter::new(self.layout)
+    }
+
     /// How many points.
     pub(super) fn len(&self) -> usize {
         self.len
@@ -144,20 +149,30 @@ impl Circle {
         points.chunks_exact(2).map(|w| decode(w[0], w[1]))
     }
 
-    /// The same circle with the pages in `rewritten` (page index, its points in circle
-    /// order; in page order) replaced, and `len` points in all. Relaid for `len` when
-    /// the layout no longer fits it, or when `relabel` is given (new slot by old).
+    /// Page `page`, to read and patch.
+    pub(super) fn page_view(&self, page: usize) -> PageView<'_> {
+        let words = self.pages.get(page).map_or(&[][..], |p| &p[..]);
+        let (directory, points) = words.split_at(self.layout.directory_words().min(words.len()));
+        PageView {
+            layout: self.layout,
+            directory,
+            points,
+        }
+    }
+
+    /// The same circle with the pages in `rewritten` (page index, the page written by
+    /// [`writer`](Self::writer)) replaced, and `len` points in all. Relaid for `len`
+    /// when the layout no longer fits it, or when `relabel` is given (new slot by old).
     pub(super) fn with_pages(
         &self,
-        rewritten: Vec<(usize, Vec<Point>)>,
+        rewritten: Vec<(usize, Page)>,
         len: usize,
         relabel: Option<&[u32]>,
     ) -> Circle {
-        let mut scratch = Vec::new();
         let mut pages = self.pages.clone();
-        for (page, points) in &rewritten {
-            if let Some(slot) = pages.get_mut(*page) {
-                *slot = encode(points, self.layout, &mut scratch);
+        for (page, written) in rewritten {
+            if let Some(slot) = pages.get_mut(page) {
+                *slot = written;
             }
         }
         let circle = Circle {
@@ -247,6 +262,105 @@ impl Circle {
     }
 }
 
+/// One page of a [`Circle`]: its directory words and its point words.
+pub(super) struct PageView<'a> {
+    layout: Layout,
+    directory: &'a [u64],
+    points: &'a [u64],
+}
+
+impl PageView<'_> {
+    /// How many points.
+    pub(super) fn len(&self) -> usize {
+        self.points.len() / 2
+    }
+
+    /// Point `i`.
+    pub(super) fn get(&self, i: usize) -> Option<Point> {
+        Some(decode(*self.points.get(2 * i)?, *self.points.get(2 * i + 1)?))
+    }
+
+    /// The index of the first point for which `before` is false (the points being
+    /// ordered so that `before` holds up to some index and not past it).
+    pub(super) fn partition_point(&self, before: impl Fn(&Point) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid) {
+                Some(p) if before(&p) => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
+
+    /// Directory entry `k`.
+    fn entry(&self, k: usize) -> u64 {
+        self.directory
+            .get(k / 2)
+            .map_or(0, |w| (w >> (32 * (k % 2))) & u64::from(u32::MAX))
+    }
+
+    /// This page with the points at `removed` (indices, ascending) taken out and the
+    /// points of `added` put in, each before the old point at its index (ascending,
+    /// in circle order); written in `scratch`. The kept points are copied in runs and
+    /// the directory shifted by the count of points taken out and put in before each
+    /// entry: O(page + changes), no per-point work.
+    pub(super) fn patched(
+        &self,
+        removed: &[usize],
+        added: &[(usize, Point)],
+        scratch: &mut Vec<u64>,
+    ) -> Page {
+        let layout = self.layout;
+        let n = self.len();
+        scratch.clear();
+        scratch.resize(self.directory.len(), 0);
+        let (mut cur, mut r, mut a) = (0, 0, 0);
+        loop {
+            let next_removed = removed.get(r).copied().unwrap_or(n);
+            let next_added = added.get(a).map_or(n, |&(at, _)| at);
+            let stop = next_removed.min(next_added).clamp(cur, n);
+            scratch.extend_from_slice(self.points.get(2 * cur..2 * stop).unwrap_or_default());
+            cur = stop;
+            if let Some(&(at, p)) = added.get(a)
+                && at <= cur
+            {
+                scratch.push(p.hash);
+                scratch.push(u64::from(p.owner) | (u64::from(p.replica) << 32));
+                a += 1;
+            } else if removed.get(r).is_some_and(|&at| at <= cur) {
+                cur += usize::from(removed.get(r) == Some(&cur));
+                r += 1;
+            } else {
+                break;
+            }
+        }
+        // Entry k counts the points before it: the old count, plus the points put in
+        // and less the points taken out below k.
+        let sub = |h: u64| layout.entry_of(h);
+        let mut removed_subs = removed.iter().filter_map(|&i| self.get(i)).map(|p| sub(p.hash));
+        let mut added_subs = added.iter().map(|(_, p)| sub(p.hash));
+        let (mut next_removed, mut next_added) = (removed_subs.next(), added_subs.next());
+        let mut shift: i64 = 0;
+        for k in 0..=(1usize << layout.sub_bits) {
+            while next_added.is_some_and(|s| s < k) {
+                shift += 1;
+                next_added = added_subs.next();
+            }
+            while next_removed.is_some_and(|s| s < k) {
+                shift -= 1;
+                next_removed = removed_subs.next();
+            }
+            let entry = (self.entry(k) as i64 + shift).max(0) as u64;
+            if let Some(w) = scratch.get_mut(k / 2) {
+                *w |= entry << (32 * (k % 2));
+            }
+        }
+        Arc::from(&scratch[..])
+    }
+}
+
 /// Every point of a [`Circle`] once, clockwise from a given one.
 pub(super) struct Walk<'a> {
     circle: &'a Circle,
@@ -281,36 +395,70 @@ impl Iterator for Walk<'_> {
 
 impl ExactSizeIterator for Walk<'_> {}
 
-/// A page of `points` (sorted, all in one page) under `layout`, built in `scratch`.
-fn encode(points: &[Point], layout: Layout, scratch: &mut Vec<u64>) -> Page {
-    let entries = (1usize << layout.sub_bits) + 1;
-    let mut directory = vec![0u32; entries];
-    // directory[k] = the first point whose entry is ≥ k: one pass, filling the entries
-    // up to each point's.
-    let mut k = 0usize;
-    for (i, p) in points.iter().enumerate() {
-        let entry = layout.entry_of(p.hash);
-        if entry >= k
-            && let Some(run) = directory.get_mut(k..=entry)
-        {
-            run.fill(as_u32(i));
-            k = entry + 1;
+/// Writes pages: points pushed in circle order, the directory filled as they come.
+pub(super) struct PageWriter {
+    layout: Layout,
+    words: Vec<u64>,
+    /// The next directory entry to fill, and how many points the page has.
+    entry: usize,
+    len: usize,
+}
+
+impl PageWriter {
+    pub(super) fn new(layout: Layout) -> PageWriter {
+        PageWriter {
+            layout,
+            words: Vec::new(),
+            entry: 0,
+            len: 0,
         }
     }
-    if let Some(run) = directory.get_mut(k..) {
-        run.fill(as_u32(points.len()));
+
+    /// Starts a page.
+    pub(super) fn start(&mut self) {
+        self.words.clear();
+        self.words.resize(self.layout.directory_words(), 0);
+        self.entry = 0;
+        self.len = 0;
     }
-    scratch.clear();
-    scratch.extend(
-        directory
-            .chunks(2)
-            .map(|pair| u64::from(pair[0]) | pair.get(1).map_or(0, |&hi| u64::from(hi) << 32)),
-    );
-    for p in points {
-        scratch.push(p.hash);
-        scratch.push(u64::from(p.owner) | (u64::from(p.replica) << 32));
+
+    /// Fills the directory up to entry `last`: the entries from the next one on start
+    /// at the page's next point.
+    #[inline]
+    fn fill(&mut self, last: usize) {
+        let at = self.len as u64;
+        while self.entry <= last {
+            if let Some(w) = self.words.get_mut(self.entry / 2) {
+                *w |= at << (32 * (self.entry % 2));
+            }
+            self.entry += 1;
+        }
     }
-    Arc::from(&scratch[..])
+
+    /// Adds the page's next point.
+    #[inline]
+    pub(super) fn push(&mut self, p: Point) {
+        self.fill(self.layout.entry_of(p.hash));
+        self.words.push(p.hash);
+        self.words
+            .push(u64::from(p.owner) | (u64::from(p.replica) << 32));
+        self.len += 1;
+    }
+
+    /// The page.
+    pub(super) fn finish(&mut self) -> Page {
+        self.fill(1 << self.layout.sub_bits);
+        Arc::from(&self.words[..])
+    }
+}
+
+/// A page of `points` (sorted, all in one page).
+fn encode(points: &[Point], writer: &mut PageWriter) -> Page {
+    writer.start();
+    for &p in points {
+        writer.push(p);
+    }
+    writer.finish()
 }
 
 #[inline]
@@ -320,10 +468,6 @@ fn decode(hash: u64, owner: u64) -> Point {
         owner: owner as u32,
         replica: (owner >> 32) as u32,
     }
-}
-
-fn as_u32(i: usize) -> u32 {
-    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -393,7 +537,8 @@ mod tests {
             .copied()
             .filter(|p| layout.page_of(p.hash) != 3)
             .collect();
-        let rewritten = circle.with_pages(vec![(3, Vec::new())], kept.len(), None);
+        let empty = encode(&[], &mut circle.writer());
+        let rewritten = circle.with_pages(vec![(3, empty)], kept.len(), None);
         assert_eq!(rewritten.walk((0, 0)).collect::<Vec<_>>(), kept);
         assert_eq!(rewritten.layout(), layout);
         // Relabelled and relaid: the same points, new owners.
