@@ -234,8 +234,8 @@ impl<A: BackendKey, F: Picker<A>> HashPicker<A> for Ring<F> {
     fn find(&self, key: Lookup<'_, A, Self::Table>, mut accept: impl Accept) -> Option<usize> {
         let (ring, snapshot) = (&key.table.table, key.snapshot);
         let circle = &ring.core.circle;
-        let start = circle.successor(key_hash(key.hash))?;
-        let first = ring.index_of(circle.get(start)?.owner);
+        let (start, owner) = circle.successor(key_hash(key.hash))?;
+        let first = ring.index_of(owner);
         if snapshot.is_eligible(first) && accept(first) {
             return Some(first);
         }

@@ -46,7 +46,7 @@ impl Layout {
     /// The layout for a ring of `points` points.
     pub(super) fn for_len(points: usize) -> Layout {
         let bits = Self::bits_for(points);
-        let sub_bits = bits.min(SUB_BITS);
+        let sub_bits = bits.min(std::env::var("SUB_BITS").ok().and_then(|v| v.parse().ok()).unwrap_or(SUB_BITS));
         Layout {
             page_bits: bits - sub_bits,
             sub_bits,
@@ -198,39 +198,41 @@ impl Circle {
         Self::laid_out(&all, layout)
     }
 
-    /// Where the first point at or after position `h` is, clockwise (wrapping round);
-    /// `None` on an empty circle.
+    /// Where the first point at or after position `h` is, clockwise (wrapping round),
+    /// and its owner; `None` on an empty circle.
     #[inline]
-    pub(super) fn successor(&self, h: u64) -> Option<At> {
+    pub(super) fn successor(&self, h: u64) -> Option<(At, u32)> {
         let layout = self.layout;
         let page = layout.page_of(h);
         let words = self.pages.get(page)?;
         let k = layout.entry_of(h);
-        let dir = |k: usize| words.get(k / 2).map_or(0, |w| (w >> (32 * (k % 2))) as u32) as usize;
-        let (mut i, end) = (dir(k), dir(k + 1));
-        let points = words.get(layout.directory_words()..).unwrap_or(&[]);
-        // Points under this entry are below the next entry's, so the first one at or
-        // after `h` is here or is the next entry's first.
-        while i < end {
-            match points.get(2 * i) {
-                Some(&p) if p < h => i += 1,
-                _ => break,
+        let start = words.get(k / 2).map_or(0, |w| (w >> (32 * (k % 2))) as u32) as usize;
+        let points = words.get(layout.directory_words()..).unwrap_or_default();
+        // The points under entry k are at or past its start, and those of later entries
+        // above `h`: the first one at or after `h` is the first not below it from there.
+        let mut i = 2 * start;
+        while let Some(&p) = points.get(i) {
+            if p >= h {
+                let owner = points.get(i + 1).map_or(u32::MAX, |&w| w as u32);
+                return Some(((page, i / 2), owner));
             }
-        }
-        if 2 * i < points.len() {
-            return Some((page, i));
+            i += 2;
         }
         self.first_from(page + 1)
     }
 
-    /// The first point of the first non-empty page from `page` on, wrapping round.
-    fn first_from(&self, page: usize) -> Option<At> {
+    /// The first point of the first non-empty page from `page` on, wrapping round, and
+    /// its owner.
+    #[cold]
+    fn first_from(&self, page: usize) -> Option<(At, u32)> {
         let dir_words = self.layout.directory_words();
         let count = self.pages.len();
         (page..count)
             .chain(0..page.min(count))
-            .find(|&q| self.pages.get(q).is_some_and(|p| p.len() > dir_words))
-            .map(|q| (q, 0))
+            .find_map(|q| {
+                let owner = *self.pages.get(q)?.get(dir_words + 1)?;
+                Some(((q, 0), owner as u32))
+            })
     }
 
     /// The point at `at`.
@@ -513,9 +515,10 @@ mod tests {
                     .chain(hashes.iter().flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)]));
                 for h in probes {
                     let expected = hashes.partition_point(|&p| p < h) % n;
-                    let at = circle.successor(h).unwrap();
+                    let (at, owner) = circle.successor(h).unwrap();
                     assert_eq!(flat(&circle, at), expected, "n={n} {layout:?} h={h:#x}");
                     assert_eq!(circle.get(at).unwrap().hash, hashes[expected]);
+                    assert_eq!(owner, pts[expected].owner);
                 }
             }
         }
