@@ -333,4 +333,45 @@ mod tests {
         let table = ring.prepare(&snapshot, None);
         assert_eq!(table.table().len(), 1000);
     }
+
+    /// A change rewrites only the pages its points fall in: at most one page per point
+    /// added or removed (the new member's, and past the cap the few points other
+    /// members gain or lose), all other pages shared with the previous ring.
+    #[test]
+    fn a_change_rewrites_only_the_pages_its_points_fall_in() {
+        use std::collections::HashSet;
+
+        use crate::Pool;
+        for max in [u32::MAX, 60_000] {
+            let ring = Ring::new()
+                .with_points_per_weight(NonZeroU32::new(40).unwrap())
+                .with_max_points(NonZeroU32::new(max).unwrap());
+            let pool = Pool::new(ring);
+            pool.extend((0..1000u64).map(|i| (format!("b{i}"), Weight::new(1 + i % 4).unwrap())))
+                .unwrap();
+            let mut added = None;
+            for step in 0..20 {
+                let before = pool.snapshot();
+                match added.take() {
+                    None => added = Some(pool.insert(format!("n{step}"), Weight::ONE).unwrap()),
+                    Some(id) => drop(pool.remove(id).unwrap()),
+                }
+                let after = pool.snapshot();
+                let named = |p: &crate::Prepared<String, WithFallback<RingTable, ()>>| {
+                    let s = p.snapshot();
+                    p.table()
+                        .table()
+                        .points()
+                        .map(|(h, i)| (h, s.backends()[i].addr().clone()))
+                        .collect::<HashSet<_>>()
+                };
+                let (old, new) = (named(&before), named(&after));
+                let moved = old.symmetric_difference(&new).count();
+                let (a, b) = (&after.table().table().core, &before.table().table().core);
+                let (rewritten, pages) = a.circle.pages_not_in(&b.circle);
+                assert!(moved > 0 && rewritten <= moved, "max {max} step {step}: {rewritten} pages for {moved} points");
+                assert!(pages >= 256, "{pages} pages");
+            }
+        }
+    }
 }

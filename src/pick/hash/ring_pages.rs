@@ -253,14 +253,20 @@ impl Circle {
     }
 
     /// Heap bytes of the pages (for the docs' memory figures).
+    /// How many pages differ from `other`'s (not shared with it), and how many pages
+    /// there are.
     #[cfg(test)]
-    pub(super) fn bytes(&self) -> usize {
-        self.pages.len() * size_of::<Page>()
-            + self
-                .pages
-                .iter()
-                .map(|p| p.len() * 8 + 2 * size_of::<usize>())
-                .sum::<usize>()
+    pub(super) fn pages_not_in(&self, other: &Circle) -> (usize, usize) {
+        let differ = (self.layout != other.layout || self.pages.len() != other.pages.len())
+            .then_some(self.pages.len())
+            .unwrap_or_else(|| {
+                self.pages
+                    .iter()
+                    .zip(&other.pages)
+                    .filter(|(a, b)| !Arc::ptr_eq(a, b))
+                    .count()
+            });
+        (differ, self.pages.len())
     }
 }
 
