@@ -62,6 +62,7 @@ impl Keys {
 
     /// Appends the key of `old`'s member `i`. Consecutive members are copied in one
     /// run, when the run ends ([`push`](Self::push) or [`finish`](Self::finish)).
+    #[inline]
     fn copy(&mut self, old: &Keys, i: usize) {
         let start = i.checked_sub(1).and_then(|b| old.ends.get(b)).copied().unwrap_or(0);
         let end = old.ends.get(i).copied().unwrap_or(start);
@@ -302,20 +303,23 @@ fn change<A: BackendKey>(
     let mut input = Vec::new();
     let mut keys = Keys::with_capacity(prev.keys.bytes.len() + 64, n);
     let mut slots = vec![u32::MAX; n];
+    let mut ids = Vec::with_capacity(n);
     let mut freed = Vec::new();
-    // Survivors by a merge of the two id-ordered lists: old members that left, and
-    // survivors whose count changed (snapshot index, slot, old count, new count). A
-    // member whose key differs under the same id is a new member.
-    let mut left = Vec::new();
-    let mut resized = Vec::new();
+    // Survivors by a merge of the two id-ordered lists: old members that left, new
+    // ones, and survivors whose count changed (snapshot index, slot, old count, new
+    // count).
+    let (mut left, mut joined, mut resized) = (Vec::new(), Vec::new(), Vec::new());
     let mut old = 0;
     for (j, b) in backends.iter().enumerate() {
-        while prev.ids.get(old).is_some_and(|&id| id < b.id()) {
+        let id = b.id();
+        ids.push(id);
+        while prev.ids.get(old).is_some_and(|&o| o < id) {
             left.push(old);
             old += 1;
         }
-        if prev.ids.get(old) != Some(&b.id()) {
+        if prev.ids.get(old) != Some(&id) {
             keys.push(b.addr(), Some(&prev.keys));
+            joined.push(j);
             continue;
         }
         // A survivor: same id, hence same address and key (the pool never gives an id
@@ -348,14 +352,13 @@ fn change<A: BackendKey>(
     // New members take free slots (not the ones freed just now), else fresh ones.
     let mut free = prev.free.clone();
     let mut next = u32::try_from(prev.index_of.len()).unwrap_or(u32::MAX);
-    for (j, slot) in slots.iter_mut().enumerate() {
-        if *slot == u32::MAX {
-            *slot = free.pop().unwrap_or_else(|| {
-                next += 1;
-                next - 1
-            });
-            replicas(keys.get(j), *slot, 0, counts[j], &mut input, &mut added);
-        }
+    for j in joined {
+        let slot = free.pop().unwrap_or_else(|| {
+            next += 1;
+            next - 1
+        });
+        slots[j] = slot;
+        replicas(keys.get(j), slot, 0, counts[j], &mut input, &mut added);
     }
     free.extend(freed);
     let mut index_of = vec![u32::MAX; next as usize].into_boxed_slice();
@@ -445,7 +448,7 @@ fn change<A: BackendKey>(
     Core {
         circle,
         index_of,
-        ids: backends.iter().map(|b| b.id()).collect(),
+        ids: ids.into_boxed_slice(),
         held,
         keys,
         scale: snapshot.weight_scale(),

@@ -46,7 +46,7 @@ impl Layout {
     /// The layout for a ring of `points` points.
     pub(super) fn for_len(points: usize) -> Layout {
         let bits = Self::bits_for(points);
-        let sub_bits = bits.min(std::env::var("SUB_BITS").ok().and_then(|v| v.parse().ok()).unwrap_or(SUB_BITS));
+        let sub_bits = bits.min(SUB_BITS);
         Layout {
             page_bits: bits - sub_bits,
             sub_bits,
@@ -302,13 +302,6 @@ impl PageView<'_> {
         lo
     }
 
-    /// Directory entry `k`.
-    fn entry(&self, k: usize) -> u64 {
-        self.directory
-            .get(k / 2)
-            .map_or(0, |w| (w >> (32 * (k % 2))) & u64::from(u32::MAX))
-    }
-
     /// This page with the points at `removed` (indices, ascending) taken out and the
     /// points of `added` put in, each before the old point at its index (ascending,
     /// in circle order); written in `scratch`. The kept points are copied in runs and
@@ -323,7 +316,7 @@ impl PageView<'_> {
         let layout = self.layout;
         let n = self.len();
         scratch.clear();
-        scratch.resize(self.directory.len(), 0);
+        scratch.extend_from_slice(self.directory);
         let (mut cur, mut r, mut a) = (0, 0, 0);
         loop {
             let next_removed = removed.get(r).copied().unwrap_or(n);
@@ -344,26 +337,37 @@ impl PageView<'_> {
                 break;
             }
         }
-        // Entry k counts the points before it: the old count, plus the points put in
-        // and less the points taken out below k.
-        let sub = |h: u64| layout.entry_of(h);
-        let mut removed_subs = removed.iter().filter_map(|&i| self.get(i)).map(|p| sub(p.hash));
-        let mut added_subs = added.iter().map(|(_, p)| sub(p.hash));
-        let (mut next_removed, mut next_added) = (removed_subs.next(), added_subs.next());
-        let mut shift: i64 = 0;
-        for k in 0..=(1usize << layout.sub_bits) {
-            while next_added.is_some_and(|s| s < k) {
-                shift += 1;
-                next_added = added_subs.next();
+        // Entry k counts the points before it: each point put in below k adds one to
+        // it, each taken out below k one less — one add over the words past the
+        // point's entry (two entries a word: no carry crosses, as no entry goes below
+        // zero nor past 2³²).
+        let entries = (1usize << layout.sub_bits) + 1;
+        let (directory, _) = scratch.split_at_mut(self.directory.len());
+        let mut shift = |h: u64, up: bool| {
+            let first = layout.entry_of(h) + 1;
+            let step = |w: &mut u64, by: u64| *w = if up { w.wrapping_add(by) } else { w.wrapping_sub(by) };
+            let mut word = first / 2;
+            if first % 2 == 1 {
+                if let Some(w) = directory.get_mut(word) {
+                    step(w, 1 << 32);
+                }
+                word += 1;
             }
-            while next_removed.is_some_and(|s| s < k) {
-                shift -= 1;
-                next_removed = removed_subs.next();
+            for w in directory.iter_mut().skip(word) {
+                step(w, 1 | (1 << 32));
             }
-            let entry = (self.entry(k) as i64 + shift).max(0) as u64;
-            if let Some(w) = scratch.get_mut(k / 2) {
-                *w |= entry << (32 * (k % 2));
-            }
+        };
+        for p in removed.iter().filter_map(|&i| self.get(i)) {
+            shift(p.hash, false);
+        }
+        for (_, p) in added {
+            shift(p.hash, true);
+        }
+        // The half past the last entry, shifted along: back to zero.
+        if entries % 2 == 1
+            && let Some(last) = directory.last_mut()
+        {
+            *last &= u64::from(u32::MAX);
         }
         Arc::from(&scratch[..])
     }
