@@ -132,21 +132,9 @@ impl Circle {
         self.layout
     }
 
-    /// A writer of pages for this circle.
-    pub(super) fn writer(&self) -> PageWriter {
-        PageWriter::new(self.layout)
-    }
-
     /// How many points.
     pub(super) fn len(&self) -> usize {
         self.len
-    }
-
-    /// The points of page `page`, in circle order.
-    pub(super) fn page(&self, page: usize) -> impl ExactSizeIterator<Item = Point> + '_ {
-        let words = self.pages.get(page).map_or(&[][..], |p| &p[..]);
-        let points = words.get(self.layout.directory_words()..).unwrap_or(&[]);
-        points.chunks_exact(2).map(|w| decode(w[0], w[1]))
     }
 
     /// Page `page`, to read and patch.
@@ -160,8 +148,8 @@ impl Circle {
         }
     }
 
-    /// The same circle with the pages in `rewritten` (page index, the page written by
-    /// [`writer`](Self::writer)) replaced, and `len` points in all. Relaid for `len`
+    /// The same circle with the pages in `rewritten` (page index, the page as
+    /// [`PageView::patched`] writes it) replaced, and `len` points in all. Relaid for `len`
     /// when the layout no longer fits it, or when `relabel` is given (new slot by old).
     pub(super) fn with_pages(
         &self,
@@ -501,7 +489,7 @@ mod tests {
     }
 
     fn flat(circle: &Circle, (page, i): At) -> usize {
-        (0..page).map(|q| circle.page(q).len()).sum::<usize>() + i
+        (0..page).map(|q| circle.page_view(q).len()).sum::<usize>() + i
     }
 
     /// A lookup finds the first point at or after the position, as a binary search of
@@ -550,7 +538,7 @@ mod tests {
             .copied()
             .filter(|p| layout.page_of(p.hash) != 3)
             .collect();
-        let empty = encode(&[], &mut circle.writer());
+        let empty = encode(&[], &mut PageWriter::new(layout));
         let rewritten = circle.with_pages(vec![(3, empty)], kept.len(), None);
         assert_eq!(rewritten.walk((0, 0)).collect::<Vec<_>>(), kept);
         assert_eq!(rewritten.layout(), layout);
