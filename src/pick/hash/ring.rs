@@ -26,17 +26,33 @@
 //! 160 per unit already exceeds from 7 backends on. Raise V for tighter balance (σ ∝
 //! 1/√V) at a linear memory cost; with weights in the hundreds lower it, since the
 //! count is per *unit* of weight. The ring is capped at [`DEFAULT_MAX_POINTS`] points
-//! (`with_max_points`); past the cap every backend's count is scaled down in proportion,
-//! which may move keys between surviving backends.
+//! (`with_max_points`); past the cap every backend gets ⌊max × w / Σw⌋ points (at least
+//! one), which may move keys between surviving backends: the total stays at the cap,
+//! so a change also moves about as many of the others' points as it adds or removes
+//! (the others' points past their new counts go, or their next ones come), and, when Σw
+//! crosses a value where ⌊max × w / Σw⌋ steps for some weight w, one point of every
+//! backend of that weight — such a change costs up to a copy of the ring, as does
+//! crossing the cap itself.
 //!
-//! **Cost**: lookup O(1) expected — the top bits of the key's hash index a directory of
-//! 2^⌈log₂ P⌉ entries that narrows the search to about one point, then the point is
-//! read: 16 / 18 / 27 ns at N = 8 / 64 / 1024 including the key hash (pingora's Ketama,
-//! a binary search, is quoted at 60 / 76 / 133 ns); build O(P log P) for P points, 10 ms
-//! at N = 1024, and a change O(P + c log c) for c changed points: the points of members
-//! that stay are kept, only the new ones hashed and sorted, and the two runs merged
-//! (the same ring as a build from scratch, which the unit tests check); memory 16 B per point + 4 B per directory entry, 1 to 2 points per entry
-//! (3.5 MiB at N = 1024, V = 160).
+//! **Cost**: lookup O(1) expected — the top bits of the key's hash pick a page of the
+//! circle and the next ones an entry of its directory (2^⌈log₂ P⌉ entries in all for P
+//! points), which narrows the search to about one point: 16 / 18 / 31 ns at N = 8 / 64
+//! / 1024 including the key hash (pingora's Ketama, a binary search, is quoted at 60 /
+//! 76 / 133 ns); build O(P log P), 11 ms at N = 1024. A change costs O(N) for the
+//! members plus the pages its points fall in, not the ring: the circle is cut into
+//! 2^(⌈log₂ P⌉ − 7) pages of 64 to 256 points on average, each its own shared
+//! allocation, and a
+//! ring built from the previous one shares every page the change does not touch;
+//! points name their owner by a stable slot, which a member keeps while it stays, so a
+//! removal renumbers no point. The change hashes only the points that come or go,
+//! finds their pages, and patches just those (the kept points copied in runs, the
+//! page's directory shifted) — the same ring as a build from scratch, which the unit
+//! tests check. One change on a pool of 50 000 backends (≈ 10⁶ points, at the cap)
+//! costs 1.1–1.6 × `RoundRobin`'s whole change; before pages and slots, 5.6 ×
+//! (`benches/scale.rs`). Memory: 16 B per point + 4 B per directory entry (½ to 2
+//! points an entry: past that band the pages are laid out again, an O(P) copy without
+//! hashing), ≈ 40 B per page, and ≈ 32 B + the key's bytes per member (3.5 MiB at
+//! N = 1024, V = 160).
 //!
 //! Karger et al., "Consistent hashing and random trees", STOC 1997; Ketama (last.fm,
 //! 2007); NGINX `ngx_http_upstream_hash_module`; Envoy's ring hash load balancer.
@@ -270,7 +286,11 @@ mod tests {
 
     /// The request hash `find` mixes to `h` (Murmur3's finaliser undone).
     fn unmix(mut z: u64) -> u64 {
-        let inverse = |a: u64| (0..6).fold(a, |x, _| x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x))));
+        let inverse = |a: u64| {
+            (0..6).fold(a, |x, _| {
+                x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x)))
+            })
+        };
         z ^= z >> 33;
         z = z.wrapping_mul(inverse(0xC4CE_B9FE_1A85_EC53));
         z ^= z >> 33;
@@ -295,7 +315,11 @@ mod tests {
                 let at = hashes.partition_point(|&p| p < h) % hashes.len();
                 // `find` mixes the request hash: probe with its preimage.
                 let key = Lookup::new(&table, &snapshot, unmix(h));
-                assert_eq!(ring.find(key, |_| true), Some(points[at].1), "n={n} v={v} h={h:#x}");
+                assert_eq!(
+                    ring.find(key, |_| true),
+                    Some(points[at].1),
+                    "n={n} v={v} h={h:#x}"
+                );
             }
         }
     }
@@ -369,7 +393,10 @@ mod tests {
                 let moved = old.symmetric_difference(&new).count();
                 let (a, b) = (&after.table().table().core, &before.table().table().core);
                 let (rewritten, pages) = a.circle.pages_not_in(&b.circle);
-                assert!(moved > 0 && rewritten <= moved, "max {max} step {step}: {rewritten} pages for {moved} points");
+                assert!(
+                    moved > 0 && rewritten <= moved,
+                    "max {max} step {step}: {rewritten} pages for {moved} points"
+                );
                 assert!(pages >= 256, "{pages} pages");
             }
         }

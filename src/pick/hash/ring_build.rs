@@ -64,7 +64,11 @@ impl Keys {
     /// run, when the run ends ([`push`](Self::push) or [`finish`](Self::finish)).
     #[inline]
     fn copy(&mut self, old: &Keys, i: usize) {
-        let start = i.checked_sub(1).and_then(|b| old.ends.get(b)).copied().unwrap_or(0);
+        let start = i
+            .checked_sub(1)
+            .and_then(|b| old.ends.get(b))
+            .copied()
+            .unwrap_or(0);
         let end = old.ends.get(i).copied().unwrap_or(start);
         let (from, to, at) = match self.run {
             Some((from, to, at)) if to == start => (from, end, at),
@@ -80,7 +84,8 @@ impl Keys {
     /// Writes the run being copied from `old`.
     fn flush(&mut self, old: &Keys) {
         if let Some((from, to, _)) = self.run.take() {
-            self.bytes.extend_from_slice(old.bytes.get(from..to).unwrap_or_default());
+            self.bytes
+                .extend_from_slice(old.bytes.get(from..to).unwrap_or_default());
         }
     }
 
@@ -122,9 +127,7 @@ impl Core {
                 .iter()
                 .zip(self.ids.iter().zip(self.held.iter()))
                 .enumerate()
-                .all(|(i, (b, (&id, h)))| {
-                    b.id() == id && snapshot.effective_weight(i) == h.weight
-                })
+                .all(|(i, (b, (&id, h)))| b.id() == id && snapshot.effective_weight(i) == h.weight)
     }
 }
 
@@ -222,7 +225,9 @@ fn order(keys: &Keys, index_of: &[u32], a: &Point, b: &Point) -> std::cmp::Order
     // Keys are read only on a tie of positions (rare): most comparisons touch the points.
     a.hash.cmp(&b.hash).then_with(|| {
         let key = |p: &Point| {
-            let index = index_of.get(p.owner as usize).map_or(usize::MAX, |&i| i as usize);
+            let index = index_of
+                .get(p.owner as usize)
+                .map_or(usize::MAX, |&i| i as usize);
             keys.get(index)
         };
         (key(a), a.replica).cmp(&(key(b), b.replica))
@@ -340,7 +345,14 @@ fn change<A: BackendKey>(
     for old in left {
         let h = prev.held[old];
         freed.push(h.slot);
-        replicas(prev.keys.get(old), h.slot, 0, h.count, &mut input, &mut gone);
+        replicas(
+            prev.keys.get(old),
+            h.slot,
+            0,
+            h.count,
+            &mut input,
+            &mut gone,
+        );
     }
     for (j, slot, from, to) in resized {
         if to < from {

@@ -215,12 +215,10 @@ impl Circle {
     fn first_from(&self, page: usize) -> Option<(At, u32)> {
         let dir_words = self.layout.directory_words();
         let count = self.pages.len();
-        (page..count)
-            .chain(0..page.min(count))
-            .find_map(|q| {
-                let owner = *self.pages.get(q)?.get(dir_words + 1)?;
-                Some(((q, 0), owner as u32))
-            })
+        (page..count).chain(0..page.min(count)).find_map(|q| {
+            let owner = *self.pages.get(q)?.get(dir_words + 1)?;
+            Some(((q, 0), owner as u32))
+        })
     }
 
     /// The point at `at`.
@@ -240,20 +238,19 @@ impl Circle {
         }
     }
 
-    /// Heap bytes of the pages (for the docs' memory figures).
     /// How many pages differ from `other`'s (not shared with it), and how many pages
     /// there are.
     #[cfg(test)]
     pub(super) fn pages_not_in(&self, other: &Circle) -> (usize, usize) {
-        let differ = (self.layout != other.layout || self.pages.len() != other.pages.len())
-            .then_some(self.pages.len())
-            .unwrap_or_else(|| {
-                self.pages
-                    .iter()
-                    .zip(&other.pages)
-                    .filter(|(a, b)| !Arc::ptr_eq(a, b))
-                    .count()
-            });
+        let differ = if self.layout != other.layout {
+            self.pages.len()
+        } else {
+            self.pages
+                .iter()
+                .zip(&other.pages)
+                .filter(|(a, b)| !Arc::ptr_eq(a, b))
+                .count()
+        };
         (differ, self.pages.len())
     }
 }
@@ -273,7 +270,10 @@ impl PageView<'_> {
 
     /// Point `i`.
     pub(super) fn get(&self, i: usize) -> Option<Point> {
-        Some(decode(*self.points.get(2 * i)?, *self.points.get(2 * i + 1)?))
+        Some(decode(
+            *self.points.get(2 * i)?,
+            *self.points.get(2 * i + 1)?,
+        ))
     }
 
     /// The index of the first point for which `before` is false (the points being
@@ -333,7 +333,13 @@ impl PageView<'_> {
         let (directory, _) = scratch.split_at_mut(self.directory.len());
         let mut shift = |h: u64, up: bool| {
             let first = layout.entry_of(h) + 1;
-            let step = |w: &mut u64, by: u64| *w = if up { w.wrapping_add(by) } else { w.wrapping_sub(by) };
+            let step = |w: &mut u64, by: u64| {
+                *w = if up {
+                    w.wrapping_add(by)
+                } else {
+                    w.wrapping_sub(by)
+                }
+            };
             let mut word = first / 2;
             if first % 2 == 1 {
                 if let Some(w) = directory.get_mut(word) {
@@ -510,7 +516,11 @@ mod tests {
                 let probes = (0..2000u64)
                     .map(|i| crate::stable_hash::mix(i ^ 0x5555))
                     .chain([0, 1, u64::MAX])
-                    .chain(hashes.iter().flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)]));
+                    .chain(
+                        hashes
+                            .iter()
+                            .flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)]),
+                    );
                 for h in probes {
                     let expected = hashes.partition_point(|&p| p < h) % n;
                     let (at, owner) = circle.successor(h).unwrap();
