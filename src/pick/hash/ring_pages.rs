@@ -16,6 +16,10 @@ use std::sync::Arc;
 /// The largest directory in all: 2²⁴ entries; past it points per entry grow.
 const MAX_DIRECTORY_BITS: u32 = 24;
 
+/// Past this many points put in or taken out, a patched page's directory is written
+/// again rather than shifted once per point.
+const MAX_SHIFTS: usize = 8;
+
 /// Directory bits per page: 128 entries, so a page holds 64 to 256 points (0.5 to 2
 /// an entry, as the layout lets the ring grow to twice its size before it is redone).
 const SUB_BITS: u32 = 7;
@@ -110,14 +114,14 @@ impl Circle {
 
     /// The circle of `points`, sorted in circle order, laid out by `layout`.
     fn laid_out(points: &[Point], layout: Layout) -> Circle {
-        let mut writer = PageWriter::new(layout);
+        let mut scratch = Vec::new();
         let mut rest = points;
         let pages = (0..layout.pages())
             .map(|page| {
                 let n = rest.partition_point(|p| layout.page_of(p.hash) <= page);
                 let (mine, after) = rest.split_at(n);
                 rest = after;
-                encode(mine, &mut writer)
+                encode(mine, layout, &mut scratch)
             })
             .collect();
         Circle {
@@ -325,12 +329,16 @@ impl PageView<'_> {
                 break;
             }
         }
+        let (directory, points) = scratch.split_at_mut(self.directory.len());
+        if removed.len() + added.len() > MAX_SHIFTS {
+            fill_directory(layout, directory, points);
+            return Arc::from(&scratch[..]);
+        }
         // Entry k counts the points before it: each point put in below k adds one to
         // it, each taken out below k one less — one add over the words past the
         // point's entry (two entries a word: no carry crosses, as no entry goes below
         // zero nor past 2³²).
         let entries = (1usize << layout.sub_bits) + 1;
-        let (directory, _) = scratch.split_at_mut(self.directory.len());
         let mut shift = |h: u64, up: bool| {
             let first = layout.entry_of(h) + 1;
             let step = |w: &mut u64, by: u64| {
@@ -401,70 +409,41 @@ impl Iterator for Walk<'_> {
 
 impl ExactSizeIterator for Walk<'_> {}
 
-/// Writes pages: points pushed in circle order, the directory filled as they come.
-pub(super) struct PageWriter {
-    layout: Layout,
-    words: Vec<u64>,
-    /// The next directory entry to fill, and how many points the page has.
-    entry: usize,
-    len: usize,
+/// A page of `points` (sorted, all in one page) under `layout`, written in `scratch`.
+fn encode(points: &[Point], layout: Layout, scratch: &mut Vec<u64>) -> Page {
+    scratch.clear();
+    scratch.resize(layout.directory_words() + 2 * points.len(), 0);
+    let (directory, words) = scratch.split_at_mut(layout.directory_words());
+    for (w, p) in words.chunks_exact_mut(2).zip(points) {
+        w[0] = p.hash;
+        w[1] = u64::from(p.owner) | (u64::from(p.replica) << 32);
+    }
+    fill_directory(layout, directory, words);
+    Arc::from(&scratch[..])
 }
 
-impl PageWriter {
-    pub(super) fn new(layout: Layout) -> PageWriter {
-        PageWriter {
-            layout,
-            words: Vec::new(),
-            entry: 0,
-            len: 0,
+/// Writes the directory of the page whose point words are `points`: entry k = the
+/// first point whose entry is ≥ k, in one pass filling the entries up to each point's.
+fn fill_directory(layout: Layout, directory: &mut [u64], points: &[u64]) {
+    directory.fill(0);
+    let mut set = |k: usize, at: usize| {
+        if let Some(w) = directory.get_mut(k / 2) {
+            *w |= (at as u64) << (32 * (k % 2));
+        }
+    };
+    let mut k = 0;
+    for (i, &hash) in points.iter().step_by(2).enumerate() {
+        let entry = layout.entry_of(hash);
+        while k <= entry {
+            set(k, i);
+            k += 1;
         }
     }
-
-    /// Starts a page.
-    pub(super) fn start(&mut self) {
-        self.words.clear();
-        self.words.resize(self.layout.directory_words(), 0);
-        self.entry = 0;
-        self.len = 0;
+    let n = points.len() / 2;
+    while k <= 1 << layout.sub_bits {
+        set(k, n);
+        k += 1;
     }
-
-    /// Fills the directory up to entry `last`: the entries from the next one on start
-    /// at the page's next point.
-    #[inline]
-    fn fill(&mut self, last: usize) {
-        let at = self.len as u64;
-        while self.entry <= last {
-            if let Some(w) = self.words.get_mut(self.entry / 2) {
-                *w |= at << (32 * (self.entry % 2));
-            }
-            self.entry += 1;
-        }
-    }
-
-    /// Adds the page's next point.
-    #[inline]
-    pub(super) fn push(&mut self, p: Point) {
-        self.fill(self.layout.entry_of(p.hash));
-        self.words.push(p.hash);
-        self.words
-            .push(u64::from(p.owner) | (u64::from(p.replica) << 32));
-        self.len += 1;
-    }
-
-    /// The page.
-    pub(super) fn finish(&mut self) -> Page {
-        self.fill(1 << self.layout.sub_bits);
-        Arc::from(&self.words[..])
-    }
-}
-
-/// A page of `points` (sorted, all in one page).
-fn encode(points: &[Point], writer: &mut PageWriter) -> Page {
-    writer.start();
-    for &p in points {
-        writer.push(p);
-    }
-    writer.finish()
 }
 
 #[inline]
@@ -548,7 +527,7 @@ mod tests {
             .copied()
             .filter(|p| layout.page_of(p.hash) != 3)
             .collect();
-        let empty = encode(&[], &mut PageWriter::new(layout));
+        let empty = encode(&[], layout, &mut Vec::new());
         let rewritten = circle.with_pages(vec![(3, empty)], kept.len(), None);
         assert_eq!(rewritten.walk((0, 0)).collect::<Vec<_>>(), kept);
         assert_eq!(rewritten.layout(), layout);
@@ -560,5 +539,70 @@ mod tests {
             owners,
             pts.iter().map(|p| 999 - p.owner).collect::<Vec<_>>()
         );
+    }
+
+    /// A patched page is the page written from its points, word for word: with a few
+    /// points put in and taken out (the directory shifted) and with many (written
+    /// again), at the page's ends and in the middle.
+    #[test]
+    fn a_patched_page_is_the_page_written_anew() {
+        let pts = points((0..3000u64).map(crate::stable_hash::mix));
+        let circle = Circle::from_sorted(&pts);
+        let layout = circle.layout();
+        let mut scratch = Vec::new();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..200 {
+            let page = (next() as usize) % layout.pages();
+            let view = circle.page_view(page);
+            let n = view.len();
+            let changes = if round % 2 == 0 { 3 } else { 40 };
+            let mut removed: Vec<usize> = (0..changes).map(|_| next() as usize % n).collect();
+            removed.sort_unstable();
+            removed.dedup();
+            // New points in this page (positions with the page's top bits).
+            let (base, span) = match layout.page_bits {
+                0 => (0, u64::MAX),
+                bits => ((page as u64) << (64 - bits), (1u64 << (64 - bits)) - 1),
+            };
+            let mut new: Vec<Point> = (0..changes)
+                .map(|i| Point {
+                    hash: base | (next() & span),
+                    owner: 10_000 + i,
+                    replica: 0,
+                })
+                .collect();
+            if round % 5 == 0 {
+                new.push(Point {
+                    hash: base,
+                    owner: 20_000,
+                    replica: 0,
+                });
+                new.push(Point {
+                    hash: base | span,
+                    owner: 20_001,
+                    replica: 0,
+                });
+            }
+            new.sort_by_key(|p| p.hash);
+            let placed: Vec<(usize, Point)> = new
+                .iter()
+                .map(|&f| (view.partition_point(|p| p.hash < f.hash), f))
+                .collect();
+            let mut expected: Vec<Point> = (0..n)
+                .filter(|i| !removed.contains(i))
+                .filter_map(|i| view.get(i))
+                .chain(new.iter().copied())
+                .collect();
+            expected.sort_by_key(|p| p.hash);
+            let patched = view.patched(&removed, &placed, &mut scratch);
+            let written = encode(&expected, layout, &mut Vec::new());
+            assert_eq!(patched, written, "round {round}, page {page}");
+        }
     }
 }
