@@ -36,23 +36,25 @@
 //!
 //! **Cost**: lookup O(1) expected — the top bits of the key's hash pick a page of the
 //! circle and the next ones an entry of its directory (2^⌈log₂ P⌉ entries in all for P
-//! points), which narrows the search to about one point: 16 / 18 / 31 ns at N = 8 / 64
+//! points), which narrows the search to about one point: 17 / 20 / 30 ns at N = 8 / 64
 //! / 1024 including the key hash (pingora's Ketama, a binary search, is quoted at 60 /
-//! 76 / 133 ns); build O(P log P), 11 ms at N = 1024. A change costs O(N) for the
-//! members plus the pages its points fall in, not the ring: the circle is cut into
-//! 2^(⌈log₂ P⌉ − 7) pages of 64 to 256 points on average, each its own shared
-//! allocation, and a
-//! ring built from the previous one shares every page the change does not touch;
-//! points name their owner by a stable slot, which a member keeps while it stays, so a
-//! removal renumbers no point. The change hashes only the points that come or go,
-//! finds their pages, and patches just those (the kept points copied in runs, the
-//! page's directory shifted) — the same ring as a build from scratch, which the unit
-//! tests check. One change on a pool of 50 000 backends (≈ 10⁶ points, at the cap)
-//! costs 1.1–1.6 × `RoundRobin`'s whole change; before pages and slots, 5.6 ×
-//! (`benches/scale.rs`). Memory: 16 B per point + 4 B per directory entry (½ to 2
-//! points an entry: past that band the pages are laid out again, an O(P) copy without
-//! hashing), ≈ 40 B per page, and ≈ 32 B + the key's bytes per member (3.5 MiB at
-//! N = 1024, V = 160).
+//! 76 / 133 ns); build O(P log P), 10–12 ms at N = 1024.
+//!
+//! A change costs O(N) for the members plus the pages its points fall in, not the
+//! ring: the circle is cut into 2^(⌈log₂ P⌉ − 7) pages of 64 to 256 points on average,
+//! each its own shared allocation, and a ring built from the previous one shares every
+//! page the change does not touch; points name their owner by a stable slot, which a
+//! member keeps while it stays (matched by id: a member keeps its address, hence its
+//! key, while it keeps its id), so a removal renumbers no point. The change hashes only
+//! the points that come or go, finds their pages and patches just those (the kept
+//! points copied in runs, the page's directory shifted) — the same ring as a build from
+//! scratch, which the unit tests check. One change on a pool of 50 000 backends (≈ 10⁶
+//! points, at the cap) costs 1.0–1.4 × `RoundRobin`'s whole change, and 1.4 × at 10 000
+//! (before pages and slots: 5–5.6 × and 18 ×; `benches/scale.rs`).
+//!
+//! Memory: 16 B per point + 4 B per directory entry (½ to 2 points an entry: past that
+//! band the pages are laid out again, an O(P) copy without hashing), ≈ 40 B per page,
+//! and ≈ 32 B + the key's bytes per member (3.5 MiB at N = 1024, V = 160).
 //!
 //! Karger et al., "Consistent hashing and random trees", STOC 1997; Ketama (last.fm,
 //! 2007); NGINX `ngx_http_upstream_hash_module`; Envoy's ring hash load balancer.
