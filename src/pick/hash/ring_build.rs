@@ -3,10 +3,12 @@
 //!
 //! Points name their owner by a *stable slot*, not by snapshot index: a member keeps its
 //! slot for as long as it stays (matched by id with one merge, snapshots being in id
-//! order, and by key bytes), so a change leaves the points of the members that stay as
-//! they are, and each table maps slots to snapshot indices (`index_of`, O(N) to
-//! rebuild). A slot freed by a removal is reused by a later change, never by the same
-//! one, so every point of an old page under a live slot is that member's.
+//! order; a member keeps its address, hence its key, while it keeps its id), so a
+//! change leaves the points of the members that stay as they are, and each table maps
+//! slots to snapshot indices (`index_of`, O(N) to rebuild). A slot freed by a removal
+//! is reused by a later change, never by the same one, so every point of an old page
+//! under a live slot is that member's. Once most slots are free (more than 2N + 64 in
+//! all) a change numbers them again, as a build from scratch does.
 
 use std::sync::Arc;
 
@@ -238,11 +240,11 @@ fn order(keys: &Keys, index_of: &[u32], a: &Point, b: &Point) -> std::cmp::Order
 /// members and their weights are the same, else built from it (or from scratch).
 ///
 /// From the previous ring a change costs O(N) for the members (one merge of the id
-/// lists, every key written and compared) plus the pages its points fall in: survivors
-/// keep their slot and their points, those past a member's new count and those of
-/// members that left are dropped, only the new points hashed and sorted, and each
-/// touched page merged from its kept points and its new ones — the same ring a build
-/// from scratch gives (O(P log P) and P hashes).
+/// lists; the survivors' key bytes copied in runs, only new members' keys written) plus
+/// the pages its points fall in: survivors keep their slot and their points; the points
+/// past a member's new count and those of members that left are hashed again to find
+/// their pages, only the new points hashed and sorted, and each touched page patched —
+/// the same ring a build from scratch gives (O(P log P) and P hashes).
 pub(super) fn prepare<A: BackendKey>(
     snapshot: &Snapshot<A>,
     per_weight: u32,
