@@ -1,6 +1,7 @@
 //! Tables updated from the previous one (Jump's key order, Rendezvous' key hashes reused
-//! for the members that stay) are the tables built from scratch: through inserts,
-//! removals, reweights and a batch large enough to take the full path.
+//! for the members that stay, the ring's pages patched) are the tables built from
+//! scratch: through inserts, removals, reweights and a batch large enough to take the
+//! full path.
 
 use super::*;
 
@@ -63,4 +64,20 @@ fn rendezvous_updated_places_every_key_as_from_scratch() {
             );
         }
     });
+}
+
+#[test]
+fn ring_updated_is_ring_from_scratch() {
+    // With the cap binding too (every member's count scaled, so changes move other
+    // members' counts): the same points either way.
+    for max in [u32::MAX, 20_000] {
+        let ring = Ring::new()
+            .with_points_per_weight(NonZeroU32::new(40).unwrap())
+            .with_max_points(NonZeroU32::new(max).unwrap());
+        walk(ring, |_, current, fresh| {
+            let updated: Vec<_> = current.table().table().points().collect();
+            let scratch: Vec<_> = fresh.table().points().collect();
+            assert_eq!(updated, scratch);
+        });
+    }
 }

@@ -67,6 +67,7 @@ pub mod maglev;
 pub mod rendezvous;
 pub mod ring;
 mod ring_build;
+mod ring_pages;
 
 pub use backend_key::BackendKey;
 
@@ -264,6 +265,7 @@ pub(crate) type KeyBytes = smallvec::SmallVec<[u8; 40]>;
 
 /// One member as the table builders see it.
 #[derive(Debug)]
+#[allow(dead_code)] // Jump reads only `key` since Ring stopped using `members`.
 pub(crate) struct Member {
     /// Its index in the snapshot.
     pub(crate) index: u32,
@@ -331,6 +333,7 @@ pub(crate) fn key_hash_of<A: BackendKey>(addr: &A, scratch: &mut Vec<u8>) -> u64
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Fingerprint(Box<[(u64, u32)]>);
 
+#[allow(dead_code)] // `of` and `hash` unused since Ring keeps its own per-member state.
 impl Fingerprint {
     pub(crate) fn of(members: &[Member]) -> Self {
         Fingerprint(members.iter().map(|m| (m.hash, m.weight)).collect())
@@ -352,6 +355,7 @@ impl Fingerprint {
 }
 
 /// Reuses `previous` when `snapshot` has the same members and weights, else builds anew.
+#[allow(dead_code)] // unused since Ring keeps its own per-member state.
 pub(crate) fn reuse_or_build<A: BackendKey, C>(
     snapshot: &Snapshot<A>,
     previous: Option<&Arc<C>>,

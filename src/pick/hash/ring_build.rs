@@ -1,31 +1,136 @@
-//! Building a ring: point counts, the points, their order, and the directory — from
-//! scratch, or from the previous ring by keeping the points of the members that stay.
+//! Building a ring: point counts, the points, their order, and the pages — from
+//! scratch, or from the previous ring by rewriting only the pages the change touches.
+//!
+//! Points name their owner by a *stable slot*, not by snapshot index: a member keeps its
+//! slot for as long as it stays (matched by id with one merge, snapshots being in id
+//! order; a member keeps its address, hence its key, while it keeps its id), so a
+//! change leaves the points of the members that stay as they are, and each table maps
+//! slots to snapshot indices (`index_of`, O(N) to rebuild). A slot freed by a removal
+//! is reused by a later change, never by the same one, so every point of an old page
+//! under a live slot is that member's. Once most slots are free (more than 2N + 64 in
+//! all) a change numbers them again, as a build from scratch does.
 
-use super::{Fingerprint, Member, SEED_RING};
+use std::sync::Arc;
+
+use super::ring_pages::{Circle, Point};
+use super::{BackendKey, SEED_RING};
 use crate::backend::BackendId;
+use crate::snapshot::Snapshot;
 use crate::stable_hash::seeded;
 
-/// The largest directory: 2²⁴ entries (64 MiB); past it points per entry grow.
-const MAX_DIRECTORY_BITS: u32 = 24;
-
-/// One point on the circle: replica `replica` of its owner (16 bytes, as without it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Point {
-    pub(super) hash: u64,
-    pub(super) owner: u32,
-    pub(super) replica: u32,
+pub(super) struct Core {
+    /// The points, in circle order, owners by stable slot.
+    pub(super) circle: Circle,
+    /// Each stable slot's snapshot index (`u32::MAX` for a free slot).
+    pub(super) index_of: Box<[u32]>,
+    /// Each member's id, by snapshot index: what the next change matches survivors by.
+    ids: Box<[BackendId]>,
+    /// Each member's weight, point count and slot, by snapshot index.
+    held: Box<[Held]>,
+    /// Each member's key bytes, by snapshot index: where the points of a member that
+    /// leaves (or loses points) are, found without scanning the ring.
+    keys: Keys,
+    /// The snapshot's weight scale the counts were made with.
+    scale: u32,
+    /// Slots free for the next change's new members.
+    free: Vec<u32>,
 }
 
-pub(super) struct Core {
-    /// Sorted by hash (ties by owner key bytes).
-    pub(super) points: Box<[Point]>,
-    /// `directory[b]` = the first point with `hash >= b << shift`; one more entry at the end.
-    pub(super) directory: Box<[u32]>,
-    pub(super) shift: u32,
-    pub(super) fingerprint: Fingerprint,
-    /// Each member's id and point count, by snapshot index: what the next change needs
-    /// to keep the points of the members that stay.
-    pub(super) members: Box<[(BackendId, u64)]>,
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    weight: u32,
+    count: u32,
+    slot: u32,
+}
+
+/// Every member's key bytes end to end, and where each ends.
+#[derive(Default)]
+struct Keys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    /// While copying from an older `Keys`: the run of its bytes copied but not yet
+    /// written, and where it goes (see [`copy`](Self::copy)).
+    run: Option<(usize, usize, usize)>,
+}
+
+impl Keys {
+    fn with_capacity(bytes: usize, members: usize) -> Keys {
+        Keys {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(members),
+            run: None,
+        }
+    }
+
+    /// Appends the key of `old`'s member `i`. Consecutive members are copied in one
+    /// run, when the run ends ([`push`](Self::push) or [`finish`](Self::finish)).
+    #[inline]
+    fn copy(&mut self, old: &Keys, i: usize) {
+        let start = i
+            .checked_sub(1)
+            .and_then(|b| old.ends.get(b))
+            .copied()
+            .unwrap_or(0);
+        let end = old.ends.get(i).copied().unwrap_or(start);
+        let (from, to, at) = match self.run {
+            Some((from, to, at)) if to == start => (from, end, at),
+            _ => {
+                self.flush(old);
+                (start, end, self.bytes.len())
+            }
+        };
+        self.run = Some((from, to, at));
+        self.ends.push(at + (to - from));
+    }
+
+    /// Writes the run being copied from `old`.
+    fn flush(&mut self, old: &Keys) {
+        if let Some((from, to, _)) = self.run.take() {
+            self.bytes
+                .extend_from_slice(old.bytes.get(from..to).unwrap_or_default());
+        }
+    }
+
+    /// The key of member `i`.
+    fn get(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(0),
+            None => 0,
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.bytes.get(start..end).unwrap_or_default()
+    }
+
+    /// Appends `addr`'s key (after the run being copied from `old`, if any).
+    fn push<A: BackendKey + ?Sized>(&mut self, addr: &A, old: Option<&Keys>) -> &[u8] {
+        if let Some(old) = old {
+            self.flush(old);
+        }
+        let start = self.bytes.len();
+        addr.write_key(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+        self.bytes.get(start..).unwrap_or_default()
+    }
+}
+
+impl Core {
+    /// How many members the ring was built for (with a point or not).
+    pub(super) fn members(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether `snapshot` has this ring's members (ids and key bytes alike, checked by
+    /// id: an id keeps its address) at the same weights and scale.
+    fn serves<A: BackendKey>(&self, snapshot: &Snapshot<A>) -> bool {
+        self.scale == snapshot.weight_scale()
+            && self.ids.len() == snapshot.len()
+            && snapshot
+                .backends()
+                .iter()
+                .zip(self.ids.iter().zip(self.held.iter()))
+                .enumerate()
+                .all(|(i, (b, (&id, h)))| b.id() == id && snapshot.effective_weight(i) == h.weight)
+    }
 }
 
 /// How many points each member gets: V per unit of weight — `V × w / scale`, rounded,
@@ -33,229 +138,338 @@ pub(super) struct Core {
 /// [`weight_scale`](Snapshot::weight_scale) (effective weights are multiplied by it while a
 /// slow-start ramp runs; dividing it out keeps every other backend's points unchanged and
 /// makes a ramping backend's points a growing prefix of its full set). Scaled down in
-/// proportion (at least one each) when the total would pass `max_points`.
+/// proportion (at least one each) when the total would pass `max_points`: ⌊max × w / Σw⌋.
+///
+/// A count depends only on the weight, given V, the cap, the scale and Σw: computed
+/// once per distinct weight (a small cache), not once per member.
 pub(super) fn point_counts(
-    members: &[Member],
+    weights: &[u32],
     per_weight: u32,
     max_points: u32,
     scale: u32,
-) -> Vec<u64> {
-    let scale = u128::from(scale.max(1));
-    let wanted: Vec<u128> = members
+) -> Vec<u32> {
+    let scale = u64::from(scale.max(1));
+    // w × V + scale / 2 < 2⁶⁴ for 32-bit w, V and scale.
+    let wanted = |w: u32| match w {
+        0 => 0,
+        _ => ((u64::from(w) * u64::from(per_weight) + scale / 2) / scale).max(1),
+    };
+    let mut cache = Cache::default();
+    let total: u128 = weights
         .iter()
-        .map(|m| {
-            let w = u128::from(m.weight);
-            let n = (w * u128::from(per_weight) + scale / 2) / scale;
-            if w > 0 { n.max(1) } else { 0 }
-        })
-        .collect();
-    let total: u128 = wanted.iter().sum();
-    let max = u128::from(max_points);
-    let weight_sum: u128 = members.iter().map(|m| u128::from(m.weight)).sum();
-    members
+        .map(|&w| u128::from(cache.get(w, wanted)))
+        .sum();
+    let weight_sum: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let max = u64::from(max_points);
+    let mut cache = Cache::default();
+    weights
         .iter()
-        .zip(wanted)
-        .map(|(m, n)| {
-            let w = u128::from(m.weight);
-            let n = if total <= max || w == 0 {
-                n
-            } else {
-                (max * w / weight_sum).max(1)
-            };
-            u64::try_from(n).unwrap_or(u64::MAX)
+        .map(|&w| {
+            let n = cache.get(w, |w| {
+                if total <= u128::from(max) || w == 0 {
+                    wanted(w)
+                } else {
+                    // max × w < 2⁶⁴, and w ≤ Σw.
+                    (max * u64::from(w) / weight_sum).max(1)
+                }
+            });
+            u32::try_from(n).unwrap_or(u32::MAX)
         })
         .collect()
 }
 
-/// The points of replicas `from..to` of member `m` (at position `pos`).
-fn replicas(m: &Member, from: u64, to: u64, input: &mut Vec<u8>, out: &mut Vec<Point>) {
-    // Point r hashes the key bytes followed by r (as Ketama hashes "addr-r"): distinct
-    // inputs, so points are independent. (Varying XXH3's *seed* instead would not do:
-    // for short inputs the seed enters linearly, and similar names would collide.)
+/// A direct-mapped cache of a function of the weight (`u64::MAX`: no entry; no count
+/// reaches it).
+struct Cache([(u32, u64); 64]);
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache([(0, u64::MAX); 64])
+    }
+}
+
+impl Cache {
+    #[inline]
+    fn get(&mut self, w: u32, f: impl Fn(u32) -> u64) -> u64 {
+        let entry = &mut self.0[w as usize % 64];
+        if entry.0 != w || entry.1 == u64::MAX {
+            *entry = (w, f(w));
+        }
+        entry.1
+    }
+}
+
+/// The points of replicas `from..to` of the member with key `key`, in slot `slot`.
+fn replicas(key: &[u8], slot: u32, from: u32, to: u32, input: &mut Vec<u8>, out: &mut Vec<Point>) {
+    // Point r hashes the key bytes followed by r as a u64 (as Ketama hashes "addr-r"):
+    // distinct inputs, so points are independent. (Varying XXH3's *seed* instead would
+    // not do: for short inputs the seed enters linearly, and similar names would
+    // collide.)
     input.clear();
-    input.extend_from_slice(&m.key);
+    input.extend_from_slice(key);
     let at = input.len();
     for replica in from..to {
         input.truncate(at);
-        input.extend_from_slice(&replica.to_le_bytes());
+        input.extend_from_slice(&u64::from(replica).to_le_bytes());
         out.push(Point {
             hash: seeded(input, SEED_RING),
-            owner: m.index,
-            replica: u32::try_from(replica).unwrap_or(u32::MAX),
+            owner: slot,
+            replica,
         });
     }
 }
 
-/// The circle's order: by position; equal positions by owner key bytes, so the order
-/// (and who wins a collision) does not depend on the snapshot's member order.
+/// The circle's order: by position; equal positions by owner key bytes, then replica,
+/// so the order (and who wins a collision) depends neither on the snapshot's member
+/// order nor on the slots.
 #[inline]
-fn order(members: &[Member], a: &Point, b: &Point) -> std::cmp::Ordering {
+fn order(keys: &Keys, index_of: &[u32], a: &Point, b: &Point) -> std::cmp::Ordering {
     // Keys are read only on a tie of positions (rare): most comparisons touch the points.
     a.hash.cmp(&b.hash).then_with(|| {
-        let key = |p: &Point| members.get(p.owner as usize).map(|m| &m.key);
+        let key = |p: &Point| {
+            let index = index_of
+                .get(p.owner as usize)
+                .map_or(usize::MAX, |&i| i as usize);
+            keys.get(index)
+        };
         (key(a), a.replica).cmp(&(key(b), b.replica))
     })
 }
 
-/// Builds the ring of `members` (indexed by snapshot index, as `members()` gives them).
+/// The ring of `snapshot`'s members (eligible or not): `previous` itself when the
+/// members and their weights are the same, else built from it (or from scratch).
 ///
-/// With the previous ring, the change costs O(P) plus the changed points: points of
-/// members that stay (same id, same key) are kept, those past a member's new count
-/// dropped, only the new points hashed and sorted, and the two sorted runs merged —
+/// From the previous ring a change costs O(N) for the members (one merge of the id
+/// lists; the survivors' key bytes copied in runs, only new members' keys written) plus
+/// the pages its points fall in: survivors keep their slot and their points; the points
+/// past a member's new count and those of members that left are hashed again to find
+/// their pages, only the new points hashed and sorted, and each touched page patched —
 /// the same ring a build from scratch gives (O(P log P) and P hashes).
-pub(super) fn build(
-    members: Vec<Member>,
-    fingerprint: Fingerprint,
-    ids: Vec<BackendId>,
-    counts: Vec<u64>,
-    previous: Option<&Core>,
-) -> Core {
-    let mut input = Vec::new();
-    let mut fresh: Vec<Point> = Vec::new();
-    // Old index → (new index, points to keep), by id: both snapshots are in id order. A
-    // member whose key differs under the same id is a new member; one that left keeps
-    // nothing. Eight bytes an entry, so the array stays in cache while the renumbering
-    // reads it at random.
-    let mut moved: Vec<(u32, u32)> = Vec::new();
-    match previous {
-        Some(prev) => {
-            moved = vec![(0, 0); prev.members.len()];
-            let mut j = 0;
-            for (old, &(id, old_count)) in prev.members.iter().enumerate() {
-                while j < ids.len() && ids[j] < id {
-                    j += 1;
-                }
-                if j < ids.len()
-                    && ids[j] == id
-                    && prev.fingerprint.hash(old) == Some(members[j].hash)
-                {
-                    let keep = u32::try_from(old_count.min(counts[j])).unwrap_or(u32::MAX);
-                    moved[old] = (members[j].index, keep);
-                }
-            }
-            let mut have = vec![0u64; members.len()];
-            for &(owner, keep) in moved.iter().filter(|&&(_, keep)| keep > 0) {
-                have[owner as usize] = u64::from(keep);
-            }
-            for (m, (&count, &from)) in members.iter().zip(counts.iter().zip(&have)) {
-                replicas(m, from, count, &mut input, &mut fresh);
-            }
-        }
-        None => {
-            fresh.reserve(counts.iter().sum::<u64>() as usize);
-            for (m, &count) in members.iter().zip(&counts) {
-                replicas(m, 0, count, &mut input, &mut fresh);
-            }
-        }
+pub(super) fn prepare<A: BackendKey>(
+    snapshot: &Snapshot<A>,
+    per_weight: u32,
+    max_points: u32,
+    previous: Option<&Arc<Core>>,
+) -> Arc<Core> {
+    if let Some(prev) = previous
+        && prev.serves(snapshot)
+    {
+        return Arc::clone(prev);
     }
-    fresh.sort_unstable_by(|a, b| order(&members, a, b));
-    let points: Box<[Point]> = match previous {
-        None => fresh.into_boxed_slice(),
-        Some(prev) => {
-            // The kept points, renumbered, straight from the old ring: between two new
-            // points they are copied in one tight run (found by binary search on the
-            // hash), not compared one by one with the next new point.
-            let renumbered = |p: &Point| match moved.get(p.owner as usize) {
-                Some(&(owner, keep)) if p.replica < keep => Some(Point { owner, ..*p }),
-                _ => None,
-            };
-            let mut out = Vec::with_capacity(prev.points.len() + fresh.len());
-            let mut rest: &[Point] = &prev.points;
-            for f in fresh {
-                let (before, after) = rest.split_at(rest.partition_point(|p| p.hash < f.hash));
-                out.extend(before.iter().filter_map(renumbered));
-                rest = after;
-                // Old points at the new one's very position (a collision, rare) go
-                // first if the circle's order says so.
-                while let Some((p, tail)) = rest.split_first()
-                    && p.hash == f.hash
-                {
-                    match renumbered(p) {
-                        Some(q) if order(&members, &q, &f).is_le() => out.push(q),
-                        Some(_) => break,
-                        None => {}
-                    }
-                    rest = tail;
-                }
-                out.push(f);
-            }
-            out.extend(rest.iter().filter_map(renumbered));
-            out.into_boxed_slice()
-        }
-    };
+    let weights: Vec<u32> = (0..snapshot.len())
+        .map(|i| snapshot.effective_weight(i))
+        .collect();
+    let counts = point_counts(&weights, per_weight, max_points, snapshot.weight_scale());
+    Arc::new(match previous {
+        Some(prev) => change(snapshot, &weights, &counts, prev),
+        None => scratch(snapshot, &weights, &counts),
+    })
+}
 
-    let bits = usize::BITS - points.len().max(2).next_power_of_two().leading_zeros() - 1;
-    let bits = bits.clamp(1, MAX_DIRECTORY_BITS);
-    let shift = 64 - bits;
-    // directory[b] = the first point at or after b << shift: one pass over the points,
-    // filling the entries up to each point's bucket.
-    let as_u32 = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
-    let mut directory = vec![0u32; (1usize << bits) + 1];
-    let mut b = 0usize;
-    for (i, p) in points.iter().enumerate() {
-        let bucket = (p.hash >> shift) as usize;
-        if bucket >= b
-            && let Some(entries) = directory.get_mut(b..=bucket)
-        {
-            entries.fill(as_u32(i));
-            b = bucket + 1;
+fn scratch<A: BackendKey>(snapshot: &Snapshot<A>, weights: &[u32], counts: &[u32]) -> Core {
+    // Slots are the snapshot indices.
+    let mut input = Vec::new();
+    let mut keys = Keys::with_capacity(0, snapshot.len());
+    let mut points = Vec::with_capacity(counts.iter().map(|&c| c as usize).sum());
+    for (slot, (b, &count)) in (0..).zip(snapshot.backends().iter().zip(counts)) {
+        let key = keys.push(b.addr(), None);
+        replicas(key, slot, 0, count, &mut input, &mut points);
+    }
+    let index_of: Box<[u32]> = (0..).take(snapshot.len()).collect();
+    points.sort_unstable_by(|a, b| order(&keys, &index_of, a, b));
+    let held = weights
+        .iter()
+        .zip(counts)
+        .zip(0..)
+        .map(|((&weight, &count), slot)| Held {
+            weight,
+            count,
+            slot,
+        })
+        .collect();
+    Core {
+        circle: Circle::from_sorted(&points),
+        index_of,
+        ids: snapshot.backends().iter().map(|b| b.id()).collect(),
+        held,
+        keys,
+        scale: snapshot.weight_scale(),
+        free: Vec::new(),
+    }
+}
+
+fn change<A: BackendKey>(
+    snapshot: &Snapshot<A>,
+    weights: &[u32],
+    counts: &[u32],
+    prev: &Core,
+) -> Core {
+    let layout = prev.circle.layout();
+    let backends = snapshot.backends();
+    let n = backends.len();
+    let mut input = Vec::new();
+    let mut keys = Keys::with_capacity(prev.keys.bytes.len() + 64, n);
+    let mut slots = vec![u32::MAX; n];
+    let mut ids = Vec::with_capacity(n);
+    let mut freed = Vec::new();
+    // Survivors by a merge of the two id-ordered lists: old members that left, new
+    // ones, and survivors whose count changed (snapshot index, slot, old count, new
+    // count).
+    let (mut left, mut joined, mut resized) = (Vec::new(), Vec::new(), Vec::new());
+    let mut old = 0;
+    for (j, b) in backends.iter().enumerate() {
+        let id = b.id();
+        ids.push(id);
+        while prev.ids.get(old).is_some_and(|&o| o < id) {
+            left.push(old);
+            old += 1;
+        }
+        if prev.ids.get(old) != Some(&id) {
+            keys.push(b.addr(), Some(&prev.keys));
+            joined.push(j);
+            continue;
+        }
+        // A survivor: same id, hence same address and key (the pool never gives an id
+        // to another address), whose key bytes are copied, not written again.
+        keys.copy(&prev.keys, old);
+        let h = prev.held[old];
+        old += 1;
+        slots[j] = h.slot;
+        if counts[j] != h.count {
+            resized.push((j, h.slot, h.count, counts[j]));
         }
     }
-    if let Some(rest) = directory.get_mut(b..) {
-        rest.fill(as_u32(points.len()));
+    left.extend(old..prev.ids.len());
+    keys.flush(&prev.keys);
+    let mut added: Vec<Point> = Vec::new();
+    // Points that go away, hashed again from the key: where the pages to rewrite are.
+    let mut gone: Vec<Point> = Vec::new();
+    for old in left {
+        let h = prev.held[old];
+        freed.push(h.slot);
+        replicas(
+            prev.keys.get(old),
+            h.slot,
+            0,
+            h.count,
+            &mut input,
+            &mut gone,
+        );
     }
+    for (j, slot, from, to) in resized {
+        if to < from {
+            replicas(keys.get(j), slot, to, from, &mut input, &mut gone);
+        } else {
+            replicas(keys.get(j), slot, from, to, &mut input, &mut added);
+        }
+    }
+    // New members take free slots (not the ones freed just now), else fresh ones.
+    let mut free = prev.free.clone();
+    let mut next = u32::try_from(prev.index_of.len()).unwrap_or(u32::MAX);
+    for j in joined {
+        let slot = free.pop().unwrap_or_else(|| {
+            next += 1;
+            next - 1
+        });
+        slots[j] = slot;
+        replicas(keys.get(j), slot, 0, counts[j], &mut input, &mut added);
+    }
+    free.extend(freed);
+    let mut index_of = vec![u32::MAX; next as usize].into_boxed_slice();
+    for (j, &slot) in (0..).zip(&slots) {
+        if let Some(at) = index_of.get_mut(slot as usize) {
+            *at = j;
+        }
+    }
+
+    added.sort_unstable_by(|a, b| order(&keys, &index_of, a, b));
+    gone.sort_unstable_by_key(|p| p.hash);
+    let mut touched: Vec<usize> = gone
+        .iter()
+        .chain(&added)
+        .map(|p| layout.page_of(p.hash))
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    // Each touched page patched: its points that go found by position, the new ones
+    // placed by the circle's order among the old.
+    let mut len = prev.circle.len() + added.len();
+    let mut rewritten = Vec::with_capacity(touched.len());
+    let (mut new, mut old) = (&added[..], &gone[..]);
+    let (mut removed, mut placed) = (Vec::new(), Vec::new());
+    let mut scratch = Vec::new();
+    for page in touched {
+        let in_page = |p: &Point| layout.page_of(p.hash) <= page;
+        let (mine, rest) = new.split_at(new.partition_point(in_page));
+        new = rest;
+        let (going, rest) = old.split_at(old.partition_point(in_page));
+        old = rest;
+        let view = prev.circle.page_view(page);
+        removed.clear();
+        for g in going {
+            let mut i = view.partition_point(|p| p.hash < g.hash);
+            while let Some(p) = view.get(i).filter(|p| p.hash == g.hash) {
+                if p.owner == g.owner && p.replica == g.replica {
+                    removed.push(i);
+                    break;
+                }
+                i += 1;
+            }
+        }
+        removed.sort_unstable();
+        len -= removed.len();
+        placed.clear();
+        for &f in mine {
+            let mut i = view.partition_point(|p| p.hash < f.hash);
+            // Among equal positions (rare), after the points that stay and come first.
+            while let Some(p) = view.get(i).filter(|p| p.hash == f.hash) {
+                if removed.contains(&i) || order(&keys, &index_of, &p, &f).is_lt() {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            placed.push((i, f));
+        }
+        rewritten.push((page, view.patched(&removed, &placed, &mut scratch)));
+    }
+    // Slots sparse after many removals: numbered again, as a build from scratch would.
+    let relabel = (index_of.len() > 2 * n + 64).then(|| {
+        let mut map = vec![u32::MAX; index_of.len()];
+        for (j, &slot) in (0..).zip(&slots) {
+            if let Some(at) = map.get_mut(slot as usize) {
+                *at = j;
+            }
+        }
+        map
+    });
+    let circle = prev.circle.with_pages(rewritten, len, relabel.as_deref());
+    if relabel.is_some() {
+        index_of = (0..).take(n).collect();
+        slots = index_of.to_vec();
+        free.clear();
+    }
+    let held = weights
+        .iter()
+        .zip(counts)
+        .zip(slots)
+        .map(|((&weight, &count), slot)| Held {
+            weight,
+            count,
+            slot,
+        })
+        .collect();
     Core {
-        points,
-        directory: directory.into_boxed_slice(),
-        shift,
-        fingerprint,
-        members: ids.into_iter().zip(counts).collect(),
+        circle,
+        index_of,
+        ids: ids.into_boxed_slice(),
+        held,
+        keys,
+        scale: snapshot.weight_scale(),
+        free,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::num::NonZeroU32;
-
-    use crate::backend::Weight;
-    use crate::pick::Picker;
-    use crate::{Pool, Ring};
-
-    /// A ring updated from the previous one is the ring built from scratch, point for
-    /// point, through inserts, removals and reweights — with the point cap binding
-    /// (every member's count moves) and not.
-    #[test]
-    fn a_ring_built_from_the_previous_one_is_the_ring_built_from_scratch() {
-        for max in [u32::MAX, 2_000] {
-            let ring = Ring::new()
-                .with_points_per_weight(NonZeroU32::new(40).unwrap())
-                .with_max_points(NonZeroU32::new(max).unwrap());
-            let pool = Pool::new(ring.clone());
-            let mut ids = pool
-                .extend((0..60).map(|i| (format!("b{i}"), Weight::ONE)))
-                .unwrap();
-            let mut state = 0x2545_F491_4F6C_DD1Du64;
-            for step in 0..120 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let which = (state >> 8) as usize % ids.len();
-                match state % 3 {
-                    0 => ids.push(
-                        pool.insert(format!("n{step}"), Weight::new(1 + state % 3).unwrap())
-                            .unwrap(),
-                    ),
-                    1 if ids.len() > 1 => drop(pool.remove(ids.swap_remove(which)).unwrap()),
-                    _ => pool
-                        .set_weight(ids[which], Weight::new(1 + (state >> 20) % 4).unwrap())
-                        .unwrap(),
-                }
-                let current = pool.snapshot();
-                let fresh = ring.prepare(current.snapshot(), None);
-                let updated: Vec<_> = current.table().table().points().collect();
-                let scratch: Vec<_> = fresh.table().points().collect();
-                assert_eq!(updated, scratch, "max {max}, step {step}");
-            }
-        }
-    }
-}
+#[path = "ring_build_tests.rs"]
+mod tests;
