@@ -49,8 +49,8 @@
 use std::fmt;
 
 use super::{
-    Accept, BackendKey, HashPicker, Lookup, WithFallback, ids, key_hash, members,
-    pick_by_preference, previous_positions, probe_then_scan,
+    Accept, BackendKey, HashPicker, Lookup, WithFallback, ids, key_hash, keys, pick_by_preference,
+    previous_positions, probe_then_scan,
 };
 use crate::backend::BackendId;
 use crate::pick::round_robin::RoundRobin;
@@ -240,20 +240,20 @@ impl fmt::Debug for JumpTable {
 /// address such as "10.0.195.80:8080" fits whole): zero padding keeps the order
 /// lexicographic, and equal prefixes fall back to the full keys.
 fn sorted<A: BackendKey>(snapshot: &Snapshot<A>) -> Box<[u32]> {
-    let members = members(snapshot);
-    // (Zipped with a u32 count, exact in size: one allocation. `members` stops at
+    let keys = keys(snapshot);
+    // (Zipped with a u32 count, exact in size: one allocation; a table never holds
     // u32::MAX members.)
-    let mut order: Vec<(u128, u32)> = members
+    let mut order: Vec<(u128, u32)> = keys
         .iter()
         .zip(0u32..)
-        .map(|(m, i)| {
+        .map(|(k, i)| {
             let mut prefix = [0u8; 16];
-            let n = m.key.len().min(16);
-            prefix[..n].copy_from_slice(&m.key[..n]);
+            let n = k.len().min(16);
+            prefix[..n].copy_from_slice(&k[..n]);
             (u128::from_be_bytes(prefix), i)
         })
         .collect();
-    let key = |i: u32| members.get(i as usize).map(|m| &m.key[..]);
+    let key = |i: u32| keys.get(i as usize).map(|k| &k[..]);
     order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a.1).cmp(&key(b.1))));
     order.into_iter().map(|(_, index)| index).collect()
 }

@@ -53,7 +53,6 @@
 //! [`BoundedLoad`]: crate::BoundedLoad
 
 use std::fmt;
-use std::sync::Arc;
 
 use super::{PickContext, Picker};
 use crate::backend::BackendId;
@@ -263,38 +262,18 @@ impl<T: fmt::Debug, U> fmt::Debug for WithFallback<T, U> {
 /// allocates nothing per member for them.
 pub(crate) type KeyBytes = smallvec::SmallVec<[u8; 40]>;
 
-/// One member as the table builders see it.
-#[derive(Debug)]
-#[allow(dead_code)] // Jump reads only `key` since Ring stopped using `members`.
-pub(crate) struct Member {
-    /// Its index in the snapshot.
-    pub(crate) index: u32,
-    /// Its [`BackendKey`] bytes.
-    pub(crate) key: KeyBytes,
-    /// The stable hash of `key`.
-    pub(crate) hash: u64,
-    /// Its effective weight.
-    pub(crate) weight: u32,
-}
-
-/// Every member of `snapshot` (eligible or not), in snapshot order. Keys are written
+/// Every member's [`BackendKey`] bytes (eligible or not), in snapshot order, written
 /// through one scratch buffer and kept inline.
-pub(crate) fn members<A: BackendKey>(snapshot: &Snapshot<A>) -> Vec<Member> {
+pub(crate) fn keys<A: BackendKey>(snapshot: &Snapshot<A>) -> Vec<KeyBytes> {
     let mut scratch = Vec::new();
     // Sized once: a collect through `filter_map` would grow it by doubling, copying.
-    let mut members = Vec::with_capacity(snapshot.len());
-    for (i, b) in snapshot.backends().iter().enumerate() {
-        let Ok(index) = u32::try_from(i) else { break };
+    let mut keys = Vec::with_capacity(snapshot.len());
+    for b in snapshot.backends() {
         scratch.clear();
         b.addr().write_key(&mut scratch);
-        members.push(Member {
-            index,
-            hash: seeded(&scratch, SEED_IDENTITY),
-            key: KeyBytes::from_slice(&scratch),
-            weight: snapshot.effective_weight(i),
-        });
+        keys.push(KeyBytes::from_slice(&scratch));
     }
-    members
+    keys
 }
 
 /// Each member's id, in snapshot order: what the next change matches survivors by.
@@ -333,40 +312,10 @@ pub(crate) fn key_hash_of<A: BackendKey>(addr: &A, scratch: &mut Vec<u8>) -> u64
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Fingerprint(Box<[(u64, u32)]>);
 
-#[allow(dead_code)] // `of` and `hash` unused since Ring keeps its own per-member state.
 impl Fingerprint {
-    pub(crate) fn of(members: &[Member]) -> Self {
-        Fingerprint(members.iter().map(|m| (m.hash, m.weight)).collect())
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// Each member's key hash and weight, in snapshot order.
     pub(crate) fn entries(&self) -> &[(u64, u32)] {
         &self.0
-    }
-
-    /// The key hash of the member at snapshot index `i`.
-    pub(crate) fn hash(&self, i: usize) -> Option<u64> {
-        self.0.get(i).map(|&(hash, _)| hash)
-    }
-}
-
-/// Reuses `previous` when `snapshot` has the same members and weights, else builds anew.
-#[allow(dead_code)] // unused since Ring keeps its own per-member state.
-pub(crate) fn reuse_or_build<A: BackendKey, C>(
-    snapshot: &Snapshot<A>,
-    previous: Option<&Arc<C>>,
-    fingerprint: impl Fn(&C) -> &Fingerprint,
-    build: impl FnOnce(Vec<Member>, Fingerprint) -> C,
-) -> Arc<C> {
-    let members = members(snapshot);
-    let current = Fingerprint::of(&members);
-    match previous {
-        Some(prev) if *fingerprint(prev) == current => Arc::clone(prev),
-        _ => Arc::new(build(members, current)),
     }
 }
 
