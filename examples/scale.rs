@@ -13,8 +13,16 @@
 //!   applies them with a `Discovery` task on the registry's thread; `poll-ready` with
 //!   `Balance::discover`, on the request path, for comparison. Prints p50 / p99 / p99.9.
 //!
-//! Run with `cargo run --release --example scale -- memory` or
-//! `cargo run --release --example scale -- churn round-robin task`.
+//! - `change N [STRATEGY…]`: one change (an `insert`, then the `remove` of the same
+//!   backend) on a `Pool` of N per strategy (default: all), the strategies taking turns
+//!   change by change, 60 rounds; prints each one's median and its ratio to
+//!   `round-robin`'s median. Criterion's `scale-change` group measures one strategy
+//!   after another, so a neighbour's burst of work lands on some of them only; taking
+//!   turns, every strategy sees the same machine.
+//!
+//! Run with `cargo run --release --example scale -- memory`,
+//! `cargo run --release --example scale -- churn round-robin task` or
+//! `cargo run --release --example scale -- change 50000`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -88,6 +96,51 @@ fn memory() -> Result<(), BoxError> {
             row.push_str(&format!(" {} B |", bytes / n));
         }
         println!("{row}");
+    }
+    Ok(())
+}
+
+fn change(n: usize, names: &[&str]) -> Result<(), BoxError> {
+    let mut names: Vec<&str> = names.to_vec();
+    if names.is_empty() {
+        names = strategies().collect();
+    }
+    if !names.contains(&"round-robin") {
+        names.insert(0, "round-robin");
+    }
+    let mut pools = Vec::new();
+    for &name in &names {
+        let pool = Pool::new(name.parse::<AnyPicker>()?);
+        pool.extend((0..n).map(|i| (addr(i), Weight::new(1 + (i as u64 % 4)).expect("1..=4"))))?;
+        pools.push(pool);
+    }
+    let extra = addr(n);
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); pools.len()];
+    for _ in 0..60 {
+        for (pool, times) in pools.iter().zip(&mut times) {
+            let start = Instant::now();
+            let id = pool.insert(extra.clone(), Weight::ONE)?;
+            times.push(start.elapsed());
+            let start = Instant::now();
+            drop(pool.remove(id)?);
+            times.push(start.elapsed());
+        }
+    }
+    let medians: Vec<Duration> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_unstable();
+            t[t.len() / 2]
+        })
+        .collect();
+    let base = medians[names.iter().position(|&n| n == "round-robin").unwrap_or(0)];
+    println!("one change at N = {n}, strategies taking turns (median of 120):");
+    for (name, median) in names.iter().zip(&medians) {
+        println!(
+            "  {name:<16} {:>9.3} ms  {:>5.2}× round-robin",
+            median.as_secs_f64() * 1e3,
+            median.as_secs_f64() / base.as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -238,6 +291,14 @@ async fn main() -> Result<(), BoxError> {
             let driver = args.get(2).map_or("task", String::as_str);
             churn(strategy, driver).await
         }
-        _ => Err("usage: scale memory | scale churn [STRATEGY] [task|poll-ready]".into()),
+        Some("change") => {
+            let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(50_000);
+            let names: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
+            change(n, &names)
+        }
+        _ => Err(
+            "usage: scale memory | scale churn [STRATEGY] [task|poll-ready] | scale change [N] [STRATEGY…]"
+                .into(),
+        ),
     }
 }
