@@ -28,11 +28,12 @@ pub(super) fn canonicalize(core: &Arc<Core>, size: u32) {
     } else {
         build(members, size, &cancelled)
     };
-    // Each member's slots, for the next patch: listed before taking the lock.
+    // Each number's slots, for the next patch: listed before taking the lock.
     let owned = built.as_ref().map(|built| {
-        let mut owned = vec![Vec::new(); built.counts.len()];
+        let mut owned = vec![Vec::new(); core.numbering.index_of.len()];
         for (&j, slot) in built.entries.iter().zip(0u32..) {
-            if let Some(list) = owned.get_mut(j as usize) {
+            let number = core.numbering.number_of.get(j as usize);
+            if let Some(list) = number.and_then(|&n| owned.get_mut(n as usize)) {
                 list.push(slot);
             }
         }

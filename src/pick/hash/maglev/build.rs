@@ -118,7 +118,7 @@ pub(super) struct Built {
     pub(super) slots: Slots,
     pub(super) numbering: Numbering,
     pub(super) counts: Vec<u32>,
-    /// Each member's slots (by snapshot index); empty when the table is never patched.
+    /// Each number's slots; empty when the table is never patched.
     pub(super) owned: Vec<Vec<u32>>,
 }
 
@@ -129,7 +129,7 @@ impl Built {
         let numbering = Numbering::identity(flat.counts.len());
         let slots = Slots::of(&flat.entries, patchable);
         let owned = if patchable {
-            owned_lists(&slots, &numbering, flat.counts.len())
+            owned_lists(&slots, &numbering)
         } else {
             Vec::new()
         };

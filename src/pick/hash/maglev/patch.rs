@@ -66,10 +66,17 @@ pub(super) struct Work {
     pub(super) slots: SlotsMut,
     pub(super) numbering: Numbering,
     pub(super) counts: Vec<u32>,
+    /// Each number's slots.
     pub(super) owned: Vec<Vec<u32>>,
 }
 
 impl Work {
+    /// Member `j`'s slots.
+    fn slots_of(&mut self, j: u32) -> Option<&mut Vec<u32>> {
+        let number = *self.numbering.number_of.get(j as usize)?;
+        self.owned.get_mut(number as usize)
+    }
+
     /// The member index owning `slot` in the new table ([`EMPTY`]: free — a removed
     /// member's slot or one given up).
     #[inline]
@@ -87,7 +94,7 @@ impl Work {
         let slot32 = u32::try_from(slot).ok()?;
         if owner != EMPTY {
             *self.counts.get_mut(owner as usize)? -= 1;
-            let list = self.owned.get_mut(owner as usize)?;
+            let list = self.slots_of(owner)?;
             let at = list.iter().position(|&s| s == slot32)?;
             list.swap_remove(at);
         }
@@ -95,7 +102,7 @@ impl Work {
             EMPTY
         } else {
             *self.counts.get_mut(j as usize)? += 1;
-            self.owned.get_mut(j as usize)?.push(slot32);
+            self.slots_of(j)?.push(slot32);
             *self.numbering.number_of.get(j as usize)?
         };
         self.slots.set(slot, number)
@@ -183,31 +190,34 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
     };
 
     let mut state = prev.lock();
-    if state.counts.len() != old.len() || state.owned.len() != old.len() {
+    if state.counts.len() != old.len() || state.owned.len() != prev.numbering.index_of.len() {
         return None;
     }
     // The old table's chunks, shared until written: taken under the lock, so a
     // background build never writes into them halfway (it stops: see `prepare`).
     let slots = SlotsMut::of(&prev.slots);
-    let mut old_owned = std::mem::take(&mut state.owned);
+    // The slot lists are by number, so they carry over as they are.
+    let mut owned = std::mem::take(&mut state.owned);
     let old_counts = state.counts.clone();
     drop(state);
+    let numbering = prev.numbering.next(&old_of)?;
     let mut counts = vec![0u32; n];
-    let mut owned = vec![Vec::new(); n];
     let mut free: Vec<u32> = Vec::new();
-    for (i, (&j, list)) in remap.iter().zip(&mut old_owned).enumerate() {
-        match (counts.get_mut(j as usize), owned.get_mut(j as usize)) {
-            (Some(c), Some(o)) => {
-                *c = *old_counts.get(i)?;
-                *o = std::mem::take(list);
-            }
+    for (i, &j) in remap.iter().enumerate() {
+        match counts.get_mut(j as usize) {
+            Some(c) => *c = *old_counts.get(i)?,
             // A removed member's slots are free.
-            _ => free.append(list),
+            None => {
+                let number = *prev.numbering.number_of.get(i)?;
+                free.append(owned.get_mut(number as usize)?);
+            }
         }
     }
+    // New numbers past the end start with no slot.
+    owned.resize_with(numbering.index_of.len().max(owned.len()), Vec::new);
     let mut work = Work {
         slots,
-        numbering: prev.numbering.next(&old_of)?,
+        numbering,
         counts,
         owned,
     };
@@ -242,8 +252,7 @@ pub(super) fn patch(prev: &Core, members: &Set, size: u32) -> Option<Built> {
         let (offset, skip) = permutation(members.get(j)?.key, m64);
         let inv = pow_mod(skip, m64 - 2, m64);
         let mut ranked: Vec<(u64, u32)> = work
-            .owned
-            .get(j)?
+            .slots_of(u32::try_from(j).ok()?)?
             .iter()
             .map(|&slot| ((u64::from(slot) + m64 - offset) % m64 * inv % m64, slot))
             .collect();

@@ -214,14 +214,11 @@ impl Numbering {
     }
 }
 
-/// Each member's slots (by snapshot index), from the slots' numbers.
-pub(super) fn owned_lists(slots: &Slots, numbering: &Numbering, members: usize) -> Vec<Vec<u32>> {
-    let mut owned = vec![Vec::new(); members];
-    for (slot, number) in slots.iter().enumerate() {
-        let list = numbering
-            .index(number)
-            .and_then(|j| owned.get_mut(j as usize));
-        if let (Some(list), Ok(slot)) = (list, u32::try_from(slot)) {
+/// Each number's slots (a list for every number below `numbering.index_of.len()`).
+pub(super) fn owned_lists(slots: &Slots, numbering: &Numbering) -> Vec<Vec<u32>> {
+    let mut owned = vec![Vec::new(); numbering.index_of.len()];
+    for (number, slot) in slots.iter().zip(0u32..) {
+        if let Some(list) = owned.get_mut(number as usize) {
             list.push(slot);
         }
     }

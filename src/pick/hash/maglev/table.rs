@@ -27,7 +27,7 @@ pub(super) struct Core {
 pub(super) struct State {
     /// How many slots each member (by snapshot index) owns.
     pub(super) counts: Vec<u32>,
-    /// Each member's slots (by snapshot index), for the next patch, which takes them;
+    /// Each number's slots (see [`Numbering`]), for the next patch, which takes them;
     /// empty for a table never patched (or already patched from).
     pub(super) owned: Vec<Vec<u32>>,
     pub(super) status: Status,

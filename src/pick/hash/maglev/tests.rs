@@ -117,7 +117,7 @@ fn snapshot_entries(core: &Core) -> Vec<u32> {
 /// patches), so a test can patch the same table twice.
 fn relist(core: &Core) {
     let mut state = core.lock();
-    state.owned = owned_lists(&core.slots, &core.numbering, state.counts.len());
+    state.owned = owned_lists(&core.slots, &core.numbering);
 }
 
 /// A canonical table, patchable.
@@ -150,8 +150,16 @@ fn check_balanced(built: &Built, members: &Set, m: usize, within: Option<&[f64]>
         lists[e as usize].push(slot as u32);
     }
     assert_eq!(counts, built.counts, "kept counts match the entries");
-    let mut owned = built.owned.clone();
+    let mut owned: Vec<Vec<u32>> = (0..members.len())
+        .map(|j| built.owned[built.numbering.number_of[j] as usize].clone())
+        .collect();
     owned.iter_mut().for_each(|l| l.sort_unstable());
+    // Numbers no member holds own no slot.
+    for (number, list) in built.owned.iter().enumerate() {
+        if built.numbering.index(number as u32).is_none() {
+            assert!(list.is_empty(), "free number {number} owns {list:?}");
+        }
+    }
     assert_eq!(lists, owned, "kept slot lists match the entries");
     for (i, (b, &c)) in members.iter().zip(&counts).enumerate() {
         let b = &b;
