@@ -21,11 +21,19 @@ fn mask(bits: u32) -> usize {
     1usize.checked_shl(bits).map_or(usize::MAX, |c| c - 1)
 }
 
+/// `chunks[0]`, or an empty chunk.
+fn first_of(chunks: &[Arc<[AtomicU32]>]) -> Arc<[AtomicU32]> {
+    chunks.first().map_or_else(|| Arc::new([]), Arc::clone)
+}
+
 /// The M slots of a table, in chunks shared between the tables of consecutive changes
 /// until one of them writes a chunk. Entries are `AtomicU32`s read `Relaxed` so the
 /// background build can write the canonical table into a live one (see the module
 /// docs): a plain load on x86 and ARM.
 pub(super) struct Slots {
+    /// The first chunk (the same as `chunks[0]`), read without going through `chunks`:
+    /// a table in one chunk (never patched) is read as one array.
+    first: Arc<[AtomicU32]>,
     chunks: Box<[Arc<[AtomicU32]>]>,
     /// log₂ of the slots per chunk.
     bits: u32,
@@ -40,11 +48,13 @@ impl Slots {
         } else {
             usize::BITS - entries.len().leading_zeros()
         };
+        let chunks: Box<[Arc<[AtomicU32]>]> = entries
+            .chunks(1 << bits)
+            .map(|c| c.iter().map(|&e| AtomicU32::new(e)).collect())
+            .collect();
         Slots {
-            chunks: entries
-                .chunks(1 << bits)
-                .map(|c| c.iter().map(|&e| AtomicU32::new(e)).collect())
-                .collect(),
+            first: first_of(&chunks),
+            chunks,
             bits,
             len: entries.len(),
         }
@@ -53,6 +63,10 @@ impl Slots {
     /// The number held by `slot`.
     #[inline]
     pub(super) fn get(&self, slot: usize) -> Option<u32> {
+        // Always true in one chunk, almost never in many: predicted either way.
+        if let Some(e) = self.first.get(slot) {
+            return Some(e.load(Ordering::Relaxed));
+        }
         let chunk = self.chunks.get(slot >> self.bits)?;
         Some(chunk.get(slot & mask(self.bits))?.load(Ordering::Relaxed))
     }
@@ -130,8 +144,10 @@ impl SlotsMut {
     }
 
     pub(super) fn finish(self) -> Slots {
+        let chunks = self.chunks.into_boxed_slice();
         Slots {
-            chunks: self.chunks.into_boxed_slice(),
+            first: first_of(&chunks),
+            chunks,
             bits: self.bits,
             len: self.len,
         }
