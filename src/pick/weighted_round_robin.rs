@@ -294,6 +294,16 @@ impl<A> Picker<A> for WeightedRoundRobin {
 mod tests {
     use super::*;
 
+    /// The tests' seeded draws: xorshift64, a number below `bound` per call.
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |bound| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        }
+    }
+
     #[test]
     fn nginx_sequence() {
         assert_eq!(smooth_cycle(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
@@ -303,13 +313,7 @@ mod tests {
     /// (seeded): few and many distinct weights, equal weights, large ones.
     #[test]
     fn grouped_cycle_is_nginx_pick_for_pick() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         for case in 0..300 {
             let n = 1 + next(40) as usize;
             let spread = [1, 2, 3, 7, 50, 1000][case % 6];
@@ -346,13 +350,7 @@ mod tests {
             let g = scaled.iter().copied().fold(0, gcd).max(1);
             scaled.into_iter().map(|w| w / g).collect::<Vec<_>>()
         };
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         for case in 0..40 {
             let n = [3usize, 100, 5000, 40_000][case % 4];
             let spread = [4u64, 1000, u64::from(u32::MAX)][case % 3];

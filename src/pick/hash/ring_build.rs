@@ -43,6 +43,22 @@ struct Held {
     slot: u32,
 }
 
+impl Held {
+    /// Each member's weight, point count and slot, in snapshot order.
+    fn all(weights: &[u32], counts: &[u32], slots: impl IntoIterator<Item = u32>) -> Box<[Held]> {
+        weights
+            .iter()
+            .zip(counts)
+            .zip(slots)
+            .map(|((&weight, &count), slot)| Held {
+                weight,
+                count,
+                slot,
+            })
+            .collect()
+    }
+}
+
 /// Every member's key bytes end to end, and where each ends.
 #[derive(Default)]
 struct Keys {
@@ -277,16 +293,7 @@ fn scratch<A: BackendKey>(snapshot: &Snapshot<A>, weights: &[u32], counts: &[u32
     }
     let index_of: Box<[u32]> = (0..).take(snapshot.len()).collect();
     points.sort_unstable_by(|a, b| order(&keys, &index_of, a, b));
-    let held = weights
-        .iter()
-        .zip(counts)
-        .zip(0..)
-        .map(|((&weight, &count), slot)| Held {
-            weight,
-            count,
-            slot,
-        })
-        .collect();
+    let held = Held::all(weights, counts, 0..);
     Core {
         circle: Circle::from_sorted(&points),
         index_of,
@@ -449,16 +456,7 @@ fn change<A: BackendKey>(
         slots = index_of.to_vec();
         free.clear();
     }
-    let held = weights
-        .iter()
-        .zip(counts)
-        .zip(slots)
-        .map(|((&weight, &count), slot)| Held {
-            weight,
-            count,
-            slot,
-        })
-        .collect();
+    let held = Held::all(weights, counts, slots);
     Core {
         circle,
         index_of,
