@@ -3,7 +3,7 @@
 //! weighted work), for every strategy.
 //!
 //! - `scale-change`: one change to a `Pool` of N — an `insert`, then the `remove` of the
-//!   same backend, alternately, so N stays put; each includes health's evaluation, the
+//!   same backend, alternately, so N stays put, on one pool per row; each includes health's evaluation, the
 //!   snapshot and the picker's table. Baselines in the group: `copy-floor`, cloning the
 //!   N members (what any change that publishes a new snapshot pays at least), and
 //!   `round-robin`, whose table is empty (the yardstick: every strategy within
@@ -59,11 +59,16 @@ fn change(c: &mut Criterion) {
             b.iter(|| black_box(floor.snapshot().snapshot().backends().to_vec()))
         });
         for name in strategies() {
+            // One pool for all of a row's samples (criterion calls the routine once per
+            // sample): a long-lived pool, as an application has, rather than a fresh
+            // one per sample, whose build and the previous one's release made the rows
+            // of the largest tables swing between runs. Built on first use, so a
+            // filtered-out bench builds nothing.
+            let mut built: Option<Pool<String, AnyPicker>> = None;
+            let extra = addr(n);
+            let mut added = None;
             group.bench_with_input(BenchmarkId::new(name, n), &(), |b, _| {
-                // Built here, so a filtered-out bench builds nothing.
-                let pool = pool(name, n);
-                let extra = addr(n);
-                let mut added = None;
+                let pool = built.get_or_insert_with(|| pool(name, n));
                 b.iter(|| match added.take() {
                     None => added = Some(pool.insert(extra.clone(), Weight::ONE).unwrap()),
                     Some(id) => drop(pool.remove(id).unwrap()),
