@@ -3,8 +3,8 @@
 //! weighted work), for every strategy.
 //!
 //! - `scale-change`: one change to a `Pool` of N — an `insert`, then the `remove` of the
-//!   same backend, alternately, so N stays put, on one pool per row; each includes health's evaluation, the
-//!   snapshot and the picker's table. Baselines in the group: `copy-floor`, cloning the
+//!   same backend, alternately, so N stays put, on one pool per row; each includes
+//!   health's evaluation, the snapshot and the picker's table. Baselines in the group: `copy-floor`, cloning the
 //!   N members (what any change that publishes a new snapshot pays at least), and
 //!   `round-robin`, whose table is empty (the yardstick: every strategy within
 //!   2× of it).
