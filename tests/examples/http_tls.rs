@@ -90,14 +90,7 @@ async fn tls_get(
                 .body(Empty::<Bytes>::new())?,
         )
         .await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Answer {
-        status,
-        headers,
-        body: String::from_utf8(body.to_vec())?,
-    })
+    Answer::read(response).await
 }
 
 #[tokio::test]

@@ -231,6 +231,22 @@ struct Answer {
 }
 
 impl Answer {
+    /// Reads `response` whole.
+    async fn read<B>(response: hyper::Response<B>) -> Result<Answer, Error>
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Answer {
+            status,
+            headers,
+            body: String::from_utf8(body.to_vec())?,
+        })
+    }
+
     /// The backend that answered (`x-backend`).
     fn backend(&self) -> &str {
         self.headers
@@ -255,15 +271,7 @@ async fn get(
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let response = client.request(req.body(Empty::new())?).await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Answer {
-        status,
-        headers,
-        body: String::from_utf8(body.to_vec())?,
-    })
+    Answer::read(client.request(req.body(Empty::new())?).await?).await
 }
 
 async fn http_backends(n: usize) -> Result<Vec<HttpBackend>, Error> {
