@@ -32,7 +32,7 @@
 //! | [`WeightedRandom`] | shares ∝ weights (alias method) | O(1), no shared write |
 //! | [`LeastLoaded`] | a backend with the least load ÷ weight (load: in flight, failures counted) | O(n) reads |
 //! | [`PowerOfTwoChoices`] | max load ≤ ln ln n / ln 2 + O(1) (two distinct candidates) | O(1), no shared write |
-//! | [`PeakEwma`] | latency × load over two random candidates and the remembered leader; reacts to a slowing or failing backend at once | O(1), a shared write only when the lead changes |
+//! | [`PeakEwma`] | latency × load over a random candidate and the remembered leader; reacts to a slowing or failing backend at once | O(1), a shared write only when the lead changes |
 //! | [`ServerLoad`] | shares ∝ server-reported capacity, qps ÷ (utilization + error penalty) (gRFC A58) | O(1), a rebuild per update period |
 //! | [`Maglev`] | same key → same backend; ≤ 1 % collateral on removal | O(1), one table read |
 //! | [`Ring`] | same key → same backend; only the changed backend's keys move | O(1) expected |

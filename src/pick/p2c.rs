@@ -114,13 +114,42 @@ impl Candidates {
     }
 }
 
+impl Candidates {
+    /// One eligible slot (a position in the eligible list) drawn from `r` as
+    /// [`two`](Self::two) draws its first — uniformly from `r`'s high half, or in
+    /// proportion to the weights — and a second one, distinct, uniform over the n − 1
+    /// others, for when no better second candidate is at hand; `n >= 2`.
+    #[inline]
+    pub(crate) fn one_and_spare(&self, r: u64, n: usize) -> (usize, usize) {
+        match &self.draw {
+            Draw::Weighted(alias) if alias.len() == n => {
+                let a = alias.sample(r);
+                // The alias draw read both halves of `r`: the spare's half comes from a
+                // multiply that mixes them.
+                (a, other_than(a, r.wrapping_mul(GAMMA) >> 32, n))
+            }
+            _ => uniform_pair(r, n),
+        }
+    }
+}
+
+/// An odd constant (2^64 ÷ φ) whose multiply mixes a word's bits into its high half.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// Two distinct positions in `0..n` (`n >= 2`) from one draw: the first from the high
 /// half, the second from the low half over the n − 1 others.
 #[inline]
 fn uniform_pair(r: u64, n: usize) -> (usize, usize) {
     let a = (((r >> 32) * n as u64) >> 32) as usize;
-    let b = (((r & 0xFFFF_FFFF) * (n as u64 - 1)) >> 32) as usize;
-    (a, if b >= a { b + 1 } else { b })
+    (a, other_than(a, r & 0xFFFF_FFFF, n))
+}
+
+/// A position in `0..n` other than `a` (`n >= 2`), uniform over the n − 1 others as
+/// `low` (below 2^32) is over its range.
+#[inline]
+fn other_than(a: usize, low: u64, n: usize) -> usize {
+    let b = ((low * (n as u64 - 1)) >> 32) as usize;
+    if b >= a { b + 1 } else { b }
 }
 
 /// Picks by power of two choices, `cost(slot)` giving a comparable cost per eligible member
@@ -176,6 +205,34 @@ impl<A> Picker<A> for PowerOfTwoChoices {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_and_spare_is_distinct_and_in_range() {
+        for weighted in [false, true] {
+            for n in [2usize, 3, 8, 1000] {
+                let snapshot = Snapshot::build((0..n).map(|i| {
+                    let w = if weighted { 1 + (i % 5) as u64 } else { 1 };
+                    (i, crate::Weight::new(w).unwrap())
+                }))
+                .unwrap();
+                let candidates = Candidates::prepare(&snapshot);
+                assert_eq!(matches!(candidates.draw, Draw::Weighted(_)), weighted);
+                for r in [
+                    0u64,
+                    u64::MAX,
+                    0x1234_5678_9ABC_DEF0,
+                    1 << 32,
+                    (1 << 32) - 1,
+                ]
+                .into_iter()
+                .chain((0..1000).map(|k: u64| k.wrapping_mul(GAMMA)))
+                {
+                    let (a, b) = candidates.one_and_spare(r, n);
+                    assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn uniform_pair_is_distinct_and_in_range() {

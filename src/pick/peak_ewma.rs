@@ -1,4 +1,4 @@
-//! Peak EWMA: latency × load, over two random candidates and a remembered leader.
+//! Peak EWMA: latency × load, over a random candidate and a remembered leader.
 //!
 //! Each backend carries a peak-weighted moving average of its response times (see
 //! [`BackendState::record_rtt`](crate::BackendState::record_rtt)): a sample above the
@@ -8,36 +8,43 @@
 //! estimate × (in-flight + 1) ÷ weight — the cost of Finagle's and Linkerd's `PeakEWMA`
 //! and tower's `load::PeakEwma`.
 //!
-//! A pick compares three candidates: two distinct ones drawn at random (uniformly, or in
-//! proportion to the weights) as [`PowerOfTwoChoices`](crate::PowerOfTwoChoices) draws
-//! them, and the *leader* — the winner of an earlier pick, remembered in the table — and
-//! takes the cheapest. A random candidate that beats the leader becomes the leader.
-//! Ties go to the first random candidate, so the leader is taken only when strictly
-//! cheaper, and idle (all-tie) picks still follow the weights.
+//! A pick compares two candidates: one drawn at random (uniformly, or in proportion to
+//! the weights, as [`PowerOfTwoChoices`](crate::PowerOfTwoChoices) draws its first), and
+//! the *leader* — the winner of an earlier pick, remembered in the table — and takes the
+//! cheaper. While there is no leader, or the draw is the leader, a second random
+//! candidate stands in for it (as in P2C). A draw that beats the leader becomes the
+//! leader. Ties go to the draw, so the leader is taken only when strictly cheaper, and
+//! idle (all-tie) picks still follow the weights.
 //!
 //! Why the leader: P2C alone sends a backend at most the picks it is drawn in, 2/n of
 //! them, however fast it is, and every other pick to whichever of two random backends
 //! is cheaper — so with backends whose latencies differ a hundredfold the slow ones get
 //! a steady share, and the tail is theirs (tower's `tower-balance` workload: p99 about
-//! 340 ms, the same as tower's own P2C Peak EWMA, against 64–82 ms for an exact
+//! 340 ms, the same as tower's own P2C Peak EWMA, against 62 ms for an exact
 //! least-loaded scan). With the leader, the cheapest backend is a candidate in every
 //! pick, so its load rises until its cost meets the next one's, as in an exact scan of
-//! all costs, while the pick still reads three backends. This is "load balancing with
-//! memory" (Mitzenmacher, Prabhakar and Shah, 2002: one remembered choice does better
-//! than one more random choice); Prequal (Wydrowski et al., NSDI 2024) likewise keeps a
-//! pool of recent measurements and picks the best of them rather than of a fresh
-//! pair. C3 (Suresh et al., NSDI 2015) ranks by a cubic queue-size penalty; on
+//! all costs, while the pick still reads two backends. This is "load balancing with
+//! memory" (Mitzenmacher, Prabhakar and Shah, 2002), whose (1, 1) scheme — one random
+//! choice and the best one remembered — is the one here: the paper shows it does better
+//! than two random choices without memory. An earlier version compared two random
+//! candidates *and* the leader: on the workloads of the simulator
+//! (`cargo run --release --example simulate -- latency|failure|server-load`) the two
+//! give the same tails (p99 7.9 vs 8.1 ms on `tower-balance`), and the third read made
+//! the pick 2–3× P2C's instead of 1.2–1.6×. Prequal (Wydrowski et al., NSDI 2024)
+//! likewise keeps a pool of recent measurements and picks the best of them rather than
+//! of a fresh pair. C3 (Suresh et al., NSDI 2015) ranks by a cubic queue-size penalty; on
 //! workloads where latency does not grow with load a cubic penalty pushes traffic onto
 //! slow backends, so the linear (in-flight + 1) factor is kept.
 //!
 //! **Guarantees** (checked by `tests/pickers/` and `tests/proptests.rs`): the strictly
-//! costliest candidate is never taken; a backend that is strictly the cheapest wins every
+//! costlier candidate is never taken; a backend that is strictly the cheapest wins every
 //! pick from the first one it is drawn in until another is cheaper (so, with costs fixed,
-//! all but the first few picks); cost is monotone in latency and in load. The pick is
-//! O(1): three cost reads, and a shared write (one atomic store, `Relaxed`: the leader is
-//! a hint, a stale read costs one comparison) only when the lead changes. On the
-//! `tower-balance` workload in the simulator (`cargo run --release --example simulate --
-//! latency`), p99 is about 8 ms against least loaded's 64 ms.
+//! all but the first few picks); with two backends every pick takes the cheaper; cost is
+//! monotone in latency and in load. The pick is O(1): two cost reads, and a shared write
+//! (one atomic store, `Relaxed`: the leader is a hint, a stale read costs one
+//! comparison) only when the lead changes. On the `tower-balance` workload in the
+//! simulator (`cargo run --release --example simulate -- latency`), p99 is about 8 ms
+//! against least loaded's 62 ms.
 //!
 //! Like an exact scan, the leader lets each balancer exploit the cheapest backend it
 //! knows; across many independent balancers it is the latency estimate — which the peak
@@ -68,7 +75,7 @@ use crate::snapshot::Snapshot;
 /// The cost of an unmeasured backend with requests in flight, per request in flight.
 const PENALTY: f64 = 1e30;
 
-/// Peak-EWMA latency × (in-flight + 1), over two random candidates and the remembered
+/// Peak-EWMA latency × (in-flight + 1), over a random candidate and the remembered
 /// leader. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct PeakEwma {
@@ -232,35 +239,31 @@ impl<A> Picker<A> for PeakEwma {
             return eligible.first().map(|&i| i as usize);
         }
         let now_ns = ctx.now_nanos().unwrap_or_else(now_nanos);
-        let (a, b) = table.candidates.two(&self.rng, n);
-        let (ia, ib) = (*eligible.get(a)? as usize, *eligible.get(b)? as usize);
-        // Each candidate's cost is read once (the common case's; `cheaper` reads the
-        // rest only when one is not).
-        let common = |i| Self::common_cost(snapshot, i, now_ns);
-        let (pa, pb) = ((ia, common(ia)), (ib, common(ib)));
-        let Some(b_wins) = self.cheaper(snapshot, pb, pa, now_ns) else {
-            return Some(ia);
-        };
-        // Ties go to `a`, itself a random (or weighted) draw. Which one wins is a coin
-        // flip to the branch predictor: selected without a branch.
-        let (mut slot, mut best) = std::hint::select_unpredictable(b_wins, (b, pb), (a, pa));
-        // The remembered leader: a third candidate, taken only when strictly cheaper
-        // (so idle ties still follow the draws, and the weights).
-        // Relaxed: a hint; a stale or torn-between-picks value only costs one comparison.
+        // One random (or weighted) draw; the other candidate is the leader, or a
+        // second draw while there is none (or it was drawn).
+        // Relaxed: a hint; a stale value only costs one comparison.
+        let (a, spare) = table.candidates.one_and_spare(self.rng.next_u64(), n);
         let leader = table.leader.load(Ordering::Relaxed) as usize;
-        if leader != slot
-            && let Some(&li) = eligible.get(leader)
+        let other = if leader != a && leader < n {
+            leader
+        } else {
+            spare
+        };
+        let (ia, io) = (*eligible.get(a)? as usize, *eligible.get(other)? as usize);
+        let common = |i| Self::common_cost(snapshot, i, now_ns);
+        // Ties go to `a`, itself a random (or weighted) draw, so idle picks follow the
+        // draws (and the weights); the other is taken only when strictly cheaper.
+        let (slot, index) = match self.cheaper(snapshot, (io, common(io)), (ia, common(ia)), now_ns)
         {
-            let pl = (li as usize, common(li as usize));
-            let leads = self.cheaper(snapshot, pl, best, now_ns) == Some(true);
-            (slot, best) = std::hint::select_unpredictable(leads, (leader, pl), (slot, best));
-        }
+            Some(true) => (other, io),
+            _ => (a, ia),
+        };
         if slot != leader {
             // The winner beat the leader (or there was none): it leads from now on.
             // Written only when the lead changes, not on every pick.
             table.leader.store(slot as u32, Ordering::Relaxed);
         }
-        Some(best.0)
+        Some(index)
     }
 }
 
