@@ -361,7 +361,9 @@ pub struct Overloaded {
     pub max_in_flight: usize,
     /// Eligible backends.
     pub backends: usize,
-    /// The quickest eligible backend's latency estimate, a hint for `Retry-After`.
+    /// The quickest eligible backend's latency estimate, a hint for `Retry-After`;
+    /// `None` when no backend has one (a pool that does not
+    /// [track latency](crate::PoolBuilder::track_latency) keeps none).
     pub retry_after: Option<std::time::Duration>,
 }
 

@@ -205,3 +205,65 @@ fn a_pool_cache_follows_changes_and_releases_the_old_snapshot_at_its_next_pick()
         "released by the cache's next pick"
     );
 }
+
+/// Latency estimates are kept where the picker reads them: a `PeakEwma` pool (or an
+/// `AnyPicker` set to it) has one after its requests, a round-robin or Maglev pool none
+/// — unless told to keep them — and `track_latency(false)` drops them even for
+/// `PeakEwma`. Outcomes are counted either way, a failure included.
+#[test]
+fn latency_is_kept_where_it_is_read() {
+    fn after_requests<P: Picker<&'static str>>(
+        builder: tower_lb::PoolBuilder<&'static str, P>,
+    ) -> tower_lb::BackendStats<&'static str> {
+        let pool = builder.build().unwrap();
+        pool.insert("a", Weight::ONE).unwrap();
+        let ctx = PickContext::new();
+        for _ in 0..3 {
+            pool.pick(&ctx).unwrap().start().success();
+        }
+        pool.pick(&ctx).unwrap().start().failure();
+        drop(pool.pick(&ctx).unwrap().start());
+        pool.stats().remove(0)
+    }
+    let any = |name: &str| name.parse::<tower_lb::AnyPicker>().unwrap();
+    for (stats, kept, what) in [
+        (
+            after_requests(Pool::builder(PeakEwma::new())),
+            true,
+            "PeakEwma",
+        ),
+        (
+            after_requests(Pool::builder(any("peak-ewma"))),
+            true,
+            "AnyPicker(peak-ewma)",
+        ),
+        (
+            after_requests(Pool::builder(RoundRobin::new())),
+            false,
+            "RoundRobin",
+        ),
+        (
+            after_requests(Pool::builder(any("maglev"))),
+            false,
+            "AnyPicker(maglev)",
+        ),
+        (
+            after_requests(Pool::builder(RoundRobin::new()).track_latency(true)),
+            true,
+            "RoundRobin, track_latency(true)",
+        ),
+        (
+            after_requests(Pool::builder(PeakEwma::new()).track_latency(false)),
+            false,
+            "PeakEwma, track_latency(false)",
+        ),
+    ] {
+        assert_eq!(stats.ewma.is_some(), kept, "{what}: {stats:?}");
+        assert_eq!((stats.successes, stats.failures), (3, 1), "{what}");
+        assert_eq!(stats.picks, 5, "{what}: the cancelled one counts as sent");
+    }
+    assert!(<PeakEwma as Picker<&str>>::reads_latency(&PeakEwma::new()));
+    assert!(!<PowerOfTwoChoices as Picker<&str>>::reads_latency(
+        &PowerOfTwoChoices::new()
+    ));
+}

@@ -28,6 +28,9 @@ pub(crate) struct HealthShared {
     /// racing a publication in progress still sees the signal and waits for it.
     signalled: AtomicU64,
     handled: AtomicU64,
+    /// Whether the pool keeps latency estimates (see
+    /// [`PoolBuilder::track_latency`](crate::PoolBuilder::track_latency)).
+    pub(crate) track_latency: bool,
     /// Whether a background task runs for this pool.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) task_running: AtomicBool,
@@ -36,8 +39,13 @@ pub(crate) struct HealthShared {
 }
 
 impl HealthShared {
-    pub(crate) fn new(consecutive_threshold: u64, cancel_failure_after: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        consecutive_threshold: u64,
+        cancel_failure_after: Option<Duration>,
+        track_latency: bool,
+    ) -> Self {
         HealthShared {
+            track_latency,
             consecutive_threshold,
             cancel_failure_ns: cancel_failure_after.map_or(u64::MAX, |d| {
                 u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

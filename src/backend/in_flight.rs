@@ -57,16 +57,31 @@ impl InFlight {
         Duration::from_nanos(now_nanos().saturating_sub(self.started))
     }
 
-    /// The request succeeded: counts it and feeds its latency to the estimate.
+    /// The request succeeded: counts it and feeds its latency to the estimate (in a
+    /// pool that [tracks latency](crate::PoolBuilder::track_latency)).
     pub fn success(self) {
-        self.finish_at_nanos(true, now_nanos());
+        self.finish_now(true);
     }
 
     /// The request failed: counts it, adds to the backend's failure score, and raises
     /// the latency estimate to its latency if that is higher (a fast failure is not a
     /// fast answer).
     pub fn failure(self) {
-        self.finish_at_nanos(false, now_nanos());
+        self.finish_now(false);
+    }
+
+    /// Ends the request now; reads the clock only when something needs the end time
+    /// (the latency estimate, the metrics' histogram, a failure's score). Returns
+    /// whether the outcome crossed the consecutive-failure threshold.
+    #[inline]
+    pub(crate) fn finish_now(mut self, success: bool) -> bool {
+        if self.state.needs_end_time() {
+            return self.finish_at_nanos(success, now_nanos());
+        }
+        self.finished = true;
+        // A success needs no time; a failure's score decays from now.
+        let at = if success { 0 } else { now_nanos() };
+        self.state.record_outcome(success, None, at)
     }
 
     /// Ends the request now (fast clock); returns whether the outcome crossed the

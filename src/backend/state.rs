@@ -54,6 +54,9 @@ pub struct BackendState {
     rtt_stamp: AtomicU64,
     /// 1 / τ in nanoseconds: the pick path multiplies rather than divides.
     inv_decay_ns: f64,
+    /// Whether outcomes feed the latency estimate (the pool's
+    /// [`track_latency`](crate::PoolBuilder::track_latency)); a standalone state does.
+    track_latency: bool,
     /// Failure accrual: the recent-failure score as `f64` bits (0 = none, the common
     /// case, which the pick path tells from one load), and when it was last updated.
     fail_bits: AtomicU64,
@@ -79,6 +82,7 @@ impl BackendState {
 
     fn with_health(decay: Duration, shared: Option<Arc<HealthShared>>) -> Self {
         BackendState {
+            track_latency: shared.as_ref().is_none_or(|s| s.track_latency),
             in_flight: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -111,7 +115,7 @@ impl BackendState {
             &self.failures
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        match (latency, success) {
+        match (latency.filter(|_| self.track_latency), success) {
             (Some(latency), true) => self.record_rtt_at_nanos(latency, at_ns),
             (Some(latency), false) => self.raise_rtt_at_nanos(latency, at_ns),
             (None, _) => {}
@@ -135,7 +139,9 @@ impl BackendState {
             self.record_outcome(false, Some(elapsed), at_ns)
         } else {
             self.cancelled.fetch_add(1, Ordering::Relaxed);
-            self.raise_rtt_at_nanos(elapsed, at_ns);
+            if self.track_latency {
+                self.raise_rtt_at_nanos(elapsed, at_ns);
+            }
             false
         }
     }
@@ -235,6 +241,27 @@ impl BackendState {
     #[inline]
     pub(crate) fn has_failure_score(&self) -> bool {
         self.fail_bits.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether outcomes feed this backend's latency estimate: `false` in a pool that
+    /// does not track latency (see
+    /// [`PoolBuilder::track_latency`](crate::PoolBuilder::track_latency)). Its
+    /// [`rtt_estimate`](Self::rtt_estimate) then stays `None` unless fed directly with
+    /// [`record_rtt`](Self::record_rtt).
+    #[inline]
+    pub fn tracks_latency(&self) -> bool {
+        self.track_latency
+    }
+
+    /// Whether ending a request needs the clock: for the latency sample, or for the
+    /// latency histogram of the metrics.
+    #[inline]
+    pub(crate) fn needs_end_time(&self) -> bool {
+        #[cfg(feature = "metrics")]
+        if self.metrics.get().is_some() {
+            return true;
+        }
+        self.track_latency
     }
 
     /// Requests currently in flight on this backend.

@@ -71,7 +71,7 @@ fn decay_factor_is_close_to_exp_on_both_paths() {
 
 #[test]
 fn a_cancellation_raises_the_estimate_and_past_the_threshold_is_a_failure() {
-    let shared = Arc::new(HealthShared::new(5, Some(Duration::from_millis(100))));
+    let shared = Arc::new(HealthShared::new(5, Some(Duration::from_millis(100)), true));
     let state = BackendState::linked(DEFAULT_EWMA_DECAY, shared);
     state.record_rtt_at_nanos(Duration::from_millis(10), 1_000);
     // Cancelled after 5 ms: below the estimate, so nothing changes but the count.

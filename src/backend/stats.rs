@@ -26,7 +26,10 @@ pub struct BackendStats<A> {
     pub successes: u64,
     /// Requests finished with a failure.
     pub failures: u64,
-    /// The peak-EWMA latency estimate now, if any sample was taken.
+    /// The peak-EWMA latency estimate now, if any sample was taken. Samples are taken
+    /// in a pool that tracks latency: by default one whose picker reads it
+    /// ([`PeakEwma`](crate::PeakEwma)); any pool with
+    /// [`PoolBuilder::track_latency`](crate::PoolBuilder::track_latency).
     pub ewma: Option<Duration>,
     /// The health verdict in the current snapshot.
     pub health: Verdict,

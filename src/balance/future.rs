@@ -71,7 +71,7 @@ impl Tracked {
     pub(crate) fn finish(mut self, success: bool) {
         if let Some(guard) = self.in_flight.take() {
             // A crossed ejection threshold is published by the next call's pick.
-            guard.finish_at_nanos(success, now_nanos());
+            guard.finish_now(success);
         }
     }
 
@@ -99,7 +99,7 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         match (self.in_flight.take(), self.on_drop) {
             (Some(guard), Some(success)) => {
-                guard.finish_at_nanos(success, now_nanos());
+                guard.finish_now(success);
             }
             // Unfinished: the guard records a cancellation as it drops (a failure past
             // the pool's threshold).

@@ -341,6 +341,10 @@ impl<A: BackendKey> Picker<A> for AnyPicker {
         self.is_hashing()
     }
 
+    fn reads_latency(&self) -> bool {
+        matches!(self.kind, Kind::PeakEwma(_))
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&AnyTable>) -> AnyTable {
         let previous = previous.map(|p| &p.table);
         // The previous table, when it is of the variant this strategy builds (hashing

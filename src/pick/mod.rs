@@ -192,6 +192,16 @@ pub trait Picker<A>: Send + Sync {
     fn uses_affinity(&self) -> bool {
         false
     }
+
+    /// Whether picks read the backends' latency estimates: `true` for
+    /// [`PeakEwma`](crate::PeakEwma) (and an [`AnyPicker`](crate::AnyPicker) set to it), `false` (the
+    /// default) for the others. A [`Pool`](crate::Pool) whose picker does not read them
+    /// keeps none — no clock read at the end of a request, no estimate to update —
+    /// unless told to with
+    /// [`PoolBuilder::track_latency`](crate::PoolBuilder::track_latency).
+    fn reads_latency(&self) -> bool {
+        false
+    }
 }
 
 /// With no eligible member none, with one that one, else the eligible member at the

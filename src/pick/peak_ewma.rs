@@ -219,6 +219,10 @@ impl Default for PeakEwma {
 impl<A> Picker<A> for PeakEwma {
     type Table = PeakEwmaTable;
 
+    fn reads_latency(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, _: Option<&PeakEwmaTable>) -> PeakEwmaTable {
         PeakEwmaTable {
             candidates: Candidates::prepare(snapshot),

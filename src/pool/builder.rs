@@ -25,6 +25,7 @@ pub struct PoolBuilder<A, P> {
     clock: Option<Clock>,
     seed: Option<u64>,
     cancel_failure_after: Option<Duration>,
+    track_latency: Option<bool>,
     #[cfg(feature = "metrics")]
     label: Option<Label<A>>,
     _addr: PhantomData<fn() -> A>,
@@ -43,6 +44,7 @@ impl<A, P: fmt::Debug> fmt::Debug for PoolBuilder<A, P> {
             .field("picker", &self.picker)
             .field("decay", &self.decay)
             .field("health", &self.health)
+            .field("track_latency", &self.track_latency)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +118,32 @@ impl<A, P> PoolBuilder<A, P> {
         self
     }
 
+    /// Whether the backends' latency estimates are kept: by default only when the
+    /// picker reads them ([`Picker::reads_latency`]: [`PeakEwma`](crate::PeakEwma), or
+    /// a hashing picker falling back to it). Keeping them costs a clock read at the end
+    /// of every request and an update of the estimate; `true` keeps them for any picker
+    /// — for [`BackendStats::ewma`](crate::BackendStats::ewma), or for the
+    /// `Retry-After` hint of [`Overloaded`](crate::Overloaded) — and `false`
+    /// drops them even for `PeakEwma` (which then sees every backend as unmeasured:
+    /// give it [`PeakEwma::with_default_rtt`](crate::PeakEwma::with_default_rtt)).
+    ///
+    /// ```
+    /// use tower_lb::{Pool, PowerOfTwoChoices, Weight};
+    ///
+    /// let pool = Pool::builder(PowerOfTwoChoices::new())
+    ///     .track_latency(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let id = pool.insert("10.0.0.1:80", Weight::ONE).unwrap();
+    /// let picked = pool.pick(&Default::default()).unwrap();
+    /// picked.start().success();
+    /// assert!(pool.stats().into_iter().find(|s| s.id == id).unwrap().ewma.is_some());
+    /// ```
+    pub fn track_latency(mut self, track: bool) -> Self {
+        self.track_latency = Some(track);
+        self
+    }
+
     /// Makes health's random choices (ejection jitter) reproducible from `seed`.
     pub fn health_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -167,6 +195,9 @@ impl<A, P> PoolBuilder<A, P> {
     {
         let snapshot = Snapshot::from_members(Vec::new(), 0);
         let table = self.picker.prepare(&snapshot, None);
+        let track_latency = self
+            .track_latency
+            .unwrap_or_else(|| self.picker.reads_latency());
         let threshold = self
             .health
             .outlier
@@ -194,7 +225,11 @@ impl<A, P> PoolBuilder<A, P> {
                     },
                 }),
                 decay: self.decay,
-                shared: Arc::new(HealthShared::new(threshold, self.cancel_failure_after)),
+                shared: Arc::new(HealthShared::new(
+                    threshold,
+                    self.cancel_failure_after,
+                    track_latency,
+                )),
                 clock: self.clock.unwrap_or_else(Clock::system),
                 waiters: Default::default(),
             }),
@@ -212,6 +247,7 @@ impl<A, P: Picker<A>> Pool<A, P> {
             clock: None,
             seed: None,
             cancel_failure_after: Some(DEFAULT_CANCEL_FAILURE_AFTER),
+            track_latency: None,
             #[cfg(feature = "metrics")]
             label: None,
             _addr: PhantomData,

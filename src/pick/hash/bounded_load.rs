@@ -187,6 +187,10 @@ impl<A, H: HashPicker<A>> Picker<A> for BoundedLoad<H> {
         true
     }
 
+    fn reads_latency(&self) -> bool {
+        self.inner.reads_latency()
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         self.inner.prepare(snapshot, previous)
     }

@@ -309,6 +309,11 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Jump<F> {
         true
     }
 
+    fn reads_latency(&self) -> bool {
+        // Requests without a key go to the fallback.
+        self.fallback.reads_latency()
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let buckets = previous
             .and_then(|p| patched(&p.table, snapshot))

@@ -260,6 +260,11 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Rendezvous<F> {
         true
     }
 
+    fn reads_latency(&self) -> bool {
+        // Requests without a key go to the fallback.
+        self.fallback.reads_latency()
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         // A survivor's key hash is the previous table's: only new members' keys are
         // written and hashed, so a change costs O(n) copying, not n key hashes.

@@ -232,6 +232,11 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Ring<F> {
         true
     }
 
+    fn reads_latency(&self) -> bool {
+        // Requests without a key go to the fallback.
+        self.fallback.reads_latency()
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         let core = prepare(
             snapshot,

@@ -424,6 +424,11 @@ impl<A: BackendKey, F: Picker<A>> Picker<A> for Maglev<F> {
         true
     }
 
+    fn reads_latency(&self) -> bool {
+        // Requests without a key go to the fallback.
+        self.fallback.reads_latency()
+    }
+
     fn prepare(&self, snapshot: &Snapshot<A>, previous: Option<&Self::Table>) -> Self::Table {
         // Every member, eligible or not: a health change never resizes (nor rebuilds).
         let size = self.table_size_for(snapshot.len());
