@@ -26,14 +26,14 @@ pub(crate) type Sleep = std::future::Pending<()>;
 /// The deadline of an attempt started now, `after` from now: `None` outside a tokio
 /// runtime (a time-out needs tokio's timer; the request then runs without one).
 #[cfg(feature = "tokio")]
-pub(crate) fn deadline(after: Option<Duration>) -> Option<Sleep> {
+pub(crate) fn deadline(after: Option<Duration>) -> Option<Pin<Box<Sleep>>> {
     let after = after?;
     tokio::runtime::Handle::try_current().ok()?;
-    Some(tokio::time::sleep(after))
+    Some(Box::pin(tokio::time::sleep(after)))
 }
 
 #[cfg(not(feature = "tokio"))]
-pub(crate) fn deadline(_: Option<Duration>) -> Option<Sleep> {
+pub(crate) fn deadline(_: Option<Duration>) -> Option<Pin<Box<Sleep>>> {
     None
 }
 
@@ -121,8 +121,9 @@ pin_project! {
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F>,
-        #[pin]
-        deadline: Option<Sleep>,
+        // Boxed: a tokio `Sleep` is 112 bytes, which every request's future would
+        // carry (and copy) whether or not it has a time-out.
+        deadline: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
         tracked: Option<Tracked>,
         classify: C,
@@ -201,15 +202,14 @@ where
                     let expired = this
                         .deadline
                         .as_mut()
-                        .as_pin_mut()
-                        .is_some_and(|sleep| sleep.poll(cx).is_ready());
+                        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
                     if !expired {
                         return Poll::Pending;
                     }
                     // The attempt is over: cancel it (drop the inner future) and count
                     // the time-out as the backend's failure.
                     this.kind.set(Kind::Failed { error: None });
-                    this.deadline.set(None);
+                    *this.deadline = None;
                     // At least the time-out: the timer fired (on tokio's clock, which a
                     // test may have paused while the request clock ran on).
                     let elapsed = this
@@ -231,7 +231,7 @@ where
             },
         };
         this.kind.set(Kind::Failed { error: None });
-        this.deadline.set(None);
+        *this.deadline = None;
         let success = this.classify.is_success(result.as_ref());
         if let Some(mut tracked) = this.tracked.take() {
             match this.hold.take() {
