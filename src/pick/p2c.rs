@@ -206,6 +206,19 @@ impl<A> Picker<A> for PowerOfTwoChoices {
 mod tests {
     use super::*;
 
+    /// Random words at the edges of both halves, and a thousand spread over the range.
+    fn words() -> impl Iterator<Item = u64> {
+        [
+            0u64,
+            u64::MAX,
+            0x1234_5678_9ABC_DEF0,
+            1 << 32,
+            (1 << 32) - 1,
+        ]
+        .into_iter()
+        .chain((0..1000).map(|k: u64| k.wrapping_mul(GAMMA)))
+    }
+
     #[test]
     fn one_and_spare_is_distinct_and_in_range() {
         for weighted in [false, true] {
@@ -217,16 +230,7 @@ mod tests {
                 .unwrap();
                 let candidates = Candidates::prepare(&snapshot);
                 assert_eq!(matches!(candidates.draw, Draw::Weighted(_)), weighted);
-                for r in [
-                    0u64,
-                    u64::MAX,
-                    0x1234_5678_9ABC_DEF0,
-                    1 << 32,
-                    (1 << 32) - 1,
-                ]
-                .into_iter()
-                .chain((0..1000).map(|k: u64| k.wrapping_mul(GAMMA)))
-                {
+                for r in words() {
                     let (a, b) = candidates.one_and_spare(r, n);
                     assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
                 }
@@ -237,13 +241,7 @@ mod tests {
     #[test]
     fn uniform_pair_is_distinct_and_in_range() {
         for n in [2usize, 3, 8, 1000] {
-            for r in [
-                0u64,
-                u64::MAX,
-                0x1234_5678_9ABC_DEF0,
-                1 << 32,
-                (1 << 32) - 1,
-            ] {
+            for r in words() {
                 let (a, b) = uniform_pair(r, n);
                 assert!(a < n && b < n && a != b, "n={n} r={r:#x} -> {a},{b}");
             }
