@@ -40,8 +40,11 @@ async fn main() -> Result<(), Error> {
             .map_or_else(|| target.to_string(), |b: &HttpBackend| b.name().to_owned())
     };
 
-    // 1. One hyper client for every backend, balanced.
-    let pool = Pool::new(PowerOfTwoChoices::new());
+    // 1. One hyper client for every backend, balanced. P2C reads no latency, so the
+    // pool keeps none unless asked: asked here, for the stats printed below.
+    let pool = Pool::builder(PowerOfTwoChoices::new())
+        .track_latency(true)
+        .build()?;
     for (backend, weight) in backends.iter().zip([2, 1, 1]) {
         pool.insert(HttpTarget::http(backend.addr()), Weight::new(weight)?)?;
     }
