@@ -123,3 +123,38 @@ fn the_failure_score_adds_halves_fades_and_doubles_the_load() {
     }
     assert_eq!(state.fail_bits.load(Ordering::Relaxed), 0);
 }
+
+/// The pick's estimate is the exact decayed one within 0.05 %: the sample as is while it
+/// is younger than τ/2048, the decayed estimate itself from then on.
+#[test]
+fn the_picks_estimate_is_within_a_twentieth_of_a_percent() {
+    let tau = Duration::from_secs(10);
+    let state = BackendState::new(tau);
+    let t0 = 1_000_000_000u64;
+    state.record_rtt_at_nanos(Duration::from_millis(100), t0);
+    let fresh = tau.as_nanos() as u64 / 2048;
+    for elapsed in [
+        0,
+        1,
+        fresh / 2,
+        fresh - 1,
+        fresh,
+        fresh + 1,
+        2 * fresh,
+        10 * fresh,
+    ] {
+        let at = t0 + elapsed;
+        let exact = state.rtt_nanos_at(at).unwrap();
+        let pick = state.rtt_nanos_for_pick(at).unwrap();
+        if elapsed < fresh {
+            assert_eq!(pick, 100e6, "fresh at {elapsed} ns: the sample as is");
+        } else {
+            assert_eq!(pick, exact, "{elapsed} ns: decayed");
+        }
+        assert!(
+            (pick - exact).abs() <= exact * 5e-4,
+            "{elapsed} ns: {pick} vs {exact}"
+        );
+    }
+    assert_eq!(BackendState::new(tau).rtt_nanos_for_pick(t0), None);
+}

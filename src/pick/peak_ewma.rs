@@ -30,7 +30,8 @@
 //! candidates *and* the leader: on the workloads of the simulator
 //! (`cargo run --release --example simulate -- latency|failure|server-load`) the two
 //! give the same tails (p99 7.9 vs 8.1 ms on `tower-balance`), and the third read made
-//! the pick 2–3× P2C's instead of 1.2–1.6×. Prequal (Wydrowski et al., NSDI 2024)
+//! the pick 2.5–3.4× P2C's; with two reads, and the decay of a fresh sample skipped
+//! (see [`BackendState::rtt_nanos_for_pick`](crate::BackendState)), it is 0.9–1.4×. Prequal (Wydrowski et al., NSDI 2024)
 //! likewise keeps a pool of recent measurements and picks the best of them rather than
 //! of a fresh pair. C3 (Suresh et al., NSDI 2015) ranks by a cubic queue-size penalty; on
 //! workloads where latency does not grow with load a cubic penalty pushes traffic onto
@@ -135,7 +136,7 @@ impl PeakEwma {
         }
         // (Through u32: one conversion instruction where u64 → f64 takes six.)
         let in_flight = f64::from(u32::try_from(state.in_flight()).unwrap_or(u32::MAX));
-        let cost = state.rtt_nanos_at(now_ns)? * (in_flight + 1.0);
+        let cost = state.rtt_nanos_for_pick(now_ns)? * (in_flight + 1.0);
         Some(if snapshot.uniform_weights() {
             cost
         } else {
