@@ -333,13 +333,8 @@ impl BackendState {
     /// [`rtt_estimate`](Self::rtt_estimate).
     #[inline]
     pub(crate) fn rtt_nanos_at(&self, now_ns: u64) -> Option<f64> {
-        let bits = self.rtt_bits.load(Ordering::Relaxed);
-        if bits == NO_SAMPLE {
-            return None;
-        }
-        let estimate = f64::from_bits(bits);
-        let stamp = self.rtt_stamp.load(Ordering::Relaxed);
-        Some(estimate * decay_factor(now_ns.saturating_sub(stamp), self.inv_decay_ns))
+        let (estimate, elapsed) = self.rtt_sample(now_ns)?;
+        Some(estimate * decay_factor(elapsed, self.inv_decay_ns))
     }
 
     /// [`rtt_nanos_at`](Self::rtt_nanos_at) for a pick's comparison: a sample younger
@@ -349,16 +344,23 @@ impl BackendState {
     /// are within 0.05 % of each other, a difference no latency measurement carries.
     #[inline]
     pub(crate) fn rtt_nanos_for_pick(&self, now_ns: u64) -> Option<f64> {
-        let bits = self.rtt_bits.load(Ordering::Relaxed);
-        if bits == NO_SAMPLE {
-            return None;
-        }
-        let estimate = f64::from_bits(bits);
-        let elapsed = now_ns.saturating_sub(self.rtt_stamp.load(Ordering::Relaxed));
+        let (estimate, elapsed) = self.rtt_sample(now_ns)?;
         if elapsed < self.fresh_ns {
             return Some(estimate);
         }
         Some(estimate * decay_factor(elapsed, self.inv_decay_ns))
+    }
+
+    /// The estimate as last updated and the nanoseconds since, at `now_ns`; `None`
+    /// before the first sample.
+    #[inline(always)]
+    fn rtt_sample(&self, now_ns: u64) -> Option<(f64, u64)> {
+        let bits = self.rtt_bits.load(Ordering::Relaxed);
+        if bits == NO_SAMPLE {
+            return None;
+        }
+        let stamp = self.rtt_stamp.load(Ordering::Relaxed);
+        Some((f64::from_bits(bits), now_ns.saturating_sub(stamp)))
     }
 
     /// Feeds one latency sample taken at `at` into the peak-EWMA estimate.
