@@ -47,6 +47,11 @@ fn capped(key: &[u8]) -> &[u8] {
     key.get(..MAX_KEY_LEN).unwrap_or(key)
 }
 
+/// SplitMix64's increment, the golden ratio in 64-bit fixed point (2^64 ÷ φ): steps a
+/// hash or a generator's state, and its (odd) multiply mixes a word's bits into its high
+/// half.
+pub(crate) const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// Murmur3's 64-bit finaliser: a bijective mixer with full avalanche.
 ///
 /// The pickers pass every request hash through it, so a caller who hands

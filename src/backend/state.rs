@@ -247,16 +247,6 @@ impl BackendState {
         self.fail_bits.load(Ordering::Relaxed) != 0
     }
 
-    /// Whether outcomes feed this backend's latency estimate: `false` in a pool that
-    /// does not track latency (see
-    /// [`PoolBuilder::track_latency`](crate::PoolBuilder::track_latency)). Its
-    /// [`rtt_estimate`](Self::rtt_estimate) then stays `None` unless fed directly with
-    /// [`record_rtt`](Self::record_rtt).
-    #[inline]
-    pub fn tracks_latency(&self) -> bool {
-        self.track_latency
-    }
-
     /// Whether ending a request needs the clock: for the latency sample, or for the
     /// latency histogram of the metrics.
     #[inline]

@@ -24,6 +24,7 @@ use super::{PickContext, Picker};
 use crate::clock::now_nanos;
 use crate::rng::RandomSource;
 use crate::snapshot::Snapshot;
+use crate::stable_hash::GAMMA;
 
 /// Power of two choices over in-flight ÷ weight. See the [`pick`](crate::pick) module docs.
 #[derive(Debug, Clone)]
@@ -105,16 +106,13 @@ impl Candidates {
                         return (a, b);
                     }
                 }
-                let b = crate::rng::below(rng.next_u64(), n - 1);
-                (a, if b >= a { b + 1 } else { b })
+                (a, other_than(a, rng.next_u64() >> 32, n))
             }
             // Uniform, or a weighted table from another snapshot: stay correct.
             _ => uniform_pair(rng.next_u64(), n),
         }
     }
-}
 
-impl Candidates {
     /// One eligible slot (a position in the eligible list) drawn from `r` as
     /// [`two`](Self::two) draws its first — uniformly from `r`'s high half, or in
     /// proportion to the weights — and a second one, distinct, uniform over the n − 1
@@ -132,9 +130,6 @@ impl Candidates {
         }
     }
 }
-
-/// An odd constant (2^64 ÷ φ) whose multiply mixes a word's bits into its high half.
-const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Two distinct positions in `0..n` (`n >= 2`) from one draw: the first from the high
 /// half, the second from the low half over the n − 1 others.

@@ -57,7 +57,7 @@ use std::fmt;
 use super::{PickContext, Picker};
 use crate::backend::BackendId;
 use crate::snapshot::Snapshot;
-use crate::stable_hash::{mix, seeded};
+use crate::stable_hash::{GAMMA, mix, seeded};
 
 mod backend_key;
 pub mod bounded_load;
@@ -324,9 +324,6 @@ pub(crate) const SEED_IDENTITY: u64 = 0;
 pub(crate) const SEED_MAGLEV_OFFSET: u64 = 0x6D61_676C_6576_6F66; // "maglevof"
 pub(crate) const SEED_MAGLEV_SKIP: u64 = 0x6D61_676C_6576_736B; // "maglevsk"
 pub(crate) const SEED_RING: u64 = 0x7269_6E67_706F_696E; // "ringpoin"
-
-/// SplitMix64's increment: steps a key's hash to its next probe.
-pub(crate) const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// How many rehashed probes a walk tries before it falls back to a linear scan of the
 /// table, which reaches every member but is O(table).

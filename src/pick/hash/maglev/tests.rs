@@ -130,7 +130,7 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(super::super::GAMMA);
+        self.0 = self.0.wrapping_add(crate::stable_hash::GAMMA);
         crate::stable_hash::mix(self.0)
     }
 
