@@ -91,23 +91,7 @@ impl Candidates {
         // Two members are drawn in a random order like any other pair: the first
         // candidate wins ties, so a fixed (0, 1) would send every tie to the first.
         match &self.draw {
-            Draw::Weighted(alias) if alias.len() == n => {
-                let (r1, r2) = rng.next_pair();
-                let a = alias.sample(r1);
-                let b = alias.sample(r2);
-                if b != a {
-                    return (a, b);
-                }
-                // Redraw a few times for a distinct second candidate; past that (one
-                // member holds nearly all the weight) take another member uniformly.
-                for _ in 0..3 {
-                    let b = alias.sample(rng.next_u64());
-                    if b != a {
-                        return (a, b);
-                    }
-                }
-                (a, other_than(a, rng.next_u64() >> 32, n))
-            }
+            Draw::Weighted(alias) if alias.len() == n => weighted_pair(alias, rng, n),
             // Uniform, or a weighted table from another snapshot: stay correct.
             _ => uniform_pair(rng.next_u64(), n),
         }
@@ -129,6 +113,28 @@ impl Candidates {
             _ => uniform_pair(r, n),
         }
     }
+}
+
+/// Two distinct slots drawn in proportion to the weights of `alias` (over `n >= 2`
+/// members). Kept out of line: the uniform case, inlined into the pick, then needs
+/// none of this path's registers.
+#[inline(never)]
+fn weighted_pair(alias: &AliasTable, rng: &RandomSource, n: usize) -> (usize, usize) {
+    let (r1, r2) = rng.next_pair();
+    let a = alias.sample(r1);
+    let b = alias.sample(r2);
+    if b != a {
+        return (a, b);
+    }
+    // Redraw a few times for a distinct second candidate; past that (one member holds
+    // nearly all the weight) take another member uniformly.
+    for _ in 0..3 {
+        let b = alias.sample(rng.next_u64());
+        if b != a {
+            return (a, b);
+        }
+    }
+    (a, other_than(a, rng.next_u64() >> 32, n))
 }
 
 /// Two distinct positions in `0..n` (`n >= 2`) from one draw: the first from the high
