@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 
 use http::Response;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes};
 use tower_lb::balance::BoxError;
@@ -85,89 +85,123 @@ where
     Response::from_parts(parts, body.map_err(Into::into).boxed())
 }
 
-/// Whether `name` is a header that describes one connection, not the message (RFC
-/// 9110, section 7.6.1), or `transfer-encoding` (hyper frames the body anew for each
-/// side). A comparison of names, no hashing.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-}
-
-/// The names [`is_hop_by_hop`] accepts.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
+/// The headers that describe one connection, not the message (RFC 9110, section
+/// 7.6.1), and `transfer-encoding` (hyper frames the body anew for each side).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, and those the `Connection` header names. Most messages
-/// carry none: one pass over their names finds that out without hashing any.
+/// Which of [`HOP_BY_HOP`] `name` is, if any: a match on the name's text (its length
+/// first), no hashing.
+fn hop_by_hop(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "upgrade" => 7,
+        "transfer-encoding" => 8,
+        _ => return None,
+    })
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names. One pass over
+/// the names finds which are present (most messages carry none, or only `Connection:
+/// keep-alive`); only those are removed, each by one lookup, with no list built.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let mut remove: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for name in value.split(',').map(str::trim) {
-            // `Connection: keep-alive` (or `close`) names nothing the next loop misses.
-            if name.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_str(name) {
-                remove.push(name);
-            }
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop(name) {
+            present |= 1 << i;
         }
     }
-    // Only those present: a removal hashes the name, a pass over the names does not.
-    remove.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
-    for name in remove {
-        headers.remove(name);
+    if present == 0 {
+        return;
+    }
+    // Other headers `Connection` names (rare): collected, as they cannot be removed
+    // while its values are borrowed. `close`, `keep-alive` and the names above need
+    // nothing more.
+    if present & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_str(token)
+                    && hop_by_hop(&name).is_none()
+                {
+                    named.push(name);
+                }
+            }
+        }
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
 /// Adds `x-forwarded-for` (appended to any earlier hops), `x-forwarded-proto` and the
-/// standard `forwarded` (RFC 7239).
+/// standard `forwarded` (RFC 7239). Each header is looked up once (its entry), not
+/// once to read and again to write.
 fn add_forwarding(headers: &mut HeaderMap, hop: &Hop) {
-    let xff = match joined(headers, X_FORWARDED_FOR) {
-        None => Some(hop.ip.clone()),
-        Some(earlier) => {
-            HeaderValue::from_str(&format!("{earlier}, {}", hop.ip.to_str().unwrap_or(""))).ok()
-        }
-    };
     let element = hop.element(headers.get(header::HOST));
-    let forwarded = match (joined(headers, header::FORWARDED), element) {
-        (None, element) => element,
-        (Some(earlier), Some(element)) => {
-            HeaderValue::from_str(&format!("{earlier}, {}", element.to_str().unwrap_or(""))).ok()
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(hop.ip.clone());
         }
-        (Some(_), None) => None,
-    };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR, xff);
+        Entry::Occupied(mut entry) => {
+            let ip = hop.ip.to_str().unwrap_or("");
+            if let Some(xff) = appended(entry.iter(), ip) {
+                entry.insert(xff);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO, hop.proto.clone());
-    if let Some(forwarded) = forwarded {
-        headers.insert(header::FORWARDED, forwarded);
+    // Without an element for this hop (an unreadable host, say) the header is left as
+    // it came.
+    if let Some(element) = element {
+        match headers.entry(header::FORWARDED) {
+            Entry::Vacant(entry) => {
+                entry.insert(element);
+            }
+            Entry::Occupied(mut entry) => {
+                if let Some(forwarded) = appended(entry.iter(), element.to_str().unwrap_or("")) {
+                    entry.insert(forwarded);
+                }
+            }
+        }
     }
+}
+
+/// The readable `values` joined with ", ", then `last`: a header value, or `None` when
+/// the result is not one.
+fn appended<'a>(values: impl Iterator<Item = &'a HeaderValue>, last: &str) -> Option<HeaderValue> {
+    let mut joined = String::new();
+    for value in values.filter_map(|v| v.to_str().ok()) {
+        joined.push_str(value);
+        joined.push_str(", ");
+    }
+    joined.push_str(last);
+    HeaderValue::from_str(&joined).ok()
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// The values of `name` joined with ", " (the readable ones), or `None` without any.
-fn joined(headers: &HeaderMap, name: HeaderName) -> Option<String> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
-}

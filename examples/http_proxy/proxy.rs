@@ -59,7 +59,7 @@ pub use metrics::serve_metrics;
 pub use serve::serve;
 
 use serve::ClientTimeouts;
-use upstream::{Failure, Resend, ServedBy, Upstream, UpstreamBody, UpstreamError};
+use upstream::{Failure, Resend, Upstream, UpstreamBody, UpstreamError};
 
 /// The target of the core's logs, whichever of its files logs: `http_proxy::proxy`, as
 /// the README shows them.
@@ -214,21 +214,17 @@ async fn handle(
     match result {
         Ok(response) => {
             record_load(inner, &response);
-            let response = forward::response(response);
             // Field values are only computed when the line is logged (`RUST_LOG`).
             tracing::info!(
                 %peer,
                 method = %resend.method,
                 path = %resend.uri.path(),
-                backend = response
-                    .extensions()
-                    .get::<ServedBy>()
-                    .map_or("?", |s| s.0.as_str()),
+                backend = response.body().backend().as_str(),
                 status = response.status().as_u16(),
                 ms = started.elapsed().as_millis() as u64,
                 "proxied"
             );
-            response
+            forward::response(response)
         }
         Err(e) => {
             let response = error_response(inner, &e);
@@ -314,14 +310,12 @@ fn another_backend(
 /// 503 with `Retry-After` when no backend may take the request, 502 when one failed.
 /// With `--strategy server-load`: feeds the backend's ORCA report (the
 /// `endpoint-load-metrics` header), if it sent one, to the strategy.
-fn record_load<B>(inner: &Inner, response: &Response<B>) {
+fn record_load(inner: &Inner, response: &Response<UpstreamBody>) {
     let pool = inner.balance.pool();
-    let (Some(load), Some(served)) = (
-        pool.picker().server_load(),
-        response.extensions().get::<ServedBy>(),
-    ) else {
+    let Some(load) = pool.picker().server_load() else {
         return;
     };
+    let served = response.body().backend();
     let Some(report) = LoadReport::from_headers(response.headers()) else {
         return;
     };
@@ -329,7 +323,7 @@ fn record_load<B>(inner: &Inner, response: &Response<B>) {
     if let Some(b) = snapshot
         .backends()
         .iter()
-        .find(|b| b.addr().authority() == &served.0)
+        .find(|b| b.addr().authority() == served)
     {
         load.record(b.id(), &report);
     }

@@ -195,13 +195,12 @@ impl Upstream {
         sender: SendRequest<Deferred>,
         response: Response<Incoming>,
     ) -> Response<UpstreamBody> {
-        let mut response = response.map(|body| UpstreamBody {
+        response.map(|body| UpstreamBody {
             body,
             done: false,
-            back: Some((Arc::clone(&self.pools), target.clone(), sender)),
-        });
-        response.extensions_mut().insert(ServedBy(target.clone()));
-        response
+            target: target.clone(),
+            back: Some((Arc::clone(&self.pools), sender)),
+        })
     }
 }
 
@@ -211,7 +210,18 @@ impl Upstream {
 pub struct UpstreamBody {
     body: Incoming,
     done: bool,
-    back: Option<(Arc<Pools>, Authority, SendRequest<Deferred>)>,
+    /// The backend that answered.
+    target: Authority,
+    back: Option<(Arc<Pools>, SendRequest<Deferred>)>,
+}
+
+impl UpstreamBody {
+    /// The backend that answered (for the access log and server-load reports): the
+    /// body carries it, where a response extension would cost a map and a box per
+    /// response.
+    pub fn backend(&self) -> &Authority {
+        &self.target
+    }
 }
 
 impl Body for UpstreamBody {
@@ -241,9 +251,9 @@ impl Body for UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if (self.done || self.body.is_end_stream())
-            && let Some((pools, target, sender)) = self.back.take()
+            && let Some((pools, sender)) = self.back.take()
         {
-            pools.put(&target, sender);
+            pools.put(&self.target, sender);
         }
     }
 }
@@ -287,10 +297,6 @@ impl Service<Request<Deferred>> for Upstream {
         })
     }
 }
-
-/// Which backend answered, in the response's extensions (for the access log).
-#[derive(Debug, Clone)]
-pub struct ServedBy(pub Authority);
 
 /// Why a backend request failed.
 #[derive(Debug)]
