@@ -132,8 +132,13 @@ struct Activity {
     busy: usize,
     /// With no request in progress: until when, and for what.
     deadline: Option<(tokio::time::Instant, Waiting)>,
-    /// The reader's task, woken when the deadline moves.
+    /// The reader's task, woken when the deadline moves before the timer's alarm.
     reader: Option<std::task::Waker>,
+    /// When the reader's timer goes off, if it is set. It is not moved when a deadline
+    /// moves later (the common case: every request pushes the next deadline on), only
+    /// when one moves earlier: when the alarm finds the deadline later, it is set again.
+    /// So a request costs no timer-wheel update and no wake-up of its own task.
+    alarm: Option<tokio::time::Instant>,
 }
 
 impl Activity {
@@ -144,6 +149,7 @@ impl Activity {
             busy: 0,
             deadline: None,
             reader: None,
+            alarm: None,
         }))
     }
 }
@@ -171,9 +177,14 @@ impl Drop for Busy {
         let mut a = activity(&self.0);
         a.busy -= 1;
         if a.busy == 0 {
-            a.deadline = Some((tokio::time::Instant::now() + a.timeouts.idle, Waiting::Idle));
-            // The reader may be asleep on no deadline at all: let it arm this one.
-            if let Some(reader) = a.reader.take() {
+            let now = tokio::time::Instant::now();
+            let at = now + a.timeouts.idle;
+            a.deadline = Some((at, Waiting::Idle));
+            // Only a reader whose alarm would ring too late, or has rung (or is not
+            // set), needs to wake and set it.
+            if a.alarm.is_none_or(|alarm| alarm > at || alarm <= now)
+                && let Some(reader) = a.reader.take()
+            {
                 reader.wake();
             }
         }
@@ -209,12 +220,12 @@ impl Body for BusyBody {
 
 /// A client connection's stream, ending it when the client is too slow to send a
 /// request head or stays idle too long (see [`ClientTimeouts`]). It learns of
-/// requests through the [`Activity`] their [`Busy`] guards update.
+/// requests through the [`Activity`] their [`Busy`] guards update, and checks the
+/// deadline when its timer's alarm (`Activity::alarm`) goes off.
 struct Watched<T> {
     io: T,
     activity: Arc<Mutex<Activity>>,
     timer: Pin<Box<tokio::time::Sleep>>,
-    armed: Option<tokio::time::Instant>,
 }
 
 impl<T> Watched<T> {
@@ -233,7 +244,6 @@ impl<T> Watched<T> {
             io,
             activity: shared,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            armed: None,
         }
     }
 }
@@ -244,9 +254,10 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let mut a = activity(&self.activity);
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let mut a = activity(&this.activity);
         if let Poll::Ready(read) = polled {
             // The first byte of a request after an idle spell: the head's clock starts.
             if read.is_ok()
@@ -261,24 +272,36 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
         if !a.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             a.reader = Some(cx.waker().clone());
         }
-        let Some((at, waiting)) = a.deadline else {
-            return Poll::Pending;
-        };
-        drop(a);
-        if self.armed != Some(at) {
-            self.timer.as_mut().reset(at);
-            self.armed = Some(at);
-        }
-        if self.timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        match waiting {
-            // hyper closes a connection that ends between requests without a fuss.
-            Waiting::Idle => Poll::Ready(Ok(())),
-            Waiting::Head => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no complete request head within --header-timeout",
-            ))),
+        loop {
+            let Some((at, waiting)) = a.deadline else {
+                // A request in progress: no deadline. An alarm that went off is
+                // cleared, for the request's end to see.
+                if this.timer.is_elapsed() {
+                    a.alarm = None;
+                }
+                return Poll::Pending;
+            };
+            if a.alarm.is_none_or(|alarm| alarm > at) {
+                a.alarm = Some(at);
+                this.timer.as_mut().reset(at);
+            }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The alarm went off: the deadline has passed, or it moved on meanwhile
+            // (then the loop sets the alarm for it).
+            a.alarm = None;
+            if at > tokio::time::Instant::now() {
+                continue;
+            }
+            return match waiting {
+                // hyper closes a connection that ends between requests without a fuss.
+                Waiting::Idle => Poll::Ready(Ok(())),
+                Waiting::Head => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no complete request head within --header-timeout",
+                ))),
+            };
         }
     }
 }
