@@ -13,6 +13,8 @@
 set -eu
 cd "$(dirname "$0")/../.."
 TARGET="${CARGO_TARGET_DIR:-target}"
+# Absolute: each proxy is started from the scratch directory.
+case "$TARGET" in /*) ;; *) TARGET="$PWD/$TARGET" ;; esac
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 for tool in valgrind callgrind_control wrk taskset python3; do
     command -v "$tool" >/dev/null 2>&1 || { echo "instructions.sh: $tool is missing" >&2; exit 2; }
