@@ -38,32 +38,36 @@ pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 /// All fields are atomics updated with `Relaxed` ordering: each is an independent
 /// statistic, no other memory is published through them, and readers tolerate a value
 /// that is a moment old. The struct is aligned to 128 bytes so that two backends' counters
-/// never share a cache line (adjacent-line prefetch pairs 64-byte lines on x86).
+/// never share a cache line (adjacent-line prefetch pairs 64-byte lines on x86), and laid
+/// out in declaration order (`repr(C)`) with what a pick reads first: in flight, the
+/// failure score's bits and the latency estimate share the first 64-byte line, so a
+/// load-aware pick reads one line per candidate (the compiler's own order had put the
+/// failure score on the second).
 #[derive(Debug)]
-#[repr(align(128))]
+#[repr(C, align(128))]
 pub struct BackendState {
     pub(super) in_flight: AtomicUsize,
-    successes: AtomicU64,
-    failures: AtomicU64,
-    /// Requests dropped unfinished that did not count as failures.
-    cancelled: AtomicU64,
+    /// Failure accrual: the recent-failure score as `f64` bits (0 = none, the common
+    /// case, which the pick path tells from one load), and when it was last updated.
+    fail_bits: AtomicU64,
     /// The peak-EWMA latency estimate in nanoseconds, as `f64` bits; `NO_SAMPLE` before
     /// the first sample.
     rtt_bits: AtomicU64,
     /// When `rtt_bits` was last updated, in nanoseconds since the epoch.
     rtt_stamp: AtomicU64,
-    /// 1 / τ in nanoseconds: the pick path multiplies rather than divides.
-    inv_decay_ns: f64,
     /// τ × [`LINEAR_DECAY_BELOW`] in nanoseconds: a sample younger than this has decayed
     /// by less than 0.05 %, which the pick's comparison ignores.
     fresh_ns: u64,
+    /// 1 / τ in nanoseconds: the pick path multiplies rather than divides.
+    inv_decay_ns: f64,
+    fail_stamp: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    /// Requests dropped unfinished that did not count as failures.
+    cancelled: AtomicU64,
     /// Whether outcomes feed the latency estimate (the pool's
     /// [`track_latency`](crate::PoolBuilder::track_latency)); a standalone state does.
     track_latency: bool,
-    /// Failure accrual: the recent-failure score as `f64` bits (0 = none, the common
-    /// case, which the pick path tells from one load), and when it was last updated.
-    fail_bits: AtomicU64,
-    fail_stamp: AtomicU64,
     /// Health: admin switch, outlier detection, probes, slow start.
     pub(crate) health: HealthCell,
     /// Registered when the backend is first published (the `metrics` feature).

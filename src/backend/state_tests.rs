@@ -158,3 +158,26 @@ fn the_picks_estimate_is_within_a_twentieth_of_a_percent() {
     }
     assert_eq!(BackendState::new(tau).rtt_nanos_for_pick(t0), None);
 }
+
+/// What a load-aware pick reads of a candidate — in flight, the failure score's bits,
+/// the latency estimate with its stamp, freshness bound and decay — lies in the first
+/// 64-byte line of the 128-byte-aligned state: one line per candidate.
+#[test]
+fn what_a_pick_reads_shares_one_cache_line() {
+    use std::mem::{align_of, offset_of, size_of};
+    assert_eq!(align_of::<BackendState>(), 128);
+    let read_by_picks = [
+        (
+            offset_of!(BackendState, in_flight),
+            size_of::<AtomicUsize>(),
+        ),
+        (offset_of!(BackendState, fail_bits), size_of::<AtomicU64>()),
+        (offset_of!(BackendState, rtt_bits), size_of::<AtomicU64>()),
+        (offset_of!(BackendState, rtt_stamp), size_of::<AtomicU64>()),
+        (offset_of!(BackendState, fresh_ns), size_of::<u64>()),
+        (offset_of!(BackendState, inv_decay_ns), size_of::<f64>()),
+    ];
+    for (offset, size) in read_by_picks {
+        assert!(offset + size <= 64, "{read_by_picks:?}");
+    }
+}
