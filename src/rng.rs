@@ -15,8 +15,8 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rand::rngs::SmallRng;
-use rand::{RngCore, SeedableRng};
+use rand::TryRngCore;
+use rand::rngs::OsRng;
 
 use crate::stable_hash::GAMMA;
 
@@ -44,8 +44,8 @@ fn thread_advance(steps: u64) -> u64 {
 #[cold]
 fn seed() -> u64 {
     static SPARE: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
-    SmallRng::try_from_os_rng()
-        .map(|mut rng| rng.next_u64())
+    OsRng
+        .try_next_u64()
         // Relaxed: the counter publishes nothing; only its uniqueness matters.
         .unwrap_or_else(|_| mix(SPARE.fetch_add(GAMMA, Ordering::Relaxed)))
         .max(1)

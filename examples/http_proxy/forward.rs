@@ -87,38 +87,31 @@ where
 
 /// The headers that describe one connection, not the message (RFC 9110, section
 /// 7.6.1), and `transfer-encoding` (hyper frames the body anew for each side).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::TRANSFER_ENCODING,
+/// `connection` first: [`strip_hop_by_hop`] reads its bit.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
 ];
 
-/// Which of [`HOP_BY_HOP`] `name` is, if any: a match on the name's text (its length
+/// Which of [`HOP_BY_HOP`] `name` is, if any: a comparison of texts (their lengths
 /// first), no hashing.
 fn hop_by_hop(name: &HeaderName) -> Option<usize> {
-    Some(match name.as_str() {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "te" => 5,
-        "trailer" => 6,
-        "upgrade" => 7,
-        "transfer-encoding" => 8,
-        _ => return None,
-    })
+    let name = name.as_str();
+    HOP_BY_HOP.iter().position(|h| *h == name)
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. One pass over
 /// the names finds which are present (most messages carry none, or only `Connection:
-/// keep-alive`); only those are removed, each by one lookup, with no list built.
+/// keep-alive`); only those are removed, each by one lookup (of its name parsed from
+/// [`HOP_BY_HOP`]: one list to keep, for ~150 more instructions per message than
+/// removing by prebuilt `HeaderName`s), with no list built.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
     for name in headers.keys() {
@@ -151,7 +144,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
