@@ -61,7 +61,11 @@ impl Hop {
         let host_str = host.to_str().ok()?;
         let element =
             HeaderValue::from_str(&format!("{};host=\"{host_str}\"", self.element)).ok()?;
-        *last = Some((host.clone(), element.clone()));
+        // A copy, not `host.clone()`: a parsed header value is a slice of the read
+        // buffer hyper filled (8 KiB), which a clone kept here would pin for as long as
+        // the connection lives.
+        let seen = HeaderValue::from_bytes(host.as_bytes()).ok()?;
+        *last = Some((seen, element.clone()));
         Some(element)
     }
 }
