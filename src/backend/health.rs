@@ -155,6 +155,11 @@ pub(crate) struct HealthCell {
     pub(crate) admin: AtomicU8,
     /// Failures since the last success (or ejection, or return).
     pub(crate) consecutive: AtomicU64,
+    /// Set by the failure that reaches the consecutive-failure threshold, cleared by
+    /// the evaluation it signals, which ejects on it even when a success has reset
+    /// `consecutive` in between — a response the backend sent before it failed, read
+    /// after the failures. The crossing decides, as in Envoy's outlier detector.
+    pub(crate) tripped: AtomicBool,
     /// When the current ejection began and ends (ns since the epoch); `until` is 0 when
     /// not ejected.
     pub(crate) ejected_at: AtomicU64,
@@ -180,6 +185,7 @@ impl HealthCell {
             link,
             admin: AtomicU8::new(ADMIN_UP),
             consecutive: AtomicU64::new(0),
+            tripped: AtomicBool::new(false),
             ejected_at: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             ejection_kind: AtomicU8::new(0),
@@ -212,6 +218,8 @@ impl HealthCell {
             .wrapping_add(1);
         match &self.link {
             Some(link) if n == link.consecutive_threshold => {
+                // Before the signal, whose Release publishes it to the evaluation.
+                self.tripped.store(true, Ordering::Relaxed);
                 link.signal();
                 true
             }

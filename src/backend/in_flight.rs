@@ -78,7 +78,7 @@ impl InFlight {
         if self.state.needs_end_time() {
             return self.finish_at_nanos(success, now_nanos());
         }
-        self.finished = true;
+        self.release();
         // A success needs no time; a failure's score decays from now.
         let at = if success { 0 } else { now_nanos() };
         self.state.record_outcome(success, None, at)
@@ -87,7 +87,7 @@ impl InFlight {
     /// Ends the request now (fast clock); returns whether the outcome crossed the
     /// consecutive-failure threshold.
     pub(crate) fn finish_at_nanos(mut self, success: bool, end: u64) -> bool {
-        self.finished = true;
+        self.release();
         let latency = Duration::from_nanos(end.saturating_sub(self.started));
         #[cfg(feature = "metrics")]
         if let Some(m) = self.state.metrics.get() {
@@ -129,14 +129,25 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
+impl InFlight {
+    /// Leaves the in-flight count — before the outcome is counted, so that
+    /// [`BackendState::picks`] never counts a finishing request twice — and marks the
+    /// request finished (dropping the guard then does nothing more).
+    #[inline]
+    fn release(&mut self) {
+        self.finished = true;
         self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(m) = self.state.metrics.get() {
             m.ended();
         }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
         if !self.finished {
+            self.release();
             let now = now_nanos();
             let elapsed = Duration::from_nanos(now.saturating_sub(self.started));
             #[cfg(feature = "metrics")]

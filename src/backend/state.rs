@@ -122,7 +122,9 @@ impl BackendState {
         } else {
             &self.failures
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        // Release: whoever reads this count sees the request out of `in_flight`
+        // (see `picks`).
+        counter.fetch_add(1, Ordering::Release);
         match (latency.filter(|_| self.track_latency), success) {
             (Some(latency), true) => self.record_rtt_at_nanos(latency, at_ns),
             (Some(latency), false) => self.raise_rtt_at_nanos(latency, at_ns),
@@ -146,7 +148,7 @@ impl BackendState {
         if self.health.cancel_is_failure(elapsed) {
             self.record_outcome(false, Some(elapsed), at_ns)
         } else {
-            self.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.cancelled.fetch_add(1, Ordering::Release);
             if self.track_latency {
                 self.raise_rtt_at_nanos(elapsed, at_ns);
             }
@@ -274,12 +276,19 @@ impl BackendState {
     /// ([`Pool::report`](crate::Pool::report)). A [`Pool::pick`](crate::Pool::pick) that
     /// is never started is not counted: the count is derived from the in-flight and
     /// outcome counters, so a pick writes no shared counter of its own.
+    ///
+    /// Read while requests finish, it never counts one twice: a request leaves the
+    /// in-flight count before its outcome is counted (Release), and the outcomes are
+    /// read first (Acquire), in flight last. It may miss one finishing as it reads: it
+    /// is never above the true count.
     #[inline]
     pub fn picks(&self) -> u64 {
-        (self.in_flight.load(Ordering::Relaxed) as u64)
-            .wrapping_add(self.successes.load(Ordering::Relaxed))
-            .wrapping_add(self.failures.load(Ordering::Relaxed))
-            .wrapping_add(self.cancelled.load(Ordering::Relaxed))
+        let finished = self
+            .successes
+            .load(Ordering::Acquire)
+            .wrapping_add(self.failures.load(Ordering::Acquire))
+            .wrapping_add(self.cancelled.load(Ordering::Acquire));
+        finished.wrapping_add(self.in_flight.load(Ordering::Relaxed) as u64)
     }
 
     /// Requests that finished successfully.

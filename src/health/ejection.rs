@@ -86,9 +86,13 @@ impl<A> OutlierPass<'_, A> {
             return;
         };
         for index in 0..self.members.len() {
+            // The crossing latched (a success may have reset the streak since), or a
+            // streak still at the threshold (an ejection the cap put off).
             let reached = self.cell(index).is_some_and(|c| {
+                let tripped = c.tripped.swap(false, Ordering::Relaxed);
                 !c.is_ejected()
-                    && c.consecutive.load(Ordering::Relaxed) >= u64::from(threshold.get())
+                    && (tripped
+                        || c.consecutive.load(Ordering::Relaxed) >= u64::from(threshold.get()))
             });
             if reached {
                 self.eject(index, Ejection::ConsecutiveFailures);

@@ -141,6 +141,10 @@ impl OutlierDetection {
     }
 
     /// Eject after this many failures in a row (default 5); 0 turns the rule off.
+    ///
+    /// The failure that completes the run decides: a success read after it (a response
+    /// the backend sent before it failed) resets the count but does not undo the
+    /// ejection, as in Envoy's detector. A success before it breaks the run.
     pub fn consecutive_failures(mut self, failures: u32) -> Self {
         self.consecutive_failures = NonZeroU32::new(failures);
         self

@@ -136,6 +136,68 @@ fn guard_failures_eject_at_the_next_tick() {
     assert_eq!(stat(&pool, ids[0]).in_flight, 0);
 }
 
+/// A backend killed with requests in flight: five of them fail — the fifth crosses the
+/// threshold and signals — then a response it wrote before it died is read, and
+/// succeeds, before the evaluation runs. The crossing decides (Envoy's detector ejects
+/// on it too): the late success resets the streak but does not undo the ejection.
+/// Before, the evaluation read the reset streak and ejected nothing; the picks' failure
+/// score then kept traffic (and so the next five failures) away, and the backend stayed
+/// in until the score faded or the probes found it (`tests/reliability`'s kill test
+/// failed 3 times in 30 on that).
+#[test]
+fn a_late_success_after_the_threshold_does_not_undo_the_ejection() {
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
+        letters(2),
+    );
+    let ctx = PickContext::new();
+    let mut on_bad = Vec::new();
+    while on_bad.len() < 6 {
+        let picked = pool.pick(&ctx).unwrap();
+        let guard = picked.start();
+        if picked.id() == ids[0] {
+            on_bad.push(guard);
+        } else {
+            guard.success();
+        }
+    }
+    let late = on_bad.pop().unwrap();
+    for guard in on_bad {
+        guard.failure();
+    }
+    late.success();
+    assert_eq!(stat(&pool, ids[0]).failures, 5);
+    pool.tick();
+    assert_eq!(
+        stat(&pool, ids[0]).health,
+        Verdict::Unhealthy(Reason::Ejected(Ejection::ConsecutiveFailures))
+    );
+    // A success before the threshold still breaks the streak: four, a success, four.
+    let (pool, ids) = holding(
+        Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
+        letters(2),
+    );
+    let mut on_bad = Vec::new();
+    while on_bad.len() < 9 {
+        let picked = pool.pick(&ctx).unwrap();
+        let guard = picked.start();
+        if picked.id() == ids[0] {
+            on_bad.push(guard);
+        } else {
+            guard.success();
+        }
+    }
+    for (i, guard) in on_bad.into_iter().enumerate() {
+        if i == 4 {
+            guard.success();
+        } else {
+            guard.failure();
+        }
+    }
+    pool.tick();
+    assert!(is_healthy(&pool, ids[0]));
+}
+
 #[test]
 fn jitter_spreads_returns_of_backends_ejected_together() {
     let clock = ManualClock::new();
