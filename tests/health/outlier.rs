@@ -150,17 +150,7 @@ fn a_late_success_after_the_threshold_does_not_undo_the_ejection() {
         Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
         letters(2),
     );
-    let ctx = PickContext::new();
-    let mut on_bad = Vec::new();
-    while on_bad.len() < 6 {
-        let picked = pool.pick(&ctx).unwrap();
-        let guard = picked.start();
-        if picked.id() == ids[0] {
-            on_bad.push(guard);
-        } else {
-            guard.success();
-        }
-    }
+    let mut on_bad = started_on(&pool, ids[0], 6);
     let late = on_bad.pop().unwrap();
     for guard in on_bad {
         guard.failure();
@@ -177,17 +167,7 @@ fn a_late_success_after_the_threshold_does_not_undo_the_ejection() {
         Pool::builder(RoundRobin::new()).outlier_detection(consecutive_only()),
         letters(2),
     );
-    let mut on_bad = Vec::new();
-    while on_bad.len() < 9 {
-        let picked = pool.pick(&ctx).unwrap();
-        let guard = picked.start();
-        if picked.id() == ids[0] {
-            on_bad.push(guard);
-        } else {
-            guard.success();
-        }
-    }
-    for (i, guard) in on_bad.into_iter().enumerate() {
+    for (i, guard) in started_on(&pool, ids[0], 9).into_iter().enumerate() {
         if i == 4 {
             guard.success();
         } else {
@@ -196,6 +176,26 @@ fn a_late_success_after_the_threshold_does_not_undo_the_ejection() {
     }
     pool.tick();
     assert!(is_healthy(&pool, ids[0]));
+}
+
+/// `n` requests started on `id` and still in flight (the others picked meanwhile succeed).
+fn started_on<P: Picker<&'static str>>(
+    pool: &Pool<&'static str, P>,
+    id: BackendId,
+    n: usize,
+) -> Vec<tower_lb::InFlight> {
+    let ctx = PickContext::new();
+    let mut on = Vec::new();
+    while on.len() < n {
+        let picked = pool.pick(&ctx).unwrap();
+        let guard = picked.start();
+        if picked.id() == id {
+            on.push(guard);
+        } else {
+            guard.success();
+        }
+    }
+    on
 }
 
 #[test]
