@@ -178,6 +178,30 @@ fn a_late_success_after_the_threshold_does_not_undo_the_ejection() {
     assert!(is_healthy(&pool, ids[0]));
 }
 
+/// Requests in flight when a backend was ejected fail during the ejection, five in a
+/// row, just as it ends: the evaluation that returns it must not eject it again on
+/// their account (the return resets the run and the latched crossing alike).
+#[test]
+fn failures_from_before_an_ejection_do_not_eject_again_at_its_return() {
+    let clock = ManualClock::new();
+    let (pool, ids) = holding(
+        round_robin_on(&clock).outlier_detection(consecutive_only()),
+        letters(2),
+    );
+    let stragglers = started_on(&pool, ids[0], 5);
+    fail(&pool, ids[0], 5);
+    assert!(!is_healthy(&pool, ids[0]));
+    clock.advance(Duration::from_secs(30));
+    for guard in stragglers {
+        guard.failure();
+    }
+    assert_eq!(stat(&pool, ids[0]).failures, 10);
+    // One evaluation: the return, then the consecutive-failure rule.
+    pool.tick();
+    assert!(is_healthy(&pool, ids[0]), "{:?}", stat(&pool, ids[0]));
+    assert_eq!(stat(&pool, ids[0]).ejections, 1);
+}
+
 /// `n` requests started on `id` and still in flight (the others picked meanwhile succeed).
 fn started_on<P: Picker<&'static str>>(
     pool: &Pool<&'static str, P>,
