@@ -89,7 +89,12 @@ impl<A> OutlierPass<'_, A> {
             // The crossing latched (a success may have reset the streak since), or a
             // streak still at the threshold (an ejection the cap put off).
             let reached = self.cell(index).is_some_and(|c| {
-                let tripped = c.tripped.swap(false, Ordering::Relaxed);
+                // Read first, cleared only when set: no write to every member's line
+                // at every evaluation.
+                let tripped = c.tripped.load(Ordering::Relaxed);
+                if tripped {
+                    c.tripped.store(false, Ordering::Relaxed);
+                }
                 !c.is_ejected()
                     && (tripped
                         || c.consecutive.load(Ordering::Relaxed) >= u64::from(threshold.get()))

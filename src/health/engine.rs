@@ -282,9 +282,9 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// Ends a backend's ejection.
-/// A fresh start: failures of requests from before it (still in flight during the
-/// ejection) do not count, whether they made a run or tripped the threshold.
+/// Ends a backend's ejection: a fresh start, where failures of requests from before
+/// it (still in flight during the ejection) do not count, whether they made a run or
+/// tripped the threshold.
 pub(crate) fn uneject(cell: &HealthCell) {
     cell.ejected_until.store(0, Ordering::Relaxed);
     cell.ejected_at.store(0, Ordering::Relaxed);
