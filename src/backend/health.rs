@@ -153,13 +153,14 @@ impl ProbeState {
 pub(crate) struct HealthCell {
     link: Option<Arc<HealthShared>>,
     pub(crate) admin: AtomicU8,
-    /// Failures since the last success (or ejection, or return).
+    /// Failures since the last success (or ejection, or return), in the low bits
+    /// ([`STREAK`]); the top bit ([`TRIPPED`]) is set by the failure that reaches the
+    /// consecutive-failure threshold and cleared by the evaluation it signals, which
+    /// ejects on it even when a success has reset the count in between — a response
+    /// the backend sent before it failed, read after the failures. The crossing
+    /// decides, as in Envoy's outlier detector. One word, so that an ejection's end
+    /// (`store(0)`) clears both at once: a failure from before it cannot trip it again.
     pub(crate) consecutive: AtomicU64,
-    /// Set by the failure that reaches the consecutive-failure threshold, cleared by
-    /// the evaluation it signals, which ejects on it even when a success has reset
-    /// `consecutive` in between — a response the backend sent before it failed, read
-    /// after the failures. The crossing decides, as in Envoy's outlier detector.
-    pub(crate) tripped: AtomicBool,
     /// When the current ejection began and ends (ns since the epoch); `until` is 0 when
     /// not ejected.
     pub(crate) ejected_at: AtomicU64,
@@ -179,13 +180,22 @@ pub(crate) struct HealthCell {
     pub(crate) published: Mutex<Option<Verdict>>,
 }
 
+/// The failure count's bits in [`HealthCell::consecutive`].
+pub(crate) const STREAK: u64 = !TRIPPED;
+/// The latched threshold crossing's bit in [`HealthCell::consecutive`].
+pub(crate) const TRIPPED: u64 = 1 << 63;
+
 impl HealthCell {
+    /// Failures since the last success (or ejection, or return).
+    pub(crate) fn streak(&self) -> u64 {
+        self.consecutive.load(Ordering::Relaxed) & STREAK
+    }
+
     pub(crate) fn new(link: Option<Arc<HealthShared>>) -> Self {
         HealthCell {
             link,
             admin: AtomicU8::new(ADMIN_UP),
             consecutive: AtomicU64::new(0),
-            tripped: AtomicBool::new(false),
             ejected_at: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             ejection_kind: AtomicU8::new(0),
@@ -207,19 +217,36 @@ impl HealthCell {
     #[inline]
     pub(crate) fn record(&self, success: bool) -> bool {
         if success {
-            if self.consecutive.load(Ordering::Relaxed) != 0 {
-                self.consecutive.store(0, Ordering::Relaxed);
+            // The run ends; a crossing it made stays for the evaluation.
+            if self.consecutive.load(Ordering::Relaxed) & STREAK != 0 {
+                self.consecutive.fetch_and(TRIPPED, Ordering::Relaxed);
             }
             return false;
         }
-        let n = self
+        let threshold = self.link.as_ref().map_or(0, |l| l.consecutive_threshold);
+        // One read-modify-write: the count and its crossing change together, so an
+        // ejection's end between them cannot leave a crossing from before it. The
+        // count stops short of the latch bit.
+        let crossed = |old: u64| {
+            let n = (old & STREAK).saturating_add(1).min(STREAK);
+            (n, n == threshold)
+        };
+        let Ok(old) = self
             .consecutive
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                let (n, trips) = crossed(old);
+                Some(if trips {
+                    n | TRIPPED
+                } else {
+                    (old & TRIPPED) | n
+                })
+            })
+        else {
+            return false; // the closure always returns Some
+        };
         match &self.link {
-            Some(link) if n == link.consecutive_threshold => {
-                // Before the signal, whose Release publishes it to the evaluation.
-                self.tripped.store(true, Ordering::Relaxed);
+            // Before the signal's Release, which publishes the latch to the evaluation.
+            Some(link) if crossed(old).1 => {
                 link.signal();
                 true
             }

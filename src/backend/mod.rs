@@ -17,7 +17,9 @@ mod state;
 mod stats;
 mod weight;
 
-pub(crate) use health::{ADMIN_DOWN, ADMIN_DRAIN, ADMIN_UP, HealthCell, HealthShared};
+pub(crate) use health::{
+    ADMIN_DOWN, ADMIN_DRAIN, ADMIN_UP, HealthCell, HealthShared, STREAK, TRIPPED,
+};
 pub use id::BackendId;
 pub use in_flight::InFlight;
 pub use state::{BackendState, DEFAULT_EWMA_DECAY, FAILURE_DECAY};

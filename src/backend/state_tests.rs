@@ -181,3 +181,33 @@ fn what_a_pick_reads_shares_one_cache_line() {
         assert!(offset + size <= 64, "{read_by_picks:?}");
     }
 }
+
+/// The failure run and its latched crossing share one word (so an ejection's end,
+/// `store(0)`, clears both at once): a success ends the run but keeps the crossing for
+/// the evaluation, and the count saturates below the latch bit.
+#[test]
+fn the_failure_run_latches_its_crossing_in_one_word() {
+    use crate::backend::{STREAK, TRIPPED};
+    let shared = Arc::new(HealthShared::new(3, None, false));
+    let state = BackendState::linked(DEFAULT_EWMA_DECAY, shared);
+    let word = || state.health.consecutive.load(Ordering::Relaxed);
+    assert!(!state.record_outcome(false, None, 1));
+    assert!(!state.record_outcome(false, None, 2));
+    assert!(!state.record_outcome(true, None, 3));
+    assert_eq!(word(), 0, "a success before the threshold breaks the run");
+    assert!(!state.record_outcome(false, None, 4));
+    assert!(!state.record_outcome(false, None, 5));
+    assert!(state.record_outcome(false, None, 6), "the third signals");
+    assert_eq!(word(), TRIPPED | 3);
+    assert!(!state.record_outcome(true, None, 7));
+    assert_eq!(word(), TRIPPED, "a late success keeps the crossing");
+    assert!(!state.record_outcome(false, None, 8));
+    assert_eq!(word(), TRIPPED | 1);
+    state
+        .health
+        .consecutive
+        .store(STREAK - 1, Ordering::Relaxed);
+    assert!(!state.record_outcome(false, None, 9));
+    assert!(!state.record_outcome(false, None, 10));
+    assert_eq!(word(), STREAK, "saturates below the latch bit");
+}

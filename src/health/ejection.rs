@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::engine::{TARGET, later, uneject};
 use super::outlier::{Sample, failure_percentage_outliers, success_rate_outliers};
 use super::{Ejection, OutlierDetection};
-use crate::backend::{Backend, HealthCell};
+use crate::backend::{Backend, HealthCell, STREAK, TRIPPED};
 use crate::rng::RandomSource;
 
 /// One evaluation's outlier-detection work.
@@ -89,15 +89,14 @@ impl<A> OutlierPass<'_, A> {
             // The crossing latched (a success may have reset the streak since), or a
             // streak still at the threshold (an ejection the cap put off).
             let reached = self.cell(index).is_some_and(|c| {
-                // Read first, cleared only when set: no write to every member's line
-                // at every evaluation.
-                let tripped = c.tripped.load(Ordering::Relaxed);
-                if tripped {
-                    c.tripped.store(false, Ordering::Relaxed);
+                // Cleared only when set: no write to every member's line at every
+                // evaluation.
+                let mut word = c.consecutive.load(Ordering::Relaxed);
+                if word & TRIPPED != 0 {
+                    word = c.consecutive.fetch_and(STREAK, Ordering::Relaxed);
                 }
                 !c.is_ejected()
-                    && (tripped
-                        || c.consecutive.load(Ordering::Relaxed) >= u64::from(threshold.get()))
+                    && (word & TRIPPED != 0 || word & STREAK >= u64::from(threshold.get()))
             });
             if reached {
                 self.eject(index, Ejection::ConsecutiveFailures);
@@ -170,10 +169,7 @@ impl<A> OutlierPass<'_, A> {
         self.members.iter().enumerate().any(|(j, b)| {
             let state = b.state();
             let cell = &state.health;
-            j != index
-                && !cell.is_ejected()
-                && cell.consecutive.load(Ordering::Relaxed) == 0
-                && state.successes() > 0
+            j != index && !cell.is_ejected() && cell.streak() == 0 && state.successes() > 0
         })
     }
 

@@ -284,10 +284,9 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 /// Ends a backend's ejection: a fresh start, where failures of requests from before
 /// it (still in flight during the ejection) do not count, whether they made a run or
-/// tripped the threshold.
+/// tripped the threshold (one word holds both).
 pub(crate) fn uneject(cell: &HealthCell) {
     cell.ejected_until.store(0, Ordering::Relaxed);
     cell.ejected_at.store(0, Ordering::Relaxed);
     cell.consecutive.store(0, Ordering::Relaxed);
-    cell.tripped.store(false, Ordering::Relaxed);
 }

@@ -143,7 +143,7 @@ fn guard_failures_eject_at_the_next_tick() {
 /// Before, the evaluation read the reset streak and ejected nothing; the picks' failure
 /// score then kept traffic (and so the next five failures) away, and the backend stayed
 /// in until the score faded or the probes found it (`tests/reliability`'s kill test
-/// failed 3 times in 30 on that).
+/// failed 2 times in 30 on that).
 #[test]
 fn a_late_success_after_the_threshold_does_not_undo_the_ejection() {
     let (pool, ids) = holding(
