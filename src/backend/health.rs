@@ -224,29 +224,25 @@ impl HealthCell {
             return false;
         }
         let threshold = self.link.as_ref().map_or(0, |l| l.consecutive_threshold);
+        // The count after this failure; it stops short of the latch bit.
+        let bumped = |old: u64| ((old & STREAK) + 1).min(STREAK);
         // One read-modify-write: the count and its crossing change together, so an
-        // ejection's end between them cannot leave a crossing from before it. The
-        // count stops short of the latch bit.
-        let crossed = |old: u64| {
-            let n = (old & STREAK).saturating_add(1).min(STREAK);
-            (n, n == threshold)
-        };
-        let Ok(old) = self
+        // ejection's end between them cannot leave a crossing from before it. (The
+        // closure always returns `Some`: `Err` never happens.)
+        let old = self
             .consecutive
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                let (n, trips) = crossed(old);
-                Some(if trips {
+                let n = bumped(old);
+                Some(if n == threshold {
                     n | TRIPPED
                 } else {
                     (old & TRIPPED) | n
                 })
             })
-        else {
-            return false; // the closure always returns Some
-        };
+            .unwrap_or_else(|old| old);
         match &self.link {
             // Before the signal's Release, which publishes the latch to the evaluation.
-            Some(link) if crossed(old).1 => {
+            Some(link) if bumped(old) == threshold => {
                 link.signal();
                 true
             }
