@@ -6,6 +6,7 @@
 //! - `tls.rs`: the rustls configuration, the self-signed certificate, the handshake;
 //! - `upstream.rs`: the HTTP client under the balancer, its time-outs, and the request
 //!   body its attempts share;
+//! - `h1.rs`: HTTP/1.1 on a backend connection, from the request's own task;
 //! - `forward.rs`: the headers a proxy strips and adds;
 //! - `serve.rs`: the accept loop, the client connections' time-outs, graceful shutdown;
 //! - `metrics.rs`: the Prometheus recorder and the `/metrics` endpoint (`--metrics`).
@@ -28,6 +29,7 @@
 
 mod cli;
 mod forward;
+mod h1;
 mod metrics;
 mod serve;
 mod tls;

@@ -1,9 +1,11 @@
 //! The HTTP client under the balancer, and the request body its attempts share.
 //!
-//! [`Upstream`] speaks HTTP/1.1 to the backends with hyper's connection-level client
-//! (`hyper::client::conn::http1`) over a small pool of keep-alive connections per
-//! backend: a request takes an idle connection (or opens one), and its response body
-//! puts the connection back once read to the end. Each attempt gets `--timeout` to
+//! [`Upstream`] speaks HTTP/1.1 to the backends (`h1.rs`, from the request's own task)
+//! over a small pool of keep-alive connections per backend: a request takes an idle
+//! connection (or opens one), and its response body puts the connection back once read
+//! to the end. An idle connection the backend closed just as a request went out is
+//! replaced by another when the request may go again (nothing of it was written, or it
+//! is idempotent with no body), as Go's `net/http` transport does. Each attempt gets `--timeout` to
 //! produce the response head, and each connect [`CONNECT_TIMEOUT`] of it. Its
 //! [`UpstreamError`] says which backend failed and how ([`Failure`]): what the balancer
 //! counts against the backend, and what `handle` decides a retry on.
@@ -22,17 +24,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::header::HeaderMap;
+use http::uri::Authority;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::Service;
 use tower_lb::balance::BoxError;
 
 use super::LOG_TARGET;
+use super::h1::{Conn, Reading};
 
 /// How long one connect to a backend may take (and at most ¾ of `--timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -40,6 +41,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// An idle connection older than this is closed rather than reused (hyper-util's
 /// pool's default): the backend may be about to close it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often the idle connections are looked over for the ones the backend closed.
+const SWEEP: Duration = Duration::from_millis(250);
 
 /// At most this many idle connections are kept per backend; more are closed.
 const MAX_IDLE: usize = 512;
@@ -58,8 +62,21 @@ pub struct Upstream {
 impl Upstream {
     /// A client whose attempts each get `timeout` (`--timeout`).
     pub fn new(timeout: Duration) -> Upstream {
+        let pools = Arc::new(Pools::default());
+        let weak = Arc::downgrade(&pools);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match weak.upgrade() {
+                    Some(pools) => pools.sweep(),
+                    None => return,
+                }
+            }
+        });
         Upstream {
-            pools: Arc::new(Pools::default()),
+            pools,
             timeout,
             // A refused or unanswered connect is a connect failure, retried for any
             // method (nothing was sent). So that a hanging connect is reported as one,
@@ -70,10 +87,9 @@ impl Upstream {
     }
 }
 
-/// An idle connection: its request sender (hyper's connection task owns the socket),
-/// and since when it has been idle.
+/// An idle connection, and since when it has been idle.
 struct Idle {
-    sender: SendRequest<Deferred>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -93,22 +109,30 @@ impl Pools {
     }
 
     /// An idle connection to `target` that is still open and young enough.
-    fn take(&self, target: &Authority) -> Option<SendRequest<Deferred>> {
+    fn take(&self, target: &Authority) -> Option<Box<Conn>> {
         let mut idle = self.lock();
         let list = idle.get_mut(target.as_str())?;
-        while let Some(Idle { sender, since }) = list.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        while let Some(Idle { conn, since }) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && conn.is_open() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// Puts a connection whose response was read in full back, unless it is closing.
-    fn put(&self, target: &Authority, sender: SendRequest<Deferred>) {
-        if sender.is_closed() {
-            return;
+    /// Closes the idle connections the backend closed (or that are too old). Nothing
+    /// reads an idle connection, so without this a backend's close would leave it
+    /// half-closed until a request took it.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        for list in idle.values_mut() {
+            list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_open());
         }
+    }
+
+    /// Puts a connection whose exchange ended cleanly back.
+    fn put(&self, target: &Authority, conn: Box<Conn>) {
         let mut idle = self.lock();
         let list = match idle.get_mut(target.as_str()) {
             Some(list) => list,
@@ -116,15 +140,15 @@ impl Pools {
         };
         if list.len() < MAX_IDLE {
             list.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 }
 
-/// Opens a connection to `target` and starts the task that drives it.
-async fn connect(target: &Authority, within: Duration) -> io::Result<SendRequest<Deferred>> {
+/// Opens a connection to `target`.
+async fn connect(target: &Authority, within: Duration) -> io::Result<Box<Conn>> {
     let stream = match tokio::time::timeout(within, TcpStream::connect(target.as_str())).await {
         Ok(stream) => stream?,
         Err(_) => {
@@ -135,84 +159,63 @@ async fn connect(target: &Authority, within: Duration) -> io::Result<SendRequest
         }
     };
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(target: LOG_TARGET, error = %e, "backend connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Box::new(Conn::new(stream)))
 }
 
 impl Upstream {
     /// Sends `req` to its URI's authority on an idle connection, or a new one when none
-    /// is idle (or the idle ones turn out closed before the request is written).
+    /// is idle (or the idle ones turn out closed before anything was answered, and the
+    /// request may go again).
     async fn send(
         &self,
         target: &Authority,
         mut req: Request<Deferred>,
     ) -> Result<Response<UpstreamBody>, Failure> {
-        // On a connection, the request line carries the path only (origin form), and
-        // `Host` names the backend when the client sent none (HTTP/1.0).
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
-        if !req.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(target.as_str())
-        {
-            req.headers_mut().insert(header::HOST, host);
-        }
-        while let Some(mut sender) = self.pools.take(target) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.body(target, sender, response)),
-                // Never written: the connection closed meanwhile. Another one.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(Failure::Other(e.into_error())),
-                },
+        while let Some(conn) = self.pools.take(target) {
+            match conn.exchange(&mut req, target).await {
+                Ok((head, reading)) => return Ok(self.body(target, req, head, reading)),
+                Err(e) if e.stale => {
+                    tracing::debug!(target: LOG_TARGET, error = %e.error, "a reused connection was closed; another one");
+                }
+                Err(e) => return Err(Failure::Other(e.error)),
             }
         }
-        let mut sender = connect(target, self.connect_timeout)
+        let conn = connect(target, self.connect_timeout)
             .await
             .map_err(Failure::Connect)?;
-        match sender.send_request(req).await {
-            Ok(response) => Ok(self.body(target, sender, response)),
-            Err(e) => Err(Failure::Other(e)),
+        match conn.exchange(&mut req, target).await {
+            Ok((head, reading)) => Ok(self.body(target, req, head, reading)),
+            Err(e) => Err(Failure::Other(e.error)),
         }
     }
 
     fn body(
         &self,
         target: &Authority,
-        sender: SendRequest<Deferred>,
-        response: Response<Incoming>,
+        req: Request<Deferred>,
+        head: Response<()>,
+        reading: Reading,
     ) -> Response<UpstreamBody> {
-        response.map(|body| UpstreamBody {
-            body,
-            done: false,
+        // The request's body, while the backend is still reading it.
+        let request = reading.sending().then(|| req.into_body());
+        head.map(|()| UpstreamBody {
+            reading,
+            request,
             target: target.clone(),
-            back: Some((Arc::clone(&self.pools), sender)),
+            pools: Arc::clone(&self.pools),
         })
     }
 }
 
-/// A backend's response body; once read to the end, its connection goes back to the
-/// pool. Dropped before the end, it closes the connection (hyper's connection task
-/// sees the body go).
+/// A backend's response body, read from its connection as the client's side asks for
+/// it (and the request's body still written meanwhile); once both ended cleanly, the
+/// connection goes back to the pool. Dropped before the end, it closes the connection.
 pub struct UpstreamBody {
-    body: Incoming,
-    done: bool,
+    reading: Reading,
+    request: Option<Deferred>,
     /// The backend that answered.
     target: Authority,
-    back: Option<(Arc<Pools>, SendRequest<Deferred>)>,
+    pools: Arc<Pools>,
 }
 
 impl UpstreamBody {
@@ -226,34 +229,38 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let polled = this.reading.poll_data(this.request.as_mut(), cx);
+        if let Poll::Ready(None) = polled
+            && let Some(conn) = this.reading.finish()
+        {
+            this.pools.put(&this.target, conn);
         }
-        polled
+        polled.map(|data| data.map(|data| data.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.reading.ended()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.reading.exact() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if (self.done || self.body.is_end_stream())
-            && let Some((pools, sender)) = self.back.take()
-        {
-            pools.put(&self.target, sender);
+        if let Some(conn) = self.reading.finish() {
+            self.pools.put(&self.target, conn);
         }
     }
 }
@@ -273,7 +280,7 @@ impl Service<Request<Deferred>> for Upstream {
 
     fn call(&mut self, req: Request<Deferred>) -> UpstreamFuture {
         let upstream = self.clone();
-        Box::pin(async move {
+        let f = async move {
             let Some(target) = req.uri().authority().cloned() else {
                 return Err(UpstreamError {
                     target: None,
@@ -294,7 +301,8 @@ impl Service<Request<Deferred>> for Upstream {
                 target: Some(target),
                 failure,
             })
-        })
+        };
+        Box::pin(f)
     }
 }
 
@@ -306,9 +314,9 @@ pub enum Failure {
     Connect(io::Error),
     /// No response head within the attempt's time-out; the request may have been sent.
     TimedOut(Duration),
-    /// Any other error once connected (reset, closed, a failed request body): the
-    /// request may have been sent.
-    Other(hyper::Error),
+    /// Any other error once connected (reset, closed, a malformed response, a failed
+    /// request body): the request may have been sent.
+    Other(io::Error),
 }
 
 /// A backend request that failed: where it went, and how.
@@ -338,7 +346,7 @@ impl fmt::Display for UpstreamError {
             Failure::TimedOut(after) => {
                 write!(f, "backend {target}: no response within {after:?}")
             }
-            Failure::Other(e) => write!(f, "backend {target}: {e:?}"),
+            Failure::Other(e) => write!(f, "backend {target}: {e}"),
         }
     }
 }

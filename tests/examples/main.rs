@@ -10,6 +10,7 @@ mod http_failures;
 mod http_forwarding;
 mod http_routing;
 mod http_tls;
+mod http_upstream;
 mod metrics;
 mod registry;
 mod tcp;

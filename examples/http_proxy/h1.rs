@@ -1,0 +1,625 @@
+//! HTTP/1.1 to a backend, spoken from the request's own task: the proxy side of what
+//! hyper's client does, without its connection task.
+//!
+//! hyper's connection-level client drives each connection from a task of its own, and
+//! a request reaches it through a channel, its response comes back through another.
+//! Under load that hand-off was most of the proxy's work per request beyond NGINX's: the
+//! backend connection's task was polled three times per request, and every request and
+//! response was moved through the channels (the profile in the README's
+//! "Performance"). A proxy needs less than a general client: the request's head is
+//! already parsed and checked (by hyper's server, on the client side), so here it is
+//! only written out, and the backend's response head is parsed with `httparse` (the
+//! parser hyper uses) into the `http` types the server side writes. Pingora's proxy is
+//! built the same way: its own HTTP/1 codec over `httparse`.
+//!
+//! A [`Conn`] is one keep-alive connection. [`Conn::exchange`] writes a request and
+//! returns its response head, and [`Reading`] reads the response's body (a length, or
+//! chunks, or up to the close, RFC 9112 section 6.3) while it keeps sending the
+//! request's body, so a backend that answers as it reads (an echo) never waits on us.
+//! The connection is reusable once both bodies ended and the backend did not ask to
+//! close it.
+
+use std::future::poll_fn;
+use std::io;
+use std::io::Write as _;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Bytes};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+/// At most this many header fields in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// A response head (or a chunk's size line, or a trailer) longer than this is an error.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// A read leaves at least this much room in the buffer.
+const READ_ROOM: usize = 8 * 1024;
+
+/// One keep-alive connection to a backend.
+pub struct Conn {
+    io: TcpStream,
+    /// What was read and not yet used.
+    buf: BytesMut,
+    /// The request head being written, and the request body's pieces after it.
+    out: Vec<u8>,
+    /// Whether this connection has carried a request before (it may have been closed
+    /// by the backend meanwhile).
+    reused: bool,
+}
+
+/// Why an exchange failed, and whether the request may go on another connection.
+pub struct ExchangeError {
+    pub error: io::Error,
+    /// The connection was a reused one, and it ended before anything of a response
+    /// arrived, while the request either was not written or may be written again
+    /// (idempotent, its body not taken): the backend closed an idle connection as the
+    /// request went out. Repeating it on another connection is safe.
+    pub stale: bool,
+}
+
+impl Conn {
+    /// A new connection.
+    pub fn new(io: TcpStream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            reused: false,
+        }
+    }
+
+    /// Whether the connection still looks open: no end of stream nor stray bytes
+    /// arrived while it was idle. Without a system call when nothing arrived (the
+    /// reactor's readiness says so).
+    pub fn is_open(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read(&mut [0; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Writes `req` (its head, and its body as the backend reads it) and reads the
+    /// response's head; its body is read by the returned [`Reading`]. `req` stays the
+    /// caller's, for another connection if this one turns out stale.
+    pub async fn exchange<B>(
+        mut self: Box<Self>,
+        req: &mut Request<B>,
+        target: &Authority,
+    ) -> Result<(Response<()>, Reading), ExchangeError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let reused = std::mem::replace(&mut self.reused, true);
+        let chunked = self.encode_head(req, target);
+        let replayable = req.method().is_idempotent() && req.body().is_end_stream();
+        let head = HeadRequest(req.method() == Method::HEAD);
+        // The head first: a stale connection mostly fails here, before anything of the
+        // request (or its body) is gone.
+        let out = std::mem::take(&mut self.out);
+        let written = write_all(&mut self.io, &out).await;
+        self.out = out;
+        self.out.clear();
+        if let Err(error) = written {
+            return Err(ExchangeError {
+                error,
+                stale: reused,
+            });
+        }
+        let mut sending = (!req.body().is_end_stream()).then_some(Sending {
+            chunked,
+            at: 0,
+            done: false,
+        });
+        let mut broken = false;
+        let parsed = poll_fn(|cx| {
+            if let Some(s) = sending.as_mut()
+                && let Poll::Ready(result) = s.poll_send(&mut self, req.body_mut(), cx)
+            {
+                sending = None;
+                match result {
+                    Ok(()) => {}
+                    // The backend stopped reading: it may still answer (and close).
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                        ) =>
+                    {
+                        broken = true;
+                    }
+                    // The client's body failed: so does the exchange.
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            self.poll_head(head, cx)
+        })
+        .await;
+        match parsed {
+            Ok((response, framing, keep_alive)) => Ok((
+                response,
+                Reading {
+                    conn: Some(self),
+                    sending,
+                    framing,
+                    keep_alive: keep_alive && !broken,
+                },
+            )),
+            Err(error) => Err(ExchangeError {
+                stale: reused && replayable && error.kind() == io::ErrorKind::UnexpectedEof,
+                error,
+            }),
+        }
+    }
+
+    /// Writes the request head into `out`: origin form, HTTP/1.1, `Host` when the
+    /// client sent none (HTTP/1.0), and the body's framing. Returns whether the body is
+    /// sent in chunks (it has no `Content-Length`).
+    fn encode_head<B: Body>(&mut self, req: &Request<B>, target: &Authority) -> bool {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(if path.is_empty() {
+            b"/"
+        } else {
+            path.as_bytes()
+        });
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let headers = req.headers();
+        if !headers.contains_key(header::HOST) {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(target.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let has_body = !req.body().is_end_stream();
+        let length = headers.contains_key(header::CONTENT_LENGTH);
+        let chunked = has_body && !length;
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if !has_body
+            && !length
+            && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        chunked
+    }
+
+    /// Reads until a response head is complete (skipping interim 1xx ones), and says
+    /// how its body is framed and whether the connection may carry another request.
+    fn poll_head(
+        &mut self,
+        head: HeadRequest,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Response<()>, Framing, bool)>> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_head(&mut self.buf, head)? {
+                    Some(Parsed::Interim) => continue,
+                    Some(Parsed::Final(parsed)) => return Poll::Ready(Ok(parsed)),
+                    None if self.buf.len() >= MAX_HEAD => {
+                        return Poll::Ready(Err(invalid("the response head is too long")));
+                    }
+                    None => {}
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(if self.buf.is_empty() {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backend closed the connection before answering",
+                    )
+                } else {
+                    invalid("the backend closed the connection inside the response head")
+                }));
+            }
+        }
+    }
+
+    /// Reads what the socket has into `buf`; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM {
+            self.buf.reserve(2 * READ_ROOM);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// Whether the request was a `HEAD` (its response has no body, whatever it says).
+#[derive(Clone, Copy)]
+struct HeadRequest(bool);
+
+/// The request body's progress out.
+struct Sending {
+    chunked: bool,
+    /// How much of `Conn::out` is written.
+    at: usize,
+    done: bool,
+}
+
+impl Sending {
+    /// Writes the body's pieces as they come; ready when the whole body is written (or
+    /// the writing failed).
+    fn poll_send<B>(
+        &mut self,
+        conn: &mut Conn,
+        body: &mut B,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        loop {
+            if self.at < conn.out.len() {
+                let n = ready!(Pin::new(&mut conn.io).poll_write(cx, &conn.out[self.at..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.at += n;
+                continue;
+            }
+            conn.out.clear();
+            self.at = 0;
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers are not forwarded (hyper's client does not send them either).
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if self.chunked {
+                            let _ = write!(conn.out, "{:x}\r\n", data.len());
+                            conn.out.extend_from_slice(&data);
+                            conn.out.extend_from_slice(b"\r\n");
+                        } else {
+                            conn.out.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Err(io::Error::other(e)));
+                }
+                None => {
+                    if self.chunked {
+                        conn.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.done = true;
+                }
+            }
+        }
+    }
+}
+
+async fn write_all(io: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    poll_fn(|cx| {
+        while !bytes.is_empty() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, bytes))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            bytes = &bytes[n..];
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+enum Parsed {
+    /// A 1xx head before the response's own.
+    Interim,
+    Final((Response<()>, Framing, bool)),
+}
+
+/// Parses a response head at the front of `buf` and takes it out; `None` while it is
+/// incomplete.
+fn parse_head(buf: &mut BytesMut, head: HeadRequest) -> io::Result<Option<Parsed>> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(invalid(
+                "the backend switched protocols, which the proxy does not",
+            ));
+        }
+        buf.advance(len);
+        return Ok(Some(Parsed::Interim));
+    }
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each field's name and value lie, to slice them out of the head once it is
+    // taken out of the buffer, without copies (as hyper does).
+    let base = buf.as_ptr() as usize;
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (field, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        *span = [
+            name as u32,
+            (name + field.name.len()) as u32,
+            value as u32,
+            (value + field.value.len()) as u32,
+        ];
+    }
+    let bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut framing = Framing::Close;
+    let (mut chunked, mut transfer, mut length) = (false, false, None::<u64>);
+    let (mut close, mut keep) = (false, false);
+    for &[name_start, name_end, start, end] in &spans[..count] {
+        let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
+            .map_err(|_| invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(start as usize..end as usize))
+            .map_err(|_| invalid("invalid header value"))?;
+        if name == header::TRANSFER_ENCODING {
+            transfer = true;
+            // Chunked only if it is the last coding.
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| invalid("invalid content-length"))?;
+            if length.is_some_and(|m| m != n) {
+                return Err(invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    if head.0 || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        framing = Framing::Length(0);
+    } else if transfer {
+        if chunked {
+            framing = Framing::Chunked(Chunk::Size);
+        }
+    } else if let Some(n) = length {
+        framing = Framing::Length(n);
+    }
+    let keep_alive = !matches!(framing, Framing::Close)
+        && match version {
+            Version::HTTP_10 => keep && !close,
+            _ => !close,
+        };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(Parsed::Final((response, framing, keep_alive))))
+}
+
+/// How a response body ends (RFC 9112, section 6.3).
+#[derive(Debug)]
+pub enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked, at this point of a chunk.
+    Chunked(Chunk),
+    /// At the connection's end.
+    Close,
+}
+
+/// Where the chunked decoding stands.
+#[derive(Debug, Clone, Copy)]
+pub enum Chunk {
+    /// Before a size line.
+    Size,
+    /// Inside a chunk's data: this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields (dropped) up to an empty line.
+    Trailers,
+    /// The body ended.
+    Done,
+}
+
+/// A response body being read, and the request body still being written. Once both are
+/// done and the connection may carry another request, [`Reading::finish`] hands it
+/// back.
+pub struct Reading {
+    conn: Option<Box<Conn>>,
+    sending: Option<Sending>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Reading {
+    /// Whether the response body has ended.
+    pub fn ended(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        ) || self.conn.is_none()
+    }
+
+    /// Whether the request's body is still being written.
+    pub fn sending(&self) -> bool {
+        self.sending.is_some()
+    }
+
+    /// The body's length when it is known.
+    pub fn exact(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The connection, if the exchange ended cleanly and it may carry another request.
+    pub fn finish(&mut self) -> Option<Box<Conn>> {
+        let reusable = self.keep_alive
+            && self.sending.is_none()
+            && self.ended()
+            && self.conn.as_ref().is_some_and(|c| c.buf.is_empty());
+        let conn = self.conn.take();
+        reusable.then_some(conn).flatten()
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub fn poll_data<B>(
+        &mut self,
+        body: Option<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Bytes>>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let (Some(s), Some(body)) = (self.sending.as_mut(), body)
+            && let Poll::Ready(result) = s.poll_send(conn, body, cx)
+        {
+            self.sending = None;
+            if result.is_err() {
+                // The backend stopped reading the request (it answered early); the
+                // response goes on, but the connection is not reused.
+                self.keep_alive = false;
+            }
+        }
+        loop {
+            match &mut self.framing {
+                Framing::Length(0) | Framing::Chunked(Chunk::Done) => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(truncated())));
+                    }
+                    let n = (*left).min(conn.buf.len() as u64);
+                    *left -= n;
+                    return Poll::Ready(Some(Ok(conn.buf.split_to(n as usize).freeze())));
+                }
+                Framing::Close => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        self.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
+                }
+                Framing::Chunked(chunk) => match *chunk {
+                    Chunk::Size => match httparse::parse_chunk_size(&conn.buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            conn.buf.advance(used);
+                            *chunk = if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            };
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            ready!(fill_more(conn, cx))?;
+                        }
+                        Err(_) => return Poll::Ready(Some(Err(invalid("invalid chunk size")))),
+                    },
+                    Chunk::Data(left) => {
+                        if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(truncated())));
+                        }
+                        let n = left.min(conn.buf.len() as u64);
+                        *chunk = if n == left {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left - n)
+                        };
+                        return Poll::Ready(Some(Ok(conn.buf.split_to(n as usize).freeze())));
+                    }
+                    Chunk::DataEnd => {
+                        if conn.buf.len() < 2 {
+                            ready!(fill_more(conn, cx))?;
+                        } else if conn.buf.starts_with(b"\r\n") {
+                            conn.buf.advance(2);
+                            *chunk = Chunk::Size;
+                        } else {
+                            return Poll::Ready(Some(Err(invalid("a chunk without its CRLF"))));
+                        }
+                    }
+                    Chunk::Trailers => match conn.buf.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            conn.buf.advance(2);
+                            *chunk = Chunk::Done;
+                        }
+                        Some(line) => conn.buf.advance(line + 2),
+                        None => {
+                            ready!(fill_more(conn, cx))?;
+                        }
+                    },
+                    Chunk::Done => return Poll::Ready(None),
+                },
+            }
+        }
+    }
+}
+
+/// Reads more for a line still incomplete in the buffer: an error at the end of the
+/// stream, or when the line grew too long.
+fn fill_more(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    if conn.buf.len() >= MAX_HEAD {
+        return Poll::Ready(Err(invalid("a chunk's line is too long")));
+    }
+    match ready!(conn.poll_fill(cx))? {
+        0 => Poll::Ready(Err(truncated())),
+        _ => Poll::Ready(Ok(())),
+    }
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the backend closed the connection inside the response body",
+    )
+}

@@ -1,0 +1,202 @@
+//! `http_proxy`'s backend side (`examples/http_proxy/h1.rs`) against backends that answer
+//! byte for byte what each test writes: every framing HTTP/1.1 allows, interim answers,
+//! malformed answers, and keep-alive connections closed under a request.
+
+use super::*;
+
+/// A request head as a scripted backend reads it.
+struct Head {
+    method: String,
+    path: String,
+}
+
+/// Reads one request head (and its body, by `content-length`); `None` at the end.
+async fn read_request(stream: &mut BufReader<TcpStream>) -> Option<Head> {
+    let mut line = String::new();
+    stream.read_line(&mut line).await.ok().filter(|&n| n > 0)?;
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next()?.to_owned(), words.next()?.to_owned());
+    let mut length = 0;
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await.ok().filter(|&n| n > 0)?;
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(Head { method, path })
+}
+
+/// A backend answering each request with the bytes `answer` gives for it; `None` closes
+/// the connection without an answer.
+async fn scripted(answer: fn(&Head, u32) -> Option<&'static [u8]>) -> Result<Counting, Error> {
+    Counting::start(move |stream: TcpStream| async move {
+        let mut stream = BufReader::new(stream);
+        // How many requests this connection has carried before.
+        let mut before = 0;
+        while let Some(head) = read_request(&mut stream).await {
+            let Some(bytes) = answer(&head, before) else {
+                return;
+            };
+            if stream.get_mut().write_all(bytes).await.is_err() {
+                return;
+            }
+            if bytes.starts_with(b"HTTP/1.0")
+                || bytes.windows(17).any(|w| w == b"connection: close")
+            {
+                return;
+            }
+            before += 1;
+        }
+    })
+    .await
+}
+
+fn framings(head: &Head, _: u32) -> Option<&'static [u8]> {
+    Some(match (head.method.as_str(), head.path.as_str()) {
+        // Chunks with an extension, then a trailer the proxy drops.
+        (_, "/chunked") => {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+        }
+        // Two interim answers before the response.
+        (_, "/interim") => {
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        }
+        // A HEAD's answer says the length of a body it does not carry.
+        ("HEAD", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+        (_, "/no-content") => b"HTTP/1.1 204 No Content\r\n\r\n",
+        // HTTP/1.0, no length: the body ends with the connection.
+        (_, "/until-close") => b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
+    })
+}
+
+#[tokio::test]
+async fn http_proxy_reads_every_framing_and_keeps_the_connection_when_it_may() -> Result<(), Error>
+{
+    bounded(async {
+        let backend = scripted(framings).await?;
+        let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
+        let client = http_client();
+        let answer = get(&client, proxy.addr, "/chunked", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "hello world")
+        );
+        assert!(!answer.headers.contains_key("x-trailer"));
+        let answer = get(&client, proxy.addr, "/interim", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok")
+        );
+        assert!(!answer.headers.contains_key("link"));
+        let head = client
+            .request(Request::head(format!("http://{}/", proxy.addr)).body(Empty::<Bytes>::new())?)
+            .await?;
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(head.headers()["content-length"], "100");
+        assert!(head.into_body().collect().await?.to_bytes().is_empty());
+        let answer = get(&client, proxy.addr, "/no-content", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::NO_CONTENT, "")
+        );
+        // Five answers, each framed so that the connection stays usable: one connection.
+        assert_eq!(backend.connections(), 1);
+        let answer = get(&client, proxy.addr, "/until-close", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "until close")
+        );
+        let answer = get(&client, proxy.addr, "/", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok\n")
+        );
+        // The body up to the close used the connection up: a second one.
+        assert_eq!(backend.connections(), 2);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+fn malformed(head: &Head, _: u32) -> Option<&'static [u8]> {
+    Some(match head.path.as_str() {
+        "/status" => b"HTTP/1.1 2OO OK\r\ncontent-length: 0\r\n\r\n",
+        "/lengths" => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        "/length" => b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+        "/not-http" => b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        "/chunk" => {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+        }
+        "/short" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nabc",
+        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
+    })
+}
+
+#[tokio::test]
+async fn http_proxy_answers_502_to_malformed_backend_answers() -> Result<(), Error> {
+    bounded(async {
+        let backend = scripted(malformed).await?;
+        // Outlier detection would eject the backend after five failures in a row: a good
+        // answer between the bad ones keeps it in.
+        let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
+        let client = http_client();
+        for path in ["/status", "/lengths", "/length", "/switch", "/not-http"] {
+            let answer = get(&client, proxy.addr, path, &[]).await?;
+            assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{path}");
+            let answer = get(&client, proxy.addr, "/", &[]).await?;
+            assert_eq!(answer.status, StatusCode::OK, "after {path}");
+        }
+        // A body that breaks off after its head: the client's read fails, it never
+        // gets a shorter body as a whole one.
+        for path in ["/chunk", "/short"] {
+            let read = get(&client, proxy.addr, path, &[]).await;
+            assert!(read.is_err(), "{path}: {:?}", read.map(|a| a.body));
+        }
+        let answer = get(&client, proxy.addr, "/", &[]).await?;
+        assert_eq!(answer.status, StatusCode::OK);
+        proxy.shutdown().await
+    })
+    .await
+}
+
+/// Answers the first request of each connection, and closes the connection when a
+/// second one comes, unanswered: a backend closing an idle connection just as the proxy
+/// sends a request on it.
+fn one_per_connection(_: &Head, before: u32) -> Option<&'static [u8]> {
+    (before == 0).then_some(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".as_slice())
+}
+
+#[tokio::test]
+async fn http_proxy_sends_a_get_again_when_its_reused_connection_was_closed_but_not_a_post()
+-> Result<(), Error> {
+    bounded(async {
+        let backend = scripted(one_per_connection).await?;
+        let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
+        let client = http_client();
+        // Each GET after the first finds the previous connection, loses it, and goes
+        // again on a new one: no client sees the close.
+        for i in 0..10 {
+            let answer = get(&client, proxy.addr, "/", &[]).await?;
+            assert_eq!(answer.status, StatusCode::OK, "GET {i}");
+        }
+        assert_eq!(backend.connections(), 10);
+        // A POST on such a connection may have been taken: it is not sent twice.
+        let posted = client
+            .request(Request::post(format!("http://{}/", proxy.addr)).body(Empty::<Bytes>::new())?)
+            .await?;
+        assert_eq!(posted.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(backend.connections(), 10);
+        proxy.shutdown().await
+    })
+    .await
+}
