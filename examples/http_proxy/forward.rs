@@ -7,13 +7,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Mutex;
 
-use http::Response;
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes};
 use tower_lb::balance::BoxError;
 
 use super::ProxyBody;
+use super::h1::Fields;
 
 /// This hop, as the requests of one client connection describe it to the backend: the
 /// client's address and the scheme, formatted once per connection rather than once per
@@ -70,28 +71,48 @@ impl Hop {
     }
 }
 
-/// The client's request headers as the backend gets them: hop-by-hop headers removed,
-/// the client (`hop`) added as one more hop.
-pub fn request_headers(headers: &mut HeaderMap, hop: &Hop) {
-    strip_hop_by_hop(headers);
-    add_forwarding(headers, hop);
+/// The client's request header fields as the backend gets them, written once for all
+/// the request's attempts: hop-by-hop fields (and those `Connection` names) left out,
+/// the client (`hop`) added as one more hop, then the body's framing ([`Fields`]). The
+/// request's `HeaderMap` itself is left as the client sent it, for the balancer's keys.
+pub fn request_fields(headers: &HeaderMap, hop: &Hop, method: &Method, has_body: bool) -> Fields {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        connection_named(value, &mut named);
+    }
+    let mut fields = Fields::with_capacity(64 * (headers.len() + 3));
+    for (name, value) in headers {
+        if hop_by_hop(name).is_some()
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == header::FORWARDED
+            || named.contains(name)
+        {
+            continue;
+        }
+        fields.push(name.as_str().as_bytes(), value.as_bytes());
+    }
+    add_forwarding(&mut fields, headers, hop);
+    fields.finish(
+        method,
+        has_body,
+        headers.contains_key(header::HOST),
+        headers.contains_key(header::CONTENT_LENGTH),
+    )
 }
 
-/// The backend's response as the client gets it: hop-by-hop headers removed, the body
-/// streamed as it arrives.
+/// The backend's response as the client gets it (its hop-by-hop fields were left out
+/// as its head was read, `h1.rs`), the body streamed as it arrives.
 pub fn response<B>(response: Response<B>) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(Into::into).boxed())
+    response.map(|body| body.map_err(Into::into).boxed())
 }
 
 /// The headers that describe one connection, not the message (RFC 9110, section
-/// 7.6.1), and `transfer-encoding` (hyper frames the body anew for each side).
-/// `connection` first: [`strip_hop_by_hop`] reads its bit.
+/// 7.6.1), and `transfer-encoding` (each side's body is framed anew).
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -106,98 +127,56 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Which of [`HOP_BY_HOP`] `name` is, if any: a comparison of texts (their lengths
 /// first), no hashing.
-fn hop_by_hop(name: &HeaderName) -> Option<usize> {
+pub fn hop_by_hop(name: &HeaderName) -> Option<usize> {
     let name = name.as_str();
     HOP_BY_HOP.iter().position(|h| *h == name)
 }
 
-/// Removes hop-by-hop headers, and those the `Connection` header names. One pass over
-/// the names finds which are present (most messages carry none, or only `Connection:
-/// keep-alive`); only those are removed, each by one lookup (of its name parsed from
-/// [`HOP_BY_HOP`]: one list to keep, for ~150 more instructions per message than
-/// removing by prebuilt `HeaderName`s), with no list built.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop(name) {
-            present |= 1 << i;
+/// Adds to `into` the header names a `Connection` value lists, beyond `close`,
+/// `keep-alive` and the standard hop-by-hop names: they describe this connection only.
+pub fn connection_named(value: &HeaderValue, into: &mut Vec<HeaderName>) {
+    let Ok(value) = value.to_str() else { return };
+    for token in value.split(',').map(str::trim) {
+        if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            continue;
         }
-    }
-    if present == 0 {
-        return;
-    }
-    // Other headers `Connection` names (rare): collected, as they cannot be removed
-    // while its values are borrowed. `close`, `keep-alive` and the names above need
-    // nothing more.
-    if present & 1 != 0 {
-        let mut named: Vec<HeaderName> = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            let Ok(value) = value.to_str() else { continue };
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_str(token)
-                    && hop_by_hop(&name).is_none()
-                {
-                    named.push(name);
-                }
-            }
-        }
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
+        if let Ok(name) = HeaderName::from_str(token)
+            && hop_by_hop(&name).is_none()
+        {
+            into.push(name);
         }
     }
 }
 
 /// Adds `x-forwarded-for` (appended to any earlier hops), `x-forwarded-proto` and the
-/// standard `forwarded` (RFC 7239). Each header is looked up once (its entry), not
-/// once to read and again to write.
-fn add_forwarding(headers: &mut HeaderMap, hop: &Hop) {
-    let element = hop.element(headers.get(header::HOST));
-    match headers.entry(X_FORWARDED_FOR) {
-        Entry::Vacant(entry) => {
-            entry.insert(hop.ip.clone());
-        }
-        Entry::Occupied(mut entry) => {
-            let ip = hop.ip.to_str().unwrap_or("");
-            if let Some(xff) = appended(entry.iter(), ip) {
-                entry.insert(xff);
-            }
-        }
-    }
-    headers.insert(X_FORWARDED_PROTO, hop.proto.clone());
-    // Without an element for this hop (an unreadable host, say) the header is left as
-    // it came.
-    if let Some(element) = element {
-        match headers.entry(header::FORWARDED) {
-            Entry::Vacant(entry) => {
-                entry.insert(element);
-            }
-            Entry::Occupied(mut entry) => {
-                if let Some(forwarded) = appended(entry.iter(), element.to_str().unwrap_or("")) {
-                    entry.insert(forwarded);
-                }
+/// standard `forwarded` (RFC 7239), each after the values the client sent (those it
+/// can read as text).
+fn add_forwarding(fields: &mut Fields, headers: &HeaderMap, hop: &Hop) {
+    appended(fields, X_FORWARDED_FOR, headers, hop.ip.as_bytes());
+    fields.push(X_FORWARDED_PROTO.as_str().as_bytes(), hop.proto.as_bytes());
+    match hop.element(headers.get(header::HOST)) {
+        Some(element) => appended(fields, header::FORWARDED, headers, element.as_bytes()),
+        // Without an element for this hop (an unreadable host, say) the header is left
+        // as it came.
+        None => {
+            for value in headers.get_all(header::FORWARDED) {
+                fields.push(b"forwarded", value.as_bytes());
             }
         }
     }
 }
 
-/// The readable `values` joined with ", ", then `last`: a header value, or `None` when
-/// the result is not one.
-fn appended<'a>(values: impl Iterator<Item = &'a HeaderValue>, last: &str) -> Option<HeaderValue> {
-    let mut joined = String::new();
-    for value in values.filter_map(|v| v.to_str().ok()) {
-        joined.push_str(value);
-        joined.push_str(", ");
+/// The field `name`: its readable values in `headers` joined with ", ", then `last`.
+fn appended(fields: &mut Fields, name: HeaderName, headers: &HeaderMap, last: &[u8]) {
+    fields.begin(name.as_str().as_bytes());
+    for value in headers.get_all(&name) {
+        if value.to_str().is_ok() {
+            fields.extend(value.as_bytes());
+            fields.extend(b", ");
+        }
     }
-    joined.push_str(last);
-    HeaderValue::from_str(&joined).ok()
+    fields.extend(last);
+    fields.end();
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -34,6 +34,8 @@ use hyper::body::{Body, Bytes};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
+use super::forward;
+
 /// At most this many header fields in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
 
@@ -42,6 +44,71 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// A read leaves at least this much room in the buffer.
 const READ_ROOM: usize = 8 * 1024;
+
+/// A request's header fields as written to a backend, then the body's framing and the
+/// head's end: built once per request ([`Fields::finish`]), written by each attempt
+/// after its request line.
+pub struct Fields {
+    bytes: Vec<u8>,
+    /// Whether the fields include `Host`.
+    host: bool,
+    /// Whether the body goes in chunks (it has no `Content-Length`).
+    chunked: bool,
+}
+
+impl Fields {
+    /// No fields yet, room for `bytes`.
+    pub fn with_capacity(bytes: usize) -> Fields {
+        Fields {
+            bytes: Vec::with_capacity(bytes),
+            host: false,
+            chunked: false,
+        }
+    }
+
+    /// Adds the field `name: value`.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.begin(name);
+        self.extend(value);
+        self.end();
+    }
+
+    /// Starts the field `name`; its value is [`extend`](Self::extend)ed, then
+    /// [`end`](Self::end)ed.
+    pub fn begin(&mut self, name: &[u8]) {
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(b": ");
+    }
+
+    /// Adds to the current field's value.
+    pub fn extend(&mut self, value: &[u8]) {
+        self.bytes.extend_from_slice(value);
+    }
+
+    /// Ends the current field.
+    pub fn end(&mut self) {
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
+    /// Adds the body's framing and ends the head: `transfer-encoding: chunked` for a
+    /// body without a length, `content-length: 0` for an empty one where the method
+    /// expects a body (as hyper's client does). `host`: whether a `Host` field is in.
+    pub fn finish(mut self, method: &Method, has_body: bool, host: bool, length: bool) -> Fields {
+        self.host = host;
+        self.chunked = has_body && !length;
+        if self.chunked {
+            self.bytes
+                .extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if !has_body
+            && !length
+            && matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+        {
+            self.bytes.extend_from_slice(b"content-length: 0\r\n");
+        }
+        self.bytes.extend_from_slice(b"\r\n");
+        self
+    }
+}
 
 /// One keep-alive connection to a backend.
 pub struct Conn {
@@ -91,12 +158,13 @@ impl Conn {
         }
     }
 
-    /// Writes `req` (its head, and its body as the backend reads it) and reads the
-    /// response's head; its body is read by the returned [`Reading`]. `req` stays the
+    /// Writes `req` (its request line, `fields`, and its body as the backend reads it)
+    /// and reads the response's head; its body is read by the returned [`Reading`]. `req` stays the
     /// caller's, for another connection if this one turns out stale.
     pub async fn exchange<B>(
         mut self: Box<Self>,
         req: &mut Request<B>,
+        fields: &Fields,
         target: &Authority,
     ) -> Result<(Response<()>, Reading), ExchangeError>
     where
@@ -104,7 +172,8 @@ impl Conn {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let reused = std::mem::replace(&mut self.reused, true);
-        let chunked = self.encode_head(req, target);
+        self.encode_head(req, fields, target);
+        let chunked = fields.chunked;
         let replayable = req.method().is_idempotent() && req.body().is_end_stream();
         let head = HeadRequest(req.method() == Method::HEAD);
         // The head first: a stale connection mostly fails here, before anything of the
@@ -165,10 +234,9 @@ impl Conn {
         }
     }
 
-    /// Writes the request head into `out`: origin form, HTTP/1.1, `Host` when the
-    /// client sent none (HTTP/1.0), and the body's framing. Returns whether the body is
-    /// sent in chunks (it has no `Content-Length`).
-    fn encode_head<B: Body>(&mut self, req: &Request<B>, target: &Authority) -> bool {
+    /// Writes the request head into `out`: the request line in origin form, HTTP/1.1,
+    /// `Host` when the client sent none (HTTP/1.0), then `fields`.
+    fn encode_head<B>(&mut self, req: &Request<B>, fields: &Fields, target: &Authority) {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -180,31 +248,12 @@ impl Conn {
             path.as_bytes()
         });
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let headers = req.headers();
-        if !headers.contains_key(header::HOST) {
+        if !fields.host {
             out.extend_from_slice(b"host: ");
             out.extend_from_slice(target.as_str().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        for (name, value) in headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        let has_body = !req.body().is_end_stream();
-        let length = headers.contains_key(header::CONTENT_LENGTH);
-        let chunked = has_body && !length;
-        if chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        } else if !has_body
-            && !length
-            && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
-        {
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        chunked
+        out.extend_from_slice(&fields.bytes);
     }
 
     /// Reads until a response head is complete (skipping interim 1xx ones), and says
@@ -390,6 +439,8 @@ fn parse_head(buf: &mut BytesMut, head: HeadRequest) -> io::Result<Option<Parsed
     let mut framing = Framing::Close;
     let (mut chunked, mut transfer, mut length) = (false, false, None::<u64>);
     let (mut close, mut keep) = (false, false);
+    // What `Connection` names besides the standard hop-by-hop fields (rare).
+    let mut named = Vec::new();
     for &[name_start, name_end, start, end] in &spans[..count] {
         let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
             .map_err(|_| invalid("invalid header name"))?;
@@ -403,6 +454,7 @@ fn parse_head(buf: &mut BytesMut, head: HeadRequest) -> io::Result<Option<Parsed
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
         } else if name == header::CONTENT_LENGTH {
             let n = std::str::from_utf8(value.as_bytes())
                 .ok()
@@ -418,8 +470,16 @@ fn parse_head(buf: &mut BytesMut, head: HeadRequest) -> io::Result<Option<Parsed
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+            forward::connection_named(&value, &mut named);
+            continue;
         }
-        headers.append(name, value);
+        // The fields about this connection stay on it (RFC 9110, section 7.6.1).
+        if forward::hop_by_hop(&name).is_none() {
+            headers.append(name, value);
+        }
+    }
+    for name in named {
+        headers.remove(name);
     }
     if head.0 || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         framing = Framing::Length(0);
@@ -430,7 +490,14 @@ fn parse_head(buf: &mut BytesMut, head: HeadRequest) -> io::Result<Option<Parsed
     } else if let Some(n) = length {
         framing = Framing::Length(n);
     }
+    // Both a coding and a length: the length is ignored (RFC 9112, section 6.3), and the
+    // connection, which a smuggled message may have desynchronized, is not reused.
+    let smuggled = transfer && length.is_some();
+    if smuggled {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let keep_alive = !matches!(framing, Framing::Close)
+        && !smuggled
         && match version {
             Version::HTTP_10 => keep && !close,
             _ => !close,

@@ -199,12 +199,16 @@ async fn handle(
     hop: &forward::Hop,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let (mut parts, body) = req.into_parts();
-    forward::request_headers(&mut parts.headers, hop);
+    let (parts, body) = req.into_parts();
     // The client's address is a hashing strategy's key (or its fallback); the other
     // strategies never read it, so their requests go without it.
     let hashing = inner.balance.pool().picker().is_hashing();
-    let resend = Resend::new(parts, body, hashing.then_some(peer));
+    let mut resend = Resend::new(
+        parts,
+        body,
+        hashing.then_some(peer),
+        |headers, method, has_body| forward::request_fields(headers, hop, method, has_body),
+    );
     let first = match &inner.sticky {
         Some(sticky) => sticky.clone().oneshot(resend.first()).await,
         None => inner.balance.clone().oneshot(resend.first()).await,

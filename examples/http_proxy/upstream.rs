@@ -33,7 +33,7 @@ use tower::Service;
 use tower_lb::balance::BoxError;
 
 use super::LOG_TARGET;
-use super::h1::{Conn, Reading};
+use super::h1::{Conn, Fields, Reading};
 
 /// How long one connect to a backend may take (and at most ¾ of `--timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -171,8 +171,10 @@ impl Upstream {
         target: &Authority,
         mut req: Request<Deferred>,
     ) -> Result<Response<UpstreamBody>, Failure> {
+        let shared = Arc::clone(&req.body().shared);
+        let fields = &shared.fields;
         while let Some(conn) = self.pools.take(target) {
-            match conn.exchange(&mut req, target).await {
+            match conn.exchange(&mut req, fields, target).await {
                 Ok((head, reading)) => return Ok(self.body(target, req, head, reading)),
                 Err(e) if e.stale => {
                     tracing::debug!(target: LOG_TARGET, error = %e.error, "a reused connection was closed; another one");
@@ -183,7 +185,7 @@ impl Upstream {
         let conn = connect(target, self.connect_timeout)
             .await
             .map_err(Failure::Connect)?;
-        match conn.exchange(&mut req, target).await {
+        match conn.exchange(&mut req, fields, target).await {
             Ok((head, reading)) => Ok(self.body(target, req, head, reading)),
             Err(e) => Err(Failure::Other(e.error)),
         }
@@ -378,7 +380,7 @@ struct BodySlot {
 /// on the first poll. While no backend has polled it, it is still in the slot, so a
 /// request whose connection failed or timed out can be sent again, body and all.
 pub struct Deferred {
-    slot: Arc<Mutex<BodySlot>>,
+    shared: Arc<Shared>,
     attempt: u32,
     body: Option<Incoming>,
     taken: bool,
@@ -386,8 +388,15 @@ pub struct Deferred {
     hint: SizeHint,
 }
 
-fn lock(slot: &Mutex<BodySlot>) -> std::sync::MutexGuard<'_, BodySlot> {
-    slot.lock().unwrap_or_else(|e| e.into_inner())
+/// What the attempts of one request share: the body's slot, and the header fields as
+/// every attempt writes them.
+struct Shared {
+    slot: Mutex<BodySlot>,
+    fields: Fields,
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, BodySlot> {
+    shared.slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Body for Deferred {
@@ -400,7 +409,7 @@ impl Body for Deferred {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if !self.taken {
             self.taken = true;
-            let mut slot = lock(&self.slot);
+            let mut slot = lock(&self.shared);
             if slot.attempt != self.attempt {
                 return Poll::Ready(Some(Err("the request body went to a later attempt".into())));
             }
@@ -432,48 +441,65 @@ impl Body for Deferred {
     }
 }
 
-/// What is needed to send a request again: its head, and its body's slot.
+/// What is needed to send a request again: its head (the header fields as written to
+/// a backend), and its body's slot.
 pub struct Resend {
     /// The request's method.
     pub method: Method,
     /// The request's URI.
     pub uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// The client's headers, for the first attempt's balancer keys (a hashing key, a
+    /// sticky cookie); later attempts go to a chosen backend and need none.
+    headers: Option<HeaderMap>,
     /// The client's address, for a hashing strategy's key (in each attempt's
     /// extensions); `None` when nothing reads it.
     peer: Option<SocketAddr>,
-    slot: Arc<Mutex<BodySlot>>,
+    shared: Arc<Shared>,
 }
 
 impl Resend {
-    pub fn new(parts: http::request::Parts, body: Incoming, peer: Option<SocketAddr>) -> Self {
+    /// A request to send, with its header fields as `fields` writes them.
+    pub fn new(
+        parts: http::request::Parts,
+        body: Incoming,
+        peer: Option<SocketAddr>,
+        fields: impl FnOnce(&HeaderMap, &Method, bool) -> Fields,
+    ) -> Self {
         let (empty, hint) = (body.is_end_stream(), body.size_hint());
+        let fields = fields(&parts.headers, &parts.method, !empty);
         Resend {
             method: parts.method,
             uri: parts.uri,
             version: parts.version,
-            headers: parts.headers,
+            headers: Some(parts.headers),
             peer,
-            slot: Arc::new(Mutex::new(BodySlot {
-                body: Some(body),
-                attempt: 1,
-                empty,
-                hint,
-            })),
+            shared: Arc::new(Shared {
+                slot: Mutex::new(BodySlot {
+                    body: Some(body),
+                    attempt: 1,
+                    empty,
+                    hint,
+                }),
+                fields,
+            }),
         }
     }
 
-    /// The request of the first attempt.
-    pub fn first(&self) -> Request<Deferred> {
-        let slot = lock(&self.slot);
-        self.request(&slot)
+    /// The request of the first attempt, with the client's headers.
+    pub fn first(&mut self) -> Request<Deferred> {
+        let mut req = {
+            let slot = lock(&self.shared);
+            self.request(&slot)
+        };
+        *req.headers_mut() = self.headers.take().unwrap_or_default();
+        req
     }
 
     /// The request of another attempt; `None` when an earlier attempt has (partly) sent
     /// the body, which cannot be sent again.
     pub fn again(&self) -> Option<Request<Deferred>> {
-        let mut slot = lock(&self.slot);
+        let mut slot = lock(&self.shared);
         if slot.body.is_none() && !slot.empty {
             return None;
         }
@@ -484,7 +510,7 @@ impl Resend {
 
     fn request(&self, slot: &BodySlot) -> Request<Deferred> {
         let body = Deferred {
-            slot: Arc::clone(&self.slot),
+            shared: Arc::clone(&self.shared),
             attempt: slot.attempt,
             body: None,
             taken: false,
@@ -495,7 +521,6 @@ impl Resend {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(peer);
         }

@@ -72,6 +72,15 @@ fn framings(head: &Head, _: u32) -> Option<&'static [u8]> {
         // A HEAD's answer says the length of a body it does not carry.
         ("HEAD", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
         (_, "/no-content") => b"HTTP/1.1 204 No Content\r\n\r\n",
+        // A field `Connection` names is about this connection only: not passed on.
+        (_, "/named") => {
+            b"HTTP/1.1 200 OK\r\nconnection: x-hop\r\nx-hop: 1\r\nx-kept: 2\r\ncontent-length: 2\r\n\r\nok"
+        }
+        // A coding and a length: the coding frames the body (the length is ignored),
+        // and the connection is not used again.
+        (_, "/both") => {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        }
         // HTTP/1.0, no length: the body ends with the connection.
         (_, "/until-close") => b"HTTP/1.0 200 OK\r\n\r\nuntil close",
         _ => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
@@ -108,8 +117,26 @@ async fn http_proxy_reads_every_framing_and_keeps_the_connection_when_it_may() -
             (answer.status, answer.body.as_str()),
             (StatusCode::NO_CONTENT, "")
         );
-        // Five answers, each framed so that the connection stays usable: one connection.
+        let answer = get(&client, proxy.addr, "/named", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok")
+        );
+        assert!(!answer.headers.contains_key("x-hop"));
+        assert_eq!(answer.headers["x-kept"], "2");
+        // Six answers, each framed so that the connection stays usable: one connection.
         assert_eq!(backend.connections(), 1);
+        let answer = get(&client, proxy.addr, "/both", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok")
+        );
+        let answer = get(&client, proxy.addr, "/", &[]).await?;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok\n")
+        );
+        assert_eq!(backend.connections(), 2);
         let answer = get(&client, proxy.addr, "/until-close", &[]).await?;
         assert_eq!(
             (answer.status, answer.body.as_str()),
@@ -120,8 +147,8 @@ async fn http_proxy_reads_every_framing_and_keeps_the_connection_when_it_may() -
             (answer.status, answer.body.as_str()),
             (StatusCode::OK, "ok\n")
         );
-        // The body up to the close used the connection up: a second one.
-        assert_eq!(backend.connections(), 2);
+        // The body up to the close used the connection up: a third one.
+        assert_eq!(backend.connections(), 3);
         proxy.shutdown().await
     })
     .await
