@@ -76,29 +76,68 @@ impl Hop {
 /// the client (`hop`) added as one more hop, then the body's framing ([`Fields`]). The
 /// request's `HeaderMap` itself is left as the client sent it, for the balancer's keys.
 pub fn request_fields(headers: &HeaderMap, hop: &Hop, method: &Method, has_body: bool) -> Fields {
-    let mut named = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        connection_named(value, &mut named);
-    }
     let mut fields = Fields::with_capacity(64 * (headers.len() + 3));
+    // One pass over the fields, which notes what the forwarding fields need; a second
+    // only when `Connection` names more fields to leave out (rare).
+    let mut seen = written(&mut fields, headers, &[]);
+    if seen.named_more {
+        let mut named = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            connection_named(value, &mut named);
+        }
+        fields = Fields::with_capacity(64 * (headers.len() + 3));
+        seen = written(&mut fields, headers, &named);
+    }
+    add_forwarding(&mut fields, headers, hop, &seen);
+    fields.finish(method, has_body, seen.host.is_some(), seen.length)
+}
+
+/// What [`written`] saw of the client's fields.
+struct Seen<'a> {
+    host: Option<&'a HeaderValue>,
+    length: bool,
+    x_forwarded_for: bool,
+    forwarded: bool,
+    /// `Connection` names fields beyond the standard hop-by-hop ones.
+    named_more: bool,
+}
+
+/// Writes the fields of `headers` that go on as they are: not hop-by-hop, not named in
+/// `named`, not a forwarding field (those are written after them).
+fn written<'a>(fields: &mut Fields, headers: &'a HeaderMap, named: &[HeaderName]) -> Seen<'a> {
+    let mut seen = Seen {
+        host: None,
+        length: false,
+        x_forwarded_for: false,
+        forwarded: false,
+        named_more: false,
+    };
     for (name, value) in headers {
-        if hop_by_hop(name).is_some()
-            || *name == X_FORWARDED_FOR
-            || *name == X_FORWARDED_PROTO
-            || *name == header::FORWARDED
-            || named.contains(name)
-        {
+        if let Some(i) = hop_by_hop(name) {
+            // `connection` is the first of them.
+            if i == 0 && !seen.named_more {
+                let mut more = Vec::new();
+                connection_named(value, &mut more);
+                seen.named_more = !more.is_empty();
+            }
+            continue;
+        }
+        if *name == header::HOST {
+            seen.host = Some(value);
+        } else if *name == header::CONTENT_LENGTH {
+            seen.length = true;
+        } else if *name == X_FORWARDED_FOR {
+            seen.x_forwarded_for = true;
+            continue;
+        } else if *name == header::FORWARDED {
+            seen.forwarded = true;
+            continue;
+        } else if *name == X_FORWARDED_PROTO || named.contains(name) {
             continue;
         }
         fields.push(name.as_str().as_bytes(), value.as_bytes());
     }
-    add_forwarding(&mut fields, headers, hop);
-    fields.finish(
-        method,
-        has_body,
-        headers.contains_key(header::HOST),
-        headers.contains_key(header::CONTENT_LENGTH),
-    )
+    seen
 }
 
 /// The backend's response as the client gets it (its hop-by-hop fields were left out
@@ -151,11 +190,18 @@ pub fn connection_named(value: &HeaderValue, into: &mut Vec<HeaderName>) {
 /// Adds `x-forwarded-for` (appended to any earlier hops), `x-forwarded-proto` and the
 /// standard `forwarded` (RFC 7239), each after the values the client sent (those it
 /// can read as text).
-fn add_forwarding(fields: &mut Fields, headers: &HeaderMap, hop: &Hop) {
-    appended(fields, X_FORWARDED_FOR, headers, hop.ip.as_bytes());
+fn add_forwarding(fields: &mut Fields, headers: &HeaderMap, hop: &Hop, seen: &Seen<'_>) {
+    let ip = hop.ip.as_bytes();
+    match seen.x_forwarded_for {
+        true => appended(fields, X_FORWARDED_FOR, headers, ip),
+        false => fields.push(X_FORWARDED_FOR.as_str().as_bytes(), ip),
+    }
     fields.push(X_FORWARDED_PROTO.as_str().as_bytes(), hop.proto.as_bytes());
-    match hop.element(headers.get(header::HOST)) {
-        Some(element) => appended(fields, header::FORWARDED, headers, element.as_bytes()),
+    match hop.element(seen.host) {
+        Some(element) if seen.forwarded => {
+            appended(fields, header::FORWARDED, headers, element.as_bytes());
+        }
+        Some(element) => fields.push(b"forwarded", element.as_bytes()),
         // Without an element for this hop (an unreadable host, say) the header is left
         // as it came.
         None => {

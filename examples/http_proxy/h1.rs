@@ -465,12 +465,18 @@ fn parse_head(buf: &mut BytesMut, head: HeadRequest) -> io::Result<Option<Parsed
             }
             length = Some(n);
         } else if name == header::CONNECTION {
+            let mut more = false;
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep |= token.eq_ignore_ascii_case(b"keep-alive");
+                let (c, k) = (
+                    token.eq_ignore_ascii_case(b"close"),
+                    token.eq_ignore_ascii_case(b"keep-alive"),
+                );
+                (close, keep, more) = (close | c, keep | k, more | !(c || k || token.is_empty()));
             }
-            forward::connection_named(&value, &mut named);
+            if more {
+                forward::connection_named(&value, &mut named);
+            }
             continue;
         }
         // The fields about this connection stay on it (RFC 9110, section 7.6.1).

@@ -210,11 +210,13 @@ async fn handle(
         |headers, method, has_body| forward::request_fields(headers, hop, method, has_body),
     );
     let first = match &inner.sticky {
-        Some(sticky) => sticky.clone().oneshot(resend.first()).await,
+        // Boxed: its future is larger than the plain path's, which it would enlarge.
+        Some(sticky) => Box::pin(sticky.clone().oneshot(resend.first())).await,
         None => inner.balance.clone().oneshot(resend.first()).await,
     };
     let result = match first {
-        Err(e) if may_retry(&e, &resend.method) => retry(inner, &resend, e).await,
+        // Boxed: a retry is rare, and its future would double the size of every request's.
+        Err(e) if may_retry(&e, &resend.method) => Box::pin(retry(inner, &resend, e)).await,
         other => other,
     };
     match result {

@@ -20,9 +20,10 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::HeaderMap;
 use http::uri::Authority;
@@ -87,47 +88,54 @@ impl Upstream {
     }
 }
 
-/// An idle connection, and since when it has been idle.
+/// An idle connection, and since which sweep it has been idle (a count, where a clock
+/// read would cost each request two).
 struct Idle {
     conn: Box<Conn>,
-    since: Instant,
+    since: u32,
 }
 
 /// The idle connections of each backend, the last one returned on top (it is the
 /// likeliest to be ready and its buffers warm). Keyed by the authority's text: hashing
 /// an `Authority` feeds the hasher a byte at a time (it lowercases each), which cost
 /// more than the rest of the pool's work; the balancer hands over the same text for a
-/// backend every time.
+/// backend every time. Hashed with foldhash (what hashbrown uses), not SipHash: the
+/// text is ours, not an attacker's to choose, and SipHash was half the cost of a lookup.
 #[derive(Default)]
 struct Pools {
-    idle: Mutex<HashMap<Box<str>, Vec<Idle>>>,
+    idle: Mutex<IdleMap>,
+    /// Sweeps so far.
+    sweeps: AtomicU32,
 }
 
+type IdleMap = HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>;
+
 impl Pools {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle connection to `target` that is still open and young enough.
+    /// An idle connection to `target` that is still open (the sweep closes the old).
     fn take(&self, target: &Authority) -> Option<Box<Conn>> {
         let mut idle = self.lock();
         let list = idle.get_mut(target.as_str())?;
-        while let Some(Idle { conn, since }) = list.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && conn.is_open() {
+        while let Some(Idle { conn, .. }) = list.pop() {
+            if conn.is_open() {
                 return Some(conn);
             }
         }
         None
     }
 
-    /// Closes the idle connections the backend closed (or that are too old). Nothing
-    /// reads an idle connection, so without this a backend's close would leave it
-    /// half-closed until a request took it.
+    /// Closes the idle connections the backend closed, and those idle for
+    /// [`IDLE_TIMEOUT`]. Nothing reads an idle connection, so without this a backend's
+    /// close would leave it half-closed until a request took it.
     fn sweep(&self) {
-        let now = Instant::now();
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let oldest = (IDLE_TIMEOUT.as_millis() / SWEEP.as_millis()) as u32;
         let mut idle = self.lock();
         for list in idle.values_mut() {
-            list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_open());
+            list.retain(|i| now.wrapping_sub(i.since) < oldest && i.conn.is_open());
         }
     }
 
@@ -141,7 +149,7 @@ impl Pools {
         if list.len() < MAX_IDLE {
             list.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: self.sweeps.load(Ordering::Relaxed),
             });
         }
     }
@@ -165,35 +173,36 @@ async fn connect(target: &Authority, within: Duration) -> io::Result<Box<Conn>> 
 impl Upstream {
     /// Sends `req` to its URI's authority on an idle connection, or a new one when none
     /// is idle (or the idle ones turn out closed before anything was answered, and the
-    /// request may go again).
+    /// request may go again); returns the response head, and its body being read. `req`
+    /// is borrowed, not moved: the futures here stay small, and moving them costs less.
     async fn send(
         &self,
         target: &Authority,
-        mut req: Request<Deferred>,
-    ) -> Result<Response<UpstreamBody>, Failure> {
+        req: &mut Request<Deferred>,
+    ) -> Result<(Response<()>, Reading), Failure> {
         let shared = Arc::clone(&req.body().shared);
         let fields = &shared.fields;
         while let Some(conn) = self.pools.take(target) {
-            match conn.exchange(&mut req, fields, target).await {
-                Ok((head, reading)) => return Ok(self.body(target, req, head, reading)),
+            match conn.exchange(req, fields, target).await {
+                Ok(exchanged) => return Ok(exchanged),
                 Err(e) if e.stale => {
                     tracing::debug!(target: LOG_TARGET, error = %e.error, "a reused connection was closed; another one");
                 }
                 Err(e) => return Err(Failure::Other(e.error)),
             }
         }
-        let conn = connect(target, self.connect_timeout)
+        // Boxed: a connect's future is large, and rare on keep-alive connections.
+        let conn = Box::pin(connect(target, self.connect_timeout))
             .await
             .map_err(Failure::Connect)?;
-        match conn.exchange(&mut req, fields, target).await {
-            Ok((head, reading)) => Ok(self.body(target, req, head, reading)),
-            Err(e) => Err(Failure::Other(e.error)),
-        }
+        conn.exchange(req, fields, target)
+            .await
+            .map_err(|e| Failure::Other(e.error))
     }
 
     fn body(
         &self,
-        target: &Authority,
+        target: Authority,
         req: Request<Deferred>,
         head: Response<()>,
         reading: Reading,
@@ -203,7 +212,7 @@ impl Upstream {
         head.map(|()| UpstreamBody {
             reading,
             request,
-            target: target.clone(),
+            target,
             pools: Arc::clone(&self.pools),
         })
     }
@@ -282,7 +291,8 @@ impl Service<Request<Deferred>> for Upstream {
 
     fn call(&mut self, req: Request<Deferred>) -> UpstreamFuture {
         let upstream = self.clone();
-        let f = async move {
+        Box::pin(async move {
+            let mut req = req;
             let Some(target) = req.uri().authority().cloned() else {
                 return Err(UpstreamError {
                     target: None,
@@ -293,18 +303,19 @@ impl Service<Request<Deferred>> for Upstream {
                 });
             };
             // On time-out the request is dropped: its connection, if any, is closed.
-            let failure =
-                match tokio::time::timeout(upstream.timeout, upstream.send(&target, req)).await {
-                    Ok(Ok(response)) => return Ok(response),
-                    Ok(Err(failure)) => failure,
-                    Err(_) => Failure::TimedOut(upstream.timeout),
-                };
+            let sent = tokio::time::timeout(upstream.timeout, upstream.send(&target, &mut req));
+            let failure = match sent.await {
+                Ok(Ok((head, reading))) => {
+                    return Ok(upstream.body(target, req, head, reading));
+                }
+                Ok(Err(failure)) => failure,
+                Err(_) => Failure::TimedOut(upstream.timeout),
+            };
             Err(UpstreamError {
                 target: Some(target),
                 failure,
             })
-        };
-        Box::pin(f)
+        })
     }
 }
 
