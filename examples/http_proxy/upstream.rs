@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use http::header::HeaderMap;
 use http::uri::Authority;
 use http::{Method, Request, Response, Uri, Version};
@@ -179,25 +181,34 @@ impl Upstream {
         &self,
         target: &Authority,
         req: &mut Request<Deferred>,
+        deadline: Instant,
     ) -> Result<(Response<()>, Reading), Failure> {
         let shared = Arc::clone(&req.body().shared);
         let fields = &shared.fields;
         while let Some(conn) = self.pools.take(target) {
-            match conn.exchange(req, fields, target).await {
+            match conn.exchange(req, fields, target, deadline).await {
                 Ok(exchanged) => return Ok(exchanged),
                 Err(e) if e.stale => {
                     tracing::debug!(target: LOG_TARGET, error = %e.error, "a reused connection was closed; another one");
                 }
-                Err(e) => return Err(Failure::Other(e.error)),
+                Err(e) => return Err(self.failure(e.error)),
             }
         }
         // Boxed: a connect's future is large, and rare on keep-alive connections.
         let conn = Box::pin(connect(target, self.connect_timeout))
             .await
             .map_err(Failure::Connect)?;
-        conn.exchange(req, fields, target)
+        conn.exchange(req, fields, target, deadline)
             .await
-            .map_err(|e| Failure::Other(e.error))
+            .map_err(|e| self.failure(e.error))
+    }
+
+    /// A failed exchange's failure: its deadline passed, or another error.
+    fn failure(&self, error: io::Error) -> Failure {
+        match error.kind() {
+            io::ErrorKind::TimedOut => Failure::TimedOut(self.timeout),
+            _ => Failure::Other(error),
+        }
     }
 
     fn body(
@@ -302,14 +313,13 @@ impl Service<Request<Deferred>> for Upstream {
                     )),
                 });
             };
-            // On time-out the request is dropped: its connection, if any, is closed.
-            let sent = tokio::time::timeout(upstream.timeout, upstream.send(&target, &mut req));
-            let failure = match sent.await {
-                Ok(Ok((head, reading))) => {
-                    return Ok(upstream.body(target, req, head, reading));
-                }
-                Ok(Err(failure)) => failure,
-                Err(_) => Failure::TimedOut(upstream.timeout),
+            // The attempt's deadline: its connect gets at most three quarters of the
+            // time-out (`connect_timeout`), its exchange the rest. On time-out the
+            // connection is closed.
+            let deadline = Instant::now() + upstream.timeout;
+            let failure = match upstream.send(&target, &mut req, deadline).await {
+                Ok((head, reading)) => return Ok(upstream.body(target, req, head, reading)),
+                Err(failure) => failure,
             };
             Err(UpstreamError {
                 target: Some(target),

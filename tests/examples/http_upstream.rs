@@ -227,3 +227,57 @@ async fn http_proxy_sends_a_get_again_when_its_reused_connection_was_closed_but_
     })
     .await
 }
+
+#[tokio::test]
+async fn http_proxy_gives_each_request_on_a_reused_connection_its_own_deadline() -> Result<(), Error>
+{
+    bounded(async {
+        // Each answer takes 250 ms and the time-out is 400 ms: the alarm set for the
+        // first request on the connection rings during the second, which still has
+        // 150 ms to go, and must not end it.
+        let slow =
+            support::backend::HttpBackend::start_with_delay("slow", Duration::from_millis(250))
+                .await?;
+        let proxy = HttpProxy::start(&["--timeout", "0.4"], &[&slow]).await?;
+        let client = http_client();
+        for i in 0..4 {
+            let answer = get(&client, proxy.addr, "/", &[]).await?;
+            assert_eq!(answer.status, StatusCode::OK, "request {i}");
+        }
+        proxy.shutdown().await?;
+
+        // The first request is answered, the second never: after the connection sat
+        // idle past the first one's alarm, the second still times out after 300 ms.
+        let hanging = Counting::start(|stream: TcpStream| async move {
+            let mut stream = BufReader::new(stream);
+            if read_request(&mut stream).await.is_none() {
+                return;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+            if stream.get_mut().write_all(answer).await.is_err() {
+                return;
+            }
+            if read_request(&mut stream).await.is_some() {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+        .await?;
+        let proxy = HttpProxy::start_addrs(&["--timeout", "0.3"], &[hanging.addr]).await?;
+        assert_eq!(
+            get(&client, proxy.addr, "/", &[]).await?.status,
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let answer = get(&client, proxy.addr, "/", &[]).await?;
+        let took = started.elapsed();
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(hanging.connections(), 1);
+        proxy.shutdown().await
+    })
+    .await
+}
