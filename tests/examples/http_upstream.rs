@@ -72,6 +72,9 @@ fn framings(head: &Head, _: u32) -> Option<&'static [u8]> {
         // A HEAD's answer says the length of a body it does not carry.
         ("HEAD", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
         (_, "/no-content") => b"HTTP/1.1 204 No Content\r\n\r\n",
+        // A value with obs-text (a Latin-1 byte), and names in another case: passed
+        // on as they are.
+        (_, "/obs-text") => b"HTTP/1.1 200 OK\r\nX-Note: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
         // A field `Connection` names is about this connection only: not passed on.
         (_, "/named") => {
             b"HTTP/1.1 200 OK\r\nconnection: x-hop\r\nx-hop: 1\r\nx-kept: 2\r\ncontent-length: 2\r\n\r\nok"
@@ -117,6 +120,14 @@ async fn http_proxy_reads_every_framing_and_keeps_the_connection_when_it_may() -
             (answer.status, answer.body.as_str()),
             (StatusCode::NO_CONTENT, "")
         );
+        for _ in 0..2 {
+            let answer = get(&client, proxy.addr, "/obs-text", &[]).await?;
+            assert_eq!(
+                (answer.status, answer.body.as_str()),
+                (StatusCode::OK, "ok")
+            );
+            assert_eq!(answer.headers["x-note"].as_bytes(), b"caf\xe9");
+        }
         let answer = get(&client, proxy.addr, "/named", &[]).await?;
         assert_eq!(
             (answer.status, answer.body.as_str()),
@@ -124,7 +135,7 @@ async fn http_proxy_reads_every_framing_and_keeps_the_connection_when_it_may() -
         );
         assert!(!answer.headers.contains_key("x-hop"));
         assert_eq!(answer.headers["x-kept"], "2");
-        // Six answers, each framed so that the connection stays usable: one connection.
+        // Eight answers, each framed so that the connection stays usable: one connection.
         assert_eq!(backend.connections(), 1);
         let answer = get(&client, proxy.addr, "/both", &[]).await?;
         assert_eq!(
