@@ -19,7 +19,10 @@
 //!   refused or hanging connect is retried once on another backend, whatever the
 //!   method: nothing was sent. A time-out is retried once on another backend for an
 //!   idempotent method (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose body, if any, was
-//!   not yet sent; otherwise the client gets 504. Other backend errors are 502. Every
+//!   not yet sent; otherwise the client gets 504. Other backend errors (a reset, a
+//!   malformed answer) are 502. A kept-alive connection the backend closed just as the
+//!   request went out is replaced by a new one when the request may go again (nothing
+//!   of it was written, or it is idempotent with no body): not a failure. Every
 //!   failed attempt — refused, timed out, 5xx — counts as a failure for the backend's
 //!   passive health (five in a row eject it); `--health-path` adds active probes.
 //! - **Clients.** A client has `--header-timeout` seconds (default 10) to send a
@@ -33,7 +36,8 @@
 //!   the message names it, the exit code is 2.
 //!
 //! The core lives in `proxy.rs` and the files it declares beside it (`cli.rs`, `tls.rs`,
-//! `upstream.rs`, `forward.rs`, `serve.rs`); `tests/examples/` runs it on loopback.
+//! `upstream.rs`, `h1.rs`, `forward.rs`, `serve.rs`); `tests/examples/` runs it on
+//! loopback.
 
 // With `#[path]` (as in tests/examples/) a module file finds its own modules beside
 // it: `proxy.rs`'s `mod cli;` is `cli.rs` in this folder, in both builds.

@@ -59,6 +59,24 @@ async fn scripted(answer: fn(&Head, u32) -> Option<&'static [u8]>) -> Result<Cou
     .await
 }
 
+/// `GET path` through the proxy at `addr`, which must answer `status` with `body`; the
+/// answer, for more checks.
+async fn expect(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    status: StatusCode,
+    body: &str,
+) -> Result<Answer, Error> {
+    let answer = get(client, addr, path, &[]).await?;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (status, body),
+        "GET {path}"
+    );
+    Ok(answer)
+}
+
 fn framings(head: &Head, _: u32) -> Option<&'static [u8]> {
     Some(match (head.method.as_str(), head.path.as_str()) {
         // Chunks with an extension, then a trailer the proxy drops.
@@ -97,17 +115,16 @@ async fn http_proxy_reads_every_framing_and_keeps_the_connection_when_it_may() -
         let backend = scripted(framings).await?;
         let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
         let client = http_client();
-        let answer = get(&client, proxy.addr, "/chunked", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "hello world")
-        );
+        let answer = expect(
+            &client,
+            proxy.addr,
+            "/chunked",
+            StatusCode::OK,
+            "hello world",
+        )
+        .await?;
         assert!(!answer.headers.contains_key("x-trailer"));
-        let answer = get(&client, proxy.addr, "/interim", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "ok")
-        );
+        let answer = expect(&client, proxy.addr, "/interim", StatusCode::OK, "ok").await?;
         assert!(!answer.headers.contains_key("link"));
         let head = client
             .request(Request::head(format!("http://{}/", proxy.addr)).body(Empty::<Bytes>::new())?)
@@ -115,49 +132,35 @@ async fn http_proxy_reads_every_framing_and_keeps_the_connection_when_it_may() -
         assert_eq!(head.status(), StatusCode::OK);
         assert_eq!(head.headers()["content-length"], "100");
         assert!(head.into_body().collect().await?.to_bytes().is_empty());
-        let answer = get(&client, proxy.addr, "/no-content", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::NO_CONTENT, "")
-        );
+        expect(
+            &client,
+            proxy.addr,
+            "/no-content",
+            StatusCode::NO_CONTENT,
+            "",
+        )
+        .await?;
         for _ in 0..2 {
-            let answer = get(&client, proxy.addr, "/obs-text", &[]).await?;
-            assert_eq!(
-                (answer.status, answer.body.as_str()),
-                (StatusCode::OK, "ok")
-            );
+            let answer = expect(&client, proxy.addr, "/obs-text", StatusCode::OK, "ok").await?;
             assert_eq!(answer.headers["x-note"].as_bytes(), b"caf\xe9");
         }
-        let answer = get(&client, proxy.addr, "/named", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "ok")
-        );
+        let answer = expect(&client, proxy.addr, "/named", StatusCode::OK, "ok").await?;
         assert!(!answer.headers.contains_key("x-hop"));
         assert_eq!(answer.headers["x-kept"], "2");
         // Eight answers, each framed so that the connection stays usable: one connection.
         assert_eq!(backend.connections(), 1);
-        let answer = get(&client, proxy.addr, "/both", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "ok")
-        );
-        let answer = get(&client, proxy.addr, "/", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "ok\n")
-        );
+        expect(&client, proxy.addr, "/both", StatusCode::OK, "ok").await?;
+        expect(&client, proxy.addr, "/", StatusCode::OK, "ok\n").await?;
         assert_eq!(backend.connections(), 2);
-        let answer = get(&client, proxy.addr, "/until-close", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "until close")
-        );
-        let answer = get(&client, proxy.addr, "/", &[]).await?;
-        assert_eq!(
-            (answer.status, answer.body.as_str()),
-            (StatusCode::OK, "ok\n")
-        );
+        expect(
+            &client,
+            proxy.addr,
+            "/until-close",
+            StatusCode::OK,
+            "until close",
+        )
+        .await?;
+        expect(&client, proxy.addr, "/", StatusCode::OK, "ok\n").await?;
         // The body up to the close used the connection up: a third one.
         assert_eq!(backend.connections(), 3);
         proxy.shutdown().await
