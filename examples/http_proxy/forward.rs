@@ -122,8 +122,11 @@ fn written<'a>(fields: &mut Fields, headers: &'a HeaderMap, named: &[HeaderName]
             }
             continue;
         }
+        if named.contains(name) {
+            continue;
+        }
         if *name == header::HOST {
-            seen.host = Some(value);
+            seen.host = seen.host.or(Some(value));
         } else if *name == header::CONTENT_LENGTH {
             seen.length = true;
         } else if *name == X_FORWARDED_FOR {
@@ -132,7 +135,7 @@ fn written<'a>(fields: &mut Fields, headers: &'a HeaderMap, named: &[HeaderName]
         } else if *name == header::FORWARDED {
             seen.forwarded = true;
             continue;
-        } else if *name == X_FORWARDED_PROTO || named.contains(name) {
+        } else if *name == X_FORWARDED_PROTO {
             continue;
         }
         fields.push(name.as_str().as_bytes(), value.as_bytes());

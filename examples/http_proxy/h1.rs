@@ -230,7 +230,8 @@ impl Conn {
         let reused = std::mem::replace(&mut self.reused, true);
         self.encode_head(req, fields, target);
         let chunked = fields.chunked;
-        let replayable = req.method().is_idempotent() && req.body().is_end_stream();
+        // Go's `isReplayable`: a safe method (GET, HEAD, OPTIONS, TRACE) without a body.
+        let replayable = req.method().is_safe() && req.body().is_end_stream();
         let head = HeadRequest(req.method() == Method::HEAD);
         // The head first: a stale connection mostly fails here, before anything of the
         // request (or its body) is gone.
@@ -255,8 +256,9 @@ impl Conn {
         self.out.clear();
         if let Err(error) = written {
             return Err(ExchangeError {
+                // A write that timed out is no sign of a closed connection.
+                stale: reused && error.kind() != io::ErrorKind::TimedOut,
                 error,
-                stale: reused,
             });
         }
         let mut sending = (!req.body().is_end_stream()).then_some(Sending {
@@ -295,17 +297,42 @@ impl Conn {
         })
         .await;
         match parsed {
-            Ok((response, framing, keep_alive)) => Ok((
-                response,
-                Reading {
-                    conn: Some(self),
-                    sending,
-                    framing,
-                    keep_alive: keep_alive && !broken,
-                },
-            )),
+            Ok((response, framing, keep_alive)) => {
+                // An answer before the whole request body went out: an error, or a
+                // backend closing the connection, does not want the rest (RFC 9112,
+                // section 9.5), which is cut off with the connection; any other goes
+                // on receiving it while its response is read, and its response ends
+                // only once the body is sent.
+                let mut keep_alive = keep_alive && !broken;
+                if sending.is_some()
+                    && (!keep_alive
+                        || response.status().is_client_error()
+                        || response.status().is_server_error())
+                {
+                    sending = None;
+                    keep_alive = false;
+                }
+                Ok((
+                    response,
+                    Reading {
+                        conn: Some(self),
+                        sending,
+                        framing,
+                        keep_alive,
+                    },
+                ))
+            }
             Err(error) => Err(ExchangeError {
-                stale: reused && replayable && error.kind() == io::ErrorKind::UnexpectedEof,
+                // Linux reports a peer's close under a request as a reset as often as
+                // an end of stream.
+                stale: reused
+                    && replayable
+                    && matches!(
+                        error.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                    ),
                 error,
             }),
         }
@@ -549,9 +576,11 @@ fn parse_head(
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             continue;
         } else if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(value.as_bytes())
+            let digits = value.as_bytes();
+            let n = std::str::from_utf8(digits)
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|_| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| invalid("invalid content-length"))?;
             if length.is_some_and(|m| m != n) {
                 return Err(invalid("conflicting content-length"));
@@ -628,8 +657,9 @@ pub enum Chunk {
     Data(u64),
     /// After a chunk's data, before its CRLF.
     DataEnd,
-    /// After the last chunk: trailer fields (dropped) up to an empty line.
-    Trailers,
+    /// After the last chunk: trailer fields (dropped, this many bytes so far) up to an
+    /// empty line.
+    Trailers(usize),
     /// The body ended.
     Done,
 }
@@ -647,10 +677,15 @@ pub struct Reading {
 impl Reading {
     /// Whether the response body has ended.
     pub fn ended(&self) -> bool {
+        self.conn.is_none() || self.framed_end()
+    }
+
+    /// Whether the response body's framing has ended.
+    fn framed_end(&self) -> bool {
         matches!(
             self.framing,
             Framing::Length(0) | Framing::Chunked(Chunk::Done)
-        ) || self.conn.is_none()
+        )
     }
 
     /// Whether the request's body is still being written.
@@ -666,14 +701,23 @@ impl Reading {
         }
     }
 
-    /// The connection, if the exchange ended cleanly and it may carry another request.
-    pub fn finish(&mut self) -> Option<Box<Conn>> {
-        let reusable = self.keep_alive
-            && self.sending.is_none()
-            && self.ended()
-            && self.conn.as_ref().is_some_and(|c| c.buf.is_empty());
-        let conn = self.conn.take();
-        reusable.then_some(conn).flatten()
+    /// What becomes of the connection now that the response is read (or abandoned).
+    pub fn finish(&mut self) -> Finish {
+        let Some(conn) = self.conn.take() else {
+            return Finish::Close;
+        };
+        if !self.framed_end() || !conn.buf.is_empty() {
+            return Finish::Close;
+        }
+        match self.sending.take() {
+            None if self.keep_alive => Finish::Reuse(conn),
+            None => Finish::Close,
+            Some(sending) => Finish::SendRest(RestOfBody {
+                conn,
+                sending,
+                keep_alive: self.keep_alive,
+            }),
+        }
     }
 
     /// The next piece of the body; `None` at its end.
@@ -718,11 +762,15 @@ impl Reading {
                     return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
                 }
                 Framing::Chunked(chunk) => match *chunk {
+                    // httparse takes a line without digits for size 0 (the end).
+                    Chunk::Size if conn.buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                        return Poll::Ready(Some(Err(invalid("invalid chunk size"))));
+                    }
                     Chunk::Size => match httparse::parse_chunk_size(&conn.buf) {
                         Ok(httparse::Status::Complete((used, size))) => {
                             conn.buf.advance(used);
                             *chunk = if size == 0 {
-                                Chunk::Trailers
+                                Chunk::Trailers(0)
                             } else {
                                 Chunk::Data(size)
                             };
@@ -754,12 +802,18 @@ impl Reading {
                             return Poll::Ready(Some(Err(invalid("a chunk without its CRLF"))));
                         }
                     }
-                    Chunk::Trailers => match conn.buf.windows(2).position(|w| w == b"\r\n") {
+                    Chunk::Trailers(seen) => match conn.buf.windows(2).position(|w| w == b"\r\n") {
                         Some(0) => {
                             conn.buf.advance(2);
                             *chunk = Chunk::Done;
                         }
-                        Some(line) => conn.buf.advance(line + 2),
+                        Some(_) if seen >= MAX_HEAD => {
+                            return Poll::Ready(Some(Err(invalid("the trailers are too long"))));
+                        }
+                        Some(line) => {
+                            conn.buf.advance(line + 2);
+                            *chunk = Chunk::Trailers(seen + line + 2);
+                        }
                         None => {
                             ready!(fill_more(conn, cx))?;
                         }
@@ -768,6 +822,37 @@ impl Reading {
                 },
             }
         }
+    }
+}
+
+/// What becomes of a connection once its response is read: see [`Reading::finish`].
+pub enum Finish {
+    /// Back to the pool.
+    Reuse(Box<Conn>),
+    /// The response ended before the request's body was all sent: the rest goes on
+    /// being sent ([`RestOfBody::send`]), and then the connection may be reused.
+    SendRest(RestOfBody),
+    /// Closed.
+    Close,
+}
+
+/// The rest of a request body whose response came before it was all sent (a backend
+/// that answers as soon as it has the head, then reads the upload).
+pub struct RestOfBody {
+    conn: Box<Conn>,
+    sending: Sending,
+    keep_alive: bool,
+}
+
+impl RestOfBody {
+    /// Sends the rest of `body`; the connection, if it may then be reused.
+    pub async fn send<B>(mut self, mut body: B) -> Option<Box<Conn>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let sent = poll_fn(|cx| self.sending.poll_send(&mut self.conn, &mut body, cx)).await;
+        (sent.is_ok() && self.keep_alive && self.conn.buf.is_empty()).then_some(self.conn)
     }
 }
 

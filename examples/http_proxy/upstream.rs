@@ -36,7 +36,7 @@ use tower::Service;
 use tower_lb::balance::BoxError;
 
 use super::LOG_TARGET;
-use super::h1::{Conn, Fields, Reading};
+use super::h1::{Conn, Fields, Finish, Reading};
 
 /// How long one connect to a backend may take (and at most ¾ of `--timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -136,9 +136,11 @@ impl Pools {
         let now = self.sweeps.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let oldest = (IDLE_TIMEOUT.as_millis() / SWEEP.as_millis()) as u32;
         let mut idle = self.lock();
-        for list in idle.values_mut() {
+        idle.retain(|_, list| {
             list.retain(|i| now.wrapping_sub(i.since) < oldest && i.conn.is_open());
-        }
+            // A backend with none left loses its entry (it may be gone for good).
+            !list.is_empty()
+        });
     }
 
     /// Puts a connection whose exchange ended cleanly back.
@@ -185,11 +187,14 @@ impl Upstream {
     ) -> Result<(Response<()>, Reading), Failure> {
         let shared = Arc::clone(&req.body().shared);
         let fields = &shared.fields;
-        while let Some(conn) = self.pools.take(target) {
+        if let Some(conn) = self.pools.take(target) {
             match conn.exchange(req, fields, target, deadline).await {
                 Ok(exchanged) => return Ok(exchanged),
+                // Once only, and then on a new connection: a backend that closes
+                // without answering because of the request itself gets it twice at
+                // most, never once per idle connection.
                 Err(e) if e.stale => {
-                    tracing::debug!(target: LOG_TARGET, error = %e.error, "a reused connection was closed; another one");
+                    tracing::debug!(target: LOG_TARGET, error = %e.error, "a reused connection was closed; a new one");
                 }
                 Err(e) => return Err(self.failure(e.error)),
             }
@@ -259,10 +264,8 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         let polled = this.reading.poll_data(this.request.as_mut(), cx);
-        if let Poll::Ready(None) = polled
-            && let Some(conn) = this.reading.finish()
-        {
-            this.pools.put(&this.target, conn);
+        if let Poll::Ready(None) = polled {
+            this.finish();
         }
         polled.map(|data| data.map(|data| data.map(Frame::data)))
     }
@@ -279,11 +282,33 @@ impl Body for UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    /// Puts the connection back once the response is read, or closes it; when the
+    /// response came before the request's body was all sent, a task sends the rest
+    /// first (hyper's server never polls an empty response body, so it cannot be done
+    /// from here).
+    fn finish(&mut self) {
+        match self.reading.finish() {
+            Finish::Reuse(conn) => self.pools.put(&self.target, conn),
+            Finish::SendRest(rest) => {
+                let Some(body) = self.request.take() else {
+                    return;
+                };
+                let (pools, target) = (Arc::clone(&self.pools), self.target.clone());
+                tokio::spawn(async move {
+                    if let Some(conn) = rest.send(body).await {
+                        pools.put(&target, conn);
+                    }
+                });
+            }
+            Finish::Close => {}
+        }
+    }
+}
+
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(conn) = self.reading.finish() {
-            self.pools.put(&self.target, conn);
-        }
+        self.finish();
     }
 }
 

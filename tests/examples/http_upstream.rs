@@ -295,3 +295,111 @@ async fn http_proxy_gives_each_request_on_a_reused_connection_its_own_deadline()
     })
     .await
 }
+
+#[tokio::test]
+async fn http_proxy_sends_the_whole_body_to_a_backend_that_answers_before_reading_it()
+-> Result<(), Error> {
+    bounded(async {
+        // Answers 202 as soon as the head is in, then reads the body (by its length)
+        // and keeps count of the bytes.
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&received);
+        let backend = Counting::start(move |stream: TcpStream| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                let mut length = 0;
+                loop {
+                    line.clear();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let answer = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
+                if stream.get_mut().write_all(answer).await.is_err() {
+                    return;
+                }
+                let mut byte = [0u8; 1];
+                for _ in 0..length {
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+        .await?;
+        let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
+        // A client that goes on sending as the answer comes (raw bytes: hyper's client
+        // stops sending a body once the response is complete).
+        let mut client = BufReader::new(TcpStream::connect(proxy.addr).await?);
+        client
+            .get_mut()
+            .write_all(b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 11\r\n\r\nhello ")
+            .await?;
+        // The answer comes while the body is half sent...
+        let mut status = String::new();
+        client.read_line(&mut status).await?;
+        assert!(status.starts_with("HTTP/1.1 202"), "{status:?}");
+        // ...and the rest still reaches the backend.
+        client.get_mut().write_all(b"world").await?;
+        let count = || received.load(std::sync::atomic::Ordering::SeqCst);
+        until("the backend got all 11 bytes", || count() == 11).await?;
+        proxy.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_sends_a_request_that_kills_connections_at_most_twice() -> Result<(), Error> {
+    bounded(async {
+        // `/crash` closes the connection unanswered (a worker dying on that request);
+        // anything else is answered after 50 ms, so concurrent requests open
+        // connections of their own.
+        let crashes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&crashes);
+        let backend = Counting::start(move |stream: TcpStream| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let mut stream = BufReader::new(stream);
+                while let Some(head) = read_request(&mut stream).await {
+                    if head.path == "/crash" {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if stream.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await?;
+        let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
+        let client = http_client();
+        let mut warm = JoinSet::new();
+        for _ in 0..5 {
+            let (client, addr) = (client.clone(), proxy.addr);
+            warm.spawn(async move { get(&client, addr, "/", &[]).await.map(|a| a.status) });
+        }
+        while let Some(status) = warm.join_next().await {
+            assert_eq!(status??, StatusCode::OK);
+        }
+        assert_eq!(backend.connections(), 5);
+        // Five idle connections: the request goes on one, which dies, then on a new
+        // one, which dies too; not on the four others.
+        let answer = get(&client, proxy.addr, "/crash", &[]).await?;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(crashes.load(std::sync::atomic::Ordering::SeqCst), 2);
+        proxy.shutdown().await
+    })
+    .await
+}
