@@ -99,9 +99,15 @@ async fn kill_under_load(retries: bool) {
     let probes = pool
         .spawn_health_probes(
             tcp_probe(),
+            // A second between probes, so that passive detection, not the probes, takes
+            // the killed backend out: in-flight requests answered just before the kill
+            // may complete after some failed ones and restart the failure run, and
+            // P2C's failure score then spaces the next tries out by a few hundred
+            // milliseconds (at 100 ms between probes, three failed probes won once in
+            // about twenty runs). The probes bring it back after the restart.
             ProbeConfig::new()
-                .interval(Duration::from_millis(100))
-                .jitter(Duration::from_millis(10))
+                .interval(Duration::from_secs(1))
+                .jitter(Duration::from_millis(100))
                 .timeout(Duration::from_millis(250))
                 .rise(2)
                 .fall(3)
