@@ -22,7 +22,8 @@
 //!   not yet sent; otherwise the client gets 504. Other backend errors (a reset, a
 //!   malformed answer) are 502. A kept-alive connection the backend closed just as the
 //!   request went out is replaced by a new one when the request may go again (nothing
-//!   of it was written, or it is idempotent with no body): not a failure. Every
+//!   of it was written, or it is a GET, HEAD, OPTIONS or TRACE with no body), once:
+//!   not a failure. Every
 //!   failed attempt — refused, timed out, 5xx — counts as a failure for the backend's
 //!   passive health (five in a row eject it); `--health-path` adds active probes.
 //! - **Clients.** A client has `--header-timeout` seconds (default 10) to send a

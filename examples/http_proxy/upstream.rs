@@ -4,8 +4,9 @@
 //! over a small pool of keep-alive connections per backend: a request takes an idle
 //! connection (or opens one), and its response body puts the connection back once read
 //! to the end. An idle connection the backend closed just as a request went out is
-//! replaced by another when the request may go again (nothing of it was written, or it
-//! is idempotent with no body), as Go's `net/http` transport does. Each attempt gets `--timeout` to
+//! replaced by a new one, once, when the request may go again (nothing of it was
+//! written, or a safe method with no body), as Go's `net/http` transport does. Each
+//! attempt gets `--timeout` to
 //! produce the response head, and each connect [`CONNECT_TIMEOUT`] of it. Its
 //! [`UpstreamError`] says which backend failed and how ([`Failure`]): what the balancer
 //! counts against the backend, and what `handle` decides a retry on.
