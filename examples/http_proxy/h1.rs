@@ -19,7 +19,7 @@
 //! The connection is reusable once both bodies ended and the backend did not ask to
 //! close it.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -35,7 +35,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant, Sleep};
 
-use super::forward;
+use super::{alarm, forward};
 
 /// At most this many header fields in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -130,13 +130,11 @@ pub struct Conn {
     names: Vec<(Box<[u8]>, HeaderName)>,
 }
 
-/// A lazy alarm for an exchange's deadline (a response head due within `--timeout`):
-/// set no later than the deadline, and moved only when a deadline comes earlier; when
-/// it rings and finds the deadline moved on, it is set again. Each exchange's deadline
-/// is later than the one before, so on a busy connection the timer wheel is touched
-/// once per time-out period, not twice per request (registering a timer and
-/// cancelling it was 4 % of the proxy's instructions). NGINX's lazy timers
-/// (`NGX_TIMER_LAZY_DELAY`) save the same work.
+/// The alarm for an exchange's deadline (a response head due within `--timeout`): a
+/// lazy one (`alarm.rs`). Each exchange's deadline is later than the one before, so on
+/// a busy connection the timer wheel is touched once per time-out period, not twice
+/// per request (registering a timer and cancelling it was 4 % of the proxy's
+/// instructions).
 struct Timer {
     sleep: Pin<Box<Sleep>>,
     /// When `sleep` rings, if it is set.
@@ -153,17 +151,7 @@ impl Timer {
 
     /// Ready once `deadline` has passed.
     fn poll_due(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.alarm.is_none_or(|alarm| alarm > deadline) {
-                self.sleep.as_mut().reset(deadline);
-                self.alarm = Some(deadline);
-            }
-            ready!(self.sleep.as_mut().poll(cx));
-            self.alarm = None;
-            if deadline <= Instant::now() {
-                return Poll::Ready(());
-            }
-        }
+        alarm::poll_due(self.sleep.as_mut(), &mut self.alarm, deadline, cx)
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `upstream.rs`: the HTTP client under the balancer, its time-outs, and the request
 //!   body its attempts share;
 //! - `h1.rs`: HTTP/1.1 on a backend connection, from the request's own task;
+//! - `alarm.rs`: the lazy alarm behind both sides' time-outs;
 //! - `forward.rs`: the headers a proxy strips and adds;
 //! - `serve.rs`: the accept loop, the client connections' time-outs, graceful shutdown;
 //! - `metrics.rs`: the Prometheus recorder and the `/metrics` endpoint (`--metrics`).
@@ -27,6 +28,7 @@
 //! - A client connection ends when no request head arrives in time (`--header-timeout`)
 //!   or no request starts for `--idle-timeout` (`serve.rs`).
 
+mod alarm;
 mod cli;
 mod forward;
 mod h1;

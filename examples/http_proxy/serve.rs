@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use hyper::body::{Body, Bytes, Frame, SizeHint};
@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_lb::balance::BoxError;
 
 use super::forward::Hop;
-use super::{LOG_TARGET, Proxy, ProxyBody, handle, tls};
+use super::{LOG_TARGET, Proxy, ProxyBody, alarm, handle, tls};
 
 /// Accepts connections on `listener` until `shutdown` completes, then lets in-flight
 /// requests finish (for up to 30 seconds).
@@ -134,10 +134,9 @@ struct Activity {
     deadline: Option<(tokio::time::Instant, Waiting)>,
     /// The reader's task, woken when the deadline moves before the timer's alarm.
     reader: Option<std::task::Waker>,
-    /// When the reader's timer goes off, if it is set. It is not moved when a deadline
-    /// moves later (the common case: every request pushes the next deadline on), only
-    /// when one moves earlier: when the alarm finds the deadline later, it is set again.
-    /// So a request costs no timer-wheel update and no wake-up of its own task.
+    /// When the reader's timer goes off, if it is set: a lazy alarm (`alarm.rs`), not
+    /// moved when a deadline moves later (every request pushes the next one on), so a
+    /// request costs no timer-wheel update and no wake-up of its own task.
     alarm: Option<tokio::time::Instant>,
 }
 
@@ -272,36 +271,22 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
         if !a.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             a.reader = Some(cx.waker().clone());
         }
-        loop {
-            let Some((at, waiting)) = a.deadline else {
-                // A request in progress: no deadline. An alarm that went off is
-                // cleared, for the request's end to see.
-                if this.timer.is_elapsed() {
-                    a.alarm = None;
-                }
-                return Poll::Pending;
-            };
-            if a.alarm.is_none_or(|alarm| alarm > at) {
-                a.alarm = Some(at);
-                this.timer.as_mut().reset(at);
+        let Some((at, waiting)) = a.deadline else {
+            // A request in progress: no deadline. An alarm that went off is cleared,
+            // for the request's end to see.
+            if this.timer.is_elapsed() {
+                a.alarm = None;
             }
-            if this.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            // The alarm went off: the deadline has passed, or it moved on meanwhile
-            // (then the loop sets the alarm for it).
-            a.alarm = None;
-            if at > tokio::time::Instant::now() {
-                continue;
-            }
-            return match waiting {
-                // hyper closes a connection that ends between requests without a fuss.
-                Waiting::Idle => Poll::Ready(Ok(())),
-                Waiting::Head => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no complete request head within --header-timeout",
-                ))),
-            };
+            return Poll::Pending;
+        };
+        ready!(alarm::poll_due(this.timer.as_mut(), &mut a.alarm, at, cx));
+        match waiting {
+            // hyper closes a connection that ends between requests without a fuss.
+            Waiting::Idle => Poll::Ready(Ok(())),
+            Waiting::Head => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete request head within --header-timeout",
+            ))),
         }
     }
 }
