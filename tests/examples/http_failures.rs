@@ -121,6 +121,54 @@ async fn http_proxy_shutdown_lets_requests_in_flight_finish() -> Result<(), Erro
 }
 
 #[tokio::test]
+async fn http_proxy_shutdown_closes_idle_connections_at_once() -> Result<(), Error> {
+    bounded(async {
+        let slow = HttpBackend::start_with_delay("slow", Duration::from_millis(300)).await?;
+        let proxy = HttpProxy::start(&[], &[&slow]).await?;
+        let addr = proxy.addr;
+        // Three kept-alive connections, each idle after one request (the idle time-out
+        // is 60 s), and one request in flight.
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: idle\r\n\r\n")
+                .await?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await?;
+            assert_eq!(&head, b"HTTP/1.1 200");
+            idle.push(stream);
+        }
+        let in_flight =
+            tokio::spawn(
+                async move { get(&http_client(), addr, "/", &[]).await.map(|a| a.status) },
+            );
+        until("the request in flight", || {
+            proxy.proxy.pool().stats()[0].in_flight > 0
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        proxy.shutdown().await?;
+        // Not the 30 s cap: the idle connections were told at once.
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+        assert_eq!(in_flight.await??, StatusCode::OK);
+        for mut stream in idle {
+            // The rest of the answer, then the end of the stream.
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await??;
+            assert!(
+                rest.ends_with(b"slow\n"),
+                "{:?}",
+                String::from_utf8_lossy(&rest)
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
 async fn http_proxy_serves_every_request_with_two_of_three_hosts_powered_off() -> Result<(), Error>
 {
     bounded(async {
