@@ -38,7 +38,7 @@ use tokio::time::{Duration, Instant, Sleep};
 use super::{alarm, forward};
 
 /// At most this many header fields in a response head (hyper's default).
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 
 /// A response head (or a chunk's size line, or a trailer) longer than this is an error.
 const MAX_HEAD: usize = 64 * 1024;
@@ -467,6 +467,39 @@ enum Parsed {
     Final((Response<()>, Framing, bool)),
 }
 
+/// Where each field's name and value lie in the buffer that starts at `base`
+/// (`[name start, name end, value start, value end]`), to slice them out of the head
+/// once it is taken out of the buffer, without copies (as hyper does); the count.
+pub fn field_spans(
+    fields: &[httparse::Header<'_>],
+    base: usize,
+    spans: &mut [[u32; 4]; MAX_HEADERS],
+) -> usize {
+    for (field, span) in fields.iter().zip(spans.iter_mut()) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        *span = [
+            name as u32,
+            (name + field.name.len()) as u32,
+            value as u32,
+            (value + field.value.len()) as u32,
+        ];
+    }
+    fields.len().min(MAX_HEADERS)
+}
+
+/// The field value httparse found at `start..end` of `head`.
+pub fn field_value(head: &Bytes, start: u32, end: u32) -> HeaderValue {
+    // SAFETY: httparse accepted these bytes as a field value: tabs, spaces, visible
+    // ASCII and obs-text only (its `HEADER_VALUE_MAP`; RFC 9110, section 5.5), exactly
+    // the bytes `HeaderValue::from_maybe_shared` accepts, so checking them again (2.6 %
+    // of the proxy's instructions per request, callgrind) is skipped. hyper's client
+    // and server make this same call on httparse's output. (`http` words the contract
+    // as "valid UTF-8", yet its checked constructor takes obs-text too, and `to_str`
+    // checks again.) A debug build checks anyway: `http` asserts it there.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(start as usize..end as usize)) }
+}
+
 /// Parses a response head at the front of `buf` and takes it out; `None` while it is
 /// incomplete.
 fn parse_head(
@@ -501,21 +534,8 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Where each field's name and value lie, to slice them out of the head once it is
-    // taken out of the buffer, without copies (as hyper does).
-    let base = buf.as_ptr() as usize;
     let mut spans = [[0u32; 4]; MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (field, span) in parsed.headers.iter().zip(spans.iter_mut()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        *span = [
-            name as u32,
-            (name + field.name.len()) as u32,
-            value as u32,
-            (value + field.value.len()) as u32,
-        ];
-    }
+    let count = field_spans(parsed.headers, buf.as_ptr() as usize, &mut spans);
     let bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     let mut framing = Framing::Close;
@@ -543,17 +563,7 @@ fn parse_head(
                 name
             }
         };
-        // SAFETY: httparse accepted these bytes as a field value: tabs, spaces,
-        // visible ASCII and obs-text only (its `HEADER_VALUE_MAP`; RFC 9110, section
-        // 5.5), exactly the bytes `HeaderValue::from_maybe_shared` accepts, so
-        // checking them again (2.6 % of the proxy's instructions per request,
-        // callgrind) is skipped. hyper's client and server make this same call on
-        // httparse's output. (`http` words the contract as "valid UTF-8", yet its
-        // checked constructor takes obs-text too, and `to_str` checks again.) A debug
-        // build checks anyway: `http` asserts it there.
-        let value = unsafe {
-            HeaderValue::from_maybe_shared_unchecked(bytes.slice(start as usize..end as usize))
-        };
+        let value = field_value(&bytes, start, end);
         if name == header::TRANSFER_ENCODING {
             transfer = true;
             // Chunked only if it is the last coding.

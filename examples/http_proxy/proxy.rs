@@ -31,6 +31,7 @@
 mod alarm;
 mod cli;
 mod forward;
+mod front;
 mod h1;
 mod metrics;
 mod serve;
@@ -196,7 +197,7 @@ impl Proxy {
 /// Proxies one request.
 async fn handle(
     inner: &Inner,
-    req: Request<Incoming>,
+    req: Request<Option<Incoming>>,
     peer: SocketAddr,
     hop: &forward::Hop,
 ) -> Response<ProxyBody> {

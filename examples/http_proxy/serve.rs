@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::{Body, Bytes, Frame, SizeHint};
+use http::Request;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulConnection;
 use rustls::ServerConfig;
@@ -25,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_lb::balance::BoxError;
 
 use super::forward::Hop;
-use super::{LOG_TARGET, Proxy, ProxyBody, alarm, handle, tls};
+use super::{Inner, LOG_TARGET, Proxy, ProxyBody, alarm, front, handle, tls};
 
 /// Accepts connections on `listener` until `shutdown` completes, then lets in-flight
 /// requests finish (for up to 30 seconds).
@@ -56,41 +58,14 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let watcher = drain.watcher();
         tokio::spawn(async move {
-            let hop = Arc::new(Hop::new(peer, acceptor.is_some()));
-            let activity = Activity::new(inner.client);
-            let service = hyper::service::service_fn({
-                let activity = Arc::clone(&activity);
-                move |req| {
-                    let inner = Arc::clone(&inner);
-                    let hop = Arc::clone(&hop);
-                    // In progress from the parsed head to the response's last byte.
-                    let busy = Busy::begin(&activity);
-                    async move {
-                        let response = handle(&inner, req, peer, &hop).await;
-                        Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
+            let hop = Hop::new(peer, acceptor.is_some());
+            match acceptor {
+                Some(acceptor) => {
+                    if let Some(tls) = tls::handshake(&acceptor, stream, peer).await {
+                        connection(tls, inner, hop, peer, watcher).await;
                     }
                 }
-            });
-            let http = hyper::server::conn::http1::Builder::new();
-            let served = match acceptor {
-                Some(acceptor) => {
-                    let Some(tls) = tls::handshake(&acceptor, stream, peer).await else {
-                        return;
-                    };
-                    let io = Watched::new(tls, activity);
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(io), service))
-                        .await
-                }
-                None => {
-                    let io = Watched::new(stream, activity);
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(io), service))
-                        .await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(target: LOG_TARGET, %peer, error = %e, "connection ended with an error");
+                None => connection(stream, inner, hop, peer, watcher).await,
             }
         });
     }
@@ -101,6 +76,46 @@ pub async fn serve(
         () = tokio::time::sleep(Duration::from_secs(30)) => {
             tracing::warn!(target: LOG_TARGET, "requests still in flight after 30 s; closing");
         }
+    }
+}
+
+/// Serves one client connection: requests without a body on the proxy's own path
+/// (`front.rs`), and from the first one that is anything else, hyper.
+async fn connection<T>(
+    io: T,
+    inner: Arc<Inner>,
+    hop: Hop,
+    peer: SocketAddr,
+    mut watcher: DrainWatcher,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = match front::serve(io, &inner, peer, &hop, &mut watcher).await {
+        front::Next::Close => return,
+        front::Next::Hyper(rest) => rest,
+    };
+    let hop = Arc::new(hop);
+    let activity = Activity::new(inner.client);
+    let service = hyper::service::service_fn({
+        let activity = Arc::clone(&activity);
+        move |req: Request<Incoming>| {
+            let inner = Arc::clone(&inner);
+            let hop = Arc::clone(&hop);
+            // In progress from the parsed head to the response's last byte.
+            let busy = Busy::begin(&activity);
+            async move {
+                let response = handle(&inner, req.map(Some), peer, &hop).await;
+                Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
+            }
+        }
+    });
+    let http = hyper::server::conn::http1::Builder::new();
+    let io = Watched::new(io, activity);
+    if let Err(e) = watcher
+        .watch(http.serve_connection(TokioIo::new(io), service))
+        .await
+    {
+        tracing::debug!(target: LOG_TARGET, %peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -156,6 +171,7 @@ impl Drain {
         DrainWatcher {
             shared: Arc::clone(&self.shared),
             id,
+            waker: None,
         }
     }
 
@@ -183,9 +199,11 @@ impl DrainShared {
 }
 
 /// One connection's place in the [`Drain`]; it is closed when this is dropped.
-struct DrainWatcher {
+pub struct DrainWatcher {
     shared: Arc<DrainShared>,
     id: u64,
+    /// The task's waker as registered with the drain.
+    waker: Option<std::task::Waker>,
 }
 
 impl DrainWatcher {
@@ -194,9 +212,27 @@ impl DrainWatcher {
         Drained {
             conn,
             watcher: self,
-            waker: None,
             asked: false,
         }
+    }
+
+    /// Whether the shutdown has started; if not, the task is woken when it does.
+    pub fn draining(&mut self, cx: &Context<'_>) -> bool {
+        // Registered before the flag is read, so a shutdown that sets it after the
+        // read finds the waker (it wakes the wakers after setting the flag).
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let waker = cx.waker().clone();
+            if let Some(slot) = self.shared.live().wakers.get_mut(&self.id) {
+                *slot = Some(waker.clone());
+            }
+            self.waker = Some(waker);
+        }
+        self.draining_now()
+    }
+
+    /// Whether the shutdown has started.
+    pub fn draining_now(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
     }
 }
 
@@ -217,8 +253,6 @@ pin_project_lite::pin_project! {
         #[pin]
         conn: C,
         watcher: DrainWatcher,
-        // The task's waker as registered with the drain.
-        waker: Option<std::task::Waker>,
         // Whether the connection was asked to close.
         asked: bool,
     }
@@ -229,22 +263,9 @@ impl<C: GracefulConnection> Future for Drained<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
-        if !*this.asked {
-            // Registered before the flag is read, so a shutdown that sets it after the
-            // read finds the waker (it wakes the wakers after setting the flag).
-            if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                let waker = cx.waker().clone();
-                let mut live = this.watcher.shared.live();
-                if let Some(slot) = live.wakers.get_mut(&this.watcher.id) {
-                    *slot = Some(waker.clone());
-                }
-                drop(live);
-                *this.waker = Some(waker);
-            }
-            if this.watcher.shared.draining.load(Ordering::SeqCst) {
-                *this.asked = true;
-                this.conn.as_mut().graceful_shutdown();
-            }
+        if !*this.asked && this.watcher.draining(cx) {
+            *this.asked = true;
+            this.conn.as_mut().graceful_shutdown();
         }
         this.conn.poll(cx)
     }

@@ -506,14 +506,19 @@ pub struct Resend {
 }
 
 impl Resend {
-    /// A request to send, with its header fields as `fields` writes them.
+    /// A request to send, with its header fields as `fields` writes them; `body` is
+    /// `None` for a request without one.
     pub fn new(
         parts: http::request::Parts,
-        body: Incoming,
+        body: Option<Incoming>,
         peer: Option<SocketAddr>,
         fields: impl FnOnce(&HeaderMap, &Method, bool) -> Fields,
     ) -> Self {
-        let (empty, hint) = (body.is_end_stream(), body.size_hint());
+        let (empty, hint) = body
+            .as_ref()
+            .map_or((true, SizeHint::with_exact(0)), |body| {
+                (body.is_end_stream(), body.size_hint())
+            });
         let fields = fields(&parts.headers, &parts.method, !empty);
         Resend {
             method: parts.method,
@@ -523,7 +528,7 @@ impl Resend {
             peer,
             shared: Arc::new(Shared {
                 slot: Mutex::new(BodySlot {
-                    body: Some(body),
+                    body,
                     attempt: 1,
                     empty,
                     hint,

@@ -127,7 +127,7 @@ async fn http_proxy_shutdown_closes_idle_connections_at_once() -> Result<(), Err
         let proxy = HttpProxy::start(&[], &[&slow]).await?;
         let addr = proxy.addr;
         // Three kept-alive connections, each idle after one request (the idle time-out
-        // is 60 s), and one request in flight.
+        // is 60 s), one silent connection, and one request in flight.
         let mut idle = Vec::new();
         for _ in 0..3 {
             let mut stream = TcpStream::connect(addr).await?;
@@ -139,6 +139,8 @@ async fn http_proxy_shutdown_closes_idle_connections_at_once() -> Result<(), Err
             assert_eq!(&head, b"HTTP/1.1 200");
             idle.push(stream);
         }
+        // And one that has sent nothing yet (the header time-out is 10 s).
+        let mut silent = TcpStream::connect(addr).await?;
         let in_flight =
             tokio::spawn(
                 async move { get(&http_client(), addr, "/", &[]).await.map(|a| a.status) },
@@ -163,6 +165,9 @@ async fn http_proxy_shutdown_closes_idle_connections_at_once() -> Result<(), Err
                 String::from_utf8_lossy(&rest)
             );
         }
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), silent.read_to_end(&mut rest)).await??;
+        assert!(rest.is_empty());
         Ok(())
     })
     .await

@@ -5,6 +5,7 @@
 //! with the demo backends of `examples/support`. Every listener binds port 0; every test
 //! is bounded by [`bounded`] (real sockets need real time, so no paused clock here).
 
+mod http_clients;
 mod http_connections_and_options;
 mod http_failures;
 mod http_forwarding;

@@ -1,0 +1,163 @@
+//! `http_proxy`'s client side (`examples/http_proxy/front.rs`) byte for byte: pipelined
+//! requests, a request with a body among them (hyper serves the connection from there
+//! on), HTTP/1.0 clients, `HEAD`, malformed and oversized heads, the proxy's own
+//! answers, and a client that hangs up.
+
+use super::*;
+
+/// Writes `bytes` to the proxy at `addr` and reads until it closes the connection.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<String, Error> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(bytes).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+        .await
+        .map_err(|_| "the proxy kept the connection open")??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The answers in `text`, each without its status line's `HTTP/1.1 `.
+fn answers(text: &str) -> Vec<&str> {
+    text.split("HTTP/1.1 ").filter(|s| !s.is_empty()).collect()
+}
+
+#[tokio::test]
+async fn http_proxy_answers_pipelined_requests_in_order_with_a_body_among_them() -> Result<(), Error>
+{
+    bounded(async {
+        let a = HttpBackend::start("a").await?;
+        let proxy = HttpProxy::start(&[], &[&a]).await?;
+        let text = raw(
+            proxy.addr,
+            b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n\
+              POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+              GET /two HTTP/1.1\r\nhost: x\r\n\r\n\
+              GET /three HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+        let answers = answers(&text);
+        assert_eq!(answers.len(), 4, "{text}");
+        assert!(
+            answers.iter().all(|a| a.starts_with("200 OK\r\n")),
+            "{text}"
+        );
+        assert!(answers[0].ends_with("\r\n\r\na\n"), "{text}");
+        assert!(answers[1].ends_with("\r\n\r\nhello"), "{text}");
+        assert!(answers[2].ends_with("\r\n\r\na\n"), "{text}");
+        assert!(answers[3].contains("\r\nconnection: close\r\n"), "{text}");
+        assert_eq!(a.requests(), 4);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_serves_http_1_0_clients_and_head_requests() -> Result<(), Error> {
+    bounded(async {
+        let a = HttpBackend::start("a").await?;
+        let proxy = HttpProxy::start(&[], &[&a]).await?;
+        // HTTP/1.0 closes after each answer unless the client asks to keep it.
+        let text = raw(proxy.addr, b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n").await?;
+        assert_eq!(answers(&text).len(), 1, "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n") && text.ends_with("a\n"));
+        let text = raw(
+            proxy.addr,
+            b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+        )
+        .await?;
+        let two = answers(&text);
+        assert_eq!(two.len(), 2, "{text}");
+        assert!(two[0].contains("\r\nconnection: keep-alive\r\n"), "{text}");
+        assert!(two[1].contains("\r\nconnection: close\r\n"), "{text}");
+        // HEAD: the length of the body a GET would get, and no body.
+        let text = raw(
+            proxy.addr,
+            b"HEAD / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\ncontent-length: 2\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_answers_malformed_heads_and_serves_long_ones() -> Result<(), Error> {
+    bounded(async {
+        let a = HttpBackend::start("a").await?;
+        let proxy = HttpProxy::start(&[], &[&a]).await?;
+        for bad in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+        ] {
+            let text = raw(proxy.addr, bad).await?;
+            assert!(
+                text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{:?}: {text}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(a.requests(), 0);
+        // A head longer than the proxy's own path takes (16 KiB) goes to hyper.
+        let mut long = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-long: ".to_vec();
+        long.extend(std::iter::repeat_n(b'v', 20_000));
+        long.extend_from_slice(b"\r\n\r\n");
+        let text = raw(proxy.addr, &long).await?;
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("a\n"),
+            "{text}"
+        );
+        assert_eq!(a.requests(), 1);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_dates_and_frames_its_own_answers() -> Result<(), Error> {
+    bounded(async {
+        // A port nothing listens on: the connect is refused, the answer is the proxy's.
+        let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let proxy = HttpProxy::start_addrs(&[], &[closed]).await?;
+        let text = raw(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+        assert!(text.contains("\r\ndate: "), "{text}");
+        let body = "the backend failed\n";
+        assert!(
+            text.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{text}"
+        );
+        assert!(text.ends_with(body), "{text}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_cancels_the_request_of_a_client_that_hangs_up() -> Result<(), Error> {
+    bounded(async {
+        let slow = HttpBackend::start_with_delay("slow", Duration::from_secs(5)).await?;
+        let proxy = HttpProxy::start(&[], &[&slow]).await?;
+        let mut stream = TcpStream::connect(proxy.addr).await?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let pool = proxy.proxy.pool().clone();
+        until("the request in flight", || pool.stats()[0].in_flight > 0).await?;
+        let hung_up = Instant::now();
+        drop(stream);
+        until("the request to end", || pool.stats()[0].in_flight == 0).await?;
+        // Long before the backend would have answered.
+        let took = hung_up.elapsed();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        Ok(())
+    })
+    .await
+}
