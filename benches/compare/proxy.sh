@@ -15,7 +15,10 @@
 # `SECS` seconds, after a `WARM`-second warm-up). Layer 7 rows run round robin and the
 # least-loaded pair (NGINX `least_conn`, HAProxy `leastconn`, ours `p2c`); layer 4 rows
 # run keep-alive (one connection carries many requests) and new connections (`Connection:
-# close`, a TCP connection per request). Every process it starts, it stops (also on ^C).
+# close`, a TCP connection per request). The `side-by-side` layer 7 rows run NGINX and
+# `http_proxy` at the same time on core 0, each with its own wrk on core 1: both meet
+# the same machine, so their ratio is the steadiest of the table. Every process it
+# starts, it stops (also on ^C).
 #
 # Besides wrk's rate and latency, each row has the proxy's CPU time per request (user +
 # system, its processes' own counters, from /proc): on a machine other jobs share, the
@@ -125,15 +128,15 @@ cpu_ticks() {
 }
 
 # One wrk run against 127.0.0.1:$1 with extra wrk arguments, the proxy being process
-# $FRONT_PID; prints "rps p50_ms p99_ms non2xx cpu_us_per_request".
+# $2; prints "rps p50_ms p99_ms non2xx cpu_us_per_request".
 load() {
-    port=$1
-    shift
+    port=$1 pid=$2
+    shift 2
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARM}s" "$@" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
-    before=$(cpu_ticks "$FRONT_PID")
-    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "http://127.0.0.1:$port/" >"$WORK/wrk.out" 2>&1 || true
-    after=$(cpu_ticks "$FRONT_PID")
-    python3 - "$WORK/wrk.out" "$((after - before))" "$(getconf CLK_TCK)" <<'EOF'
+    before=$(cpu_ticks "$pid")
+    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "http://127.0.0.1:$port/" >"$WORK/wrk.$port.out" 2>&1 || true
+    after=$(cpu_ticks "$pid")
+    python3 - "$WORK/wrk.$port.out" "$((after - before))" "$(getconf CLK_TCK)" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 def ms(label):
@@ -213,7 +216,7 @@ ROWS="$WORK/rows"
 row() { # $1: test, $2: proxy, then the load arguments
     test=$1 proxy=$2
     shift 2
-    echo "$test $proxy $(load "$FRONT" "$@")" >>"$ROWS"
+    echo "$test $proxy $(load "$FRONT" "$FRONT_PID" "$@")" >>"$ROWS"
     echo "  $test $proxy: $(tail -1 "$ROWS" | cut -d' ' -f3-)" >&2
     stop
 }
@@ -240,6 +243,39 @@ echo "== layer 7: round robin" >&2
 l7 l7-round-robin "" roundrobin round-robin
 echo "== layer 7: least loaded" >&2
 l7 l7-least-loaded "least_conn;" leastconn p2c
+
+# Side by side: NGINX and ours on core 0 at the same time, each loaded by its own wrk on
+# core 1, both runs starting together. One after the other, a row's rate follows
+# whatever else the machine does during its seconds (±10 % here between runs); side
+# by side, both proxies meet the same conditions and compete for the same core, so
+# their ratio is steadier. The rates are each about half of a row alone.
+together() { # $1: test, $2: NGINX directive, $3: our strategy
+    round=1
+    while [ "$round" -le "$ROUNDS" ]; do
+        nginx_conf "$2"
+        front "$NGINX" -p "$WORK" -c "$WORK/nginx.conf"
+        nginx_pid=$FRONT_PID
+        # shellcheck disable=SC2086
+        taskset -c "$PROXY_CORE" env RUST_LOG=warn "$HTTP_PROXY" --listen "127.0.0.1:$FRONT2" \
+            --strategy "$3" $BACKEND_ARGS >"$WORK/front2.log" 2>&1 &
+        ours_pid=$!
+        PIDS="$PIDS $ours_pid"
+        wait_port "$FRONT2"
+        load "$FRONT" "$nginx_pid" >"$WORK/together.nginx" &
+        first=$!
+        load "$FRONT2" "$ours_pid" >"$WORK/together.ours"
+        wait "$first"
+        echo "$1 nginx $(cat "$WORK/together.nginx")" >>"$ROWS"
+        echo "$1 tower-lb $(cat "$WORK/together.ours")" >>"$ROWS"
+        echo "  $1: nginx $(cat "$WORK/together.nginx"); tower-lb $(cat "$WORK/together.ours")" >&2
+        stop
+        round=$((round + 1))
+    done
+}
+
+echo "== layer 7 side by side with NGINX" >&2
+together l7-round-robin-side-by-side "" round-robin
+together l7-least-loaded-side-by-side "least_conn;" p2c
 
 echo "== layer 4: keep-alive and new connections" >&2
 for mode in keep-alive new-connection; do

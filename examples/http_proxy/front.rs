@@ -36,19 +36,26 @@ use super::forward::Hop;
 use super::serve::DrainWatcher;
 use super::{Inner, ProxyBody, alarm, h1, handle};
 
-/// The longest head served here; a longer one goes to hyper (which answers 431).
+/// The longest head served here; a longer one goes to hyper (which takes heads of up to
+/// about 400 KiB, and answers 431 beyond).
 const MAX_HEAD: usize = 16 * 1024;
 /// Room kept free in the read buffer before each read.
 const READ_ROOM: usize = 4 * 1024;
 /// Response bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The largest body frame copied into the gathered bytes; a larger one is written as
+/// it is.
+const GATHER: usize = 8 * 1024;
+/// The room an idle connection keeps for its next answer's head; more is given back.
+const KEEP_ROOM: usize = 16 * 1024;
 
 /// How a connection served here goes on.
 pub enum Next<T> {
     /// It is closed (or the client left).
     Close,
-    /// hyper serves the rest, starting with the bytes already read.
-    Hyper(Rewind<T>),
+    /// hyper serves the rest, starting with the bytes already read; the head they
+    /// begin is due at the instant given.
+    Hyper(Rewind<T>, Instant),
 }
 
 /// When the connection gives up waiting for a request head.
@@ -115,10 +122,8 @@ where
             if !front.buf.is_empty() {
                 match parse(&mut front.buf) {
                     Parsed::Head(head) => break head,
-                    Parsed::Other => return Next::Hyper(front.rewind()),
-                    Parsed::Partial if front.buf.len() > MAX_HEAD => {
-                        return Next::Hyper(front.rewind());
-                    }
+                    Parsed::Other => return front.rewind(due),
+                    Parsed::Partial if front.buf.len() > MAX_HEAD => return front.rewind(due),
                     Parsed::Partial => {}
                 }
             }
@@ -166,7 +171,11 @@ where
             .respond(response, method_head, version, keep_alive)
             .await
         {
-            Ok(true) => {}
+            Ok(true) => {
+                if front.out.capacity() > KEEP_ROOM {
+                    front.out = Vec::new();
+                }
+            }
             Ok(false) => {
                 // The answer's end, then ours: a close with unread bytes from the
                 // client would be a reset, which can destroy the answer in flight.
@@ -213,10 +222,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Front<T> {
     }
 
     /// Watches the client while its request is in progress: ready when it has closed
-    /// (or failed). What it sends meanwhile (a next request) is kept, up to a head's
-    /// size; past that, it is left in the socket.
+    /// (or failed). Once it has sent anything more (a next request, pipelined), it is
+    /// no longer watched, as hyper does: a client that sends its requests and then
+    /// closes its side still gets every answer.
     fn poll_pipelined(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while self.buf.len() <= MAX_HEAD {
+        while self.buf.is_empty() {
             match ready!(self.poll_fill(cx)) {
                 Ok(0) | Err(_) => return Poll::Ready(()),
                 Ok(_) => {}
@@ -313,15 +323,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Front<T> {
         let mut sent = 0u64;
         loop {
             let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-                Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                Poll::Ready(frame) => Poll::Ready(Step::Frame(frame)),
                 // Nothing more for now: what is gathered goes out meanwhile.
-                Poll::Pending if !self.out.is_empty() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending if !self.out.is_empty() => Poll::Ready(Step::Flush),
+                // A client that leaves while the backend is quiet (a long poll, a
+                // stream of events) ends the exchange; the backend connection closes.
+                Poll::Pending => self.poll_pipelined(cx).map(|()| Step::Gone),
             })
             .await;
+            let step = match step {
+                Step::Frame(frame) => frame,
+                Step::Flush => {
+                    self.flush().await?;
+                    continue;
+                }
+                Step::Gone => return Err(io::ErrorKind::ConnectionAborted.into()),
+            };
             match step {
-                None => self.flush().await?,
-                Some(Some(Ok(frame))) => {
+                Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else {
                         // Trailers: not forwarded.
                         continue;
@@ -337,13 +356,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Front<T> {
                     }
                     self.data(framing, data).await?;
                 }
-                Some(Some(Err(_))) => {
+                Some(Err(e)) => {
                     // The backend's body failed: the client sees the connection end
-                    // before the body does, never a shorter body taken as whole.
+                    // before the body does, never a shorter body taken as whole — nor
+                    // a clean end (a TLS `close_notify`) after a body framed by the
+                    // close.
                     self.flush().await?;
-                    return Ok(false);
+                    return Err(io::Error::other(e));
                 }
-                Some(None) => {
+                None => {
                     match framing {
                         Framing::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
                         Framing::Length(n) if sent != n => keep_alive = false,
@@ -357,7 +378,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Front<T> {
     }
 
     /// Adds a body frame to what goes out (small ones are gathered, large ones written
-    /// as they are).
+    /// as they are, without a copy).
     async fn data(&mut self, framing: Framing, data: Bytes) -> io::Result<()> {
         if let Framing::Chunked = framing {
             if data.is_empty() {
@@ -365,7 +386,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Front<T> {
             }
             write_hex(&mut self.out, data.len());
         }
-        if self.out.len() + data.len() <= WRITE_BATCH {
+        if data.len() <= GATHER && self.out.len() + data.len() <= WRITE_BATCH {
             self.out.extend_from_slice(&data);
         } else {
             self.flush().await?;
@@ -388,13 +409,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Front<T> {
         self.io.flush().await
     }
 
-    /// The connection for hyper, with what was read and not served.
-    fn rewind(self) -> Rewind<T> {
-        Rewind {
+    /// The connection for hyper, with what was read and not served, and the instant
+    /// the head is due (the header time-out goes on, not anew).
+    fn rewind(self, due: Due) -> Next<T> {
+        let (Due::Idle(at) | Due::Head(at)) = due;
+        let rest = Rewind {
             read: self.buf.freeze(),
             io: self.io,
-        }
+        };
+        Next::Hyper(rest, at)
     }
+}
+
+/// What the response body's writer does next.
+enum Step {
+    Frame(Option<Result<hyper::body::Frame<Bytes>, tower_lb::balance::BoxError>>),
+    /// Write what is gathered while the body has nothing more.
+    Flush,
+    /// The client left.
+    Gone,
 }
 
 /// How a response body is framed on the client connection.
@@ -462,7 +495,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     };
     let mut headers = HeaderMap::with_capacity(count);
-    let (mut close, mut keep) = (false, false);
+    let (mut close, mut keep, mut length) = (false, false, false);
     let mut plain = true;
     for &[name_start, name_end, start, end] in &spans[..count] {
         let Ok(name) = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
@@ -472,8 +505,12 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         };
         let value = h1::field_value(&bytes, start, end);
         if name == header::CONTENT_LENGTH {
-            // A body is hyper's to read; an explicit empty one is none.
+            // A body is hyper's to read; an explicit empty one is none, said once to
+            // the backend however often the client said it (as hyper does).
             plain &= !value.is_empty() && value.as_bytes().iter().all(|&b| b == b'0');
+            if std::mem::replace(&mut length, true) {
+                continue;
+            }
         } else if name == header::TRANSFER_ENCODING
             || name == header::EXPECT
             || name == header::UPGRADE

@@ -90,9 +90,9 @@ async fn connection<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let io = match front::serve(io, &inner, peer, &hop, &mut watcher).await {
+    let (io, head_due) = match front::serve(io, &inner, peer, &hop, &mut watcher).await {
         front::Next::Close => return,
-        front::Next::Hyper(rest) => rest,
+        front::Next::Hyper(rest, head_due) => (rest, head_due),
     };
     let hop = Arc::new(hop);
     let activity = Activity::new(inner.client);
@@ -110,7 +110,7 @@ async fn connection<T>(
         }
     });
     let http = hyper::server::conn::http1::Builder::new();
-    let io = Watched::new(io, activity);
+    let io = Watched::new(io, activity, head_due);
     if let Err(e) = watcher
         .watch(http.serve_connection(TokioIo::new(io), service))
         .await
@@ -397,15 +397,11 @@ struct Watched<T> {
 }
 
 impl<T> Watched<T> {
-    /// Watches `io` from now on: its first request head is due within the header
-    /// time-out.
-    fn new(io: T, shared: Arc<Mutex<Activity>>) -> Self {
+    /// Watches `io` from now on: its first request head is due at `head_due`.
+    fn new(io: T, shared: Arc<Mutex<Activity>>, head_due: tokio::time::Instant) -> Self {
         let mut a = activity(&shared);
         if a.busy == 0 {
-            a.deadline = Some((
-                tokio::time::Instant::now() + a.timeouts.header,
-                Waiting::Head,
-            ));
+            a.deadline = Some((head_due, Waiting::Head));
         }
         drop(a);
         Watched {

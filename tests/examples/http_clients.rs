@@ -161,3 +161,88 @@ async fn http_proxy_cancels_the_request_of_a_client_that_hangs_up() -> Result<()
     })
     .await
 }
+
+#[tokio::test]
+async fn http_proxy_answers_what_a_client_sent_before_closing_its_side() -> Result<(), Error> {
+    bounded(async {
+        let a = HttpBackend::start_with_delay("a", Duration::from_millis(100)).await?;
+        let proxy = HttpProxy::start(&[], &[&a]).await?;
+        // A length of 0, said twice: the backend hears it once (as hyper does).
+        let text = raw(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 0\r\n\
+              connection: close\r\n\r\n",
+        )
+        .await?;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        let headers = a.last_headers().ok_or("no request seen")?;
+        assert!(headers.get_all("content-length").iter().count() <= 1);
+        // Two requests, then the end of what the client sends (as `nc -N` does). The
+        // first is answered: the second's bytes, waiting behind it, are not read past
+        // (as hyper does). During the second, the end is read, and — as with hyper, or
+        // NGINX without `proxy_ignore_client_abort` — taken for a client that left.
+        let mut stream = TcpStream::connect(proxy.addr).await?;
+        stream
+            .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        stream.shutdown().await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await??;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\n\r\na\n"), "{text}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_proxy_ends_a_quiet_stream_when_its_client_leaves() -> Result<(), Error> {
+    bounded(async {
+        // A backend that sends a head and one chunk of an endless body, then waits; it
+        // counts the connections that end under it.
+        let ended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&ended);
+        let backend = Counting::start(move |mut stream: TcpStream| {
+            let ended = Arc::clone(&counted);
+            async move {
+                let mut head = vec![0u8; 4096];
+                if stream.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                if stream.write_all(answer).await.is_ok() {
+                    let mut rest = [0u8; 64];
+                    // Nothing more is sent: a read ends when the proxy closes.
+                    while stream.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+                    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+        .await?;
+        let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
+        let mut stream = TcpStream::connect(proxy.addr).await?;
+        stream
+            .write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("hello") {
+            let mut more = [0u8; 1024];
+            let n = stream.read(&mut more).await?;
+            if n == 0 {
+                return Err("the proxy closed before the first chunk".into());
+            }
+            seen.extend_from_slice(&more[..n]);
+        }
+        let left = Instant::now();
+        drop(stream);
+        until("the backend connection to end", || {
+            ended.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await?;
+        let took = left.elapsed();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        Ok(())
+    })
+    .await
+}
