@@ -246,3 +246,60 @@ async fn http_proxy_ends_a_quiet_stream_when_its_client_leaves() -> Result<(), E
     })
     .await
 }
+
+#[tokio::test]
+async fn http_proxy_passes_large_bodies_whole() -> Result<(), Error> {
+    bounded(async {
+        // 1 MiB, each byte different from its neighbours, sent by a backend in pieces
+        // of 100 000 bytes: with a length (`/length`), or as chunks of that size.
+        let body: Arc<Vec<u8>> = Arc::new((0..1 << 20).map(|i: u32| (i % 251) as u8).collect());
+        let served = Arc::clone(&body);
+        let backend = Counting::start(move |mut stream: TcpStream| {
+            let body = Arc::clone(&served);
+            async move {
+                let mut head = vec![0u8; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let chunked = !head[..n].starts_with(b"GET /length ");
+                let start: &[u8] = if chunked {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\nconnection: close\r\n\r\n"
+                };
+                if stream.write_all(start).await.is_err() {
+                    return;
+                }
+                for piece in body.chunks(100_000) {
+                    let sent = if chunked {
+                        let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+                        framed.extend_from_slice(piece);
+                        framed.extend_from_slice(b"\r\n");
+                        stream.write_all(&framed).await
+                    } else {
+                        stream.write_all(piece).await
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                if chunked {
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                }
+            }
+        })
+        .await?;
+        let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
+        let client = http_client();
+        for path in ["/length", "/chunked"] {
+            let uri = format!("http://{}{path}", proxy.addr);
+            let response = client
+                .request(Request::get(uri).body(Empty::<Bytes>::new())?)
+                .await?;
+            assert_eq!(response.status(), StatusCode::OK);
+            let received = response.into_body().collect().await?.to_bytes();
+            assert_eq!(received.len(), body.len(), "{path}");
+            assert!(received[..] == body[..], "{path}: the bytes differ");
+        }
+        Ok(())
+    })
+    .await
+}
