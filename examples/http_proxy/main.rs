@@ -37,7 +37,7 @@
 //!   the message names it, the exit code is 2.
 //!
 //! The core lives in `proxy.rs` and the files it declares beside it (`cli.rs`, `tls.rs`,
-//! `upstream.rs`, `h1.rs`, `forward.rs`, `serve.rs`); `tests/examples/` runs it on
+//! `upstream.rs`, `h1.rs`, `front.rs`, `forward.rs`, `serve.rs`); `tests/examples/` runs it on
 //! loopback.
 
 // With `#[path]` (as in tests/examples/) a module file finds its own modules beside

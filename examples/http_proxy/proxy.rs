@@ -7,6 +7,8 @@
 //! - `upstream.rs`: the HTTP client under the balancer, its time-outs, and the request
 //!   body its attempts share;
 //! - `h1.rs`: HTTP/1.1 on a backend connection, from the request's own task;
+//! - `front.rs`: HTTP/1.1 on a client connection for requests without a body (the
+//!   others go to hyper's server);
 //! - `alarm.rs`: the lazy alarm behind both sides' time-outs;
 //! - `forward.rs`: the headers a proxy strips and adds;
 //! - `serve.rs`: the accept loop, the client connections' time-outs, graceful shutdown;

@@ -1,10 +1,12 @@
 //! The server: the accept loop, the client connections' time-outs, graceful shutdown.
 //!
-//! hyper serves each connection (HTTP/1.1, after the TLS handshake when terminating
-//! TLS) and runs `handle` for each request. [`Watched`] wraps the connection's stream
-//! and ends it when no request head arrives in time (`--header-timeout`) or no request
-//! starts for `--idle-timeout`; it learns of requests through the [`Activity`] their
-//! [`Busy`] guards update. On shutdown, the listener closes and requests in flight get
+//! Each connection (HTTP/1.1, after the TLS handshake when terminating TLS) is served
+//! by the proxy's own path for requests without a body (`front.rs`, which applies the
+//! time-outs itself) until a request comes that it leaves to hyper; hyper then serves
+//! the rest of the connection and runs `handle` for each request. There [`Watched`]
+//! wraps the connection's stream and ends it when no request head arrives in time
+//! (`--header-timeout`) or no request starts for `--idle-timeout`; it learns of
+//! requests through the [`Activity`] their [`Busy`] guards update. On shutdown, the listener closes and requests in flight get
 //! 30 seconds to finish ([`Drain`]).
 
 use std::collections::HashMap;
