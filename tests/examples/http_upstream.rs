@@ -409,16 +409,12 @@ async fn http_proxy_frames_a_body_of_unknown_length_for_each_client() -> Result<
     bounded(async {
         let backend = scripted(framings).await?;
         let proxy = HttpProxy::start_addrs(&[], &[backend.addr]).await?;
-        let exchange = |request: &'static [u8]| async move {
-            let mut stream = TcpStream::connect(proxy.addr).await?;
-            stream.write_all(request).await?;
-            let mut out = Vec::new();
-            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await??;
-            Ok::<_, Error>(String::from_utf8_lossy(&out).into_owned())
-        };
         // HTTP/1.1: chunks (the backend's were "hello" and " world").
-        let text =
-            exchange(b"GET /chunked HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+        let text = raw(
+            proxy.addr,
+            b"GET /chunked HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
         assert!(
             text.contains("\r\ntransfer-encoding: chunked\r\n"),
             "{text}"
@@ -426,7 +422,11 @@ async fn http_proxy_frames_a_body_of_unknown_length_for_each_client() -> Result<
         let (_, chunks) = text.split_once("\r\n\r\n").ok_or("no head")?;
         assert_eq!(chunks, "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
         // HTTP/1.0 knows no chunks: the body ends with the connection.
-        let text = exchange(b"GET /chunked HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").await?;
+        let text = raw(
+            proxy.addr,
+            b"GET /chunked HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+        )
+        .await?;
         assert!(!text.contains("transfer-encoding"), "{text}");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\nhello world"), "{text}");

@@ -225,6 +225,17 @@ impl HttpProxy {
     }
 }
 
+/// Writes `bytes` to the proxy at `addr` and reads until it closes the connection.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<String, Error> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(bytes).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+        .await
+        .map_err(|_| "the proxy kept the connection open")??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// One answer: status, headers, body.
 struct Answer {
     status: StatusCode,
