@@ -85,8 +85,11 @@ pub fn request_fields(headers: &HeaderMap, hop: &Hop, method: &Method, has_body:
         for value in headers.get_all(header::CONNECTION) {
             connection_named(value, &mut named);
         }
-        fields = Fields::with_capacity(64 * (headers.len() + 3));
-        seen = written(&mut fields, headers, &named);
+        // (`Connection: upgrade`, say, names only a standard one.)
+        if !named.is_empty() {
+            fields = Fields::with_capacity(64 * (headers.len() + 3));
+            seen = written(&mut fields, headers, &named);
+        }
     }
     add_forwarding(&mut fields, headers, hop, &seen);
     fields.finish(method, has_body, seen.host.is_some(), seen.length)
@@ -98,7 +101,7 @@ struct Seen<'a> {
     length: bool,
     x_forwarded_for: bool,
     forwarded: bool,
-    /// `Connection` names fields beyond the standard hop-by-hop ones.
+    /// `Connection` names more than `close` and `keep-alive`: perhaps fields.
     named_more: bool,
 }
 
@@ -115,10 +118,8 @@ fn written<'a>(fields: &mut Fields, headers: &'a HeaderMap, named: &[HeaderName]
     for (name, value) in headers {
         if let Some(i) = hop_by_hop(name) {
             // `connection` is the first of them.
-            if i == 0 && !seen.named_more {
-                let mut more = Vec::new();
-                connection_named(value, &mut more);
-                seen.named_more = !more.is_empty();
+            if i == 0 {
+                seen.named_more |= ConnectionTokens::default().add(value.as_bytes());
             }
             continue;
         }
@@ -172,6 +173,33 @@ const HOP_BY_HOP: [&str; 9] = [
 pub fn hop_by_hop(name: &HeaderName) -> Option<usize> {
     let name = name.as_str();
     HOP_BY_HOP.iter().position(|h| *h == name)
+}
+
+/// What one `Connection` field value says (RFC 9112, section 9.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+}
+
+impl ConnectionTokens {
+    /// Adds what `value` says to what earlier `Connection` fields said; whether it
+    /// names something besides `close` and `keep-alive` (fields about this connection
+    /// only, which [`connection_named`] lists).
+    pub fn add(&mut self, value: &[u8]) -> bool {
+        let mut more = false;
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            let (close, keep_alive) = (
+                token.eq_ignore_ascii_case(b"close"),
+                token.eq_ignore_ascii_case(b"keep-alive"),
+            );
+            self.close |= close;
+            self.keep_alive |= keep_alive;
+            more |= !(close || keep_alive || token.is_empty());
+        }
+        more
+    }
 }
 
 /// Adds to `into` the header names a `Connection` value lists, beyond `close`,

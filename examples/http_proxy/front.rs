@@ -32,7 +32,7 @@ use hyper::body::{Body, Incoming};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::forward::Hop;
+use super::forward::{self, Hop};
 use super::serve::DrainWatcher;
 use super::{Inner, ProxyBody, alarm, h1, handle};
 
@@ -164,10 +164,7 @@ where
                 }
                 // A client that hangs up cancels its request; bytes of a next request
                 // (pipelined) wait in the buffer.
-                match front.poll_pipelined(cx) {
-                    Poll::Ready(()) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
+                front.poll_pipelined(cx).map(|()| None)
             })
             .await
         };
@@ -186,8 +183,8 @@ where
                 }
             }
             Ok(false) => {
-                // The answer's end, then ours: a close with unread bytes from the
-                // client would be a reset, which can destroy the answer in flight.
+                // The answer's end, then ours (a FIN; with TLS, a `close_notify`), as
+                // hyper does.
                 let _ = front.io.shutdown().await;
                 return Next::Close;
             }
@@ -232,8 +229,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Front<T> {
 
     /// Watches the client while its request is in progress: ready when it has closed
     /// (or failed). Once it has sent anything more (a next request, pipelined), it is
-    /// no longer watched, as hyper does: a client that sends its requests and then
-    /// closes its side still gets every answer.
+    /// no longer watched until that request is served, as hyper does: the answer to a
+    /// request with another behind it is not lost to the client's close.
     fn poll_pipelined(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while self.buf.is_empty() {
             match ready!(self.poll_fill(cx)) {
@@ -545,7 +542,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     };
     let mut headers = HeaderMap::with_capacity(count);
-    let (mut close, mut keep, mut length) = (false, false, false);
+    let mut connection = forward::ConnectionTokens::default();
+    let mut length = false;
     let mut plain = true;
     for &[name_start, name_end, start, end] in &spans[..count] {
         let Ok(name) = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
@@ -567,11 +565,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         {
             plain = false;
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            connection.add(value.as_bytes());
         }
         if !plain {
             break;
@@ -589,7 +583,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     *request.headers_mut() = headers;
     Parsed::Head(Head {
         request,
-        keep_alive: !close && (version == Version::HTTP_11 || keep),
+        keep_alive: !connection.close && (version == Version::HTTP_11 || connection.keep_alive),
     })
 }
 

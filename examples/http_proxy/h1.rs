@@ -540,7 +540,7 @@ fn parse_head(
     let mut headers = HeaderMap::with_capacity(count);
     let mut framing = Framing::Close;
     let (mut chunked, mut transfer, mut length) = (false, false, None::<u64>);
-    let (mut close, mut keep) = (false, false);
+    let mut connection = forward::ConnectionTokens::default();
     // What `Connection` names besides the standard hop-by-hop fields (rare).
     let mut named = Vec::new();
     for (i, &[name_start, name_end, start, end]) in spans[..count].iter().enumerate() {
@@ -585,16 +585,7 @@ fn parse_head(
             }
             length = Some(n);
         } else if name == header::CONNECTION {
-            let mut more = false;
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                let (c, k) = (
-                    token.eq_ignore_ascii_case(b"close"),
-                    token.eq_ignore_ascii_case(b"keep-alive"),
-                );
-                (close, keep, more) = (close | c, keep | k, more | !(c || k || token.is_empty()));
-            }
-            if more {
+            if connection.add(value.as_bytes()) {
                 forward::connection_named(&value, &mut named);
             }
             continue;
@@ -625,8 +616,8 @@ fn parse_head(
     let keep_alive = !matches!(framing, Framing::Close)
         && !smuggled
         && match version {
-            Version::HTTP_10 => keep && !close,
-            _ => !close,
+            Version::HTTP_10 => connection.keep_alive && !connection.close,
+            _ => !connection.close,
         };
     let mut response = Response::new(());
     *response.status_mut() = status;

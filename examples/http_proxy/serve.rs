@@ -6,8 +6,8 @@
 //! the rest of the connection and runs `handle` for each request. There [`Watched`]
 //! wraps the connection's stream and ends it when no request head arrives in time
 //! (`--header-timeout`) or no request starts for `--idle-timeout`; it learns of
-//! requests through the [`Activity`] their [`Busy`] guards update. On shutdown, the listener closes and requests in flight get
-//! 30 seconds to finish ([`Drain`]).
+//! requests through the [`Activity`] their [`Busy`] guards update. On shutdown, the
+//! listener closes and requests in flight get 30 seconds to finish ([`Drain`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -97,7 +97,7 @@ async fn connection<T>(
         front::Next::Hyper(rest, head_due) => (rest, head_due),
     };
     let hop = Arc::new(hop);
-    let activity = Activity::new(inner.client);
+    let activity = Activity::new(inner.client, head_due);
     let service = hyper::service::service_fn({
         let activity = Arc::clone(&activity);
         move |req: Request<Incoming>| {
@@ -112,7 +112,7 @@ async fn connection<T>(
         }
     });
     let http = hyper::server::conn::http1::Builder::new();
-    let io = Watched::new(io, activity, head_due);
+    let io = Watched::new(io, activity);
     if let Err(e) = watcher
         .watch(http.serve_connection(TokioIo::new(io), service))
         .await
@@ -160,13 +160,9 @@ impl Drain {
         }
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.shared.live()
-    }
-
     /// A newly accepted connection, counted from now on (through its TLS handshake).
     fn watcher(&self) -> DrainWatcher {
-        let mut live = self.live();
+        let mut live = self.shared.live();
         let id = live.next;
         live.next += 1;
         live.wakers.insert(id, None);
@@ -182,13 +178,14 @@ impl Drain {
     async fn shutdown(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
         let wakers: Vec<_> = self
+            .shared
             .live()
             .wakers
             .values_mut()
             .filter_map(Option::take)
             .collect();
         wakers.into_iter().for_each(std::task::Waker::wake);
-        while !self.live().wakers.is_empty() {
+        while !self.shared.live().wakers.is_empty() {
             self.shared.closed.notified().await;
         }
     }
@@ -312,12 +309,12 @@ struct Activity {
 }
 
 impl Activity {
-    /// A connection's activity; its first deadline is set when it is [`Watched`].
-    fn new(timeouts: ClientTimeouts) -> Arc<Mutex<Activity>> {
+    /// A connection's activity, its first request head due at `head_due`.
+    fn new(timeouts: ClientTimeouts, head_due: tokio::time::Instant) -> Arc<Mutex<Activity>> {
         Arc::new(Mutex::new(Activity {
             timeouts,
             busy: 0,
-            deadline: None,
+            deadline: Some((head_due, Waiting::Head)),
             reader: None,
             alarm: None,
         }))
@@ -399,13 +396,8 @@ struct Watched<T> {
 }
 
 impl<T> Watched<T> {
-    /// Watches `io` from now on: its first request head is due at `head_due`.
-    fn new(io: T, shared: Arc<Mutex<Activity>>, head_due: tokio::time::Instant) -> Self {
-        let mut a = activity(&shared);
-        if a.busy == 0 {
-            a.deadline = Some((head_due, Waiting::Head));
-        }
-        drop(a);
+    /// Watches `io` from now on, by the deadlines of `shared`.
+    fn new(io: T, shared: Arc<Mutex<Activity>>) -> Self {
         Watched {
             io,
             activity: shared,
